@@ -1,0 +1,123 @@
+"""``studyhub local``: the embedded PostgreSQL cluster under $STUDYHUB_HOME."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from studyhub.audit import write_audit
+from studyhub.cli.common import JsonOpt, YesOpt, DryRunOpt, console, err_console, print_json
+from studyhub.connect import child_env
+from studyhub.errors import RefusedError
+from studyhub.local import proc
+from studyhub.local.cluster import ClusterStatus, LocalCluster
+from studyhub.profiles import ROLES
+
+app = typer.Typer(help="Start, stop and reach the local embedded PostgreSQL.", no_args_is_help=True)
+
+RoleOpt = Annotated[
+    str, typer.Option("--role", "-r", help=f"One of: {', '.join(ROLES)}.")
+]
+DatabaseOpt = Annotated[
+    str | None, typer.Option("--database", "-d", help="Database name (default: studyhub).")
+]
+
+
+def render_status(status: ClusterStatus) -> None:
+    table = Table(title=f"local cluster · {status.home}", title_justify="left")
+    for col in ("node", "port", "state", "pid", "detail"):
+        table.add_column(col)
+
+    def state(running: bool) -> str:
+        return "[green]running[/]" if running else "[red]stopped[/]"
+
+    p = status.primary
+    table.add_row("primary", str(p.port or "-"), state(p.running), str(p.pid or "-"),
+                  p.detail or (f"PostgreSQL {status.server_version}" if status.server_version else ""))
+    if status.replica:
+        r = status.replica
+        detail = "streaming" if status.replica_streaming else "not streaming"
+        if status.replica_lag_bytes is not None:
+            detail += f", replay lag {status.replica_lag_bytes} bytes"
+        table.add_row("replica", str(r.port), state(r.running), str(r.pid or "-"), detail)
+    if status.pooler:
+        b = status.pooler
+        table.add_row("pooler", str(b.port), state(b.running), str(b.pid or "-"),
+                      "pgbouncer, transaction pooling")
+    console.print(table)
+
+
+@app.command()
+def up(
+    replica: Annotated[bool, typer.Option("--replica", help="Add a streaming replica.")] = False,
+    pooler: Annotated[bool, typer.Option("--pooler", help="Add PgBouncer (transaction mode).")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Create (first time) and start the local cluster. Safe to repeat; recovers after a crash."""
+    cluster = LocalCluster()
+    with err_console.status("starting local cluster") as spinner:
+        status = cluster.up(replica=replica, pooler=pooler,
+                            progress=lambda msg: spinner.update(msg))
+    if json_:
+        print_json(status)
+    else:
+        render_status(status)
+
+
+@app.command()
+def status(json_: JsonOpt = False) -> None:
+    """Show which local servers run, on which ports, and whether the replica streams."""
+    st = LocalCluster().status()
+    if json_:
+        print_json(st)
+    else:
+        render_status(st)
+
+
+@app.command()
+def down() -> None:
+    """Stop pooler, replica and primary (fast shutdown). Data is kept."""
+    st = LocalCluster().down()
+    render_status(st)
+
+
+@app.command()
+def destroy(yes: YesOpt = False, dry_run: DryRunOpt = False) -> None:
+    """Stop everything and delete the local cluster's data (the audit log is kept)."""
+    cluster = LocalCluster()
+    plan = cluster.destroy_plan()
+    if not plan:
+        console.print(f"nothing to destroy under {cluster.home}")
+        return
+    console.print("[bold]would remove:[/]" if (dry_run or not yes) else "[bold]removing:[/]")
+    for path in plan:
+        console.print(f"  {path}")
+    if dry_run:
+        return
+    if not yes:
+        if not os.isatty(0) or not typer.confirm("destroy the local cluster?", default=False):
+            raise RefusedError("local destroy needs confirmation: re-run with --yes "
+                               "(nothing was changed)")
+    removed = cluster.destroy()
+    write_audit("local.destroy", "local", removed=[p.name for p in removed], home=str(cluster.home))
+    console.print(f"destroyed the local cluster under {cluster.home}")
+
+
+@app.command()
+def url(role: RoleOpt = "app", database: DatabaseOpt = None) -> None:
+    """Print a connection URL (no password in it: it names the 0600 passfile instead)."""
+    profile = LocalCluster().profile()
+    typer.echo(profile.endpoint(role, database).url())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(ctx: typer.Context, role: RoleOpt = "app", database: DatabaseOpt = None) -> None:
+    """Open psql on the local cluster (extra arguments go to psql). The password travels in
+    the environment's passfile, never on the command line."""
+    profile = LocalCluster().profile()
+    env = child_env(profile, role, database)
+    program = str(proc.pg_program("psql"))
+    os.execve(program, [program, *ctx.args], env)

@@ -1,0 +1,297 @@
+"""StudyHub's schema: typed SQLAlchemy 2 models, the single source of truth for migrations.
+
+Design rules (see docs/scaling.md):
+- UUID primary keys (``gen_random_uuid()`` by default), ``timestamptz`` everywhere.
+- Every student-owned table carries ``student_id`` — ``flashcard_reviews`` too, kept consistent
+  with its card by a composite foreign key — so export and erasure touch one indexed key per
+  table and the schema can later be distributed by ``student_id``.
+- Every foreign key has an index whose leading columns are the key's columns.
+- ON DELETE is deliberate: a student's rows go with the student (CASCADE); subjects cannot be
+  deleted while referenced (RESTRICT); a deleted note leaves its cards and AI logs (SET NULL).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    DateTime,
+    Double,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Upper bounds on free text, enforced by the database (the API checks the same numbers first).
+MAX_TITLE = 300
+MAX_NOTE_BODY = 100_000
+MAX_CARD_SIDE = 4_000
+MAX_AI_TEXT = 50_000
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        uuid.UUID: Uuid(),
+        str: Text(),
+        date: Date(),
+        float: Double(),
+        int: Integer(),
+    }
+
+
+def uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, server_default=func.gen_random_uuid())
+
+
+def now_default() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now())
+
+
+def student_fk(**kw) -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey("students.id", ondelete="CASCADE"), **kw)
+
+
+class User(Base):
+    """A login account. Personal data: email, password hash."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("email = lower(email) AND position('@' IN email) > 1", name="email_form"),
+        CheckConstraint("char_length(email) <= 320", name="email_length"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    email: Mapped[str] = mapped_column(unique=True)
+    password_hash: Mapped[str]
+    is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = now_default()
+    updated_at: Mapped[datetime] = now_default()
+    last_login_at: Mapped[datetime | None]
+
+
+class Student(Base):
+    """The learner behind a user account (one per user)."""
+
+    __tablename__ = "students"
+    __table_args__ = (
+        CheckConstraint("char_length(full_name) BETWEEN 1 AND 200", name="full_name_length"),
+        CheckConstraint("year_group BETWEEN 1 AND 13", name="year_group_range"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), unique=True
+    )
+    full_name: Mapped[str]
+    date_of_birth: Mapped[date | None]
+    school: Mapped[str | None]
+    year_group: Mapped[int | None] = mapped_column(SmallInteger)
+    timezone: Mapped[str] = mapped_column(server_default=text("'UTC'"))
+    created_at: Mapped[datetime] = now_default()
+
+
+class Subject(Base):
+    """A subject of study (shared reference data, not personal)."""
+
+    __tablename__ = "subjects"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    code: Mapped[str] = mapped_column(unique=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    created_at: Mapped[datetime] = now_default()
+
+
+class StudentSubject(Base):
+    """Enrolment of a student in a subject."""
+
+    __tablename__ = "student_subjects"
+    __table_args__ = (Index(None, "subject_id"),)
+
+    student_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("students.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subjects.id", ondelete="RESTRICT"), primary_key=True
+    )
+    enrolled_at: Mapped[datetime] = now_default()
+    target_grade: Mapped[str | None]
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    __table_args__ = (
+        Index(None, "student_id"),
+        Index(None, "subject_id"),
+        CheckConstraint(f"char_length(title) BETWEEN 1 AND {MAX_TITLE}", name="title_length"),
+        CheckConstraint(f"char_length(body) <= {MAX_NOTE_BODY}", name="body_length"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    student_id: Mapped[uuid.UUID] = student_fk()
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id", ondelete="RESTRICT"))
+    title: Mapped[str]
+    body: Mapped[str]
+    created_at: Mapped[datetime] = now_default()
+    updated_at: Mapped[datetime] = now_default()
+
+
+class Flashcard(Base):
+    """A card with its FSRS scheduling state (fsrs.Card: state, step, stability, difficulty,
+    due, last_review) plus review and lapse counters."""
+
+    __tablename__ = "flashcards"
+    __table_args__ = (
+        # Target of flashcard_reviews' composite key; also serves the student_id foreign key.
+        UniqueConstraint("student_id", "id"),
+        Index(None, "student_id", "due"),  # the due-cards queue
+        Index(None, "subject_id"),
+        Index(None, "note_id"),
+        CheckConstraint("state IN (1, 2, 3)", name="state_valid"),
+        CheckConstraint("difficulty IS NULL OR difficulty BETWEEN 1 AND 10", name="difficulty_range"),
+        CheckConstraint("stability IS NULL OR stability > 0", name="stability_positive"),
+        CheckConstraint("reps >= 0 AND lapses >= 0 AND lapses <= reps", name="counters"),
+        CheckConstraint(
+            f"char_length(front) BETWEEN 1 AND {MAX_CARD_SIDE} "
+            f"AND char_length(back) BETWEEN 1 AND {MAX_CARD_SIDE}",
+            name="sides_length",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    student_id: Mapped[uuid.UUID] = student_fk()
+    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id", ondelete="RESTRICT"))
+    note_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("notes.id", ondelete="SET NULL"))
+    front: Mapped[str]
+    back: Mapped[str]
+    state: Mapped[int] = mapped_column(SmallInteger, server_default=text("1"))
+    step: Mapped[int | None] = mapped_column(SmallInteger, server_default=text("0"))
+    stability: Mapped[float | None]
+    difficulty: Mapped[float | None]
+    due: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_review: Mapped[datetime | None]
+    reps: Mapped[int] = mapped_column(server_default=text("0"))
+    lapses: Mapped[int] = mapped_column(server_default=text("0"))
+    created_at: Mapped[datetime] = now_default()
+    updated_at: Mapped[datetime] = now_default()
+
+
+class RevisionSession(Base):
+    __tablename__ = "revision_sessions"
+    __table_args__ = (
+        Index(None, "student_id"),
+        Index(None, "subject_id"),
+        CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
+        CheckConstraint("cards_reviewed >= 0", name="cards_reviewed_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    student_id: Mapped[uuid.UUID] = student_fk()
+    subject_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("subjects.id", ondelete="RESTRICT")
+    )
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    ended_at: Mapped[datetime | None]
+    cards_reviewed: Mapped[int] = mapped_column(server_default=text("0"))
+
+
+class FlashcardReview(Base):
+    """One review of a card: the rating and the FSRS state it produced."""
+
+    __tablename__ = "flashcard_reviews"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["student_id", "flashcard_id"],
+            ["flashcards.student_id", "flashcards.id"],
+            ondelete="CASCADE",
+        ),
+        # Serves both foreign keys (student_id, and student_id+flashcard_id) and card history.
+        Index(None, "student_id", "flashcard_id", "reviewed_at"),
+        Index(None, "revision_session_id"),
+        CheckConstraint("rating BETWEEN 1 AND 4", name="rating_range"),
+        CheckConstraint("state IN (1, 2, 3)", name="state_valid"),
+        CheckConstraint("scheduled_days >= 0 AND elapsed_days >= 0", name="days_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    student_id: Mapped[uuid.UUID] = student_fk()
+    flashcard_id: Mapped[uuid.UUID]
+    revision_session_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("revision_sessions.id", ondelete="SET NULL")
+    )
+    rating: Mapped[int] = mapped_column(SmallInteger)
+    reviewed_at: Mapped[datetime]
+    state: Mapped[int] = mapped_column(SmallInteger)  # state after the review
+    stability: Mapped[float]
+    difficulty: Mapped[float]
+    elapsed_days: Mapped[float]
+    scheduled_days: Mapped[float]
+    due: Mapped[datetime]
+    review_duration_ms: Mapped[int | None]
+
+
+class AIInteraction(Base):
+    """A logged exchange with the AI tutor."""
+
+    __tablename__ = "ai_interactions"
+    __table_args__ = (
+        Index(None, "student_id"),
+        Index(None, "subject_id"),
+        Index(None, "note_id"),
+        CheckConstraint(
+            f"char_length(prompt) <= {MAX_AI_TEXT} AND char_length(response) <= {MAX_AI_TEXT}",
+            name="text_length",
+        ),
+        CheckConstraint(
+            "prompt_tokens >= 0 AND completion_tokens >= 0 AND latency_ms >= 0",
+            name="counters_positive",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    student_id: Mapped[uuid.UUID] = student_fk()
+    subject_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("subjects.id", ondelete="RESTRICT")
+    )
+    note_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("notes.id", ondelete="SET NULL"))
+    model: Mapped[str]
+    prompt: Mapped[str]
+    response: Mapped[str]
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    latency_ms: Mapped[int]
+    created_at: Mapped[datetime] = now_default()
+
+
+APP_TABLES = [t.name for t in Base.metadata.sorted_tables]
+
+
+MANAGED_SCHEMAS = (None, "public", "ops")
+
+
+def include_name(name, type_, parent_names) -> bool:
+    """Alembic filter: only our schemas (extensions' objects are not ours to manage)."""
+    if type_ == "schema":
+        return name in MANAGED_SCHEMAS
+    return True

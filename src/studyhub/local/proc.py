@@ -1,0 +1,186 @@
+"""Running PostgreSQL's programs as the right OS user, and finding them.
+
+PostgreSQL's server, initdb and pgbouncer refuse to run as root. When we are root they run as
+the ``postgres`` OS user through ``runuser``; otherwise as ourselves. Credentials never go on a
+command line: callers put ``PGPASSFILE``/``PGPASSWORD`` in the child's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from studyhub.errors import LocalClusterError
+
+PG_MAJOR = 15
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def is_self(self) -> bool:
+        return self.uid == os.geteuid()
+
+
+def server_user() -> ServerUser:
+    """The OS user that owns and runs the local servers."""
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam(os.environ.get("STUDYHUB_SERVER_USER", "postgres"))
+        except KeyError:
+            raise LocalClusterError(
+                "running as root, but there is no 'postgres' OS user to run the server as; "
+                "install postgresql-15 (it creates one) or run as an ordinary user"
+            ) from None
+        return ServerUser(pw.pw_name, pw.pw_uid, pw.pw_gid)
+    pw = pwd.getpwuid(os.geteuid())
+    return ServerUser(pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+def pg_bindir() -> Path:
+    """Directory of the PostgreSQL 15 server programs."""
+    raw = os.environ.get("STUDYHUB_PG_BINDIR")
+    candidates = [Path(raw)] if raw else [Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")]
+    if not raw:
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+            if out.returncode == 0:
+                candidates.append(Path(out.stdout.strip()))
+    for c in candidates:
+        if (c / "postgres").is_file() and (c / "initdb").is_file():
+            return c
+    raise LocalClusterError(
+        f"PostgreSQL {PG_MAJOR} server programs not found (looked in "
+        f"{', '.join(map(str, candidates))}); run scripts/bootstrap.sh or "
+        f"apt-get install postgresql-{PG_MAJOR}"
+    )
+
+
+def pg_program(name: str) -> Path:
+    path = pg_bindir() / name
+    if not path.is_file():
+        raise LocalClusterError(f"{name} not found in {path.parent}; install postgresql-{PG_MAJOR}")
+    return path
+
+
+def pgbouncer_program() -> Path:
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").is_file() else None
+    )
+    if not found:
+        raise LocalClusterError(
+            "pgbouncer not found; run scripts/bootstrap.sh or apt-get install pgbouncer"
+        )
+    return Path(found)
+
+
+def as_server_user(argv: list[str]) -> list[str]:
+    user = server_user()
+    if user.is_self:
+        return argv
+    return ["runuser", "-u", user.name, "--", *argv]
+
+
+def run_server_cmd(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = 120,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program as the server user; on failure raise with its last stderr line."""
+    full_env = dict(os.environ)
+    full_env.pop("PGPASSWORD", None)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.run(
+            as_server_user(argv),
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise LocalClusterError(f"{what or Path(argv[0]).name} timed out after {timeout}s") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit code {proc.returncode}"
+        raise LocalClusterError(f"{what or Path(argv[0]).name} failed: {last}")
+    return proc
+
+
+def chown_to_server(path: Path) -> None:
+    user = server_user()
+    if not user.is_self:
+        os.chown(path, user.uid, user.gid)
+
+
+def write_private(path: Path, text: str, *, server_owned: bool = False) -> None:
+    """Write a 0600 file atomically (created with 0600, never briefly world-readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if server_owned:
+        chown_to_server(tmp)
+    os.replace(tmp, path)
+
+
+def server_user_can_reach(path: Path) -> Path | None:
+    """The first ancestor of ``path`` that the server user cannot traverse, or None."""
+    user = server_user()
+    if user.is_self:
+        return None
+    for parent in reversed([path, *path.parents]):
+        if not parent.exists():
+            break
+        st = parent.stat()
+        if st.st_uid == user.uid:
+            ok = bool(st.st_mode & 0o100)
+        elif st.st_gid == user.gid:
+            ok = bool(st.st_mode & 0o010)
+        else:
+            ok = bool(st.st_mode & 0o001)
+        if not ok:
+            return parent
+    return None
+
+
+def process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def process_exe_name(pid: int) -> str | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return None
+
+
+def pids_with_cwd(directory: Path) -> list[int]:
+    """Processes whose working directory is ``directory`` (PostgreSQL backends chdir to PGDATA)."""
+    target = directory.resolve()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            if process_cwd(int(entry.name)) == target:
+                found.append(int(entry.name))
+    return found
