@@ -1,0 +1,108 @@
+"""Shared fixtures: a throwaway real PostgreSQL cluster per test session.
+
+The cluster lives in its own 0755 directory under /tmp (pytest's own tmp dirs are 0700 under
+root, which the ``postgres`` OS user cannot traverse) and is destroyed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from studyhub.cli.main import main as cli_main
+from studyhub.local.cluster import LocalCluster
+from studyhub.ops import migrate
+from studyhub.profiles import Profile
+
+os.environ.setdefault("COLUMNS", "200")  # Rich tables unwrapped in captured output
+for _var in [v for v in os.environ if v.startswith(("STUDYHUB_", "PG"))]:
+    del os.environ[_var]  # a developer's own settings must not leak into tests
+
+
+def make_home(prefix: str = "studyhub-test-") -> Path:
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("STUDYHUB_TEST_TMP", "/tmp")))
+    os.chmod(base, 0o755)
+    return base
+
+
+@pytest.fixture(scope="session")
+def cluster_home() -> Iterator[Path]:
+    home = make_home()
+    os.environ["STUDYHUB_HOME"] = str(home)
+    yield home
+    os.environ.pop("STUDYHUB_HOME", None)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_home: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(cluster_home)
+    c.up()
+    yield c
+    c.destroy()
+
+
+@pytest.fixture(scope="session")
+def profile(cluster: LocalCluster) -> Profile:
+    return cluster.profile()
+
+
+@pytest.fixture(scope="session")
+def migrated(cluster: LocalCluster, profile: Profile) -> Profile:
+    """The app database at head."""
+    migrate.upgrade(profile)
+    return profile
+
+
+@pytest.fixture(scope="session")
+def with_replica(cluster: LocalCluster) -> LocalCluster:
+    cluster.up(replica=True)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def with_pooler(cluster: LocalCluster) -> LocalCluster:
+    cluster.up(pooler=True)
+    return cluster
+
+
+@pytest.fixture
+def fresh_db(cluster: LocalCluster) -> Iterator[str]:
+    """An empty database (owned by the app role) for one test."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    cluster.create_database(name)
+    yield name
+    cluster.drop_database(name)
+
+
+def connect_as(profile: Profile, role: str = "app", database: str | None = None,
+               **kw) -> psycopg.Connection:
+    ep = profile.endpoint(role, database)
+    return psycopg.connect(**ep.conninfo(), autocommit=kw.pop("autocommit", True), **kw)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``studyhub ARGS...`` in-process; returns exit code and captured output."""
+
+    def run(*args: object) -> CliResult:
+        code = cli_main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
