@@ -66,6 +66,7 @@ class DriftReport:
 def alembic_config(**attributes: object) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
     cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     cfg.set_main_option("truncate_slug_length", "40")
