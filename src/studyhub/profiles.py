@@ -63,6 +63,15 @@ class RemoteProfileSettings(BaseModel):
     do_cluster_id: str | None = None
 
 
+class StagingSettings(RemoteProfileSettings):
+    database: str = "studyhub_staging"
+
+
+class ProductionSettings(RemoteProfileSettings):
+    database: str = "studyhub_prod"
+    protected: bool = True  # destructive commands need --profile production on the command line
+
+
 def _config_file() -> Path:
     raw = os.environ.get("STUDYHUB_CONFIG")
     return Path(raw) if raw else Path.cwd() / "studyhub.toml"
@@ -79,10 +88,8 @@ class Settings(BaseSettings):
     )
 
     profile: str = "local"
-    staging: RemoteProfileSettings = RemoteProfileSettings(database="studyhub_staging")
-    production: RemoteProfileSettings = RemoteProfileSettings(
-        database="studyhub_prod", protected=True
-    )
+    staging: StagingSettings = StagingSettings()
+    production: ProductionSettings = ProductionSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -297,11 +304,16 @@ def _remote_profile(name: str, cfg: RemoteProfileSettings, explicit: bool) -> Pr
 
 
 def load_settings() -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings()
-    except Exception as exc:  # pydantic's ValidationError lists field names, not secret values
-        first = str(exc).splitlines()
-        raise ConfigError(f"invalid configuration: {' '.join(first[:3])}") from None
+    except ValidationError as exc:
+        # Field names and messages only: pydantic's own text echoes input values (secrets).
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
 
 
 def resolve_profile(name: str | None = None, *, settings: Settings | None = None) -> Profile:

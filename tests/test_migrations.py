@@ -1,0 +1,122 @@
+"""Migrations: stairway (every revision up, down, up), drift detection, lock_timeout, safety."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from studyhub.ops import migrate
+from tests.conftest import connect_as
+
+
+def _schema_fingerprint(profile, database) -> list[tuple]:
+    with connect_as(profile, "app", database) as conn:
+        return conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema NOT IN "
+            "('pg_catalog', 'information_schema') ORDER BY 1, 2"
+        ).fetchall() + conn.execute(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2"
+        ).fetchall() + conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+
+
+def test_stairway_every_revision_upgrades_downgrades_and_upgrades_again(profile, fresh_db):
+    revisions = [r.revision for r in reversed(migrate.history())]
+    assert revisions, "no migrations found"
+    for rev in revisions:
+        migrate.upgrade(profile, rev, database=fresh_db)
+        after_up = _schema_fingerprint(profile, fresh_db)
+        migrate.downgrade(profile, "-1", database=fresh_db)
+        migrate.upgrade(profile, rev, database=fresh_db)
+        assert _schema_fingerprint(profile, fresh_db) == after_up, f"{rev} did not round-trip"
+        assert migrate.current(profile, fresh_db) == [rev]
+    migrate.downgrade(profile, "base", database=fresh_db)
+    with connect_as(profile, "app", fresh_db) as conn:
+        left = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                            "AND tablename <> 'alembic_version'").fetchall()
+    assert left == []
+
+
+def test_models_and_migrations_agree(profile, fresh_db, cli):
+    migrate.upgrade(profile, database=fresh_db)
+    report = migrate.compare(profile, fresh_db)
+    assert report.differences == [] and not report.drift
+    res = cli("migrate", "check", "--database", fresh_db)
+    assert res.exit_code == 0 and "agree" in res.stdout
+
+
+def test_drift_is_detected(profile, fresh_db, cli):
+    migrate.upgrade(profile, database=fresh_db)
+    with connect_as(profile, "app", fresh_db) as conn:
+        conn.execute("ALTER TABLE notes ADD COLUMN sneaky text")
+        conn.execute("DROP INDEX ix_ai_interactions_note_id")
+    report = migrate.compare(profile, fresh_db)
+    assert report.drift
+    joined = " | ".join(report.differences)
+    assert "remove_column" in joined and "sneaky" in joined
+    assert "add_index" in joined and "ix_ai_interactions_note_id" in joined
+    res = cli("migrate", "check", "--database", fresh_db, "--json")
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["drift"] is True
+
+
+def test_unapplied_migrations_count_as_drift(profile, fresh_db):
+    report = migrate.compare(profile, fresh_db)
+    assert report.current == [] and report.drift
+
+
+def test_migrations_wait_at_most_lock_timeout(profile, fresh_db):
+    migrate.upgrade(profile, database=fresh_db)
+    blocker = connect_as(profile, "app", fresh_db, autocommit=False)
+    try:
+        blocker.execute("SELECT count(*) FROM notes")  # holds ACCESS SHARE until rollback
+        with pytest.raises(migrate.MigrationError, match="lock timeout"):
+            migrate.downgrade(profile, "base", database=fresh_db, lock_timeout="200ms")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert migrate.current(profile, fresh_db) == migrate.heads()  # nothing changed
+
+
+def test_migration_connection_is_direct_with_lock_timeout(with_pooler):
+    prof = with_pooler.profile()
+    with migrate.migration_connection(prof) as conn:
+        port = conn.exec_driver_sql("SELECT inet_server_port()").scalar()
+        client_port = conn.exec_driver_sql("SELECT current_setting('port')").scalar()
+        lock_timeout = conn.exec_driver_sql("SHOW lock_timeout").scalar()
+    assert port == prof.port and int(client_port) == prof.port
+    assert lock_timeout == "5s"
+
+
+def test_downgrade_needs_confirmation(profile, fresh_db, cli):
+    migrate.upgrade(profile, database=fresh_db)
+    res = cli("migrate", "down", "--to", "base", "--database", fresh_db)
+    assert res.exit_code != 0 and "needs confirmation" in res.stderr
+    res = cli("migrate", "down", "--to", "-1", "--database", fresh_db, "--dry-run")
+    assert res.exit_code == 0 and "would undo" in res.stdout
+    assert migrate.current(profile, fresh_db) == migrate.heads()
+    res = cli("migrate", "down", "--to", "base", "--database", fresh_db, "--yes")
+    assert res.exit_code == 0, res.stderr
+    assert migrate.current(profile, fresh_db) == []
+
+
+def test_downgrade_base_refused_on_production_unless_named(cli, monkeypatch):
+    monkeypatch.setenv("STUDYHUB_PROFILE", "production")
+    monkeypatch.setenv("STUDYHUB_PRODUCTION_HOST", "db-studyhub-prod.invalid")
+    res = cli("migrate", "down", "--to", "base", "--yes")
+    assert res.exit_code != 0
+    assert "name it explicitly with --profile production" in res.stderr
+
+
+def test_bad_revision_is_one_clear_line(cli, profile, fresh_db):
+    migrate.upgrade(profile, database=fresh_db)
+    res = cli("migrate", "down", "--to", "zzzz", "--database", fresh_db, "--yes")
+    assert res.exit_code != 0
+    assert "not below the database's current revision" in res.stderr
+    res = cli("migrate", "up", "--to", "nope", "--database", fresh_db)
+    assert res.exit_code != 0 and len(res.stderr.strip().splitlines()) == 1
