@@ -144,3 +144,10 @@ def test_invalid_setting_error_does_not_echo_secrets(clean_env):
         resolve_profile("staging")
     assert "staging.port" in str(info.value)
     assert "hunter2-secret" not in str(info.value)
+
+
+def test_cli_error_keeps_brackets(clean_env, cli):
+    clean_env.setenv("STUDYHUB_PROFILE", "staging")
+    res = cli("migrate", "current")
+    assert res.exit_code == 1
+    assert '[staging] host = "..."' in res.stderr

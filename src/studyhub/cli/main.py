@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except StudyhubError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
