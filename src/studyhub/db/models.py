@@ -16,6 +16,7 @@ import uuid
 from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Date,
     DateTime,
@@ -284,7 +285,24 @@ class AIInteraction(Base):
     created_at: Mapped[datetime] = now_default()
 
 
-APP_TABLES = [t.name for t in Base.metadata.sorted_tables]
+class ErasureLedgerEntry(Base):
+    """One erased person: the ids a restored backup must erase again (``studyhub privacy
+    reapply-erasures``). Holds no email, no name: see docs/privacy.md."""
+
+    __tablename__ = "erasure_ledger"
+    __table_args__ = (
+        CheckConstraint("rows_deleted >= 0", name="rows_deleted_positive"),
+        {"schema": "ops"},
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    student_id: Mapped[uuid.UUID | None]
+    pseudonym: Mapped[str]  # HMAC-SHA256 of the user id: joins audit lines, reveals nothing
+    erased_at: Mapped[datetime] = now_default()
+    rows_deleted: Mapped[int] = mapped_column(BigInteger)
+
+
+APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]
 
 
 MANAGED_SCHEMAS = (None, "public", "ops")
