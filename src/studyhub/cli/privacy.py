@@ -223,17 +223,21 @@ def reapply_erasures(
 
 
 def _render_reapply(result: ops.ReapplyResult) -> None:
-    verb = "would erase again" if result.dry_run else "erased again"
-    table = Table(title=f"{result.database}: {len(result.people)} ledger entries, "
-                  f"{result.people_present} present; {verb} {result.rows_total:,} rows"
-                  + ("" if result.dry_run else
-                     f" (verified; {result.ledger_recorded} added to this database's ledger)"),
-                  title_justify="left")
+    table = Table(title=f"{result.database}: erasure ledger applied", title_justify="left")
     for col in ("pseudonym", "present", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for p in result.people:
         table.add_row(p.pseudonym, "yes" if p.present else "no", f"{p.rows_total:,}")
     console.print(table)
+    verb = "would erase again" if result.dry_run else "erased again"
+    line = (f"{len(result.people)} ledger entries, {result.people_present} present: {verb} "
+            f"{result.rows_total:,} rows")
+    if result.dry_run:
+        line += " (dry run: nothing was changed)"
+    else:
+        line += (f"; verified before commit; {result.ledger_recorded} entries added to "
+                 f"{result.database}'s own ledger ({result.duration_s:.3f} s)")
+    console.print(line)
 
 
 @app.command()

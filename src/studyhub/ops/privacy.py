@@ -28,6 +28,7 @@ from studyhub.db.privacy_policy import POLICY, ROOTS, TablePolicy
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.privacy_graph import (
     PersonalTable,
+    PolicyError,
     PrivacyGraph,
     condition_sql,
     count_sql,
