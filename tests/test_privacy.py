@@ -483,3 +483,15 @@ def test_ledger_file_rejects_malformed_lines(tmp_path):
 def test_erasure_ledger_of_a_database_without_the_table_is_empty(migrated, fresh_db):
     with db_conn(migrated, fresh_db) as conn:
         assert privacy.erasure_ledger(conn) == []
+
+
+def test_rehearsal_deletes_and_verifies_then_rolls_back(migrated, pdb, people, key_env):
+    me = people[3]
+    with connect_as(migrated, "app", pdb) as conn:
+        before = checksums(conn)
+    with db_conn(migrated, pdb) as conn:
+        result = privacy.erase_person(conn, key_env, student_id=me.student_id, rehearse=True)
+    assert result.verified and result.rolled_back and result.rows_by_table["notes"] == 2
+    with connect_as(migrated, "app", pdb) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT count(*) FROM ops.erasure_ledger").fetchone()[0] == 0

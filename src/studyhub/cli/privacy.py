@@ -41,8 +41,8 @@ LockTimeoutOpt = Annotated[str, typer.Option(
     "--lock-timeout", help="Give up waiting for a lock after this long (then retry, 3 tries).")]
 
 
-def _counts_table(title: str, counts: dict[str, int], header: str) -> Table:
-    table = Table(title=title, title_justify="left")
+def _counts_table(counts: dict[str, int], header: str) -> Table:
+    table = Table()
     table.add_column("table")
     table.add_column(header, justify="right")
     for name, n in counts.items():
@@ -61,8 +61,8 @@ def policy(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         print_json(report)
     else:
-        table = Table(title=f"{prof.name}/{report.database}: personal-data policy",
-                      title_justify="left")
+        console.print(f"{prof.name}/{report.database}: personal-data policy")
+        table = Table()
         for col in ("table", "action", "export", "the person's rows / why kept"):
             table.add_column(col)
         colour = {"erase": "", "keep": "dim", "unclassified": "bold red", "absent": "yellow"}
@@ -99,15 +99,17 @@ def export(
     if json_:
         print_json(result)
         return
-    console.print(_counts_table(f"exported to {result.path} (0600, {result.zip_bytes:,} bytes, "
-                                f"schema {result.schema_revision})",
-                                result.rows_by_table, "rows"))
+    console.print(_counts_table(result.rows_by_table, "rows"))
+    console.print(f"wrote {result.path} (0600, {result.zip_bytes:,} bytes): personal_data.json, "
+                  f"{len(result.rows_by_table)} CSV files, manifest.json (sha256 of each), "
+                  f"README.txt; one snapshot at schema {result.schema_revision}, "
+                  f"{result.duration_s:.3f} s")
 
 
 def _render_erasure(result: ops.ErasureResult) -> None:
     who = f"student {result.student_id}" if result.student_id else f"account {result.user_id}"
-    title = f"would erase {who}" if result.dry_run else f"erased {who}"
-    console.print(_counts_table(title, result.rows_by_table,
+    console.print(f"would erase {who}:" if result.dry_run else f"erased {who}:")
+    console.print(_counts_table(result.rows_by_table,
                                 "would delete" if result.dry_run else "deleted"))
     if result.dry_run:
         console.print("dry run: nothing was changed")
@@ -140,7 +142,7 @@ def erase(
         if dry_run:
             print_json(plan) if json_ else _render_erasure(plan)
             return
-        if not json_:
+        if not json_ and not yes:
             _render_erasure(plan)
         confirm_destructive(prof, f"erase {plan.rows_total:,} rows about this person", yes=yes)
         result = ops.erase_person(conn, key, student_id=student, email=email,
@@ -169,8 +171,8 @@ def ledger(
     if json_:
         print_json(entries)
         return
-    table = Table(title=f"{prof.name}: erasure ledger ({len(entries)} people)",
-                  title_justify="left")
+    console.print(f"{prof.name}: erasure ledger ({len(entries)} people)")
+    table = Table()
     for col in ("erased at", "pseudonym", "user id", "student id", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for e in entries:
@@ -210,7 +212,7 @@ def reapply_erasures(
         if dry_run or plan.people_present == 0:
             print_json(plan) if json_ else _render_reapply(plan)
             return
-        if not json_:
+        if not json_ and not yes:
             _render_reapply(plan)
         confirm_destructive(prof, f"erase again {plan.people_present} person(s) "
                             f"({plan.rows_total:,} rows) in {plan.database}", yes=yes)
@@ -223,7 +225,8 @@ def reapply_erasures(
 
 
 def _render_reapply(result: ops.ReapplyResult) -> None:
-    table = Table(title=f"{result.database}: erasure ledger applied", title_justify="left")
+    console.print(f"{result.database}: erasure ledger applied")
+    table = Table()
     for col in ("pseudonym", "present", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for p in result.people:

@@ -467,6 +467,7 @@ class ErasureResult:
     attempts: int
     duration_s: float
     erased_at: datetime | None = None
+    rolled_back: bool = False  # a rehearsal: everything done and verified, then rolled back
 
 
 @dataclass
@@ -538,12 +539,14 @@ def _with_retries(attempts: int, what: str, run):
 
 def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
                  student_id: str | UUID | None = None, email: str | None = None,
-                 dry_run: bool = False, lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+                 dry_run: bool = False, rehearse: bool = False,
+                 lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
                  attempts: int = DEFAULT_ATTEMPTS, policy: dict[str, TablePolicy] = POLICY
                  ) -> ErasureResult:
     """Delete everything about one person in one transaction, children first; verify before
     commit that nothing in any policy table still points at them; record them in the ledger.
-    A dry run counts the same rows and changes nothing."""
+    A dry run counts the same rows and changes nothing; a rehearsal (benchmarks, drills) does
+    and verifies everything, then rolls back."""
     started = time.monotonic()
     check_person_args(student_id, email)
     timeout = _interval(lock_timeout)
@@ -577,8 +580,9 @@ def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
                     "user_id": person.user_id, "student_id": person.student_id,
                     "pseudonym": pseudonym, "erased_at": erased_at, "rows_deleted": total})
             result = ErasureResult(_database(conn), person.user_id, person.student_id, pseudonym,
-                                   dry_run, counts, total, not dry_run, attempt, 0.0, erased_at)
-            if dry_run:
+                                   dry_run, counts, total, not dry_run, attempt, 0.0, erased_at,
+                                   rolled_back=dry_run or rehearse)
+            if dry_run or rehearse:
                 raise _DryRunDone(result)  # leaves the block: rolled back
         return result
 

@@ -1,0 +1,182 @@
+"""Benchmark: GDPR export and erasure of the heavy student and of a typical one, on a
+production-like data set and again after it grows ~10x around them.
+
+    uv run python bench/privacy.py                       # 20,000 students, then x10
+    uv run python bench/privacy.py --students 2000 --growth 5     # quick look
+
+Claim under test (issue 6): export and erasure cost grows with the person's own data, not with
+the database — every query the privacy tools run filters one indexed key per table. Both sizes
+are measured in the same run, on the same machine, and the ratio grown/base is printed (aim:
+under 1.5; heavy erasure under 1 s; typical erasure under 50 ms). Timings on a shared 2-core
+machine are noisy: each figure is the median of ``--repeat`` runs.
+
+Erasure is measured as a rehearsal (``erase_person(..., rehearse=True)``): every DELETE, the
+verification and the ledger insert run, then the transaction is rolled back, so the same people
+can be measured again. Data comes from ``studyhub seed`` (``--heavy-student``), run on a cluster
+of the bench's own under ``--home`` (destroyed at the end unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from studyhub.connect import connect
+from studyhub.local.cluster import LocalCluster
+from studyhub.ops import migrate, privacy
+from studyhub.ops.pseudonym import PseudonymKey
+
+KEY = PseudonymKey(b"bench-only-pseudonym-key-0123456789abcdef", "bench")
+
+
+@dataclass
+class Person:
+    label: str
+    student_id: str
+    rows: int
+
+
+@dataclass
+class Sample:
+    export_s: float
+    erase_s: float
+    rows: int
+    export_bytes: int
+
+
+def seed(home: Path, students: int, heavy: bool) -> None:
+    args = [sys.executable, "-m", "studyhub.cli.main", "seed", "--students", str(students)]
+    if heavy:
+        args.append("--heavy-student")
+    env = dict(os.environ, STUDYHUB_HOME=str(home))
+    started = time.monotonic()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"studyhub seed failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    print(f"  seeded {students:,} students{' + the heavy one' if heavy else ''} in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+
+
+def database_rows(conn) -> tuple[int, int]:
+    conn.execute("ANALYZE")
+    rows = conn.execute(
+        "SELECT coalesce(sum(n_live_tup), 0)::bigint FROM pg_stat_user_tables "
+        "WHERE schemaname = 'public'").fetchone()[0]
+    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    conn.commit()
+    return rows, size
+
+
+def pick_people(conn) -> list[Person]:
+    """The heavy student (most reviews) and a typical one (the median by reviews)."""
+    per_student = conn.execute(
+        "SELECT student_id, count(*) AS n FROM flashcard_reviews GROUP BY student_id "
+        "ORDER BY n DESC, student_id").fetchall()
+    conn.commit()
+    heavy = per_student[0]
+    typical = per_student[len(per_student) // 2]
+    return [Person("heavy", str(heavy[0]), 0), Person("typical", str(typical[0]), 0)]
+
+
+def measure(profile, person: Person, repeat: int, workdir: Path) -> Sample:
+    exports, erasures = [], []
+    rows = size = 0
+    with connect(profile, "app", application_name="bench privacy") as conn:
+        for i in range(repeat):
+            out = workdir / f"{person.label}-{i}.zip"
+            t = time.perf_counter()
+            res = privacy.export_person(conn, out, student_id=person.student_id)
+            exports.append(time.perf_counter() - t)
+            size = out.stat().st_size
+            out.unlink()
+            t = time.perf_counter()
+            er = privacy.erase_person(conn, KEY, student_id=person.student_id, rehearse=True)
+            erasures.append(time.perf_counter() - t)
+            assert er.verified and er.rolled_back
+            rows = er.rows_total
+            assert sum(res.rows_by_table.values()) == rows, (res.rows_by_table, er.rows_by_table)
+    return Sample(statistics.median(exports), statistics.median(erasures), rows, size)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--students", type=int, default=20_000, help="base data set (production-like)")
+    ap.add_argument("--growth", type=float, default=10.0, help="grow the data set this many times")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    ap.add_argument("--home", type=Path, help="cluster home (default: a new dir under /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the cluster afterwards")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="studyhub-bench-privacy-", dir="/tmp"))
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o755)
+    os.environ["STUDYHUB_HOME"] = str(home)
+    cluster = LocalCluster(home)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-privacy-out-"))
+    results: dict[str, dict] = {}
+    try:
+        print(f"cluster under {home}", flush=True)
+        cluster.up()
+        profile = cluster.profile()
+        migrate.upgrade(profile)
+        print(f"base: {args.students:,} students + the heavy student", flush=True)
+        seed(home, args.students, heavy=True)
+        with connect(profile, "app") as conn:
+            people = pick_people(conn)
+            base_rows, base_bytes = database_rows(conn)
+        print(f"  database: {base_rows:,} rows, {base_bytes / 2**30:.1f} GiB", flush=True)
+        base = {p.label: measure(profile, p, args.repeat, workdir) for p in people}
+
+        extra = int(args.students * (args.growth - 1))
+        print(f"growth: {extra:,} more students around them", flush=True)
+        seed(home, extra, heavy=False)
+        with connect(profile, "app") as conn:
+            grown_rows, grown_bytes = database_rows(conn)
+        print(f"  database: {grown_rows:,} rows, {grown_bytes / 2**30:.1f} GiB "
+              f"({grown_rows / base_rows:.1f}x)", flush=True)
+        grown = {p.label: measure(profile, p, args.repeat, workdir) for p in people}
+
+        print()
+        print(f"{'':28}{'base':>12}{'grown':>12}{'ratio':>8}")
+        print(f"{'database rows':28}{base_rows:>12,}{grown_rows:>12,}"
+              f"{grown_rows / base_rows:>8.1f}")
+        for p in people:
+            b, g = base[p.label], grown[p.label]
+            print(f"{p.label} student: {b.rows:,} rows ({b.export_bytes / 2**20:.1f} MiB zip)")
+            for what, bv, gv in (("  export", b.export_s, g.export_s),
+                                 ("  erase (rolled back)", b.erase_s, g.erase_s)):
+                print(f"{what:28}{bv * 1000:>10.1f}ms{gv * 1000:>10.1f}ms{gv / bv:>8.2f}")
+            results[p.label] = {"rows": b.rows, "export_s": [b.export_s, g.export_s],
+                                "erase_s": [b.erase_s, g.erase_s]}
+        heavy_ok = grown["heavy"].erase_s < 1.0
+        typical_ok = grown["typical"].erase_s < 0.050
+        worst = max(max(grown[p].export_s / base[p].export_s,
+                        grown[p].erase_s / base[p].erase_s) for p in base)
+        print()
+        print(f"heavy erasure < 1 s: {'yes' if heavy_ok else 'NO'}; typical erasure < 50 ms: "
+              f"{'yes' if typical_ok else 'NO'}; worst grown/base ratio {worst:.2f} "
+              f"({'under' if worst < 1.5 else 'OVER'} 1.5)")
+        results["database_rows"] = [base_rows, grown_rows]
+        results["database_bytes"] = [base_bytes, grown_bytes]
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep:
+            cluster.destroy()
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
