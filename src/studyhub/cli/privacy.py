@@ -225,15 +225,22 @@ def reapply_erasures(
 
 
 def _render_reapply(result: ops.ReapplyResult) -> None:
-    console.print(f"{result.database}: erasure ledger applied")
+    present = [p for p in result.people if p.present]
+    if not present:
+        console.print(f"{result.database}: {len(result.people)} ledger entries, none present: "
+                      "nothing to erase")
+        return
+    console.print(f"{result.database}: people from the erasure ledger still present")
     table = Table()
-    for col in ("pseudonym", "present", "rows"):
-        table.add_column(col, justify="right" if col == "rows" else "left")
-    for p in result.people:
-        table.add_row(p.pseudonym, "yes" if p.present else "no", f"{p.rows_total:,}")
+    table.add_column("pseudonym")
+    table.add_column("rows", justify="right")
+    table.add_column("largest tables")
+    for p in present:
+        top = sorted(p.rows_by_table.items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(p.pseudonym, f"{p.rows_total:,}", ", ".join(f"{t} {n:,}" for t, n in top))
     console.print(table)
     verb = "would erase again" if result.dry_run else "erased again"
-    line = (f"{len(result.people)} ledger entries, {result.people_present} present: {verb} "
+    line = (f"{len(result.people)} ledger entries, {len(present)} present: {verb} "
             f"{result.rows_total:,} rows")
     if result.dry_run:
         line += " (dry run: nothing was changed)"
