@@ -495,3 +495,28 @@ def test_rehearsal_deletes_and_verifies_then_rolls_back(migrated, pdb, people, k
     with connect_as(migrated, "app", pdb) as conn:
         assert checksums(conn) == before
         assert conn.execute("SELECT count(*) FROM ops.erasure_ledger").fetchone()[0] == 0
+
+
+def test_verification_rolls_back_when_a_row_still_points_at_the_person(migrated, pdb, people,
+                                                                      key_env):
+    """A trigger re-attaches a row (through a deferred key) after everything was deleted: the
+    check before commit finds it and nothing is erased."""
+    from studyhub.db.privacy_policy import POLICY, TablePolicy
+
+    me = people[0]
+    with connect_as(migrated, "app", pdb) as conn:
+        conn.execute("CREATE TABLE study_buddies (id bigserial PRIMARY KEY, student_id uuid "
+                     "NOT NULL REFERENCES students ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED)")
+        conn.execute("CREATE FUNCTION sneak() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "INSERT INTO study_buddies (student_id) VALUES (%s); RETURN NULL; END $$"
+                     % sql.Literal(str(me.student_id)).as_string(conn))
+        conn.execute("CREATE TRIGGER sneak AFTER DELETE ON users FOR EACH STATEMENT "
+                     "EXECUTE FUNCTION sneak()")
+        before = checksums(conn)
+    policy = dict(POLICY, **{"public.study_buddies": TablePolicy("erase", "buddies")})
+    with db_conn(migrated, pdb) as conn, pytest.raises(
+            privacy.ErasureError, match=r"verification failed: .*study_buddies \(1\)"):
+        privacy.erase_person(conn, key_env, student_id=me.student_id, policy=policy)
+    with connect_as(migrated, "app", pdb) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT count(*) FROM study_buddies").fetchone()[0] == 0

@@ -186,26 +186,35 @@ def _dedupe(conds: list[Condition]) -> tuple[Condition, ...]:
 
 
 def read_catalog(conn: psycopg.Connection) -> tuple[dict[str, TableInfo], list[ForeignKey]]:
+    """Tables with their columns, and every foreign key with its columns named (two cheap
+    catalog queries; no privilege on the tables needed)."""
     cols: dict[str, list[Column]] = {}
     pks: dict[str, list[tuple[int, str]]] = {}
-    for schema, table, column, type_, not_null, pk_pos in conn.execute(
+    names: dict[tuple[str, int], Column] = {}
+    for schema, table, attnum, column, type_, not_null, pk_pos in conn.execute(
         load("get_table_columns")
     ).fetchall():
         name = f"{schema}.{table}"
-        cols.setdefault(name, []).append(Column(column, type_, not_null))
+        col = Column(column, type_, not_null)
+        cols.setdefault(name, []).append(col)
+        names[(name, attnum)] = col
         if pk_pos:
             pks.setdefault(name, []).append((pk_pos, column))
     tables = {
         name: TableInfo(name, tuple(c), tuple(col for _, col in sorted(pks.get(name, []))))
         for name, c in cols.items()
     }
-    fks = [
-        ForeignKey(name, f"{cs}.{ct}", tuple(ccols), f"{ps}.{pt}", tuple(pcols), on_delete,
-                   nullable)
-        for name, cs, ct, ccols, ps, pt, pcols, on_delete, nullable in conn.execute(
-            load("get_foreign_keys")
-        ).fetchall()
-    ]
+    fks = []
+    for conname, cs, ct, cnums, ps, pt, pnums, on_delete in conn.execute(
+        load("get_foreign_keys")
+    ).fetchall():
+        child, parent = f"{cs}.{ct}", f"{ps}.{pt}"
+        if child not in tables or parent not in tables:
+            continue  # an extension's table
+        ccols = [names[(child, n)] for n in cnums]
+        fks.append(ForeignKey(conname, child, tuple(c.name for c in ccols), parent,
+                              tuple(names[(parent, n)].name for n in pnums), on_delete,
+                              any(not c.not_null for c in ccols)))
     return tables, fks
 
 
@@ -418,15 +427,21 @@ def lock_sql(table: str, conds: tuple[Condition, ...]) -> sql.Composed:
         table_ident(table), where_sql(table, conds))
 
 
-def remaining_sql(table: str, conds: tuple[Condition, ...]) -> sql.Composed:
-    """How many rows still point at the person, one indexed count per condition."""
+def remaining_expr(table: str, conds: tuple[Condition, ...]) -> sql.Composable:
+    """How many rows still point at the person: one indexed count per condition, summed."""
     if not conds:
-        return sql.SQL("SELECT 0::bigint")
-    return sql.SQL("SELECT {}").format(sql.SQL(" + ").join(
+        return sql.SQL("0::bigint")
+    return sql.SQL(" + ").join(
         sql.SQL("(SELECT count(*) FROM {} AS t WHERE {})").format(
             table_ident(table), condition_sql((c,), "t"))
         for c in conds
-    ))
+    )
+
+
+def remaining_sql(tables: list[tuple[str, tuple[Condition, ...]]]) -> sql.Composed:
+    """One statement, one column per table: the rows still pointing at the person."""
+    return sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        remaining_expr(name, conds) for name, conds in tables))
 
 
 def describe_conditions(conds: tuple[Condition, ...]) -> str:

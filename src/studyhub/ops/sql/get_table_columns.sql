@@ -1,7 +1,8 @@
--- Columns of every user table in order, with their type and primary-key position.
+-- Columns of every user table in order: number, name, type, NOT NULL, primary-key position.
 SELECT
     n.nspname                               AS schema,
     c.relname                               AS table,
+    a.attnum                                AS attnum,
     a.attname::text                         AS column,
     format_type(a.atttypid, a.atttypmod)    AS type,
     a.attnotnull                            AS not_null,
