@@ -19,7 +19,6 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -506,7 +505,8 @@ def test_verification_rolls_back_when_a_row_still_points_at_the_person(migrated,
     me = people[0]
     with connect_as(migrated, "app", pdb) as conn:
         conn.execute("CREATE TABLE study_buddies (id bigserial PRIMARY KEY, student_id uuid "
-                     "NOT NULL REFERENCES students ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED)")
+                     "NOT NULL REFERENCES students ON DELETE CASCADE "
+                     "DEFERRABLE INITIALLY DEFERRED)")
         conn.execute("CREATE FUNCTION sneak() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
                      "INSERT INTO study_buddies (student_id) VALUES (%s); RETURN NULL; END $$"
                      % sql.Literal(str(me.student_id)).as_string(conn))

@@ -265,7 +265,8 @@ def anonymize(
     """Pseudonymised analytics export: HMAC-SHA256 pseudonyms under the secret key, no free
     text, no emails or names, days instead of times, small groups suppressed."""
     if dataset not in anon.DATASETS:
-        raise typer.BadParameter(f"choose one of {', '.join(anon.DATASETS)}", param_hint="--dataset")
+        raise typer.BadParameter(f"choose one of {', '.join(anon.DATASETS)}",
+                                 param_hint="--dataset")
     prof = profile_from(profile)
     key = load_key("make pseudonymised analytics")
     with connect(prof, "app", application_name="studyhub privacy anonymize") as conn:

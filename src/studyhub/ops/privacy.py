@@ -28,9 +28,8 @@ from studyhub.db.privacy_policy import POLICY, ROOTS, TablePolicy
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.privacy_graph import (
     PersonalTable,
-    PolicyError,
+    PolicyError,  # noqa: F401  (re-exported: callers catch privacy.PolicyError)
     PrivacyGraph,
-    condition_sql,
     count_sql,
     delete_sql,
     describe_conditions,
@@ -271,7 +270,8 @@ def _order_by(table: PersonalTable, alias: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(alias, c) for c in cols)
 
 
-def _json_row(graph: PrivacyGraph, table: PersonalTable, alias: str, depth: int = 0) -> sql.Composable:
+def _json_row(graph: PrivacyGraph, table: PersonalTable, alias: str,
+              depth: int = 0) -> sql.Composable:
     """One row of ``table`` (alias ``alias``) as a JSON object: exported columns in order,
     reference labels as small objects, nested children as arrays."""
     items: list[sql.Composable] = [
