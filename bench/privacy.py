@@ -92,6 +92,9 @@ def pick_people(conn) -> list[Person]:
         "SELECT student_id, count(*) AS n FROM flashcard_reviews GROUP BY student_id "
         "ORDER BY n DESC, student_id").fetchall()
     conn.commit()
+    if not per_student:
+        sys.exit("the database has no flashcard reviews: `studyhub seed --heavy-student` loaded "
+                 "nothing (this bench needs the seeder from the seed branch, now on main)")
     heavy = per_student[0]
     typical = per_student[len(per_student) // 2]
     return [Person("heavy", str(heavy[0]), 0), Person("typical", str(typical[0]), 0)]
