@@ -18,10 +18,11 @@ of the bench's own under ``--home`` (destroyed at the end unless ``--keep``).
 
 Growth modes: ``append`` (default) seeds the extra students into the same database, so the very
 same heavy and typical students are measured again — but the seeder then loads with every key
-and index in place (about 16k rows/s here: an hour for +58M rows). ``fresh`` seeds the grown
+and index in place (about 16k rows/s here: an hour for +47M rows). ``fresh`` seeds the grown
 data set into a second database with keys and indexes rebuilt (several times faster); its heavy
 student is a different person of the same build (>= 10k cards, >= 100k reviews) and the typical
-one is again the median, so compare per-row cost too (printed as us/row).
+one is again the median, so compare per-row cost too (printed as us/row). With both databases
+present, ``fresh`` measures them in interleaved rounds, which cancels drifts in machine load.
 """
 
 from __future__ import annotations
@@ -110,25 +111,45 @@ def pick_people(conn) -> list[Person]:
     return [Person("heavy", str(heavy[0]), 0), Person("typical", str(typical[0]), 0)]
 
 
-def measure(profile, database: str | None, person: Person, repeat: int,
-            workdir: Path) -> Sample:
-    exports, erasures = [], []
-    rows = size = 0
-    with connect(profile, "app", database=database, application_name="bench privacy") as conn:
-        for i in range(repeat):
-            out = workdir / f"{person.label}-{i}.zip"
-            t = time.perf_counter()
-            res = privacy.export_person(conn, out, student_id=person.student_id)
-            exports.append(time.perf_counter() - t)
-            size = out.stat().st_size
-            out.unlink()
-            t = time.perf_counter()
-            er = privacy.erase_person(conn, KEY, student_id=person.student_id, rehearse=True)
-            erasures.append(time.perf_counter() - t)
-            assert er.verified and er.rolled_back
-            rows = er.rows_total
-            assert sum(res.rows_by_table.values()) == rows, (res.rows_by_table, er.rows_by_table)
-    return Sample(statistics.median(exports), statistics.median(erasures), rows, size)
+class Runs:
+    """Export and rehearsed-erasure timings of one person in one database."""
+
+    def __init__(self, profile, database: str | None, person: Person, workdir: Path) -> None:
+        self.conn = connect(profile, "app", database=database, application_name="bench privacy")
+        self.person, self.workdir = person, workdir
+        self.exports: list[float] = []
+        self.erasures: list[float] = []
+        self.rows = self.size = 0
+
+    def once(self) -> None:
+        out = self.workdir / f"{self.person.label}-{len(self.exports)}.zip"
+        t = time.perf_counter()
+        res = privacy.export_person(self.conn, out, student_id=self.person.student_id)
+        self.exports.append(time.perf_counter() - t)
+        self.size = out.stat().st_size
+        out.unlink()
+        t = time.perf_counter()
+        er = privacy.erase_person(self.conn, KEY, student_id=self.person.student_id,
+                                  rehearse=True)
+        self.erasures.append(time.perf_counter() - t)
+        assert er.verified and er.rolled_back
+        self.rows = er.rows_total
+        assert sum(res.rows_by_table.values()) == self.rows, (res.rows_by_table,
+                                                              er.rows_by_table)
+
+    def sample(self) -> Sample:
+        self.conn.close()
+        return Sample(statistics.median(self.exports), statistics.median(self.erasures),
+                      self.rows, self.size)
+
+
+def measure(runs: list[Runs], repeat: int) -> list[Sample]:
+    """``repeat`` rounds, each visiting every (database, person) once: slow drifts in the
+    machine's load (other engineers' jobs) hit both sizes alike."""
+    for _ in range(repeat):
+        for r in runs:
+            r.once()
+    return [r.sample() for r in runs]
 
 
 def main() -> int:
@@ -162,7 +183,10 @@ def main() -> int:
             base_rows, base_bytes = database_rows(conn)
         print(f"  database: {base_rows:,} rows, {base_bytes / 2**30:.1f} GiB", flush=True)
         settle(cluster, None)
-        base = {p.label: measure(profile, None, p, args.repeat, workdir) for p in people}
+        if args.growth_mode == "append":  # the same people again later: measure them now
+            samples = measure([Runs(profile, None, p, workdir) for p in people], args.repeat)
+            base = {p.label: s for p, s in zip(people, samples)}
+        base_people = people
 
         grown_db = None
         if args.growth_mode == "append":
@@ -174,7 +198,6 @@ def main() -> int:
             total = int(args.students * args.growth)
             print(f"growth: a second database seeded anew with {total:,} students + a heavy "
                   "student", flush=True)
-            cluster.drop_database(profile.database)  # free the disk and the cache
             cluster.create_database(grown_db)
             migrate.upgrade(profile, database=grown_db)
             seed(home, total, heavy=True, database=grown_db)
@@ -185,7 +208,17 @@ def main() -> int:
         print(f"  database: {grown_rows:,} rows, {grown_bytes / 2**30:.1f} GiB "
               f"({grown_rows / base_rows:.1f}x)", flush=True)
         settle(cluster, grown_db)
-        grown = {p.label: measure(profile, grown_db, p, args.repeat, workdir) for p in people}
+        if args.growth_mode == "append":
+            samples = measure([Runs(profile, None, p, workdir) for p in people], args.repeat)
+            grown = {p.label: s for p, s in zip(people, samples)}
+        else:  # both databases exist: interleave base and grown rounds
+            print("  measuring both databases in interleaved rounds", flush=True)
+            runs = [Runs(profile, db, p, workdir)
+                    for db, group in ((None, base_people), (grown_db, people)) for p in group]
+            samples = measure(runs, args.repeat)
+            n = len(people)
+            base = {p.label: s for p, s in zip(base_people, samples[:n])}
+            grown = {p.label: s for p, s in zip(people, samples[n:])}
 
         print()
         print(f"{'':28}{'base':>12}{'grown':>12}{'ratio':>8}")
