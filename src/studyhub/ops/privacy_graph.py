@@ -192,7 +192,7 @@ def read_catalog(conn: psycopg.Connection) -> tuple[dict[str, TableInfo], list[F
     pks: dict[str, list[tuple[int, str]]] = {}
     names: dict[tuple[str, int], Column] = {}
     for schema, table, attnum, column, type_, not_null, pk_pos in conn.execute(
-        load("get_table_columns")
+        load("get_table_columns_with_keys")
     ).fetchall():
         name = f"{schema}.{table}"
         col = Column(column, type_, not_null)
@@ -206,7 +206,7 @@ def read_catalog(conn: psycopg.Connection) -> tuple[dict[str, TableInfo], list[F
     }
     fks = []
     for conname, cs, ct, cnums, ps, pt, pnums, on_delete in conn.execute(
-        load("get_foreign_keys")
+        load("get_foreign_key_graph")
     ).fetchall():
         child, parent = f"{cs}.{ct}", f"{ps}.{pt}"
         if child not in tables or parent not in tables:
