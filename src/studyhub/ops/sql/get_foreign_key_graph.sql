@@ -1,6 +1,7 @@
 -- Every foreign key between user tables: the referencing and referenced columns as attribute
--- numbers in key order (named with get_table_columns_with_keys) and the ON DELETE action (a: no action,
--- r: restrict, c: cascade, n: set null, d: set default). Partition clones are left out.
+-- numbers in key order (named with get_table_columns_with_keys) and the ON DELETE action
+-- (a: no action, r: restrict, c: cascade, n: set null, d: set default). Partition clones are
+-- left out.
 SELECT
     c.conname       AS constraint_name,
     cn.nspname      AS child_schema,
