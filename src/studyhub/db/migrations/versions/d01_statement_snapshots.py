@@ -43,14 +43,8 @@ def upgrade() -> None:
         ),
         schema="ops",
     )
-    op.create_index(
-        op.f("ix_statement_snapshots_captured_at"), "statement_snapshots", ["captured_at"],
-        schema="ops",
-    )
     op.execute(grant_to_ops("GRANT SELECT, INSERT, DELETE ON ops.statement_snapshots TO {role}"))
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_statement_snapshots_captured_at"), table_name="statement_snapshots",
-                  schema="ops")
     op.drop_table("statement_snapshots", schema="ops")
