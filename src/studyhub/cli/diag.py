@@ -427,3 +427,90 @@ def sizes(
                       human_bytes(t.total_bytes), human_bytes(t.heap_bytes),
                       human_bytes(t.index_bytes), human_bytes(t.toast_bytes))
     console.print(table)
+
+
+# ----------------------------------------------------------------------------- explain, advise
+@app.command()
+def explain(
+    statement: Annotated[str, typer.Argument(help="One SQL statement (quote it).")],
+    analyze: Annotated[bool, typer.Option(
+        "--analyze", help="Run it (EXPLAIN ANALYZE, BUFFERS) — still rolled back.")] = False,
+    timeout: Annotated[str, typer.Option("--timeout", help="statement_timeout")] = "30s",
+    profile: ProfileOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """EXPLAIN one statement inside a transaction that is always rolled back, with a
+    statement_timeout; refuses several statements. $n placeholders get a generic plan. Runs as
+    the app role (planning needs SELECT on the tables)."""
+    from studyhub.ops import explain as ops_explain
+
+    prof = profile_from(profile)
+    with connect(prof, "app", application_name=APP_NAME) as conn:
+        result = ops_explain.explain_statement(conn, statement, analyze=analyze, timeout=timeout,
+                                               as_json=json_)
+    if json_:
+        print_json(result)
+        return
+    flags = ["ANALYZE (rolled back)" if analyze else "estimate only"]
+    if result.generic:
+        flags.append("generic plan ($n = NULL)")
+    console.print(Text(f"explain · {prof.name} · {', '.join(flags)}", style="bold"))
+    for line in result.plan:
+        console.print(Text(line))
+
+
+@app.command()
+def advise(
+    profile: ProfileOpt = None,
+    limit: Annotated[int, typer.Option("--limit", help="Statements to analyse.", min=1)] = 50,
+    min_calls: Annotated[int, typer.Option("--min-calls", min=1)] = 1,
+    min_cost: Annotated[float, typer.Option("--min-cost", help="Ignore cheaper statements.")] = 100,
+    min_saving: Annotated[float, typer.Option(
+        "--min-saving", help="Recommend only indexes that cut a statement's cost by this %.")] = 50,
+    apply: Annotated[bool, typer.Option(
+        "--apply", help="Build the recommended indexes (via create-index: CONCURRENTLY).")] = False,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Cost-based index advice (hypopg): plans the costliest pg_stat_statements entries with
+    hypothetical single- and two-column indexes and recommends only those that cut cost
+    substantially. Runs as the app role (planning needs SELECT on the tables; it sees the
+    statements the app role ran)."""
+    from studyhub.ops import advisor
+
+    prof = profile_from(profile)
+    with connect(prof, "app", application_name=APP_NAME) as conn:
+        report = advisor.advise(conn, limit=limit, min_calls=min_calls, min_cost=min_cost,
+                                min_saving_pct=min_saving)
+    built = []
+    if json_ and not apply:
+        print_json(report)
+        return
+    if not json_:
+        _render_advice(prof.name, report)
+    if apply and report.recommendations:
+        for rec in report.recommendations:
+            built.append(build_index(prof, f"{rec.schema}.{rec.table}", rec.columns,
+                                     name=rec.index_name, yes=yes, quiet=json_))
+    if json_:
+        print_json({"advice": report, "built": built})
+
+
+def _render_advice(profile: str, report) -> None:
+    console.print(Text(f"advise · {profile}/{report.database}: "
+                       f"{sum(1 for s in report.statements if s.cost_before is not None)} "
+                       f"statement(s) planned, {report.candidates_tried} hypothetical index(es) "
+                       f"tried (min cost {report.min_cost:g}, min saving "
+                       f"{report.min_saving_pct:g}%)", style="bold"))
+    if not report.recommendations:
+        console.print("no index would cut a costly statement's cost enough")
+    for rec in report.recommendations:
+        console.print(Text.assemble(("recommend ", "green"), (rec.create_sql, "bold")))
+        console.print(f"   cost {rec.cost_before:,.0f} → {rec.cost_after:,.0f} "
+                      f"({rec.saving_pct:.0f}% less) for {len(rec.queryids)} statement(s):")
+        for st in report.statements:
+            if st.queryid in rec.queryids:
+                console.print(Text(f"     {st.cost_before:,.0f} → {st.cost_after:,.0f}  "
+                                   f"{st.calls:,} calls  {short(st.query, 100)}", style="dim"))
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}")

@@ -45,9 +45,15 @@ class ExtensionStatus:
 
 
 def extension_status(conn: psycopg.Connection, name: str) -> ExtensionStatus:
-    installed, available, preloaded = conn.execute(
-        load("get_extension_status"), {"name": name}
-    ).fetchone()
+    installed, available = conn.execute(load("get_extension_status"), {"name": name}).fetchone()
+    preloaded = True
+    if name == "pg_stat_statements" and installed:
+        # Reading shared_preload_libraries needs pg_read_all_settings; asking the view does not.
+        try:
+            with conn.transaction():
+                conn.execute(load("get_statement_stats_probe"))
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            preloaded = False
     return ExtensionStatus(name, installed, available, preloaded)
 
 
