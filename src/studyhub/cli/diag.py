@@ -71,15 +71,21 @@ def short(text: str | None, width: int = 70) -> str:
     return one if len(one) <= width else one[: width - 1] + "…"
 
 
-def ops_connection(profile: str | None, role: str = "ops"):
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", "-d", help="Another database of the profile's server (default: the profile's).")]
+
+
+def ops_connection(profile: str | None, database: str | None = None, role: str = "ops"):
     prof = profile_from(profile)
-    return prof, connect(prof, role, autocommit=True, application_name=APP_NAME)
+    return prof, connect(prof, role, database=database, autocommit=True,
+                         application_name=APP_NAME)
 
 
 # ----------------------------------------------------------------------------- doctor
 @app.command()
 def doctor(
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     json_: JsonOpt = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a threshold, e.g. --set long_queries.warn_s=30 (repeatable; "
@@ -92,7 +98,7 @@ def doctor(
     """Health report: every check ok / warn / critical with value, threshold and fix.
     Exit code: 0 ok, 1 warn, 2 critical (so cron and CI can act on it). Runs as the ops role."""
     limits = health.thresholds(health.parse_settings(set_ or []))
-    prof, conn = ops_connection(profile)
+    prof, conn = ops_connection(profile, database)
     with conn:
         report = health.run_doctor(conn, prof, limits=limits, only=check)
     if json_:
@@ -125,6 +131,7 @@ def doctor(
 @app.command("slow-queries")
 def slow_queries(
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     sort: Annotated[str, typer.Option("--sort", help="total | mean | calls | io")] = "total",
     limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 20,
     min_calls: Annotated[int, typer.Option("--min-calls", min=0)] = 1,
@@ -142,7 +149,7 @@ def slow_queries(
     cache hits, I/O time. Each run stores a snapshot (ops.statement_snapshots) so --since can
     show trends across resets. Runs as the ops role."""
     window = statements.parse_duration(since) if since else None
-    prof, conn = ops_connection(profile)
+    prof, conn = ops_connection(profile, database)
     with conn:
         if reset:
             if dry_run:
@@ -186,13 +193,14 @@ def slow_queries(
 @app.command("indexes")
 def indexes_cmd(
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     json_: JsonOpt = False,
     unused_min_bytes: Annotated[int, typer.Option(
         "--unused-min-bytes", help="Hide unused indexes smaller than this.")] = 0,
 ) -> None:
     """Missing (heavy sequential scans), unused, duplicate, invalid and bloated indexes and
     foreign keys without one, each with the DDL that fixes it. Runs as the ops role."""
-    prof, conn = ops_connection(profile)
+    prof, conn = ops_connection(profile, database)
     with conn:
         report = indexes.index_report(conn, unused_min_bytes=unused_min_bytes)
     if json_:
@@ -225,6 +233,7 @@ def create_index(
     lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "5s",
     retries: Annotated[int, typer.Option("--retries", min=0)] = 3,
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
@@ -234,13 +243,14 @@ def create_index(
     (the table owner), on the server's own port, never through the pooler."""
     prof = profile_from(profile)
     result = build_index(prof, table, columns, name=name, lock_timeout=lock_timeout,
-                         retries=retries, yes=yes, dry_run=dry_run, quiet=json_)
+                         retries=retries, yes=yes, dry_run=dry_run, quiet=json_,
+                         database=database)
     if result is not None and json_:
         print_json(result)
 
 
 def build_index(prof, table, columns, *, name=None, lock_timeout="5s", retries=3, yes=False,
-                dry_run=False, quiet=False):
+                dry_run=False, quiet=False, database=None):
     schema, tname = indexes.split_table(table)
     iname = name or indexes.index_name(tname, list(columns))
     statement = indexes.create_index_sql(schema, tname, list(columns), iname).as_string(None)
@@ -249,7 +259,8 @@ def build_index(prof, table, columns, *, name=None, lock_timeout="5s", retries=3
         return None
     confirm_destructive(prof, f"build index {iname} on {table}", yes=yes)
     pooler_ports = {prof.pooler_port} if prof.pooler_port else set()
-    with connect(prof, "app", autocommit=True, application_name="studyhub create-index") as conn:
+    with connect(prof, "app", database=database, autocommit=True,
+                 application_name="studyhub create-index") as conn:
         with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True,
                       disable=quiet) as bar:
@@ -264,7 +275,7 @@ def build_index(prof, table, columns, *, name=None, lock_timeout="5s", retries=3
             result = indexes.create_index(
                 conn, table, list(columns), name=iname, lock_timeout=lock_timeout,
                 retries=retries, pooler_ports=pooler_ports,
-                monitor=lambda: connect(prof, "ops", autocommit=True,
+                monitor=lambda: connect(prof, "ops", database=database, autocommit=True,
                                         application_name="studyhub create-index progress"),
                 progress=on_progress)
     write_audit("diag.create_index", prof.name, table=f"{result.schema}.{result.table}",
@@ -405,13 +416,15 @@ def replication(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
 def sizes(
     profile: ProfileOpt = None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact row counts (count(*)).")] = False,
+    database: DatabaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Database, table, index and TOAST sizes with row counts (estimates as the ops role;
     --exact counts rows as the app role)."""
     prof = profile_from(profile)
     # Exact counts need SELECT on the tables (the app role); estimates need only pg_monitor.
-    with connect(prof, "app" if exact else "ops", application_name=APP_NAME) as conn:
+    with connect(prof, "app" if exact else "ops", database=database,
+                 application_name=APP_NAME) as conn:
         result = space.table_sizes(conn, exact_counts=exact)
     if json_:
         print_json(result)
@@ -437,6 +450,7 @@ def explain(
         "--analyze", help="Run it (EXPLAIN ANALYZE, BUFFERS) — still rolled back.")] = False,
     timeout: Annotated[str, typer.Option("--timeout", help="statement_timeout")] = "30s",
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """EXPLAIN one statement inside a transaction that is always rolled back, with a
@@ -445,7 +459,7 @@ def explain(
     from studyhub.ops import explain as ops_explain
 
     prof = profile_from(profile)
-    with connect(prof, "app", application_name=APP_NAME) as conn:
+    with connect(prof, "app", database=database, application_name=APP_NAME) as conn:
         result = ops_explain.explain_statement(conn, statement, analyze=analyze, timeout=timeout,
                                                as_json=json_)
     if json_:
@@ -462,6 +476,7 @@ def explain(
 @app.command()
 def advise(
     profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
     limit: Annotated[int, typer.Option("--limit", help="Statements to analyse.", min=1)] = 50,
     min_calls: Annotated[int, typer.Option("--min-calls", min=1)] = 1,
     min_cost: Annotated[float, typer.Option("--min-cost", help="Ignore cheaper statements.")] = 100,
@@ -479,7 +494,7 @@ def advise(
     from studyhub.ops import advisor
 
     prof = profile_from(profile)
-    with connect(prof, "app", application_name=APP_NAME) as conn:
+    with connect(prof, "app", database=database, application_name=APP_NAME) as conn:
         report = advisor.advise(conn, limit=limit, min_calls=min_calls, min_cost=min_cost,
                                 min_saving_pct=min_saving)
     built = []
@@ -491,7 +506,8 @@ def advise(
     if apply and report.recommendations:
         for rec in report.recommendations:
             built.append(build_index(prof, f"{rec.schema}.{rec.table}", rec.columns,
-                                     name=rec.index_name, yes=yes, quiet=json_))
+                                     name=rec.index_name, yes=yes, quiet=json_,
+                                     database=database))
     if json_:
         print_json({"advice": report, "built": built})
 

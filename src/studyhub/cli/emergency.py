@@ -41,9 +41,14 @@ ReplicationOpt = Annotated[bool, typer.Option(
     "--replication", help="Allow signalling replication connections (walsenders).")]
 
 
-def _ops(profile: str | None):
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", "-d", help="The database to act on (default: the profile's).")]
+
+
+def _ops(profile: str | None, database: str | None = None):
     prof = profile_from(profile)
-    return prof, connect(prof, "ops", autocommit=True, application_name=APP_NAME)
+    return prof, connect(prof, "ops", database=database, autocommit=True,
+                         application_name=APP_NAME)
 
 
 @app.command()
@@ -53,11 +58,12 @@ def queries(
     state: Annotated[list[str] | None, typer.Option(
         "--state", help="active, 'idle in transaction', … (repeatable; default: all but idle)")] = None,
     all_databases: Annotated[bool, typer.Option("--all-databases")] = False,
+    database: DatabaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Long-running queries (and transactions left idle), oldest first. Runs as the ops role."""
     limit = parse_duration(older_than).total_seconds()
-    prof, conn = _ops(profile)
+    prof, conn = _ops(profile, database)
     with conn:
         found = activity.long_queries(
             conn, limit, tuple(state) if state else activity.DEFAULT_LONG_STATES,
@@ -87,9 +93,10 @@ def activity_dict(s: activity.Session) -> dict:
     return d
 
 
-def _signal(action: str, pids: list[int], profile: str | None, other_databases: bool,
-            replication: bool, yes: bool, dry_run: bool, json_: bool) -> None:
-    prof, conn = _ops(profile)
+def _signal(action: str, pids: list[int], profile: str | None, database: str | None,
+            other_databases: bool, replication: bool, yes: bool, dry_run: bool,
+            json_: bool) -> None:
+    prof, conn = _ops(profile, database)
     with conn:
         emergency.ensure_can_signal(conn)
         targets = emergency.plan_signal(conn, pids, other_databases=other_databases,
@@ -124,27 +131,28 @@ def _show_outcomes(outcomes: list[emergency.Outcome], json_: bool) -> None:
 
 
 @app.command()
-def cancel(pids: PidsArg, profile: ProfileOpt = None, other_databases: OtherDbOpt = False,
+def cancel(pids: PidsArg, profile: ProfileOpt = None, database: DatabaseOpt = None,
+           other_databases: OtherDbOpt = False,
            replication: ReplicationOpt = False, yes: YesOpt = False, dry_run: DryRunOpt = False,
            json_: JsonOpt = False) -> None:
     """Cancel the running query of each PID (the session stays). Refuses our own session,
     walsenders and other databases' backends unless asked; reports per PID; audited."""
-    _signal("cancel", pids, profile, other_databases, replication, yes, dry_run, json_)
+    _signal("cancel", pids, profile, database, other_databases, replication, yes, dry_run, json_)
 
 
 @app.command()
-def terminate(pids: PidsArg, profile: ProfileOpt = None, other_databases: OtherDbOpt = False,
+def terminate(pids: PidsArg, profile: ProfileOpt = None, database: DatabaseOpt = None,
+              other_databases: OtherDbOpt = False,
               replication: ReplicationOpt = False, yes: YesOpt = False,
               dry_run: DryRunOpt = False, json_: JsonOpt = False) -> None:
     """Terminate each PID's session (its transaction rolls back). Same safety rules as cancel."""
-    _signal("terminate", pids, profile, other_databases, replication, yes, dry_run, json_)
+    _signal("terminate", pids, profile, database, other_databases, replication, yes, dry_run, json_)
 
 
 @app.command("kill-all")
 def kill_all(
     profile: ProfileOpt = None,
-    database: Annotated[str | None, typer.Option("--database", "-d",
-                                                 help="Default: the profile's database.")] = None,
+    database: DatabaseOpt = None,
     include_ops: Annotated[bool, typer.Option(
         "--include-ops", help="Also terminate other sessions of the ops role.")] = False,
     block_new: Annotated[bool, typer.Option(
@@ -225,7 +233,7 @@ def _show_plan(plan: emergency.KillAllPlan, block_new: bool) -> None:
 @app.command()
 def unblock(
     profile: ProfileOpt = None,
-    database: Annotated[str | None, typer.Option("--database", "-d")] = None,
+    database: DatabaseOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:

@@ -171,6 +171,8 @@ def top(
     filter_: Annotated[str | None, typer.Option(
         "--filter", help="Only sessions whose user, app, database, state or query contains this.")] = None,
     include_idle: Annotated[bool, typer.Option("--idle", help="Show idle sessions too.")] = False,
+    database: Annotated[str | None, typer.Option(
+        "--database", "-d", help="Database for the header's TPS and cache hit.")] = None,
 ) -> None:
     """Live view of sessions (running, waiting, blocking) with TPS, cache hit, connections and
     replication lag; cancel or terminate the selected one. Runs as the ops role. --once (with
@@ -178,7 +180,8 @@ def top(
     if sort not in SORTS:
         raise StudyhubError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     prof = profile_from(profile)
-    with connect(prof, "ops", autocommit=True, application_name="studyhub top") as conn:
+    with connect(prof, "ops", database=database, autocommit=True,
+                 application_name="studyhub top") as conn:
         if once or json_:
             first = activity.top_snapshot(conn, include_idle=include_idle)
             time.sleep(min(interval, 1.0))  # TPS and cache hit need two samples
