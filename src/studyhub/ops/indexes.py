@@ -349,6 +349,7 @@ def create_index(
     monitor: Callable[[], psycopg.Connection] | None = None,
     progress: Callable[[BuildProgress], None] | None = None,
     poll_s: float = 0.5,
+    cleanup_timeout: str = "60s",
 ) -> IndexBuildResult:
     """``CREATE INDEX CONCURRENTLY`` on ``conn`` (the table owner, autocommit, not through the
     pooler) with ``lock_timeout``; on a lock timeout it drops the invalid leftover and retries
@@ -389,8 +390,8 @@ def create_index(
             break
         leftover = _index_state(conn, schema, iname)
         if leftover is not None:
-            conn.execute("SET lock_timeout = 0")
-            _drop_index(conn, schema, iname)
+            # DROP INDEX CONCURRENTLY waits for the same transactions the build waited for.
+            _drop_leftover(conn, schema, iname, cleanup_timeout, error)
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout.strip())))
             dropped += 1
         retryable = isinstance(error, psycopg.errors.LockNotAvailable)
@@ -413,6 +414,20 @@ def create_index(
 def _index_state(conn: psycopg.Connection, schema: str, index: str) -> tuple[bool, bool] | None:
     row = conn.execute(load("get_index_state"), {"schema": schema, "index": index}).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def _drop_leftover(conn: psycopg.Connection, schema: str, index: str, timeout: str,
+                   cause: psycopg.Error) -> None:
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(timeout)))
+    try:
+        _drop_index(conn, schema, index)
+    except psycopg.errors.LockNotAvailable:
+        stmt = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {};").format(
+            qualified(schema, index)).as_string(conn)
+        raise IndexBuildError(
+            f"CREATE INDEX CONCURRENTLY {index} failed: {first_line(cause)}; its invalid "
+            f"leftover could not be dropped within {timeout} (a long transaction is still "
+            f"open): run `{stmt}` once it ends (diag doctor lists it as invalid)") from None
 
 
 def _drop_index(conn: psycopg.Connection, schema: str, index: str) -> None:
