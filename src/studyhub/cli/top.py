@@ -156,7 +156,7 @@ class TopState:
     selected: int = 0
     paused: bool = False
     message: str | None = None
-    pending: tuple[str, int] | None = None  # (action, pid) awaiting y/n
+    pending: tuple[str, int, str] | None = None  # (action, pid, who) awaiting y/n
     typing: str | None = None  # filter being typed
     rows: list[activity.Session] = field(default_factory=list)
 
@@ -213,7 +213,8 @@ def _interactive(prof, conn, st: TopState) -> None:
             if st.typing is not None:
                 msg = f"filter: {st.typing}_  (Enter to apply, Esc to cancel)"
             elif st.pending:
-                msg = f"{st.pending[0]} PID {st.pending[1]}? press y to confirm, any other key to abort"
+                msg = (f"{st.pending[0]} PID {st.pending[1]} ({st.pending[2]})? "
+                       "press y to confirm, any other key to abort")
             live.update(render(prof.name, snap, st.rows, sort=st.sort, text_filter=st.text_filter,
                                include_idle=st.include_idle, selected=st.selected,
                                interval=st.interval, paused=st.paused, message=msg,
@@ -239,11 +240,12 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
             st.typing += key
         return False
     if st.pending:
-        action, pid = st.pending
+        action, pid, _ = st.pending
         st.pending = None
         if key.lower() == "y":
             try:
-                targets = emergency.plan_signal(conn, [pid])
+                # the row showed its database and the operator confirmed this very PID
+                targets = emergency.plan_signal(conn, [pid], other_databases=True)
                 outcome = emergency.signal(conn, targets, action, profile=prof.name)[0]
                 st.message = f"{action} {pid}: {outcome.result}"
             except StudyhubError as exc:
@@ -271,5 +273,7 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
     elif key == "-":
         st.interval = max(0.5, st.interval / 2)
     elif key in ("c", "t") and st.rows:
-        st.pending = ("cancel" if key == "c" else "terminate", st.rows[st.selected].pid)
+        row = st.rows[st.selected]
+        st.pending = ("cancel" if key == "c" else "terminate", row.pid,
+                      f"{row.role}@{row.database} {row.application}".strip())
     return False

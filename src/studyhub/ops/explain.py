@@ -157,6 +157,8 @@ def render_text(plan_json: Any) -> list[str]:
     def walk(node: dict, depth: int) -> None:
         pad = "  " * depth + ("->  " if depth else "")
         what = node["Node Type"]
+        if what == "ModifyTable":
+            what = node.get("Operation", what)
         if "Relation Name" in node:
             what += f" on {node['Relation Name']}"
             if node.get("Alias") and node["Alias"] != node["Relation Name"]:
