@@ -258,6 +258,7 @@ class Finding:
     table_rows: int | None = None
     table_bytes: int | None = None
     acknowledged: str | None = None  # the LINT_ACK reason
+    places: int = 1  # squawk: how many places in the statement (e.g. columns) it flagged
 
     @property
     def blocking(self) -> bool:
@@ -896,6 +897,11 @@ def _merge_squawk(m, st, item, findings, analyzer: _Analyzer, cleared, sizes) ->
     for our_rule in ours:
         if our_rule in reasons:
             cleared.append(Cleared(m.revision, st.number, rule, reasons[our_rule]))
+            return
+    for f in findings:  # squawk reports a rule once per column: one finding per statement
+        if f.source == "squawk" and f.revision == m.revision and \
+                f.statement_number == st.number and f.rule == rule:
+            f.places += 1
             return
     help_text = (item.get("help") or "").strip()
     table = None

@@ -34,10 +34,10 @@ LOCK_MODES = (
     "ACCESS EXCLUSIVE",
 )
 BLOCKS = {
-    "ACCESS SHARE": "only ACCESS EXCLUSIVE (DDL)",
-    "ROW SHARE": "EXCLUSIVE and ACCESS EXCLUSIVE",
-    "ROW EXCLUSIVE": "DDL that blocks writes (CREATE INDEX, ALTER TABLE …)",
-    "SHARE UPDATE EXCLUSIVE": "other DDL and VACUUM — not reads, not writes",
+    "ACCESS SHARE": "no reads or writes, only ACCESS EXCLUSIVE DDL",
+    "ROW SHARE": "no reads or writes, only EXCLUSIVE and ACCESS EXCLUSIVE",
+    "ROW EXCLUSIVE": "no reads or writes, only DDL such as CREATE INDEX and ALTER TABLE",
+    "SHARE UPDATE EXCLUSIVE": "no reads or writes, only other DDL and VACUUM",
     "SHARE": "writes (INSERT, UPDATE, DELETE)",
     "SHARE ROW EXCLUSIVE": "writes (INSERT, UPDATE, DELETE)",
     "EXCLUSIVE": "writes and SELECT … FOR UPDATE",
