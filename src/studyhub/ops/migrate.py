@@ -303,7 +303,14 @@ def _is_database_error(exc: BaseException) -> bool:
 
 
 def _error_message(exc: BaseException) -> str:
+    """PostgreSQL's primary message (and DETAIL) of the error, on one line."""
     if _is_database_error(exc):
+        orig = getattr(exc, "orig", None) or exc
+        diag = getattr(orig, "diag", None)
+        primary = getattr(diag, "message_primary", None)
+        if primary:
+            detail = getattr(diag, "message_detail", None)
+            return primary + (f" ({detail})" if detail else "")
         return _root_message(exc)
     return first_line(exc)
 
