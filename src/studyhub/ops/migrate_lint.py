@@ -388,19 +388,13 @@ class _Analyzer:
         self.cleared: dict[tuple[str, int], dict[str, str]] = {}
 
     # -- helpers
-    def _size_note(self, table: str | None) -> str:
-        if table and table in self.sizes:
-            rows, size = self.sizes[table]
-            return f" ({table}: ~{rows:,} rows, {_human(size)})"
-        return ""
-
     def flag(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, table: str | None,
              why: str) -> None:
         r = RULES[rule]
         rows, size = self.sizes.get(table or "", (None, None))
         self.findings.append(Finding(
             m.revision, m.path, st.number, st.line, st.sql, rule, r.severity, table,
-            why + self._size_note(table), r.recipe, table_rows=rows, table_bytes=size))
+            why, r.recipe, table_rows=rows, table_bytes=size))
 
     def clear(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, reason: str) -> None:
         self.cleared.setdefault((m.revision, st.number), {})[rule] = reason
