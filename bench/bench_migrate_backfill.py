@@ -100,14 +100,17 @@ def main() -> None:
                           sa.DateTime(timezone=True), server_default=sa.text("now()")))
             op.execute("UPDATE flashcard_reviews SET recorded_at = reviewed_at")
             op.alter_column("flashcard_reviews", "recorded_at", nullable=False)
-        ''', down=down, rev="naive")
+        ''', downgrade='op.drop_column("flashcard_reviews", "recorded_at")', down=down,
+            rev="naive")
         base = run_with_writers(profile, db, student, card, ids, lambda: migrate.upgrade(
             profile, naive, database=db, lock_timeout="60s", extra_versions=[versions]))
         migrate.downgrade(profile, down, database=db, extra_versions=[versions])
         with connect_as(profile, "app", db) as conn:
             conn.execute("VACUUM ANALYZE flashcard_reviews")
-        ours = run_with_writers(profile, db, student, card, ids, lambda: migrate.upgrade(
-            profile, "m01", database=db, lock_timeout="5s", retries=3))
+        ours_result = []
+        ours = run_with_writers(profile, db, student, card, ids, lambda: ours_result.append(
+            migrate.upgrade(profile, "m01", database=db, lock_timeout="5s", retries=3)))
+        print("m01: " + "; ".join(ours_result[0].notes))
         print(f"{'':24}{'naive (1 transaction)':>24}{'m01 (batched recipe)':>24}")
         for key, label in (("migration_s", "migration duration s"), ("writes", "writes during it"),
                            ("p50_ms", "writer wait p50 ms"), ("p99_ms", "writer wait p99 ms"),
