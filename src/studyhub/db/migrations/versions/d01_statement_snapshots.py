@@ -4,7 +4,7 @@
 rows older than its retention, so the ops role gets SELECT, INSERT and DELETE.
 
 Revision ID: d01
-Revises: 0002
+Revises: m01
 Create Date: 2026-11-25
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from alembic import op
 from studyhub.db.migration_helpers import grant_to_ops
 
 revision: str = "d01"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "m01"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
