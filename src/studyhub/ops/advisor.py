@@ -11,6 +11,10 @@
    cost by at least ``min_saving_pct`` (Dexter's defaults: 100 and 50%); a two-column index
    replaces the single-column one only when it cuts the cost left by a further
    ``min_saving_pct``. Candidates that an existing valid index already leads with are skipped.
+6. Drop a recommendation whose columns lead another recommendation on the same table (the
+   longer index serves both), then re-plan every statement with only the final set of
+   hypothetical indexes: each recommendation lists the statements that really use it, with
+   their cost before and after.
 
 Runs as the app role: planning needs SELECT on the tables. Everything happens in a transaction
 that is rolled back, and the hypothetical indexes are reset.
@@ -255,7 +259,29 @@ def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = 1,
             st.saving_pct = 100.0 * (1 - cost / st.cost_before)
             st.index = [cand.schema, cand.table, *cand.columns]
             chosen.setdefault((cand.schema, cand.table, cand.columns), []).append(st)
-        for (s, t, columns), sts in sorted(chosen.items()):
+        # a chosen index that is a prefix of another chosen one is served by the longer one
+        final = {k for k in chosen if not any(
+            o != k and o[:2] == k[:2] and o[2][:len(k[2])] == k[2] for o in chosen)}
+        # verify: only the final set, re-planned; each statement credits the index it uses
+        conn.execute(load("do_reset_hypothetical_indexes"))
+        names3 = _hypothetical(conn, [Candidate(*k) for k in sorted(final)])
+        verified = _costs(conn, analysed)
+        credited: dict[tuple[str, str, tuple[str, ...]], list[StatementAdvice]] = {}
+        for st in analysed:
+            if st.queryid not in verified or st.index is None:
+                continue
+            cost, used = verified[st.queryid]
+            hypo = [names3[n] for n in used if n in names3]
+            if not hypo or cost > st.cost_before * (1 - min_saving_pct / 100):
+                st.index, st.cost_after, st.saving_pct = None, None, None
+                st.note = "no index cuts its cost enough"
+                continue
+            cand = hypo[0]
+            st.cost_after = cost
+            st.saving_pct = 100.0 * (1 - cost / st.cost_before)
+            st.index = [cand.schema, cand.table, *cand.columns]
+            credited.setdefault((cand.schema, cand.table, cand.columns), []).append(st)
+        for (s, t, columns), sts in sorted(credited.items()):
             name = indexes.index_name(t, list(columns))
             report.recommendations.append(Recommendation(
                 s, t, list(columns), name,
