@@ -53,11 +53,25 @@ def test_duplicate_and_unused_indexes_are_found(profile, orders_db, cli):
     unused = {f["index"] for f in report["unused"]}
     assert {"ix_status", "ix_status_customer"} <= unused
     assert "customers_pkey" not in unused  # a primary key enforces something: never "unused"
+    assert "ix_used" not in unused
     res = cli("diag", "doctor", "-d", orders_db, "--check", "duplicate_indexes", "--check",
               "unused_indexes", "--set", "unused_indexes.min_bytes=0", "--json")
     checks = {c["name"]: c for c in as_json(res)["checks"]}
     assert checks["duplicate_indexes"]["status"] == "warn"
     assert "ix_status" in {i["index"] for i in checks["unused_indexes"]["items"]}
+
+
+def test_the_only_index_behind_a_foreign_key_is_never_called_unused(profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        c.execute("CREATE INDEX ix_orders_customer_id ON orders (customer_id)")
+    report = _report(cli, orders_db)
+    assert "ix_orders_customer_id" not in {f["index"] for f in report["unused"]}
+    with connect_as(profile, "app", orders_db) as c:  # a second one makes the first droppable
+        c.execute("CREATE INDEX ix_orders_customer_id_status ON orders (customer_id, status)")
+    report = _report(cli, orders_db)
+    assert {"ix_orders_customer_id", "ix_orders_customer_id_status"} <= {
+        f["index"] for f in report["unused"]}
+    assert report["duplicate"][0]["index"] == "ix_orders_customer_id"
 
 
 def test_failed_concurrent_index_is_reported_invalid(profile, orders_db, cli):

@@ -116,7 +116,7 @@ def doctor(
                           c.threshold)
         console.print(table)
         for c in report.checks:
-            if c.status == "ok" and not c.detail:
+            if c.status == "ok":
                 continue
             style = STATUS_STYLE[c.status]
             console.print(Text.assemble((f"{c.status:8} ", style), (c.name, "bold"),

@@ -365,12 +365,14 @@ def duplicate_indexes(ctx: CheckContext) -> Check:
 @check("unused_indexes")
 def unused_indexes(ctx: CheckContext) -> Check:
     min_bytes = ctx.t("unused_indexes.min_bytes")
-    found = [f for f in indexes.unused_indexes(indexes.index_definitions(ctx.conn))
+    found = [f for f in indexes.unused_indexes(indexes.index_definitions(ctx.conn),
+                                               indexes.sole_foreign_key_indexes(ctx.conn))
              if f.size_bytes >= min_bytes]
     return Check(
         "unused_indexes", "Unused indexes", "warn" if found else "ok",
         f"{len(found)} ({_fmt_bytes(sum(f.size_bytes for f in found))})",
-        f"never scanned since the statistics reset and ≥{_fmt_bytes(min_bytes)}",
+        f"never scanned since the statistics reset, ≥{_fmt_bytes(min_bytes)}, not the only "
+        "index of a foreign key",
         fix=None if not found else
         "check the replica's statistics too, then: " + _join_fixes([f.fix_sql for f in found]),
         items=[{"index": f.index, "table": f.table, "size_bytes": f.size_bytes,

@@ -152,14 +152,24 @@ def duplicate_indexes(defs: list[IndexDef]) -> list[IndexFinding]:
     return out
 
 
-def unused_indexes(defs: list[IndexDef]) -> list[IndexFinding]:
-    """Valid indexes never scanned since the statistics were reset that enforce nothing."""
+def sole_foreign_key_indexes(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    """(schema, index) of indexes that are the only support of some foreign key."""
+    return {(r["schema"], r["indexes"][0]) for r in _rows(conn, "get_foreign_key_support")
+            if len(r["indexes"]) == 1}
+
+
+def unused_indexes(defs: list[IndexDef],
+                   keep: set[tuple[str, str]] = frozenset()) -> list[IndexFinding]:  # type: ignore[assignment]
+    """Valid indexes never scanned since the statistics were reset that enforce nothing and are
+    not in ``keep`` (e.g. the only index behind a foreign key: deletes on the referenced table
+    need it even when no query has used it yet)."""
     return [
         IndexFinding("unused", d.schema, d.table, d.index, d.size_bytes,
                      "0 scans since the statistics were reset (check replicas too)",
                      drop_index_sql(d.schema, d.index))
         for d in sorted(defs, key=lambda d: -d.size_bytes)
         if d.scans == 0 and d.is_valid and not (d.is_unique or d.is_primary or d.backs_constraint)
+        and (d.schema, d.index) not in keep
     ]
 
 
@@ -275,7 +285,8 @@ def index_report(conn: psycopg.Connection, *, unused_min_bytes: int = 0,
     return IndexReport(
         database=conn.info.dbname,
         missing=missing_indexes(conn),
-        unused=[f for f in unused_indexes(defs) if f.size_bytes >= unused_min_bytes],
+        unused=[f for f in unused_indexes(defs, sole_foreign_key_indexes(conn))
+                if f.size_bytes >= unused_min_bytes],
         duplicate=duplicate_indexes(defs),
         invalid=invalid_indexes(defs),
         bloat=estimated_bloat(conn, min_bytes=bloat_min_bytes),
