@@ -75,11 +75,16 @@ def queries(
         console.print(f"no query older than {older_than} on {prof.name}")
         return
     table = Table(title=f"queries older than {older_than} · {prof.name}", title_justify="left")
-    for col in ("pid", "age", "state", "role", "app", "database", "wait", "blocked by", "query"):
-        table.add_column(col, overflow="fold" if col == "query" else "ellipsis",
-                         no_wrap=col != "query")
+    table.add_column("pid", no_wrap=True, min_width=7, justify="right")
+    table.add_column("age", no_wrap=True, min_width=6, justify="right")
+    for col in ("state", "role", "app", "database", "wait"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("blocked by", no_wrap=True, min_width=7)
+    table.add_column("query", overflow="fold", min_width=20)
     for s in found:
-        table.add_row(str(s.pid), human_s(s.age_s), s.state, s.role or "", escape(s.application),
+        table.add_row(str(s.pid), human_s(s.age_s),
+                      s.state.replace("idle in transaction", "idle in xact"), s.role or "",
+                      escape(s.application),
                       s.database or "", f"{s.wait_event_type or ''}:{s.wait_event or ''}".strip(":"),
                       ",".join(map(str, s.blocked_by)), escape(short(s.query, 120)))
     console.print(table)
@@ -113,8 +118,9 @@ def _signal(action: str, pids: list[int], profile: str | None, database: str | N
 
 def _show_targets(title: str, targets: list[emergency.Target]) -> None:
     table = Table(title=title, title_justify="left")
-    for col in ("pid", "database", "role", "app", "type", "state", "age", "fingerprint"):
-        table.add_column(col)
+    table.add_column("pid", no_wrap=True, min_width=7, justify="right")
+    for col in ("database", "role", "app", "type", "state", "age", "fingerprint"):
+        table.add_column(col, overflow="fold")
     for t in targets:
         table.add_row(str(t.pid), t.database or "-", t.role or "-", escape(t.application),
                       t.backend_type, t.state, human_s(t.age_s), t.fingerprint or "-")
@@ -215,8 +221,9 @@ def kill_all(
 def _show_plan(plan: emergency.KillAllPlan, block_new: bool) -> None:
     table = Table(title=f"kill-all on {plan.database}: {len(plan.targets)} to terminate, "
                         f"{len(plan.spared)} spared", title_justify="left")
-    for col in ("pid", "action", "role", "app", "type", "state", "age", "why"):
-        table.add_column(col)
+    table.add_column("pid", no_wrap=True, min_width=7, justify="right")
+    for col in ("action", "role", "app", "type", "state", "age", "why"):
+        table.add_column(col, overflow="fold")
     for t in plan.targets:
         table.add_row(str(t.pid), "[red]terminate[/]", t.role or "-", escape(t.application),
                       t.backend_type, t.state, human_s(t.age_s), "")

@@ -93,9 +93,11 @@ def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session
                         + (f"  every {interval:g}s" if interval else "")
                         + ("  [PAUSED]" if paused else ""))
     table = Table(box=None, pad_edge=False, expand=True, header_style="bold reverse")
-    for col, kw in (("PID", {"justify": "right"}), ("DB", {}), ("USER", {}), ("APP", {}),
-                    ("STATE", {}), ("TIME", {"justify": "right"}), ("WAIT", {}),
-                    ("BLOCKED BY", {}), ("QUERY", {"ratio": 1})):
+    for col, kw in (("PID", {"justify": "right", "min_width": 7}),
+                    ("DB", {"max_width": 14}), ("USER", {"max_width": 14}),
+                    ("APP", {"max_width": 16}), ("STATE", {"max_width": 12}),
+                    ("TIME", {"justify": "right", "min_width": 6}), ("WAIT", {"max_width": 18}),
+                    ("BLOCKED BY", {"min_width": 7}), ("QUERY", {"ratio": 1, "min_width": 20})):
         table.add_column(col, no_wrap=True, overflow="ellipsis", **kw)
     limit = max(3, (height or 40) - 6)
     start = 0
@@ -113,7 +115,7 @@ def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session
             style = (style + " reverse").strip()
         wait = f"{s.wait_event_type}:{s.wait_event}" if s.wait_event_type else ""
         table.add_row(str(s.pid), s.database or "", s.role or "", escape(s.application),
-                      s.state, human_s(s.age_s), wait, ",".join(map(str, s.blocked_by)),
+                      s.state.replace("idle in transaction", "idle in xact"), human_s(s.age_s), wait, ",".join(map(str, s.blocked_by)),
                       escape(short(s.query, 300)), style=style)
     footer = Text(message or "↑/↓ select  s sort  i idle  / filter  c cancel  t terminate  "
                              "p pause  +/- interval  q quit", style="dim")

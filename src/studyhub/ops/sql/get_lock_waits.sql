@@ -4,7 +4,8 @@ SELECT
     pg_blocking_pids(a.pid)                                   AS blocked_by,
     l.mode                                                    AS waiting_mode,
     l.locktype                                                AS lock_type,
-    CASE WHEN l.relation IS NOT NULL THEN l.relation::regclass::text
+    CASE WHEN l.locktype = 'tuple' THEN 'a row of ' || l.relation::regclass::text
+         WHEN l.relation IS NOT NULL THEN l.relation::regclass::text
          WHEN l.locktype = 'transactionid' THEN 'transaction ' || l.transactionid::text
          WHEN l.locktype = 'virtualxid' THEN 'virtual transaction ' || l.virtualxid
          WHEN l.locktype = 'advisory' THEN 'advisory ' || l.classid::text || ':' || l.objid::text
