@@ -171,3 +171,20 @@ def test_create_index_reports_progress(profile, orders_db):
     assert result.is_valid
     # the build may be too quick to sample on a fast machine; when sampled, phases are real
     assert all(p.phase for p in seen)
+
+
+def test_index_bloat_is_estimated_after_mass_deletes(profile, fresh_db):
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE readings (id int PRIMARY KEY, sensor int)")
+        c.execute("INSERT INTO readings SELECT g, g % 100 FROM generate_series(1, 300000) g")
+        c.execute("DELETE FROM readings WHERE id % 10 <> 0")
+        c.execute("VACUUM ANALYZE readings")  # pages stay, the tuple count drops
+    with connect_as(profile, "ops", fresh_db) as conn:
+        found = {f.index: f for f in indexes.estimated_bloat(conn, min_bytes=1024**2)}
+        assert "readings_pkey" in found
+        assert found["readings_pkey"].details["bloat_pct"] > 70
+        assert found["readings_pkey"].fix_sql == 'REINDEX INDEX CONCURRENTLY "public"."readings_pkey";'
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute(found["readings_pkey"].fix_sql)
+    with connect_as(profile, "ops", fresh_db) as conn:
+        assert "readings_pkey" not in {f.index for f in indexes.estimated_bloat(conn, min_bytes=0)}
