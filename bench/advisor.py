@@ -11,7 +11,8 @@ and what does building it buy the workload? Baseline and result measured in the 
 3. Drops ``ix_notes_student_id``, ANALYZEs, resets pg_stat_statements for the database.
 4. Runs a realistic app workload as the app role, with parameters (so pg_stat_statements holds
    normalized ``$n`` statements): a student's notes page, note count, notes per subject, due
-   cards, AI history, a note by id. Mean time per round = "before".
+   cards, AI history, a note by id. One untimed warm-up round, then the mean time per
+   statement over ``--rounds`` rounds = "before".
 5. Runs the advisor (hypopg, generic plans) and prints its recommendations; checks they are
    exactly ``notes(student_id)``.
 6. Builds them with ``create_index`` (CONCURRENTLY, verified), re-runs the same workload with
@@ -106,12 +107,15 @@ def seed(profile, database: str, students: int) -> tuple[int, str]:
 
 
 def run_workload(profile, database: str, params: list[dict]) -> dict[str, float]:
-    """Mean milliseconds per statement kind over the parameter list."""
+    """Mean milliseconds per statement kind over the parameter list, after one untimed warm-up
+    round (so before and after both run with warm caches)."""
     from studyhub.connect import connect
 
     times: dict[str, list[float]] = {k: [] for k in WORKLOAD}
     with connect(profile, "app", database=database, autocommit=True,
                  application_name="bench workload") as conn:
+        for name, q in WORKLOAD.items():
+            conn.execute(q, params[0]).fetchall()
         for p in params:
             for name, q in WORKLOAD.items():
                 t0 = time.perf_counter()
