@@ -39,3 +39,22 @@ def test_advise_recommends_the_missing_index_only_and_apply_builds_it(profile, f
         assert valid
     again = as_json(cli("diag", "advise", "-d", fresh_db, "--json"))
     assert again["recommendations"] == []
+
+
+def test_two_column_index_wins_only_when_it_cuts_much_more_and_absorbs_its_prefix(
+        profile, fresh_db, cli):
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE posts (id bigint PRIMARY KEY, author_id int NOT NULL, "
+                  "created_at timestamptz NOT NULL, body text)")
+        c.execute("INSERT INTO posts SELECT g, g % 500, now() - g * interval '1 minute', "
+                  "md5(g::text) FROM generate_series(1, 100000) g")
+        c.execute("ANALYZE posts")
+        for i in range(10):
+            c.execute("SELECT id FROM posts WHERE author_id = %s ORDER BY created_at DESC "
+                      "LIMIT 10", (i,))
+            c.execute("SELECT count(*) FROM posts WHERE author_id = %s", (i,))
+    report = as_json(cli("diag", "advise", "-d", fresh_db, "--json"))
+    recs = [(r["table"], r["columns"]) for r in report["recommendations"]]
+    # (author_id) alone would serve the count; (author_id, created_at) serves both, so only it
+    assert recs == [("posts", ["author_id", "created_at"])]
+    assert len(report["recommendations"][0]["queryids"]) == 2
