@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 
-import pytest
 
 from tests.conftest import connect_as
 from tests.diag_helpers import Background, as_json, is_running, is_waiting_for_lock, wait_for

@@ -7,7 +7,7 @@ import pytest
 
 from studyhub.ops import indexes
 from tests.conftest import connect_as
-from tests.diag_helpers import Background, as_json, wait_for
+from tests.diag_helpers import as_json, wait_for
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ new connections with a guaranteed undo, audit lines without query text."""
 from __future__ import annotations
 
 import json
-import time
 
 import psycopg
 import pytest

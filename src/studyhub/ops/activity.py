@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from studyhub.connect import ConnectError, connect, first_line
+from studyhub.connect import ConnectError, first_line
 from studyhub.errors import StudyhubError
 from studyhub.ops.queries import load
 from studyhub.profiles import Endpoint, Profile

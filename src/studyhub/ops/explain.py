@@ -19,48 +19,69 @@ from studyhub.errors import RefusedError, StudyhubError
 _PARAM = re.compile(r"\$\d+")
 
 
+def _end_of_quoted(text: str, i: int) -> int:
+    """Index just past the quoted literal or identifier starting at ``i`` ('' and "" escape)."""
+    quote, j = text[i], i + 1
+    while j < len(text):
+        if text[j] == quote:
+            if text[j + 1:j + 2] == quote:
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    return len(text)
+
+
+def _end_of_block_comment(text: str, i: int) -> int:
+    depth, j = 1, i + 2  # block comments nest in PostgreSQL
+    while j < len(text) and depth:
+        if text.startswith("/*", j):
+            depth, j = depth + 1, j + 2
+        elif text.startswith("*/", j):
+            depth, j = depth - 1, j + 2
+        else:
+            j += 1
+    return j
+
+
+def _skip(text: str, i: int) -> int | None:
+    """If a quoted string, comment or dollar-quoted body starts at ``i``, the index past it."""
+    c = text[i]
+    if c in ("'", '"'):
+        return _end_of_quoted(text, i)
+    if text.startswith("--", i):
+        end = text.find("\n", i)
+        return len(text) if end < 0 else end
+    if text.startswith("/*", i):
+        return _end_of_block_comment(text, i)
+    if c == "$":
+        m = re.match(r"\$([A-Za-z_]\w*)?\$", text[i:])
+        if m:
+            end = text.find(m.group(0), i + len(m.group(0)))
+            return len(text) if end < 0 else end + len(m.group(0))
+    return None
+
+
+def _meaningful(sql_text: str) -> bool:
+    stripped = re.sub(r"--[^\n]*", "", sql_text)
+    stripped = re.sub(r"/\*.*?\*/", "", stripped, flags=re.S)
+    return bool(stripped.strip())
+
+
 def split_statements(text: str) -> list[str]:
     """Split SQL on top-level semicolons, honouring quotes, comments and dollar quoting."""
-    out, buf, i, n = [], [], 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in ("'", '"'):
-            j = i + 1
-            while j < n:
-                if text[j] == c:
-                    if j + 1 < n and text[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            buf.append(text[i:j + 1]); i = j + 1; continue
-        if text.startswith("--", i):
-            j = text.find("\n", i); j = n if j < 0 else j
-            buf.append(text[i:j]); i = j; continue
-        if text.startswith("/*", i):
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if text.startswith("/*", j): depth += 1; j += 2
-                elif text.startswith("*/", j): depth -= 1; j += 2
-                else: j += 1
-            buf.append(text[i:j]); i = j; continue
-        m = re.match(r"\$([A-Za-z_]\w*)?\$", text[i:]) if c == "$" else None
-        if m:
-            tag = m.group(0)
-            j = text.find(tag, i + len(tag))
-            j = n if j < 0 else j + len(tag)
-            buf.append(text[i:j]); i = j; continue
-        if c == ";":
-            out.append("".join(buf)); buf = []; i += 1; continue
-        buf.append(c); i += 1
-    out.append("".join(buf))
-
-    def meaningful(s: str) -> bool:
-        s = re.sub(r"--[^\n]*", "", s)
-        s = re.sub(r"/\*.*?\*/", "", s, flags=re.S)
-        return bool(s.strip())
-
-    return [s.strip() for s in out if meaningful(s)]
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        past = _skip(text, i)
+        if past is not None:
+            i = past
+        elif text[i] == ";":
+            parts.append(text[start:i])
+            start = i = i + 1
+        else:
+            i += 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if _meaningful(p)]
 
 
 def one_statement(text: str) -> str:
