@@ -90,11 +90,16 @@ def test_failed_concurrent_index_is_reported_invalid(profile, orders_db, cli):
 def test_table_with_heavy_sequential_scans_is_reported_missing_an_index(profile, orders_db, cli):
     with connect_as(profile, "app", orders_db) as c:
         for i in range(20):
-            c.execute("SELECT count(*) FROM orders WHERE note = %s", (f"x{i}",))
+            c.execute("SELECT count(*) FROM orders WHERE customer_id = %s", (i,))
     missing = wait_for(lambda: [m for m in _report(cli, orders_db)["missing"]
                                 if m["table"] == "orders"], what="seq scan statistics")
     assert missing[0]["details"]["seq_scan"] >= 20
-    assert "diag advise" in missing[0]["details"]["hint"]
+    assert "diag advise" in missing[0]["details"]["hint"] and missing[0]["fix_sql"] is None
+    advised = as_json(cli("diag", "indexes", "-d", orders_db, "--advise", "--json"))
+    orders = next(m for m in advised["missing"] if m["table"] == "orders")
+    assert orders["fix_sql"] == ('CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON '
+                                 '"public"."orders" ("customer_id");')
+    assert orders["details"]["advised"][0]["columns"] == ["customer_id"]
 
 
 def test_create_index_builds_concurrently_and_verifies(profile, orders_db, cli):

@@ -196,12 +196,21 @@ def indexes_cmd(
     json_: JsonOpt = False,
     unused_min_bytes: Annotated[int, typer.Option(
         "--unused-min-bytes", help="Hide unused indexes smaller than this.")] = 0,
+    advise: Annotated[bool, typer.Option(
+        "--advise", help="Also run the advisor (as the app role) so tables missing an index "
+                         "get the exact CREATE INDEX it recommends.")] = False,
 ) -> None:
     """Missing (heavy sequential scans), unused, duplicate, invalid and bloated indexes and
-    foreign keys without one, each with the DDL that fixes it. Runs as the ops role."""
+    foreign keys without one, each with the DDL that fixes it (for missing ones: with
+    --advise, else a pointer to `diag advise`). Runs as the ops role."""
     prof, conn = ops_connection(profile, database)
     with conn:
         report = indexes.index_report(conn, unused_min_bytes=unused_min_bytes)
+    if advise and report.missing:
+        from studyhub.ops import advisor
+
+        with connect(prof, "app", database=database, application_name=APP_NAME) as app_conn:
+            advisor.attach_advice(report, advisor.advise(app_conn))
     if json_:
         print_json(report)
         return

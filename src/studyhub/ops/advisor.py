@@ -299,3 +299,20 @@ def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = 1,
         report.notes.append("pg_stat_statements has no statements of this database visible to "
                             f"role {conn.info.user} yet: run the workload first")
     return report
+
+
+def attach_advice(report: "indexes.IndexReport", advice: AdviceReport) -> None:
+    """Give each "missing" finding of ``report`` the CREATE INDEX statements the advisor
+    recommends for its table (or say that it found none worth building)."""
+    for finding in report.missing:
+        recs = [r for r in advice.recommendations
+                if (r.schema, r.table) == (finding.schema, finding.table)]
+        if recs:
+            finding.fix_sql = " ".join(r.create_sql for r in recs)
+            finding.details["advised"] = [
+                {"columns": r.columns, "cost_before": r.cost_before, "cost_after": r.cost_after,
+                 "queryids": r.queryids} for r in recs]
+        else:
+            finding.details["hint"] = ("the advisor found no index that cuts a costly "
+                                       "statement's cost enough (the scans may be cheap, or "
+                                       "the statements ran under another role)")
