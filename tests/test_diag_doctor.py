@@ -150,3 +150,18 @@ def test_unreachable_replica_is_a_note_not_a_failure(migrated):
         report = activity.replication_report(nowhere, conn)
     assert report.replica_self is None
     assert "unreachable" in report.replica_note and str(nowhere.replica_port) in report.replica_note
+
+
+def test_sequence_close_to_its_column_limit_is_critical(profile, fresh_db, cli):
+    from studyhub.ops import migrate
+
+    migrate.upgrade(profile, database=fresh_db)  # d02: the ops role may read sequences
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE tickets (id serial PRIMARY KEY, title text)")  # int4 column
+        c.execute("SELECT setval('tickets_id_seq', 2000000000)")  # 93% of 2^31 - 1
+    res = cli("diag", "doctor", "-d", fresh_db, "--check", "sequences", "--json")
+    check = as_json(res)["checks"][0]
+    assert check["status"] == "critical" and res.exit_code == 2
+    item = check["items"][0]
+    assert item["sequence"] == "public.tickets_id_seq" and item["limit"] == 2147483647
+    assert item["column"] == "tickets.id" and item["used_pct"] > 90
