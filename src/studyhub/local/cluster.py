@@ -614,10 +614,19 @@ class LocalCluster:
 
     # ----------------------------------------------------------------- pooler
     def _pgbouncer_conf(self, state: LocalState) -> str:
+        # Named pools (``studyhub cluster pool add``, like DigitalOcean's connection pools) come
+        # before the catch-all entry that routes every other database to the primary.
+        pools = "".join(
+            f"{name} = host=127.0.0.1 port={state.primary_port} dbname={p['database']}"
+            + (f" user={p['user']}" if p.get("user") else "")
+            + f" pool_size={p['size']} pool_mode={p['mode']}\n"
+            for name, p in sorted(state.extra.get("pools", {}).items())
+        )
         return (
             "; written by studyhub local; edits are overwritten\n"
             "[databases]\n"
-            f"* = host=127.0.0.1 port={state.primary_port}\n"
+            + pools
+            + f"* = host=127.0.0.1 port={state.primary_port}\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {state.pooler_port}\n"
@@ -668,6 +677,25 @@ class LocalCluster:
                 last = exc
                 time.sleep(0.1)
         raise LocalClusterError(f"pgbouncer is not answering on port {port}: {last}")
+
+    def pooler_admin_connect(self) -> psycopg.Connection:
+        """PgBouncer's admin console (SHOW …, RELOAD) as the superuser (its admin_users)."""
+        return psycopg.connect(
+            host="127.0.0.1", port=self.load_state().pooler_port, dbname="pgbouncer",
+            user=SUPERUSER, passfile=str(self.passfile), sslmode="disable", autocommit=True,
+            connect_timeout=10, prepare_threshold=None,
+        )
+
+    def reload_pooler(self) -> bool:
+        """Rewrite pgbouncer.ini from the state; a running PgBouncer reloads it (RELOAD on its
+        admin console, which answers once the new file is in effect). False if not running."""
+        state = self.load_state()
+        proc.write_private(self.pgbouncer_ini, self._pgbouncer_conf(state), server_owned=True)
+        if self._pooler_pid() is None:
+            return False
+        with self.pooler_admin_connect() as conn:
+            conn.execute("RELOAD")
+        return True
 
     def _stop_pooler(self) -> bool:
         pid = self._pooler_pid()
