@@ -1,6 +1,6 @@
 """``studyhub cluster`` on the local embedded cluster, with PostgreSQL's own machinery.
 
-- Base backups: ``pg_basebackup`` (tar, zstd, with its WAL and a manifest) into
+- Base backups: ``pg_basebackup`` (tar + zstd, with its WAL and a manifest) into
   ``$STUDYHUB_HOME/basebackups/<label>/``; a backup is written to ``<label>.part`` and only
   renamed once complete, so one that did not finish never looks finished.
 - WAL archive: the primary archives every segment into ``$STUDYHUB_HOME/wal-archive/``
@@ -227,6 +227,9 @@ class LocalBackend:
             shutil.rmtree(part, ignore_errors=True)
             raise
         finished = self._now()
+        # pg_basebackup 15 compresses only base.tar with zstd; its WAL tar is compressed here.
+        proc.run_server_cmd(["zstd", "-q", "-1", "--rm", str(part / "pg_wal.tar")],
+                            what="zstd (backup WAL)", timeout=3600)
         manifest = json.loads((part / "backup_manifest").read_text())
         wal = manifest["WAL-Ranges"][0]
         meta = {
@@ -440,8 +443,9 @@ class LocalBackend:
         progress(f"restoring {p['base']}")
         proc.run_server_cmd(["tar", "--zstd", "-xf", str(backup_dir / "base.tar.zst"), "-C",
                              str(target)], what="tar (base backup)", timeout=6 * 3600)
-        proc.run_server_cmd(["tar", "-xf", str(backup_dir / "pg_wal.tar"), "-C",
-                             str(target / "pg_wal")], what="tar (backup WAL)", timeout=3600)
+        wal_tar = backup_dir / "pg_wal.tar.zst"
+        proc.run_server_cmd(["tar", "--zstd", "-xf", str(wal_tar), "-C", str(target / "pg_wal")],
+                            what="tar (backup WAL)", timeout=3600)
         progress("checking the restored files against the backup manifest")
         proc.run_server_cmd([str(proc.pg_program("pg_verifybackup")), "-q", "-m",
                              str(backup_dir / "backup_manifest"), str(target)],
