@@ -340,3 +340,16 @@ def test_no_secret_on_any_output(cli, do):
     for secret in (do.fake.token, *do.passwords.values(), "fake-password-xyz"):
         assert secret not in text
     assert os.environ["DIGITALOCEAN_TOKEN"] == do.fake.token
+
+
+def test_production_must_be_named_explicitly(cli, do, monkeypatch):
+    for key in ("HOST", "PORT", "DATABASE", "DO_CLUSTER_ID", "PASSWORD", "OPS_PASSWORD"):
+        monkeypatch.setenv(f"STUDYHUB_PRODUCTION_{key}", os.environ[f"STUDYHUB_STAGING_{key}"])
+    monkeypatch.setenv("STUDYHUB_PROFILE", "production")
+    res = cli("cluster", "resize", "--size", "db-s-2vcpu-4gb", "--yes")
+    assert res.exit_code == 1 and "name it explicitly with --profile production" in res.stderr
+    assert do.fake.sent("PUT") == []
+    res = cli("cluster", "resize", "--size", "db-s-2vcpu-4gb", "--yes", "--profile", "production",
+              "--poll-interval", "0")
+    assert res.exit_code == 0, res.stderr
+    assert len(do.fake.sent("PUT")) == 1

@@ -67,6 +67,10 @@ def test_fork_holds_exactly_the_rows_of_that_moment(cli, cluster: LocalCluster, 
         assert not [p for p in cluster.wal_archive_dir.iterdir() if p.name.startswith("00000002")]
         listed = _json(cli("cluster", "forks", "list", "--json"))
         assert [f["name"] for f in listed if f["name"] == name] == [name]
+        assert _json(cli("cluster", "forks", "stop", name, "--json"))["status"] == "stopped"
+        assert _json(cli("cluster", "forks", "start", name, "--json"))["status"] == "running"
+        with psycopg.connect(fork["url"], autocommit=True) as fconn:
+            assert _subjects(fconn) == expected  # a restarted fork keeps its point in time
     finally:
         res = cli("cluster", "forks", "remove", name, "--yes")
     assert res.exit_code == 0, res.stderr
