@@ -68,7 +68,7 @@ MAX_RETRY_AFTER_S = 60
 PER_PAGE = 200  # DigitalOcean's maximum page size
 PRICING_URL = "https://www.digitalocean.com/pricing/managed-databases"
 DOWNTIME_NOTE = ("expect a brief interruption: DigitalOcean moves the cluster to new nodes and "
-                 "drops open connections; clients must reconnect (the app's pool does)")
+                 "drops open connections; clients must reconnect")
 _SLUG_RE = re.compile(r"(\d+)vcpu-(\d+)gb")
 
 # azure-core logs requests at INFO with headers redacted; we never want them in our output.
