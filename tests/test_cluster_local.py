@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
@@ -220,3 +221,50 @@ def test_replica_add_and_remove(cli, monkeypatch):
     finally:
         own.destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_archive_command_never_overwrites_an_archived_segment(cluster, tmp_path_factory):
+    """Run the primary's own archive_command: a second identical copy counts as archived, a
+    different file under an archived name fails and leaves the archived one as it was."""
+    from studyhub.local import proc
+
+    with cluster.admin_connect() as conn:
+        command = conn.execute("SHOW archive_command").fetchone()[0]
+    src_dir = make_home("studyhub-archive-src-")
+    name = f"TEST-{uuid.uuid4().hex}"  # not a segment name: ignored by the WAL listing
+    archived = cluster.wal_archive_dir / name
+    try:
+        src = src_dir / "segment"
+        src.write_bytes(b"first version")
+        src.chmod(0o644)
+
+        def archive() -> int:
+            cmd = command.replace("%p", str(src)).replace("%f", name)
+            return proc.run_server_cmd(["sh", "-c", cmd], check=False).returncode
+
+        assert archive() == 0 and archived.read_bytes() == b"first version"
+        assert archive() == 0  # the same file again (as after a crash): success
+        src.write_bytes(b"something else")
+        assert archive() != 0  # never overwritten
+        assert archived.read_bytes() == b"first version"
+        assert not list(cluster.wal_archive_dir.glob(f"{name}.part"))
+    finally:
+        archived.unlink(missing_ok=True)
+        shutil.rmtree(src_dir, ignore_errors=True)
+
+
+def test_a_restore_that_does_not_match_its_manifest_is_refused_and_cleaned_up(cli, cluster,
+                                                                              migrated):
+    out = _json(cli("cluster", "basebackup", "--json"))
+    backup = cluster.basebackups_dir / out["result"]["label"]
+    manifest = backup / "backup_manifest"
+    text = manifest.read_text()
+    size = re.search(r'"Size": (\d+)', text)
+    manifest.write_text(text.replace(size[0], f'"Size": {int(size[1]) + 1}', 1))
+    try:
+        res = cli("cluster", "fork", "--at", "now", "--name", "corrupt-fork", "--yes")
+        assert res.exit_code == 1 and "pg_verifybackup failed" in res.stderr
+        assert not (cluster.forks_dir / "corrupt-fork").exists()
+        assert not (cluster.forks_dir / "corrupt-fork.json").exists()
+    finally:
+        shutil.rmtree(backup)

@@ -80,7 +80,7 @@ def _change(
     json_: bool,
     audit: Callable[[ops.Plan, Any], dict[str, Any]],
     render: Callable[[Any], None],
-    confirm: bool = True,
+    confirm: bool | Callable[[ops.Plan], bool] = True,
 ) -> None:
     """Plan → show → (dry run: stop) → confirm → run with a progress display → audit."""
     prof = profile_from(profile)
@@ -94,7 +94,7 @@ def _change(
         render_plan(plan, dry_run=dry_run)
         if dry_run:
             return
-    if confirm:
+    if confirm(plan) if callable(confirm) else confirm:
         confirm_destructive(prof, f"cluster {plan.action}", yes=yes)
     with err_console.status(f"{plan.action}…") as spinner:
         result = run_fn(backend, plan, lambda msg: spinner.update(escape(msg)))
@@ -242,7 +242,7 @@ def basebackup(
     _change(profile, lambda b, dry: b.basebackup_plan(keep, offline=dry), run, dry_run=dry_run,
             yes=yes, json_=json_, render=render,
             audit=lambda plan, b: {"label": b.label, "deleted": plan.params["delete"]},
-            confirm=bool(keep))
+            confirm=lambda plan: bool(plan.params["delete"]))
 
 
 # -------------------------------------------------------------------------- forks

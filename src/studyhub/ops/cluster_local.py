@@ -27,7 +27,6 @@ from typing import Any
 import psycopg
 
 from studyhub.connect import ConnectError, connect
-from studyhub.errors import LocalClusterError
 from studyhub.local import proc
 from studyhub.local.cluster import (
     APP_DATABASE,
@@ -223,13 +222,13 @@ class LocalBackend:
                 what="pg_basebackup",
                 timeout=6 * 3600,
             )
-        except LocalClusterError:
-            shutil.rmtree(part, ignore_errors=True)
+            finished = self._now()
+            # pg_basebackup 15 compresses only base.tar with zstd; its WAL tar is compressed here.
+            proc.run_server_cmd(["zstd", "-q", "-1", "--rm", str(part / "pg_wal.tar")],
+                                what="zstd (backup WAL)", timeout=3600)
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)  # never leave something that looks like one
             raise
-        finished = self._now()
-        # pg_basebackup 15 compresses only base.tar with zstd; its WAL tar is compressed here.
-        proc.run_server_cmd(["zstd", "-q", "-1", "--rm", str(part / "pg_wal.tar")],
-                            what="zstd (backup WAL)", timeout=3600)
         manifest = json.loads((part / "backup_manifest").read_text())
         wal = manifest["WAL-Ranges"][0]
         meta = {
@@ -438,18 +437,13 @@ class LocalBackend:
                 "status": "restoring", "created_at": datetime.now(timezone.utc).isoformat(),
                 "source": str(c.home)}
         self._write_fork_meta(meta)
-        target.mkdir(mode=0o700)
-        proc.chown_to_server(target)
-        progress(f"restoring {p['base']}")
-        proc.run_server_cmd(["tar", "--zstd", "-xf", str(backup_dir / "base.tar.zst"), "-C",
-                             str(target)], what="tar (base backup)", timeout=6 * 3600)
-        wal_tar = backup_dir / "pg_wal.tar.zst"
-        proc.run_server_cmd(["tar", "--zstd", "-xf", str(wal_tar), "-C", str(target / "pg_wal")],
-                            what="tar (backup WAL)", timeout=3600)
-        progress("checking the restored files against the backup manifest")
-        proc.run_server_cmd([str(proc.pg_program("pg_verifybackup")), "-q", "-m",
-                             str(backup_dir / "backup_manifest"), str(target)],
-                            what="pg_verifybackup", timeout=6 * 3600)
+        try:
+            self._restore(backup_dir, target, p["base"], progress)
+        except BaseException:
+            # Nothing ran from it yet: remove the half-restored copy rather than leave it around.
+            shutil.rmtree(target, ignore_errors=True)
+            self._fork_meta_path(name).unlink(missing_ok=True)
+            raise
         (target / "standby.signal").unlink(missing_ok=True)
         c._write_conf(target, port, replica=False, archive=False,
                       extra_lines=self._fork_conf_lines(meta))
@@ -473,6 +467,20 @@ class LocalBackend:
             duration_s=round(time.monotonic() - started, 3),
             verification=verification,
         )
+
+    @staticmethod
+    def _restore(backup_dir: Path, target: Path, label: str, progress: Progress) -> None:
+        target.mkdir(mode=0o700)
+        proc.chown_to_server(target)
+        progress(f"restoring {label}")
+        proc.run_server_cmd(["tar", "--zstd", "-xf", str(backup_dir / "base.tar.zst"), "-C",
+                             str(target)], what="tar (base backup)", timeout=6 * 3600)
+        proc.run_server_cmd(["tar", "--zstd", "-xf", str(backup_dir / "pg_wal.tar.zst"), "-C",
+                             str(target / "pg_wal")], what="tar (backup WAL)", timeout=3600)
+        progress("checking the restored files against the backup manifest")
+        proc.run_server_cmd([str(proc.pg_program("pg_verifybackup")), "-q", "-m",
+                             str(backup_dir / "backup_manifest"), str(target)],
+                            what="pg_verifybackup", timeout=6 * 3600)
 
     def _wait_promoted(self, name: str, port: int, log: Path, progress: Progress,
                        timeout_s: float, poll_interval_s: float) -> None:
