@@ -102,7 +102,8 @@ class FakeDigitalOcean:
                                                tags or [], "online")
         now = _now()
         self.backups[cid] = [
-            {"created_at": _iso(now - timedelta(days=d, hours=2)), "size_gigabytes": 0.042 + d / 1000}
+            {"created_at": _iso(now - timedelta(days=d, hours=2)),
+             "size_gigabytes": 0.042 + d / 1000}
             for d in range(backup_days, 0, -1)
         ]
         self.replicas[cid] = {}
@@ -256,10 +257,12 @@ class FakeDigitalOcean:
                     when = datetime.fromisoformat(at.replace("Z", "+00:00"))
                     oldest = min(datetime.fromisoformat(b["created_at"].replace("Z", "+00:00"))
                                  for b in fake.backups[src["id"]])
-                    if when < max(oldest, _now() - timedelta(days=7)) or when > _now() + timedelta(seconds=5):
+                    earliest = max(oldest, _now() - timedelta(days=7))
+                    if when < earliest or when > _now() + timedelta(seconds=5):
                         return fake._error(422, "backup_created_at is outside the recovery window")
                 if PG_SIZES.index(body["size"]) < PG_SIZES.index(src["size"]):
-                    return fake._error(422, "a fork's size must be equal to or larger than the source")
+                    return fake._error(422, "a fork's size must be equal to or larger than "
+                                            "the source")
             cid = str(uuid.uuid4())
             obj = fake._cluster_obj(cid, name, body["size"], body["num_nodes"], body["region"],
                                     str(body.get("version") or "15"), body.get("tags") or [],
@@ -328,7 +331,8 @@ class FakeDigitalOcean:
                 return fake._error(422, "name (3-63 lowercase) and size are required")
             if name in fake.replicas[cid]:
                 return fake._error(422, "replica name is already in use")
-            if body["size"] not in PG_SIZES or PG_SIZES.index(body["size"]) < PG_SIZES.index(c["size"]):
+            if (body["size"] not in PG_SIZES
+                    or PG_SIZES.index(body["size"]) < PG_SIZES.index(c["size"])):
                 return fake._error(422, "replica size must be at least the cluster's node size")
             obj = {"id": str(uuid.uuid4()), "name": name, "region": body.get("region", c["region"]),
                    "size": body["size"], "status": "forking", "created_at": _iso(_now()),

@@ -90,9 +90,10 @@ def test_fork_creates_a_cluster_from_backup_waits_and_verifies(cli, do, cluster)
     assert calls(do.fake) == [("GET", f"{BASE}/{do.cid}"), ("GET", f"{BASE}/{do.cid}/backups"),
                               ("POST", BASE)] + [("GET", f"{BASE}/{new_id}")] * 2
     fork = out["result"]["fork"]
-    assert fork["status"] == "online" and fork["target_time"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
-    assert fork["url"] == f"postgresql://studyhub_app@127.0.0.1:{cluster.load_state().primary_port}" \
-                          "/studyhub?sslmode=require"
+    assert fork["status"] == "online"
+    assert fork["target_time"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
+    port = cluster.load_state().primary_port
+    assert fork["url"] == f"postgresql://studyhub_app@127.0.0.1:{port}/studyhub?sslmode=require"
     verification = out["result"]["verification"]
     assert verification["error"] is None and verification["database"] == "studyhub"
     assert {t["table"] for t in verification["tables"]} >= {"students", "subjects", "notes"}

@@ -229,8 +229,8 @@ class DigitalOceanBackend:
         except ServiceResponseError:
             unknown = " — it may or may not have been done; check before retrying" \
                 if method == "POST" else ""
-            raise self._fail(f"the connection to the DigitalOcean API broke during {what}{unknown}") \
-                from None
+            raise self._fail(
+                f"the connection to the DigitalOcean API broke during {what}{unknown}") from None
         if status == 404:
             raise self._fail(not_found or f"{what}: not found on DigitalOcean (404)")
         return body

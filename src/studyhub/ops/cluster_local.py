@@ -193,7 +193,8 @@ class LocalBackend:
             f"(tar + zstd, with its WAL and a manifest)",
         ]
         if doomed:
-            summary.append("then delete older base backups: " + ", ".join(b["label"] for b in doomed))
+            summary.append("then delete older base backups: "
+                           + ", ".join(b["label"] for b in doomed))
             summary.append("and archived WAL older than the oldest backup kept (pg_archivecleanup)")
         return Plan("local", "basebackup", "local", summary,
                     params={"keep": keep, "delete": [b["label"] for b in doomed]})
@@ -361,7 +362,8 @@ class LocalBackend:
         check_name(name, "fork")
         if (self.cluster.forks_dir / name).exists() or self._fork_meta_path(name).exists():
             raise ClusterOpError(
-                f"a fork named {name!r} exists; remove it first: studyhub cluster forks remove {name}"
+                f"a fork named {name!r} exists; remove it first: "
+                f"studyhub cluster forks remove {name}"
             )
         raw = self._read_backups()
         archive = self.wal_archive()
@@ -383,8 +385,8 @@ class LocalBackend:
         base = candidates[-1]
         target = self.cluster.forks_dir / name
         summary = [
-            f"restore base backup {base['label']} (ended {iso(datetime.fromisoformat(base['finished_at']))}) "
-            f"into {target}",
+            f"restore base backup {base['label']} "
+            f"(ended {iso(datetime.fromisoformat(base['finished_at']))}) into {target}",
             "check the restored files against the backup manifest (pg_verifybackup)",
         ]
         if switch:
