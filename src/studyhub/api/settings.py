@@ -31,12 +31,14 @@ class ApiSettings(BaseSettings):
     # primary for this long instead.
     read_your_writes_fallback_s: float = Field(10.0, ge=0)
 
-    # Connection pools (per engine, per process). Through the pooler client connections are
-    # cheap (PgBouncer multiplexes them onto its own few server connections).
-    direct_pool_size: int = Field(10, ge=1)
-    direct_max_overflow: int = Field(20, ge=0)
+    # Connection pools (per engine, per process), kept open: no overflow, because SQLAlchemy
+    # closes overflow connections as soon as they are returned, and under bursts that turned
+    # into a connect (SCRAM) per request. Through the pooler, client connections are cheap
+    # (PgBouncer multiplexes them onto its own few server connections).
+    direct_pool_size: int = Field(20, ge=1)
+    direct_max_overflow: int = Field(0, ge=0)
     pooler_pool_size: int = Field(40, ge=1)
-    pooler_max_overflow: int = Field(60, ge=0)
+    pooler_max_overflow: int = Field(0, ge=0)
     pool_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     command_timeout_s: float = Field(30.0, gt=0)
