@@ -207,10 +207,12 @@ class Databases:
                 await engine.dispose()
 
     # ------------------------------------------------------------ reads/writes
-    async def read(self, key: Hashable | None, work: Work[T]) -> tuple[T, str]:
-        """Run ``work`` (read-only, one or more SELECTs) where the router says; a failure on
-        the replica is retried on the primary. Returns the result and where it ran."""
-        if self.router.choose(key) == "replica":
+    async def read(self, key: Hashable | None, work: Work[T], *,
+                   primary: bool = False) -> tuple[T, str]:
+        """Run ``work`` (read-only, one or more SELECTs) where the router says (on the primary
+        when ``primary``); a failure on the replica is retried on the primary. Returns the
+        result and where it ran."""
+        if not primary and self.router.choose(key) == "replica":
             assert self.reader_reads is not None and self.monitor is not None
             try:
                 async with self.reader_reads.connect() as conn:

@@ -26,9 +26,9 @@ class RequestDb:
         self.me = me
         self._response = response
 
-    async def read(self, work: Work[T]) -> T:
+    async def read(self, work: Work[T], *, primary: bool = False) -> T:
         key = self.me.student_id if self.me else None
-        result, where = await self.databases.read(key, work)
+        result, where = await self.databases.read(key, work, primary=primary)
         self._response.headers[READ_FROM_HEADER] = where
         return result
 

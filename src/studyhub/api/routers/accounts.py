@@ -55,8 +55,7 @@ async def login(body: LoginIn, request: Request, db: RequestDb = Depends(anonymo
             .join(students, students.c.user_id == users.c.id)
             .where(users.c.email == body.email))).first()
 
-    async with db.databases.writer_reads.connect() as conn:
-        row = await work(conn)
+    row = await db.read(work, primary=True)
     ok = await request.app.state.passwords.verify(row.password_hash if row else None, body.password)
     if not ok or row is None or not row.is_active:
         raise ApiError(401, "wrong email or password", headers={"WWW-Authenticate": "Bearer"})
