@@ -80,6 +80,10 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     duration_s: float = 0.0
     max_primary_connections: int = 0
+    all_requests: int = 0  # warm-up included: the denominator of CPU per request
+    api_cpu_s: float = 0.0
+    db_cpu_s: float = 0.0  # primary + replica + PgBouncer processes
+    client_cpu_s: float = 0.0
     load_average: list[float] = field(default_factory=list)
     reads_on_replica: int = 0
     reads_on_primary: int = 0
@@ -101,6 +105,10 @@ class Result:
                                            other.max_primary_connections)
         self.reads_on_replica += other.reads_on_replica
         self.reads_on_primary += other.reads_on_primary
+        self.all_requests += other.all_requests
+        self.api_cpu_s += other.api_cpu_s
+        self.db_cpu_s += other.db_cpu_s
+        self.client_cpu_s += other.client_cpu_s
         self.load_average += other.load_average
 
     @property
@@ -162,6 +170,48 @@ def pick_students(cluster: LocalCluster, n: int, secret: str) -> list[tuple[str,
     if len(rows) < n:
         raise SystemExit(f"only {len(rows)} students have due cards; seed more (--students)")
     return [(tokens.issue(uid, sid), subj) for sid, uid, subj in rows]
+
+
+# ------------------------------------------------------------------------------- CPU
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def database_pids(cluster: LocalCluster) -> list[int]:
+    """Every process of the cluster: postmasters and backends (cwd = a data directory) and
+    PgBouncer."""
+    dirs = {cluster.primary_dir.resolve(), cluster.replica_dir.resolve()}
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) in dirs:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    pooler = cluster._pooler_pid()
+    return pids + ([pooler] if pooler else [])
+
+
+def cpu_snapshot(pids: list[int]) -> dict[int, float]:
+    return {pid: process_cpu_s(pid) for pid in pids}
+
+
+def restart_pooler(cluster: LocalCluster) -> None:
+    """A fresh PgBouncer (same port and configuration) for each setup, so its idle server
+    connections from the previous setup are not counted against the next one."""
+    from studyhub.local import proc
+
+    cluster._stop_pooler()
+    proc.run_server_cmd([str(proc.pgbouncer_program()), "-d", "-q", str(cluster.pgbouncer_ini)],
+                        what="pgbouncer")
 
 
 # ---------------------------------------------------------------------------- server
@@ -227,7 +277,10 @@ async def drive(url: str, students: list[Student], warmup_s: float, duration_s: 
                 result: Result) -> None:
     weights = [w for w, _ in MIX]
     actions = [a for _, a in MIX]
-    limits = httpx.Limits(max_connections=len(students), max_keepalive_connections=len(students))
+    # Idle connections expire on the client (2 s) before uvicorn closes them (5 s): otherwise a
+    # request can race the server's close and fail with a transport error.
+    limits = httpx.Limits(max_connections=len(students), max_keepalive_connections=len(students),
+                          keepalive_expiry=2.0)
     measure_from = time.monotonic() + warmup_s
     end = measure_from + duration_s
 
@@ -242,6 +295,7 @@ async def drive(url: str, students: list[Student], warmup_s: float, duration_s: 
             else:
                 problem = None if r.status_code < 400 else f"HTTP {r.status_code}"
             finished = time.monotonic()
+            result.all_requests += 1
             if measure_from <= finished <= end:  # completions inside the measured window
                 result.requests += 1
                 result.latencies_ms.append((finished - started) * 1000)
@@ -290,13 +344,20 @@ async def drive(url: str, students: list[Student], warmup_s: float, duration_s: 
 def run_setup(name: str, flags: list[str], cluster: LocalCluster, home: Path, secret: str,
               picked: list[tuple[str, str]], args: argparse.Namespace) -> Result:
     log = home / f"api-{name.replace(' ', '_').replace('+', 'and')}.log"
+    restart_pooler(cluster)
     proc, url = start_server(home, secret, flags, log)
     result = Result(name)
     sampler = ConnectionSampler(cluster)
     try:
         sampler.start()
         students = [Student(token, subject) for token, subject in picked]
+        api_before, client_before = process_cpu_s(proc.pid), time.process_time()
+        db_before = cpu_snapshot(database_pids(cluster))
         asyncio.run(drive(url, students, args.warmup, args.duration, result))
+        db_after = cpu_snapshot(database_pids(cluster))
+        result.api_cpu_s = process_cpu_s(proc.pid) - api_before
+        result.client_cpu_s = time.process_time() - client_before
+        result.db_cpu_s = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
         health = httpx.get(url + "/health", timeout=10).json()
         result.reads_on_replica = health["replica"]["reads_on_replica"]
         result.reads_on_primary = health["replica"]["reads_on_primary"]
@@ -315,23 +376,29 @@ def report(results: list[Result], clients: int, duration: float, rounds: int, da
     print(f"\nStudyHub API load test: {clients} concurrent clients, {rounds} round(s) of "
           f"{duration:g} s per setup after warm-up, data from {data}; {os.cpu_count()} CPU(s) "
           f"shared by everything (load average now {load1:.1f})\n")
-    header = (f"{'setup':<24} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'errors':>7} {'server conns':>12} {'reads on replica':>17} "
-              f"{'req/s vs 1':>10} {'p99 vs 1':>9}")
+    header = (f"{'setup':<24} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>6} {'server conns':>12} {'replica reads':>13} "
+              f"{'req/s vs 1':>10} {'p99 vs 1':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
         reads = r.reads_on_replica + r.reads_on_primary
         share = f"{100 * r.reads_on_replica / reads:.0f}%" if reads else "-"
-        print(f"{r.setup:<24} {r.rps:>8.0f} {r.pct(50):>8.1f} {r.pct(95):>8.1f} "
-              f"{r.pct(99):>8.1f} {r.errors:>7} {r.max_primary_connections:>12} {share:>17} "
-              f"{r.rps / base.rps:>9.2f}x {r.pct(99) / base.pct(99):>8.2f}x")
+        print(f"{r.setup:<24} {r.rps:>7.0f} {r.pct(50):>8.1f} {r.pct(95):>8.1f} "
+              f"{r.pct(99):>8.1f} {r.errors:>6} {r.max_primary_connections:>12} {share:>13} "
+              f"{r.rps / base.rps:>9.2f}x {r.pct(99) / base.pct(99):>7.2f}x")
+    print("\nCPU per request (ms; warm-up included), independent of what else runs here:")
+    print(f"{'setup':<24} {'API':>6} {'database+pooler':>16} {'load client':>12} {'total':>7}")
+    for r in results:
+        n = max(r.all_requests, 1)
+        api, db, client = (1000 * x / n for x in (r.api_cpu_s, r.db_cpu_s, r.client_cpu_s))
+        print(f"{r.setup:<24} {api:>6.2f} {db:>16.2f} {client:>12.2f} {api + db + client:>7.2f}")
     print("\nload average (1 min) after each round: " + "; ".join(
         f"{r.setup}: {', '.join(f'{x:.1f}' for x in r.load_average)}" for r in results))
     for r in results:
         if r.error_samples:
             print(f"  errors in {r.setup}: {r.error_samples}")
-    print("\nserver conns: the most client backends of the app role on the primary at once "
+    print("\nserver conns: the most backends of the app role on the primary at once "
           "(max_connections = 100; PgBouncer: default_pool_size 20, max_db_connections 60).")
 
 
