@@ -187,7 +187,10 @@ class ReplicaMonitor:
 
     async def _run(self) -> None:
         while True:
-            await self.probe_once()
+            try:
+                await self.probe_once()
+            except Exception as exc:  # noqa: BLE001 - keep probing; a stale snapshot routes
+                log.exception("replica probe failed unexpectedly: %s", first_line(exc))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)

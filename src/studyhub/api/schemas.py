@@ -61,7 +61,7 @@ class RegisterIn(BaseModel):
         try:
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError("unknown time zone (use an IANA name such as Europe/London)")
+            raise ValueError("unknown time zone (use an IANA name such as Europe/London)") from None
         return v
 
 
