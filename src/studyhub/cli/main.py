@@ -14,6 +14,7 @@ from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
 from studyhub.cli import diag as diag_cli
 from studyhub.cli import seed as seed_cli
+from studyhub.cli import serve as serve_cli
 from studyhub.cli.common import err_console
 from studyhub.errors import StudyhubError
 
@@ -29,6 +30,7 @@ app.add_typer(diag_cli.app, name="diag")
 app.add_typer(cluster_cli.app, name="cluster")
 app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
+app.command("serve")(serve_cli.serve)
 
 
 def main(argv: list[str] | None = None) -> int:
