@@ -512,8 +512,7 @@ class LocalCluster:
                 )
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         with self.admin_connect(APP_DATABASE) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+            self._create_extensions(conn)
             conn.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                     sql.Identifier(APP_DATABASE), sql.Identifier(OPS_ROLE)
@@ -529,8 +528,18 @@ class LocalCluster:
                 )
             )
         with self.admin_connect(name) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+            self._create_extensions(conn)
+
+    @staticmethod
+    def _create_extensions(conn: psycopg.Connection) -> None:
+        """pg_stat_statements and hypopg in one database; the ops role may reset the statement
+        statistics there (``diag slow-queries --reset``), as on a managed cluster's admin."""
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO {}")
+            .format(sql.Identifier(OPS_ROLE))
+        )
 
     def drop_database(self, name: str) -> None:
         with self.admin_connect() as conn:
