@@ -7,7 +7,6 @@ import uuid
 from datetime import date, timezone
 from typing import Callable, Iterator
 
-import psycopg
 import pytest
 from fsrs import Card, Rating, Scheduler
 

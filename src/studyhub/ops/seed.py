@@ -276,7 +276,7 @@ def _ensure_subjects(conn: psycopg.Connection) -> tuple[list, int]:
     ).fetchall()
     by_code = {code: sid for code, _, sid in found}
     by_name = {name: sid for _, name, sid in found}
-    return [by_code.get(c) or by_name[n] for c, n in zip(codes, names)], len(created)
+    return [by_code.get(c) or by_name[n] for c, n in zip(codes, names, strict=True)], len(created)
 
 
 def _next_student_number(conn: psycopg.Connection, seed: int) -> int:
@@ -407,12 +407,14 @@ def seed_database(
                 "a lock); nothing was changed"
             ) from None
         except psycopg.Error as exc:
-            raise SeedError(f"seeding {db} failed, nothing was changed: {first_line(exc)}") from None
+            raise SeedError(
+                f"seeding {db} failed, nothing was changed: {first_line(exc)}") from None
     result.phase_s = phase_s
     result.rows = {"subjects": subjects_created, **loaded}
     result.total_rows = sum(result.rows.values())
     result.duration_s = round(time.perf_counter() - started, 3)
-    result.rows_per_s = round(result.total_rows / result.duration_s, 1) if result.duration_s else 0.0
+    if result.duration_s:
+        result.rows_per_s = round(result.total_rows / result.duration_s, 1)
     return result
 
 

@@ -352,7 +352,8 @@ class StudentGenerator:
             subject = rng.choice(enrolled)
             text = self.texts[subject]
             created = signup + int(rnd() * span)
-            updated = created if rnd() < 0.5 else min(NOW_US, created + int(rnd() * 20 * US_PER_DAY))
+            edited = rnd() < 0.5
+            updated = min(NOW_US, created + int(rnd() * 20 * US_PER_DAY)) if edited else created
             body = b"\n\n".join(rng.sample(text.paragraphs, rng.randint(3, 6)))
             out.append(b"".join((
                 head, note_id, student_id, self.subject_fields[subject], rng.choice(text.titles),
@@ -396,7 +397,7 @@ class StudentGenerator:
                 lengths = [rng.choice(_HEAVY_LENGTHS) for _ in range(count)]
             else:
                 lengths = rng.choices(_NORMAL_LENGTHS, cum_weights=_NORMAL_LENGTH_CUM, k=count)
-            for card_id, length in zip(new_ids(rng, count), lengths):
+            for card_id, length in zip(new_ids(rng, count), lengths, strict=True):
                 if notes and rnd() < 0.7:
                     note = rng.choice(notes)
                     subject, note_field = note.subject, note.id
@@ -462,7 +463,8 @@ class StudentGenerator:
         session_of: dict[int, bytes] = {}
         head = _FIELDS["revision_sessions"]
         rnd = rng.random
-        for (number, sitting), session_id in zip(sittings.items(), new_ids(rng, len(sittings))):
+        for (number, sitting), session_id in zip(sittings.items(), new_ids(rng, len(sittings)),
+                                                 strict=True):
             if rnd() < _UNRECORDED_SITTINGS:
                 session_of[number] = NULL
                 continue
