@@ -116,6 +116,19 @@ def test_appending_with_another_seed_or_the_same_seed_adds_students(profile, mak
     assert not migrate.compare(profile, database=db).drift
 
 
+def test_existing_subjects_are_reused_and_missing_ones_created(profile, make_db):
+    db = make_db()
+    mine = uuid.uuid4()
+    with connect_as(profile, "app", db) as conn:
+        conn.execute("INSERT INTO subjects (id, code, name) VALUES (%s, 'MATH', 'Maths')", (mine,))
+    result = seed_database(profile, students=40, database=db)
+    assert result.rows["subjects"] == 19
+    assert scalar(profile, db, "SELECT count(*) FROM subjects") == 20
+    maths = scalar(profile, db, "SELECT count(*) FROM student_subjects WHERE subject_id = %s",
+                   (mine,))
+    assert maths > 0
+
+
 # ----------------------------------------------------------------------- the data
 def test_rows_per_table_are_in_the_expected_ranges(profile, shared):
     db, result = shared

@@ -262,18 +262,12 @@ def _ensure_subjects(conn: psycopg.Connection) -> tuple[list, int]:
     """Create the twenty subjects that are missing; their ids in SUBJECTS order."""
     codes = [s[0] for s in SUBJECTS]
     names = [s[1] for s in SUBJECTS]
-    created = conn.execute(
-        "INSERT INTO subjects (id, code, name, created_at)"
-        " SELECT id, code, name, %(at)s FROM unnest(%(ids)s::uuid[], %(codes)s::text[],"
-        " %(names)s::text[]) AS s (id, code, name)"
-        " ON CONFLICT DO NOTHING RETURNING id",
-        {"ids": [subject_uuid(c) for c in codes], "codes": codes, "names": names,
-         "at": SUBJECTS_CREATED_AT},
-    ).fetchall()
-    found = conn.execute(
-        "SELECT code, name, id FROM subjects WHERE code = ANY(%s) OR name = ANY(%s)",
-        (codes, names),
-    ).fetchall()
+    created = conn.execute(load("insert_missing_subjects"), {
+        "ids": [subject_uuid(c) for c in codes], "codes": codes, "names": names,
+        "created_at": SUBJECTS_CREATED_AT,
+    }).fetchall()
+    found = conn.execute(load("get_subjects_by_code_or_name"),
+                         {"codes": codes, "names": names}).fetchall()
     by_code = {code: sid for code, _, sid in found}
     by_name = {name: sid for _, name, sid in found}
     return [by_code.get(c) or by_name[n] for c, n in zip(codes, names, strict=True)], len(created)
@@ -281,12 +275,9 @@ def _ensure_subjects(conn: psycopg.Connection) -> tuple[list, int]:
 
 def _next_student_number(conn: psycopg.Connection, seed: int) -> int:
     """Numbering of this seed's students continues after the highest one already there."""
-    row = conn.execute(
-        "SELECT max((regexp_match(email, %(pattern)s))[1]::bigint) FROM users"
-        " WHERE strpos(email, %(tag)s) > 0",
-        {"pattern": rf"\+s{seed}n([0-9]+)@", "tag": f"+s{seed}n"},
-    ).fetchone()[0]
-    return 0 if row is None else row + 1
+    return conn.execute(load("get_next_student_number"), {
+        "pattern": rf"\+s{seed}n([0-9]+)@", "tag": f"+s{seed}n",
+    }).fetchone()[0]
 
 
 def _any_rows(conn: psycopg.Connection) -> bool:
