@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from itertools import accumulate
+from typing import Iterator
 
 from studyhub.ops import seed_words as words
 from studyhub.ops.seed_fsrs import (
@@ -514,3 +515,38 @@ class StudentGenerator:
                 _INT4x3(4, prompt_tokens, 4, completion_tokens, 4, latency_ms),
             )))
 
+
+
+# -------------------------------------------------------------------- encoded batches
+@dataclass
+class EncodedBatch:
+    """A batch as one binary COPY stream per table, with its row counts."""
+
+    data: dict[str, bytes]
+    counts: dict[str, int]
+    heavy_student_id: str | None
+
+
+def encode(batch: Batch) -> EncodedBatch:
+    counts = batch.counts()
+    return EncodedBatch(
+        data={t: batch.copy_data(t) for t in SEEDED_TABLES if counts[t]},
+        counts=counts,
+        heavy_student_id=str(batch.heavy_student_id) if batch.heavy_student_id else None,
+    )
+
+
+def encoded_batches(seed: int, subject_ids: list[uuid.UUID], first_number: int, students: int,
+                    heavy_student: bool, batch_students: int) -> Iterator[EncodedBatch]:
+    """Students ``first_number`` onwards (then the heavy one), ``batch_students`` at a time."""
+    generator = StudentGenerator(seed, subject_ids)
+    numbers = range(first_number, first_number + students)
+    for start in range(0, students, batch_students):
+        batch = Batch()
+        for number in numbers[start:start + batch_students]:
+            generator.add_student(batch, number)
+        yield encode(batch)
+    if heavy_student:
+        batch = Batch()
+        generator.add_student(batch, first_number + students, heavy=True)
+        yield encode(batch)
