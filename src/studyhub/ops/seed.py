@@ -299,6 +299,22 @@ def _copy_statements(freeze: bool) -> dict[str, sql.Composed]:
     }
 
 
+class _Stopwatch:
+    """Seconds per phase (a phase may be timed in several pieces)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def restart(self) -> None:
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._since, 3)
+        self._since = now
+
+
 def seed_database(
     profile: Profile,
     *,
@@ -321,13 +337,9 @@ def seed_database(
     if batch_students < 1:
         raise SeedError("batch_students must be at least 1")
     report = progress or (lambda _event: None)
+    expected = expected_rows(students, heavy_student)
     started = time.perf_counter()
-    phase_s: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        phase_s[name] = round(phase_s.get(name, 0.0) + now - since, 3)
-        return now
+    watch = _Stopwatch()
 
     with connect(profile, "app", database=database, application_name="studyhub seed") as conn:
         db = conn.info.dbname
@@ -340,32 +352,27 @@ def seed_database(
                 return result
             for setting, value in (("lock_timeout", LOCK_TIMEOUT), ("statement_timeout", "0"),
                                    ("maintenance_work_mem", "512MB"), ("work_mem", "128MB")):
-                conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
+                conn.execute("SELECT set_config(%s, %s, true)", (setting, value))  # this tx
             subject_ids, subjects_created = _ensure_subjects(conn)
             result.first_student_number = _next_student_number(conn, seed)
             producer = _BatchProducer(seed, subject_ids, result.first_student_number, students,
                                       heavy_student, batch_students)
             producer.start()  # encodes the first batches while the tables are prepared
             try:
-                t = time.perf_counter()
                 result.strategy, result.strategy_reason, pieces = _prepare_tables(conn)
-                t = lap("prepare", t)
+                watch.lap("prepare")
                 loaded = _load(conn, producer, result, freeze=result.strategy == "rebuild",
-                               expected=expected_rows(students, heavy_student), report=report)
+                               expected=expected, report=report)
+                watch.lap("load")
             finally:
                 producer.stop()
-            t = lap("load", t)
-            if pieces:
-                _rebuild(conn, pieces, loaded, expected_rows(students, heavy_student), report,
-                         lap)
-                t = time.perf_counter()
-            report(SeedProgress("analyze", dict(loaded), expected_rows(students, heavy_student),
-                                "ANALYZE"))
-            conn.execute(sql.SQL("ANALYZE {}").format(
-                _table_list(("subjects", *SEEDED_TABLES))))
-            t = lap("analyze", t)
+            _rebuild(conn, pieces, loaded, expected, report, watch)
+            report(SeedProgress("analyze", dict(loaded), expected, "ANALYZE"))
+            watch.restart()
+            conn.execute(sql.SQL("ANALYZE {}").format(_table_list(("subjects", *SEEDED_TABLES))))
+            watch.lap("analyze")
             conn.commit()
-            lap("commit", t)
+            watch.lap("commit")
         except psycopg.errors.LockNotAvailable:
             raise SeedError(
                 f"the tables of {db} are in use by another session (waited {LOCK_TIMEOUT} for "
@@ -374,7 +381,7 @@ def seed_database(
         except psycopg.Error as exc:
             raise SeedError(
                 f"seeding {db} failed, nothing was changed: {first_line(exc)}") from None
-    result.phase_s = phase_s
+    result.phase_s = watch.seconds
     result.rows = {"subjects": subjects_created, **loaded}
     result.total_rows = sum(result.rows.values())
     result.duration_s = round(time.perf_counter() - started, 3)
@@ -386,6 +393,7 @@ def seed_database(
 def _load(conn: psycopg.Connection, producer: _BatchProducer, result: SeedResult, *,
           freeze: bool, expected: dict[str, int],
           report: Callable[[SeedProgress], None]) -> dict[str, int]:
+    """COPY each batch, table by table (parents first, for the in-place foreign keys)."""
     statements = _copy_statements(freeze)
     loaded = {t: 0 for t in SEEDED_TABLES}
     with conn.cursor() as cur:
@@ -402,14 +410,15 @@ def _load(conn: psycopg.Connection, producer: _BatchProducer, result: SeedResult
 
 
 def _rebuild(conn: psycopg.Connection, pieces: list[SchemaPiece], loaded: dict[str, int],
-             expected: dict[str, int], report: Callable[[SeedProgress], None], lap) -> None:
+             expected: dict[str, int], report: Callable[[SeedProgress], None],
+             watch: _Stopwatch) -> None:
     """Primary and unique keys, then indexes, then foreign keys (validated against the
-    data), exactly as the models define them."""
+    data), exactly as the models define them. Nothing to do after an in-place load."""
     steps = (("keys", "pu", "keys_and_indexes"), ("indexes", "i", "keys_and_indexes"),
              ("foreign_keys", "f", "foreign_keys"))
     for phase, kinds, timer in steps:
         for piece in _in_order(pieces, kinds):
-            t = time.perf_counter()
             report(SeedProgress(phase, dict(loaded), expected, piece.name))
+            watch.restart()
             conn.execute(sql.SQL(piece.create_sql))
-            lap(timer, t)
+            watch.lap(timer)
