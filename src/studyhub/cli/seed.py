@@ -14,7 +14,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from studyhub.audit import write_audit
@@ -111,8 +111,14 @@ def seed(
         raise RefusedError("refusing to seed production: demo data never goes into production")
     prof = profile_from(profile)
     check_seed_allowed(prof)
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), _RowsColumn(),
-                  TimeElapsedColumn(), console=err_console) as progress:
+    with Progress(
+        TextColumn("{task.description}",
+                   table_column=Column(width=28, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=20),
+        _RowsColumn(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as progress:
         result = seed_database(prof, students=students, seed=seed_, heavy_student=heavy_student,
                                database=database, if_empty=if_empty,
                                progress=_ProgressBars(progress))

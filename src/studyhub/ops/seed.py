@@ -367,7 +367,7 @@ def seed_database(
             finally:
                 producer.stop()
             _rebuild(conn, pieces, loaded, expected, report, watch)
-            report(SeedProgress("analyze", dict(loaded), expected, "ANALYZE"))
+            report(SeedProgress("analyze", dict(loaded), expected, "subjects and seeded tables"))
             watch.restart()
             conn.execute(sql.SQL("ANALYZE {}").format(_table_list(("subjects", *SEEDED_TABLES))))
             watch.lap("analyze")
