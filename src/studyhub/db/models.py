@@ -230,6 +230,7 @@ class FlashcardReview(Base):
         # Serves both foreign keys (student_id, and student_id+flashcard_id) and card history.
         Index(None, "student_id", "flashcard_id", "reviewed_at"),
         Index(None, "revision_session_id"),
+        Index(None, "student_id", "recorded_at"),  # a student's reviews written since a cursor
         CheckConstraint("rating BETWEEN 1 AND 4", name="rating_range"),
         CheckConstraint("state IN (1, 2, 3)", name="state_valid"),
         CheckConstraint("scheduled_days >= 0 AND elapsed_days >= 0", name="days_positive"),
@@ -250,6 +251,9 @@ class FlashcardReview(Base):
     scheduled_days: Mapped[float]
     due: Mapped[datetime]
     review_duration_ms: Mapped[int | None]
+    # When the row reached the server; reviewed_at is the device's clock, which can be days
+    # earlier for reviews made offline (migration m01, the expand/backfill/contract example).
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class AIInteraction(Base):
@@ -300,6 +304,27 @@ class ErasureLedgerEntry(Base):
     pseudonym: Mapped[str]  # HMAC-SHA256 of the user id: joins audit lines, reveals nothing
     erased_at: Mapped[datetime] = now_default()
     rows_deleted: Mapped[int] = mapped_column(BigInteger)
+class StatementSnapshot(Base):
+    """ops: pg_stat_statements counters of one database, captured by ``diag slow-queries`` on each
+    run, so trends (``--since``) survive a statistics reset. Normalized text only ($n, no values)."""
+
+    __tablename__ = "statement_snapshots"
+    # The primary key leads with captured_at: it serves the time-window reads (no extra index).
+    __table_args__ = {"schema": "ops"}
+
+    captured_at: Mapped[datetime] = mapped_column(primary_key=True)
+    database: Mapped[str] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(primary_key=True)
+    queryid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stats_reset: Mapped[datetime | None]
+    query: Mapped[str]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    total_exec_ms: Mapped[float]
+    rows: Mapped[int] = mapped_column(BigInteger)
+    shared_blks_hit: Mapped[int] = mapped_column(BigInteger)
+    shared_blks_read: Mapped[int] = mapped_column(BigInteger)
+    blk_read_ms: Mapped[float]
+    blk_write_ms: Mapped[float]
 
 
 APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]

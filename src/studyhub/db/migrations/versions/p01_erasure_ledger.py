@@ -1,7 +1,7 @@
 """erasure ledger: ops.erasure_ledger, the ids a restored backup must erase again
 
 Revision ID: p01
-Revises: 0002
+Revises: d02
 Create Date: 2026-11-25
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "p01"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "d02"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
