@@ -196,7 +196,7 @@ def database_pids(cluster: LocalCluster) -> list[int]:
                     pids.append(int(entry.name))
             except OSError:
                 pass
-    pooler = cluster._pooler_pid()
+    pooler = cluster.pooler_pid()
     return pids + ([pooler] if pooler else [])
 
 
@@ -207,11 +207,8 @@ def cpu_snapshot(pids: list[int]) -> dict[int, float]:
 def restart_pooler(cluster: LocalCluster) -> None:
     """A fresh PgBouncer (same port and configuration) for each setup, so its idle server
     connections from the previous setup are not counted against the next one."""
-    from studyhub.local import proc
-
-    cluster._stop_pooler()
-    proc.run_server_cmd([str(proc.pgbouncer_program()), "-d", "-q", str(cluster.pgbouncer_ini)],
-                        what="pgbouncer")
+    cluster.stop_pooler()
+    cluster.start_pooler()
 
 
 # ---------------------------------------------------------------------------- server
