@@ -256,6 +256,10 @@ class Databases:
     async def close(self) -> None:
         if self.monitor is not None:
             await self.monitor.stop()
+            c = self.router.counters
+            log.info("reads routed by this worker: replica=%d primary=%d (read_your_writes=%d "
+                     "failed_on_replica=%d) marks_ignored=%d", c.replica, c.primary, c.pinned,
+                     c.fallbacks, c.marks_ignored)
         for engine in (self.writer, self.probe_writer, self.primary_direct, self.reader,
                        self.probe_reader):
             if engine is not None:

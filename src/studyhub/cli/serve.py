@@ -3,6 +3,7 @@ when there is one), reads on the replica while its lag is in bounds."""
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from studyhub.cli.common import ProfileOpt, console, err_console
 
 ENV_PREFIX = "STUDYHUB_API_"
+WORKER_HEALTHCHECK_TIMEOUT_S = 30
 
 
 def serve(
@@ -97,15 +99,24 @@ def serve(
                 f"{b.max_connections} minus {b.superuser_reserved} reserved: expect 'sorry, too "
                 f"many clients already' under load; {fix}",
                 style="yellow", highlight=False)
+    # uvicorn's own logging, plus the API's (replica state changes, database errors, each
+    # worker's routing summary at shutdown) at INFO through the same handler.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["studyhub"] = {"handlers": ["default"], "level": "INFO",
+                                         "propagate": False}
     if settings.workers == 1:
         uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                    lifespan="on", server_header=False)
+                    log_config=log_config, lifespan="on", server_header=False)
         return
     # Worker processes build their own app from the environment (spawned: nothing is inherited
     # but the environment; the secret stays in env or its 0600 file, never on argv).
     for key, value in overrides.items():
         os.environ[ENV_PREFIX + key.upper()] = str(value).lower() if isinstance(value, bool) \
             else str(value)
+    # A worker that has not answered the supervisor's ping within timeout_worker_healthcheck is
+    # killed and replaced; uvicorn's 5 s is shorter than a spawn + imports + engine setup takes
+    # on a busy 2-core machine (workers were killed in a loop), so allow 30 s.
     uvicorn.run("studyhub.api.app:app_from_environment", factory=True, workers=settings.workers,
-                host=host, port=port, access_log=access_log, log_level="info", lifespan="on",
-                server_header=False)
+                host=host, port=port, access_log=access_log, log_level="info",
+                log_config=log_config, lifespan="on", server_header=False,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)
