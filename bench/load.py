@@ -1,14 +1,16 @@
 """Load test of the StudyHub API: several API workers, direct vs PgBouncer vs PgBouncer + replica.
 
 The case the pooler exists for: app workers each sized for their own share of the traffic, whose
-direct pools together exceed the primary's max_connections. Three setups, measured in one run,
+direct pools together exceed the primary's max_connections. Four setups, measured in one run,
 the same workers (``studyhub serve --workers 4 --pool-size 40`` by default) in each:
 
 1. **direct**: every worker's pool on the primary (4 × 40 > max_connections 100);
 2. **pooler**: the same pools through PgBouncer in transaction mode, which holds a few dozen
    server connections (default_pool_size 20 + reserve 5);
 3. **pooler + replica reads**: writes as in 2, reads on the streaming replica while its lag is in
-   bounds (reader pools ``--replica-pool-size`` per worker, within the replica's own limit).
+   bounds (reader pools ``--replica-pool-size`` per worker, within the replica's own limit);
+4. **direct, pools cut to fit**: the other way out, without a pooler: every worker's pool cut
+   until they all fit max_connections (4 × 23 + 4 probes ≤ 97).
 
 A throwaway local cluster (primary + replica + PgBouncer) is created under a temporary
 ``STUDYHUB_HOME``, migrated and seeded with the project's seeder (``studyhub.ops.seed``). The
@@ -64,13 +66,22 @@ class Setup:
     name: str
     pooler: bool
     replica: bool
+    fit_pools: bool = False  # pools cut so that workers × (pool + probe) fit max_connections
 
 
 SETUPS = [
     Setup("direct", pooler=False, replica=False),
     Setup("pooler", pooler=True, replica=False),
     Setup("pooler + replica reads", pooler=True, replica=True),
+    # The other way out, without a pooler: shrink every worker's pool until they all fit.
+    Setup("direct, pools cut to fit", pooler=False, replica=False, fit_pools=True),
 ]
+MAX_CONNECTIONS, SUPERUSER_RESERVED = 100, 3  # the local cluster's settings
+
+
+def fitting_pool_size(workers: int) -> int:
+    """The largest pool per worker with workers × (pool + 1 probe) within the server's limit."""
+    return (MAX_CONNECTIONS - SUPERUSER_RESERVED) // workers - 1
 
 # The mix: (weight, action). Mostly the review loop, some notes.
 MIX = [
@@ -243,7 +254,8 @@ def start_server(home: Path, secret: str, setup: Setup, args: argparse.Namespace
                STUDYHUB_API_REPLICA_POOL_SIZE=str(args.replica_pool_size))
     flags = ["--pooler" if setup.pooler else "--no-pooler",
              "--replica" if setup.replica else "--no-replica",
-             "--workers", str(args.workers), "--pool-size", str(args.pool_size)]
+             "--workers", str(args.workers), "--pool-size",
+             str(fitting_pool_size(args.workers) if setup.fit_pools else args.pool_size)]
     log.write_text("")
     proc = subprocess.Popen(
         [sys.executable, "-m", "studyhub.cli.main", "serve", "--port", str(port), *flags],
@@ -504,9 +516,9 @@ def report(results: list[Result], args: argparse.Namespace, seeded: str,
            load_before: tuple[float, float, float]) -> None:
     base = results[0]
     print(f"\nStudyHub API load test: {args.clients} concurrent clients on {args.workers} API "
-          f"workers (pool {args.pool_size} per worker; replica reader pool "
-          f"{args.replica_pool_size}); {args.rounds} round(s) of {args.duration:g} s per setup "
-          f"after {args.warmup:g} s warm-up; {seeded}")
+          f"workers (pool {args.pool_size} per worker, cut to {fitting_pool_size(args.workers)} "
+          f"in the last setup; replica reader pool {args.replica_pool_size}); {args.rounds} "
+          f"round(s) of {args.duration:g} s per setup after {args.warmup:g} s warm-up; {seeded}")
     print(f"{os.cpu_count()} CPU(s) shared by everything; load average before: "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, now: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
@@ -566,7 +578,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=15.0,
                         help="measured seconds per setup and round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds over the three setups")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the setups")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
     parser.add_argument("--clients", type=int, default=200, help="concurrent students")
     parser.add_argument("--workers", type=int, default=4, help="API worker processes")
