@@ -194,13 +194,12 @@ def test_serve_with_workers_shares_tokens_and_marks_without_secrets_on_argv(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(STUDYHUB_HOME=str(cluster_home), STUDYHUB_API_SECRET=secret,
-               STUDYHUB_API_MAX_REPLICA_LAG_S="120")
+    env.update(STUDYHUB_HOME=str(cluster_home), STUDYHUB_API_SECRET=secret)
     url = f"http://127.0.0.1:{port}"
     with CmdlineWatcher(_passwords(cluster) + [secret], "spawn_main") as watch:
         server = subprocess.Popen(
             [sys.executable, "-m", "studyhub.cli.main", "serve", "--port", str(port),
-             "--workers", "2", "--pool-size", "3"],
+             "--workers", "2", "--pool-size", "3", "--max-replica-lag", "120"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 90
@@ -218,6 +217,8 @@ def test_serve_with_workers_shares_tokens_and_marks_without_secrets_on_argv(
             assert len(workers) == 2
             api = RunningApi(url, None, full_profile)
             quiet(api)
+            # The command line's options reached the spawned workers (through the environment).
+            assert {api.health()["replica"]["max_lag_s"] for _ in range(8)} == {120.0}
             # Every request on a new connection: the kernel hands each to either worker. Tokens
             # and marks made by one are honoured by the other (same secret, from the env).
             with replay_paused(cluster):
