@@ -80,7 +80,12 @@ def test_migrations_wait_at_most_lock_timeout(profile, fresh_db):
     finally:
         blocker.rollback()
         blocker.close()
-    assert migrate.current(profile, fresh_db) == migrate.heads()  # nothing changed
+    # Each migration is its own transaction (env.py: transaction_per_migration, which
+    # autocommit blocks need): the downgrade that timed out — 0001's, which drops notes — rolled
+    # back, so notes is intact and the database is still at 0001, not at base.
+    assert migrate.current(profile, fresh_db) == ["0001"]
+    with connect_as(profile, "app", fresh_db) as conn:
+        assert conn.execute("SELECT to_regclass('notes') IS NOT NULL").fetchone() == (True,)
 
 
 def test_migration_connection_is_direct_with_lock_timeout(with_pooler):

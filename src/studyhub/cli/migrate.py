@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from studyhub.audit import write_audit
@@ -20,6 +22,7 @@ from studyhub.cli.common import (
     refuse_unless_allowed,
 )
 from studyhub.ops import migrate as ops
+from studyhub.ops import migrate_lint, migrate_plan, migrate_roundtrip, migrate_statements
 
 app = typer.Typer(help="Apply, undo and inspect schema migrations (Alembic).", no_args_is_help=True)
 
@@ -27,6 +30,23 @@ LockTimeoutOpt = Annotated[
     str, typer.Option("--lock-timeout", help="Give up waiting for a lock after this long.")
 ]
 DatabaseOpt = Annotated[str | None, typer.Option("--database", "-d", help="Override the database.")]
+VersionsDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--versions-dir", help="Also read migration files from DIR, on top of the "
+                 "chain (try a draft before adding it).", exists=True, file_okay=False),
+]
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return migrate_lint._human(n)
+
+
+def _table_note(rows: int | None, size: int | None) -> str:
+    if rows is None and size is None:
+        return ""
+    return f" (~{rows:,} rows, {_human(size)})"
 
 
 def _show(result: ops.MigrationResult, verb: str) -> None:
@@ -38,21 +58,71 @@ def _show(result: ops.MigrationResult, verb: str) -> None:
         console.print(f"{result.profile}/{result.database}: {verb} {before} → {after}")
 
 
+def _describe_blocker(b) -> str:
+    age = f", transaction open {b.xact_age_s:.1f} s" if b.xact_age_s is not None else ""
+    held = f", holds {b.held_modes} on {b.waiting_for}" if b.held_modes else ""
+    query = f"\n      query: {b.query}" if b.query else ""
+    return (f"pid {b.pid} ({b.user_name or '?'}, {b.application_name or 'no application_name'}, "
+            f"{b.state or '?'}{age}{held}){query}")
+
+
+def _attempt_printer(json_: bool):
+    def show(attempt: ops.Attempt) -> None:
+        if json_ or attempt.outcome == "ok":
+            return
+        what = "lock timeout" if attempt.outcome == "lock_timeout" else "failed"
+        console.print(f"[yellow]attempt {attempt.number}: {what} after "
+                      f"{attempt.duration_s:.1f} s[/]" + (f": {escape(attempt.error)}"
+                                                         if attempt.outcome != "lock_timeout"
+                                                         else ""))
+        for b in attempt.blockers:
+            console.print(f"    blocked by {escape(_describe_blocker(b))}")
+        if attempt.outcome == "lock_timeout" and not attempt.blockers:
+            console.print("    (the blocking session ended before it could be seen)")
+        for index in attempt.dropped_invalid_indexes:
+            console.print(f"    dropped invalid index {index} left by the failed attempt")
+        if attempt.retry_in_s is not None:
+            console.print(f"    retrying in {attempt.retry_in_s:.1f} s")
+
+    return show
+
+
 @app.command()
 def up(
     to: Annotated[str, typer.Option("--to", help="Target revision.")] = "head",
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
     lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
+    retries: Annotated[int, typer.Option(
+        "--retries", help="Try again this many times after a lock timeout.")] = 5,
+    retry_wait: Annotated[float, typer.Option(
+        "--retry-wait", help="Seconds before the first retry; doubles each time (max 30 s).")
+    ] = 1.0,
     json_: JsonOpt = False,
 ) -> None:
-    """Upgrade the database to head (or --to REV)."""
+    """Upgrade the database to head (or --to REV). Each statement waits at most
+    --lock-timeout for its lock; on a lock timeout the sessions that blocked it are shown and
+    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped."""
     prof = profile_from(profile)
-    result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout)
+    try:
+        result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
+                             retries=retries, backoff_s=retry_wait,
+                             on_attempt=_attempt_printer(json_))
+    except ops.LockTimeoutError as exc:
+        write_audit("migrate.up.failed", prof.name, database=database or prof.database,
+                    reason="lock_timeout", attempts=len(exc.attempts),
+                    blocking_pids=sorted({b.pid for a in exc.attempts for b in a.blockers}))
+        raise
     if result.from_revisions != result.to_revisions:
         write_audit("migrate.up", prof.name, database=result.database,
-                    from_revisions=result.from_revisions, to_revisions=result.to_revisions)
-    print_json(result) if json_ else _show(result, "upgraded")
+                    from_revisions=result.from_revisions, to_revisions=result.to_revisions,
+                    attempts=len(result.attempts))
+    if json_:
+        print_json(result)
+        return
+    for note in result.notes:
+        console.print(f"  {escape(note)}")
+    _show(result, "upgraded")
 
 
 @app.command()
@@ -150,3 +220,182 @@ def check(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: JsonO
 def ops_report_dict(report: ops.DriftReport) -> dict:
     return {"database": report.database, "current": report.current, "head": report.head,
             "differences": report.differences, "drift": report.drift}
+
+
+# --------------------------------------------------------------------------- lint
+def _lint_dict(report: migrate_lint.LintReport) -> dict:
+    from studyhub.cli.common import to_jsonable
+
+    return {
+        "range": report.rev_range, "migrations": report.migrations, "ok": report.ok,
+        "errors": report.errors, "warnings": report.warnings,
+        "acknowledged": report.acknowledged, "squawk": report.squawk,
+        "sizes_from": report.sizes_from, "sizes_error": report.sizes_error,
+        "findings": to_jsonable(report.findings), "cleared": to_jsonable(report.cleared),
+    }
+
+
+@app.command()
+def lint(
+    rev_range: Annotated[str | None, typer.Argument(
+        help="Migrations to lint: REV, FROM:TO (e.g. 0002:head); default all.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", help="Read table sizes (and pg_proc's volatile functions) from this "
+        "profile's database; without it lint needs no database.", show_default=False)] = None,
+    database: DatabaseOpt = None,
+    versions_dir: VersionsDirOpt = None,
+    rules: Annotated[bool, typer.Option("--rules", help="List the rules and exit.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Lint the SQL each migration runs (pglast + squawk + schema-aware rules). Exit 1 when a
+    finding is an error that the migration does not acknowledge in LINT_ACK."""
+    if rules:
+        if json_:
+            print_json(migrate_lint.rules())
+            return
+        table = Table(title="migrate lint rules", title_justify="left")
+        for col in ("rule", "severity", "what"):
+            table.add_column(col)
+        for r in migrate_lint.rules():
+            table.add_row(r.id, r.severity, r.title)
+        console.print(table)
+        console.print("squawk's own rules also run; not run: " + ", ".join(
+            sorted(migrate_lint.SQUAWK_EXCLUDED)) + " (see docs/migrations.md)")
+        return
+    prof = profile_from(profile) if profile else None
+    report = migrate_lint.lint(rev_range, profile=prof, database=database,
+                               extra_versions=versions_dir or ())
+    if json_:
+        print_json(_lint_dict(report))
+    else:
+        _render_lint(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render_lint(report: migrate_lint.LintReport) -> None:
+    if report.sizes_error:
+        console.print(f"[yellow]table sizes unavailable: {escape(report.sizes_error)}[/]")
+    for f in report.findings:
+        if f.acknowledged:
+            continue
+        colour = "red" if f.severity == "error" else "yellow"
+        where = f"statement {f.statement_number}, line {f.line}" if f.statement_number else "LINT_ACK"
+        console.print(f"[bold]{f.revision}[/] {escape(f.path)} ({where})")
+        table = f" on {f.table}{_table_note(f.table_rows, f.table_bytes)}" if f.table else ""
+        console.print(f"  [{colour}]{f.severity.upper()}[/] {f.rule}{escape(table)}"
+                      + (f" [dim](squawk)[/]" if f.source == "squawk" else ""))
+        if f.statement:
+            text = f.statement if len(f.statement) <= 200 else f.statement[:197] + "…"
+            console.print(f"  [dim]{escape(text)}[/]")
+        console.print(f"  why: {escape(f.why)}")
+        console.print(f"  fix: {escape(f.recipe)}")
+        if f.also_flagged_by:
+            console.print(f"  also flagged by {', '.join(f.also_flagged_by)}")
+        console.print()
+    acked: dict[tuple[str, str], list[migrate_lint.Finding]] = {}
+    for f in report.findings:
+        if f.acknowledged:
+            acked.setdefault((f.revision, f.rule), []).append(f)
+    if acked:
+        console.print("acknowledged in LINT_ACK:")
+        for (rev, rule), group in acked.items():
+            tables = sorted({f.table for f in group if f.table})
+            console.print(f"  {rev} {rule} ×{len(group)}"
+                          + (f" ({', '.join(tables)})" if tables else "")
+                          + f": {escape(group[0].acknowledged or '')}")
+    colour = "green" if report.ok else "red"
+    sizes = f"; sizes from {report.sizes_from}" if report.sizes_from else ""
+    console.print(
+        f"[{colour}]{len(report.migrations)} migration(s) linted "
+        f"({', '.join(report.migrations)}): {report.errors} error(s), {report.warnings} "
+        f"warning(s), {report.acknowledged} acknowledged[/] (squawk {report.squawk}{sizes})")
+
+
+# --------------------------------------------------------------------------- plan
+@app.command()
+def plan(
+    to: Annotated[str, typer.Option("--to", help="Target revision.")] = "head",
+    profile: ProfileOpt = None,
+    database: DatabaseOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show, before applying, the statements the pending migrations run, the lock each takes
+    on which table, what that lock blocks, how long it is held, and the tables' sizes."""
+    prof = profile_from(profile)
+    result = migrate_plan.plan(prof, to, database=database)
+    if json_:
+        print_json(result)
+        return
+    at = ", ".join(result.current) or "base"
+    if not result.migrations:
+        console.print(f"{result.profile}/{result.database}: at {at}, nothing to apply")
+        return
+    console.print(f"{result.profile}/{result.database}: at {at}; would apply "
+                  + ", ".join(m.revision for m in result.migrations))
+    for m in result.migrations:
+        console.print(f"\n[bold]{m.revision}[/] {escape(m.message)} [dim]({escape(m.path)})[/]")
+        for st in m.statements:
+            text = st.sql if len(st.sql) <= 160 else st.sql[:157] + "…"
+            prefix = "in transaction" if st.in_transaction else "autocommit"
+            console.print(f"  {st.number:>3}  {escape(text)}  [dim]({prefix})[/]")
+            if st.locks is None:
+                console.print("       [yellow]locks unknown (procedural code): review by hand[/]")
+            for lk in st.locks or ():
+                colour = "red" if lk.mode == "ACCESS EXCLUSIVE" else (
+                    "yellow" if migrate_statements.strength(lk.mode) >=
+                    migrate_statements.strength("SHARE") else "green")
+                console.print(f"       [{colour}]{lk.mode}[/] on {lk.table}"
+                              f"{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
+                              f"{lk.blocks}; held until {st.held_until}")
+            if st.lint:
+                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub migrate lint)")
+    if result.tables:
+        console.print("tables touched: " + "; ".join(
+            f"{t.table}{_table_note(t.rows_estimate, t.total_bytes)} strongest lock "
+            f"{t.strongest_mode}" for t in result.tables))
+
+
+# --------------------------------------------------------------------------- roundtrip
+@app.command()
+def roundtrip(
+    revision: Annotated[str, typer.Option("--revision", "-r", help="Migration to test.")] = "head",
+    all_: Annotated[bool, typer.Option("--all", help="Every migration, oldest first.")] = False,
+    profile: ProfileOpt = None,
+    versions_dir: VersionsDirOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Upgrade, downgrade and upgrade again on a throwaway database of the local cluster,
+    comparing the full schema (columns, types, defaults, constraints, indexes, …) after each
+    step. Exit 1 when a downgrade does not restore the schema exactly."""
+    prof = profile_from(profile)
+    result = migrate_roundtrip.roundtrip(prof, revision, all_revisions=all_,
+                                         extra_versions=versions_dir or ())
+    if json_:
+        from studyhub.cli.common import to_jsonable
+
+        print_json({"database": result.database, "ok": result.ok,
+                    "objects_compared": result.objects_compared,
+                    "steps": [{**to_jsonable(s), "ok": s.ok} for s in result.steps]})
+    else:
+        console.print(f"roundtrip on a throwaway database ({result.database}, dropped after)")
+        for s in result.steps:
+            label = f"{s.revision}: up → down to {s.down_revision or 'base'} → up"
+            if s.ok:
+                console.print(f"  [green]ok[/] {label}: schema restored exactly "
+                              f"({s.duration_s:.1f} s)")
+                continue
+            console.print(f"  [red]FAILED[/] {label}")
+            if s.error:
+                console.print(f"    {escape(s.error)}")
+            if s.downgrade_differences:
+                console.print("    the downgrade did not restore the previous schema:")
+                for d in s.downgrade_differences:
+                    console.print(f"      {escape(d.describe())}")
+            if s.reupgrade_differences:
+                console.print("    upgrading again did not rebuild the same schema:")
+                for d in s.reupgrade_differences:
+                    console.print(f"      {escape(d.describe())}")
+        console.print(f"{result.objects_compared} schema objects compared")
+    if not result.ok:
+        raise typer.Exit(1)

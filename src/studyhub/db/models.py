@@ -229,6 +229,7 @@ class FlashcardReview(Base):
         # Serves both foreign keys (student_id, and student_id+flashcard_id) and card history.
         Index(None, "student_id", "flashcard_id", "reviewed_at"),
         Index(None, "revision_session_id"),
+        Index(None, "student_id", "recorded_at"),  # a student's reviews written since a cursor
         CheckConstraint("rating BETWEEN 1 AND 4", name="rating_range"),
         CheckConstraint("state IN (1, 2, 3)", name="state_valid"),
         CheckConstraint("scheduled_days >= 0 AND elapsed_days >= 0", name="days_positive"),
@@ -249,6 +250,9 @@ class FlashcardReview(Base):
     scheduled_days: Mapped[float]
     due: Mapped[datetime]
     review_duration_ms: Mapped[int | None]
+    # When the row reached the server; reviewed_at is the device's clock, which can be days
+    # earlier for reviews made offline (migration m01, the expand/backfill/contract example).
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class AIInteraction(Base):

@@ -17,6 +17,15 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# studyhub migrate lint: findings accepted in this migration, with the reason (docs/migrations.md).
+LINT_ACK = {
+    "prefer-bigint-over-smallint": "bounded codes only: rating 1-4, FSRS state 1-3, step, "
+    "year_group 1-13; CHECK constraints keep them far from 32767",
+    "prefer-bigint-over-int": "per-row counters and durations (reps, lapses, tokens, "
+    "latency_ms, review_duration_ms, cards_reviewed), not keys or sequences; they stay far "
+    "below 2^31",
+}
+
 
 def upgrade() -> None:
     op.create_table('subjects',

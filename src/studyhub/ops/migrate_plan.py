@@ -1,0 +1,143 @@
+"""``studyhub migrate plan``: before applying, which statements will run, which table locks
+each takes (and what that lock blocks), how long it is held, and how big those tables are.
+
+A lock taken inside a transaction is held until that transaction commits, so a brief ALTER
+followed by a long UPDATE in the same transaction blocks for the whole UPDATE: ``held_until``
+says which. Lock modes come from ``ops.migrate_statements.statement_locks``; sizes from the
+target database's statistics (pg_class.reltuples, pg_total_relation_size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pglast import ast
+
+from studyhub.connect import connect
+from studyhub.ops import migrate
+from studyhub.ops import migrate_lint as lint_mod
+from studyhub.ops import migrate_statements as ms
+from studyhub.ops.space import table_sizes
+from studyhub.profiles import Profile
+
+
+@dataclass
+class PlannedLock:
+    table: str
+    mode: str
+    blocks: str
+    rows_estimate: int | None
+    total_bytes: int | None
+
+
+@dataclass
+class PlannedStatement:
+    number: int
+    line: int
+    sql: str
+    in_transaction: bool
+    held_until: str  # "statement end" or "commit of transaction N (after statement M)"
+    locks: list[PlannedLock] | None  # None: cannot be told (DO block, procedure call)
+    lint: list[str] = field(default_factory=list)  # rule ids our linter raises here
+
+
+@dataclass
+class PlannedMigration:
+    revision: str
+    message: str
+    path: str
+    statements: list[PlannedStatement]
+
+
+@dataclass
+class PlannedTable:
+    table: str
+    strongest_mode: str
+    rows_estimate: int | None
+    total_bytes: int | None
+
+
+@dataclass
+class MigrationPlan:
+    profile: str
+    database: str
+    current: list[str]
+    target: str
+    migrations: list[PlannedMigration]
+    tables: list[PlannedTable]
+
+
+def _index_tables_in_db(conn) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,"
+        "       CASE WHEN tn.nspname = 'public' THEN t.relname ELSE tn.nspname || '.' || t.relname END"
+        "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "  JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace"
+        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    ).fetchall()
+    return dict(rows)
+
+
+def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
+         extra_versions: migrate.ExtraVersions = ()) -> MigrationPlan:
+    current = migrate.current(profile, database)
+    if len(current) > 1:
+        raise migrate.MigrationError("the database has several heads; plan one branch with --to")
+    start = current[0] if current else "base"
+    target_heads = migrate.heads(extra_versions) if to in ("head", "heads") else [to]
+    if sorted(current) == sorted(target_heads):
+        migrations: list[ms.RenderedMigration] = []
+    else:
+        migrations = ms.render_migrations(f"{start}:{to}", extra_versions=extra_versions)
+    with connect(profile, "app", database=database, autocommit=True,
+                 application_name="studyhub migrate plan") as conn:
+        space = table_sizes(conn)
+        index_tables = ms.index_tables_from_models() | _index_tables_in_db(conn)
+        dbname = conn.info.dbname
+    sizes = {}
+    for t in space.tables:
+        sizes[t.table if t.schema == "public" else f"{t.schema}.{t.table}"] = (
+            t.row_estimate, t.total_bytes)
+    flagged: dict[tuple[str, int], list[str]] = {}
+    if migrations:
+        report = lint_mod.lint(f"{start}:{to}", extra_versions=extra_versions, use_squawk=False)
+        for f in report.findings:
+            if not f.acknowledged:
+                flagged.setdefault((f.revision, f.statement_number), []).append(f.rule)
+    planned: list[PlannedMigration] = []
+    strongest: dict[str, str] = {}
+    for m in migrations:
+        if m.parse_error:
+            raise migrate.MigrationError(f"migration {m.revision}: {m.parse_error}")
+        # the last statement of each transaction: its locks are released after it
+        commit_at: dict[int, int] = {}
+        for st in m.statements:
+            if st.in_transaction and st.transaction is not None \
+                    and not isinstance(st.node, ast.TransactionStmt):
+                commit_at[st.transaction] = st.number
+        out = []
+        for st in m.statements:
+            if isinstance(st.node, ast.TransactionStmt):
+                continue
+            raw_locks = ms.statement_locks(st.node, index_tables)
+            locks = None
+            if raw_locks is not None:
+                locks = []
+                for lk in raw_locks:
+                    rows, size = sizes.get(lk.table, (None, None))
+                    locks.append(PlannedLock(lk.table, lk.mode, lk.blocks, rows, size))
+                    strongest[lk.table] = ms._max(strongest.get(lk.table), lk.mode)
+            if st.in_transaction and st.transaction is not None:
+                held = (f"commit of transaction {st.transaction} "
+                        f"(after statement {commit_at.get(st.transaction, st.number)})")
+            elif ms.modified_tables(st.node) and lint_mod._has_limit(st.node):
+                held = "end of each batch (committed batch by batch)"
+            else:
+                held = "statement end"
+            out.append(PlannedStatement(st.number, st.line, st.sql, st.in_transaction, held,
+                                        locks, flagged.get((m.revision, st.number), [])))
+        planned.append(PlannedMigration(m.revision, m.message, m.path, out))
+    tables = [PlannedTable(t, mode, *sizes.get(t, (None, None)))
+              for t, mode in sorted(strongest.items(), key=lambda kv: -ms.strength(kv[1]))]
+    return MigrationPlan(profile.name, dbname, current, ",".join(target_heads), planned, tables)

@@ -1,0 +1,271 @@
+"""migrate lint: each rule flags its dangerous example and passes its safe version; LINT_ACK;
+the schema-aware parts (mapped columns, brand-new tables, validated checks, table sizes);
+squawk runs; every migration in the repository lints clean (this is how CI lints them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from studyhub.ops import migrate, migrate_lint
+from tests.migration_examples import write_example
+
+# rule: (dangerous upgrade body, safe upgrade body)
+CASES = {
+    "create-index-not-concurrently": (
+        'op.create_index("ix_fr_rating", "flashcard_reviews", ["rating"])',
+        'create_index_concurrently("ix_fr_rating", "flashcard_reviews", ["rating"])',
+    ),
+    "drop-index-not-concurrently": (
+        'op.drop_index("ix_flashcard_reviews_revision_session_id", table_name="flashcard_reviews")',
+        'drop_index_concurrently("ix_flashcard_reviews_revision_session_id", '
+        'table="flashcard_reviews")',
+    ),
+    "concurrently-in-transaction": (
+        'op.create_index("ix_fr_rating", "flashcard_reviews", ["rating"], '
+        'postgresql_concurrently=True)',
+        'with op.get_context().autocommit_block():\n'
+        '    op.create_index("ix_fr_rating", "flashcard_reviews", ["rating"], '
+        'postgresql_concurrently=True)',
+    ),
+    "constraint-not-valid-missing": (
+        'op.create_check_constraint("ck_fr_rating_low", "flashcard_reviews", "rating < 10")',
+        'add_check_not_valid("flashcard_reviews", "ck_fr_rating_low", "rating < 10")\n'
+        'validate_constraint("flashcard_reviews", "ck_fr_rating_low")',
+    ),
+    "constraint-not-valid-missing:fk": (
+        'op.create_foreign_key("fk_ai_session", "ai_interactions", "subjects", '
+        '["subject_id"], ["id"])',
+        'add_foreign_key_not_valid("ai_interactions", "fk_ai_session", ["subject_id"], '
+        '"subjects", ["id"])\n'
+        'validate_constraint("ai_interactions", "fk_ai_session")',
+    ),
+    "validate-in-same-transaction": (
+        'op.execute("ALTER TABLE flashcard_reviews ADD CONSTRAINT ck_x CHECK (rating > 0) '
+        'NOT VALID")\n'
+        'op.execute("ALTER TABLE flashcard_reviews VALIDATE CONSTRAINT ck_x")',
+        'add_check_not_valid("flashcard_reviews", "ck_x", "rating > 0")\n'
+        'validate_constraint("flashcard_reviews", "ck_x")',
+    ),
+    "unique-constraint-builds-index": (
+        'op.create_unique_constraint("uq_subjects_code_name", "subjects", ["code", "name"])',
+        'create_index_concurrently("uq_subjects_code_name", "subjects", ["code", "name"], '
+        'unique=True)\n'
+        'op.execute("ALTER TABLE subjects ADD CONSTRAINT uq_subjects_code_name '
+        'UNIQUE USING INDEX uq_subjects_code_name")',
+    ),
+    "set-not-null-scans-table": (
+        'op.alter_column("flashcard_reviews", "review_duration_ms", nullable=False)',
+        'add_not_null("flashcard_reviews", "review_duration_ms")',
+    ),
+    "add-required-column": (
+        'op.add_column("flashcard_reviews", sa.Column("hint_count", sa.Integer(), '
+        'nullable=False))',
+        'op.add_column("flashcard_reviews", sa.Column("hint_count", sa.Integer(), '
+        'nullable=False, server_default="0"))',
+    ),
+    "column-type-rewrite": (
+        'op.alter_column("flashcard_reviews", "rating", type_=sa.Integer())',
+        'op.add_column("flashcard_reviews", sa.Column("rating_v2", sa.Integer()))\n'
+        'backfill_in_batches("flashcard_reviews", set_sql="rating_v2 = rating", '
+        'where_sql="rating_v2 IS NULL")',
+    ),
+    "volatile-default": (
+        'op.add_column("flashcard_reviews", sa.Column("sync_token", sa.Uuid(), '
+        'server_default=sa.text("gen_random_uuid()")))',
+        'op.add_column("flashcard_reviews", sa.Column("sync_token", sa.Uuid()))\n'
+        'op.alter_column("flashcard_reviews", "sync_token", '
+        'server_default=sa.text("gen_random_uuid()"))\n'
+        'backfill_in_batches("flashcard_reviews", set_sql="sync_token = gen_random_uuid()", '
+        'where_sql="sync_token IS NULL")',
+    ),
+    "drop-mapped-column": (
+        'op.drop_column("flashcard_reviews", "review_duration_ms")',
+        'op.drop_column("flashcard_reviews", "legacy_score")',  # not mapped: a warning only
+    ),
+    "drop-mapped-table": (
+        'op.drop_table("ai_interactions")',
+        'op.execute("DROP TABLE IF EXISTS legacy_import")',
+    ),
+    "rename-column": (
+        'op.alter_column("notes", "title", new_column_name="heading")',
+        'op.add_column("notes", sa.Column("heading", sa.Text()))',
+    ),
+    "rename-table": (
+        'op.rename_table("notes", "study_notes")',
+        'op.create_table("study_notes", sa.Column("id", sa.Uuid(), primary_key=True))',
+    ),
+    "lock-timeout-missing": (
+        'op.execute("SET lock_timeout = 0")\n'
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+    ),
+    "update-in-ddl-transaction": (
+        'op.add_column("flashcard_reviews", sa.Column("rating_v2", sa.Integer()))\n'
+        'op.execute("UPDATE flashcard_reviews SET rating_v2 = rating")',
+        'op.add_column("flashcard_reviews", sa.Column("rating_v2", sa.Integer()))\n'
+        'backfill_in_batches("flashcard_reviews", set_sql="rating_v2 = rating", '
+        'where_sql="rating_v2 IS NULL")',
+    ),
+    "reindex-not-concurrently": (
+        'op.execute("REINDEX INDEX ix_notes_student_id")',
+        'with op.get_context().autocommit_block():\n'
+        '    op.execute("REINDEX INDEX CONCURRENTLY ix_notes_student_id")',
+    ),
+}
+
+
+def _lint(tmp_path, body, **kw):
+    versions = tmp_path / "versions"
+    rev = write_example(versions, body, **kw)
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[versions])
+    assert report.migrations == [rev]
+    return rev, report
+
+
+def _errors(report):
+    return [f for f in report.findings if f.blocking]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_rule_flags_the_dangerous_migration_and_passes_the_safe_one(case, tmp_path):
+    rule = case.split(":")[0]
+    dangerous, safe = CASES[case]
+    rev, report = _lint(tmp_path / "bad", dangerous)
+    hits = [f for f in _errors(report) if f.rule == rule]
+    assert hits, f"{rule} not flagged: {[(f.rule, f.severity) for f in report.findings]}"
+    f = hits[0]
+    assert f.revision == rev and f.path.endswith(f"{rev}_example.py")
+    assert f.statement and f.why and f.recipe and f.line > 0
+    assert not report.ok
+    _, good = _lint(tmp_path / "good", safe)
+    assert _errors(good) == [], [(f.rule, f.why) for f in _errors(good)]
+
+
+def test_index_and_constraints_on_a_table_created_in_the_same_migration_are_fine(tmp_path):
+    _, report = _lint(tmp_path, '''
+        op.create_table("decks", sa.Column("id", sa.Uuid(), primary_key=True),
+                        sa.Column("student_id", sa.Uuid(), sa.ForeignKey("students.id"),
+                                  nullable=False),
+                        sa.Column("name", sa.Text(), nullable=False))
+        op.create_index("ix_decks_student_id", "decks", ["student_id"])
+        op.create_check_constraint("ck_decks_name", "decks", "name <> ''")
+        op.create_unique_constraint("uq_decks_student_id_name", "decks", ["student_id", "name"])
+    ''')
+    assert _errors(report) == [], [(f.rule, f.why) for f in report.findings]
+    # The same index on an existing table is an error (the exemption is per migration).
+    _, report = _lint(tmp_path / "existing", 'op.create_index("ix_n", "notes", ["title"])')
+    assert [f.rule for f in _errors(report)] == ["create-index-not-concurrently"]
+
+
+def test_dropping_a_column_the_models_no_longer_map_is_only_a_warning(tmp_path):
+    _, report = _lint(tmp_path, 'op.drop_column("flashcard_reviews", "legacy_score")')
+    assert report.ok
+    assert [(f.rule, f.severity) for f in report.findings if f.source == "studyhub"] == [
+        ("drop-column", "warning")]
+
+
+def test_set_not_null_is_safe_only_after_the_check_is_validated(tmp_path):
+    # CHECK NOT VALID without VALIDATE does not prove the column: SET NOT NULL still scans.
+    _, report = _lint(tmp_path / "a", '''
+        add_check_not_valid("flashcard_reviews", "ck_d", "review_duration_ms IS NOT NULL")
+        op.alter_column("flashcard_reviews", "review_duration_ms", nullable=False)
+    ''')
+    assert "set-not-null-scans-table" in [f.rule for f in _errors(report)]
+    # Validated in an earlier migration of the chain: safe here.
+    first = write_example(tmp_path / "b", '''
+        add_check_not_valid("flashcard_reviews", "ck_d", "review_duration_ms IS NOT NULL")
+        validate_constraint("flashcard_reviews", "ck_d")
+    ''')
+    second = write_example(tmp_path / "b", '''
+        op.alter_column("flashcard_reviews", "review_duration_ms", nullable=False)
+        op.drop_constraint("ck_d", "flashcard_reviews")
+    ''', down=first)
+    report = migrate_lint.lint(f"{first}:{second}", extra_versions=[tmp_path / "b"])
+    assert report.migrations == [second] and _errors(report) == []
+    assert any(c.squawk_rule == "adding-not-nullable-field" for c in report.cleared)
+
+
+def test_acknowledged_findings_are_not_errors(tmp_path, cli):
+    dangerous = CASES["create-index-not-concurrently"][0]
+    rev, report = _lint(tmp_path / "plain", dangerous)
+    assert not report.ok
+    ack = ('LINT_ACK = {"create-index-not-concurrently:flashcard_reviews": '
+           '"built before launch while flashcard_reviews is still empty"}')
+    rev, report = _lint(tmp_path / "acked", dangerous, extra=ack)
+    assert report.ok and report.errors == 0
+    (f,) = [f for f in report.findings if f.rule == "create-index-not-concurrently"]
+    assert f.acknowledged == "built before launch while flashcard_reviews is still empty"
+    res = cli("migrate", "lint", f"{migrate.heads()[0]}:{rev}", "--versions-dir",
+              tmp_path / "acked" / "versions")
+    assert res.exit_code == 0, res.stdout
+    assert "acknowledged" in res.stdout and "still empty" in res.stdout
+
+
+def test_acks_need_a_reason_and_a_real_rule_and_stale_acks_are_reported(tmp_path):
+    dangerous = CASES["create-index-not-concurrently"][0]
+    _, report = _lint(tmp_path / "a", dangerous,
+                      extra='LINT_ACK = {"create-index-not-concurrently": ""}')
+    rules = [f.rule for f in _errors(report)]
+    assert "ack-without-reason" in rules and "create-index-not-concurrently" in rules
+    _, report = _lint(tmp_path / "b", 'op.add_column("notes", sa.Column("x", sa.Text()))',
+                      extra='LINT_ACK = {"create-index-not-concurently": "typo in the rule"}')
+    assert [f.rule for f in _errors(report)] == ["ack-unknown-rule"]
+    _, report = _lint(tmp_path / "c", 'op.add_column("notes", sa.Column("x", sa.Text()))',
+                      extra='LINT_ACK = {"drop-mapped-column": "nothing is dropped here at all"}')
+    assert report.ok and [f.rule for f in report.findings] == ["ack-unused"]
+
+
+def test_squawk_runs_and_its_findings_are_merged(tmp_path):
+    rev, report = _lint(tmp_path, '''
+        op.create_index("ix_fr_rating", "flashcard_reviews", ["rating"])
+        op.add_column("notes", sa.Column("source", sa.String(50)))
+    ''')
+    assert report.squawk and report.squawk[0].isdigit()
+    (ix,) = [f for f in report.findings if f.rule == "create-index-not-concurrently"]
+    assert "squawk:require-concurrent-index-creation" in ix.also_flagged_by
+    varchar = [f for f in report.findings if f.source == "squawk"]
+    assert [f.rule for f in varchar] == ["prefer-text-field"]
+    assert varchar[0].severity == "warning"
+
+
+def test_cli_lint_exit_code_and_json(tmp_path, cli):
+    versions = tmp_path / "versions"
+    rev = write_example(versions, CASES["set-not-null-scans-table"][0])
+    rng = f"{migrate.heads()[0]}:{rev}"
+    res = cli("migrate", "lint", rng, "--versions-dir", versions)
+    assert res.exit_code == 1
+    assert rev in res.stdout and "set-not-null-scans-table" in res.stdout
+    assert "why:" in res.stdout and "fix:" in res.stdout and "add_not_null" in res.stdout
+    res = cli("migrate", "lint", rng, "--versions-dir", versions, "--json")
+    assert res.exit_code == 1
+    data = json.loads(res.stdout)
+    assert data["ok"] is False and data["errors"] == 1 and data["migrations"] == [rev]
+    (f,) = [f for f in data["findings"] if f["severity"] == "error"]
+    assert {"revision", "path", "statement_number", "line", "statement", "rule", "why",
+            "recipe", "table", "table_rows", "acknowledged", "also_flagged_by"} <= set(f)
+    assert f["table"] == "flashcard_reviews"
+
+
+def test_lint_with_a_profile_reports_table_sizes(tmp_path, migrated):
+    versions = tmp_path / "versions"
+    rev = write_example(versions, CASES["create-index-not-concurrently"][0])
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", profile=migrated,
+                               extra_versions=[versions])
+    assert report.sizes_from == "local/studyhub"
+    (f,) = [f for f in report.findings if f.rule == "create-index-not-concurrently"]
+    assert f.table_rows is not None and f.table_bytes and f.table_bytes > 0
+
+
+def test_every_migration_in_the_repository_lints_clean(cli):
+    """CI runs this on every migration: an unacknowledged error fails the build."""
+    res = cli("migrate", "lint")
+    assert res.exit_code == 0, res.stdout
+    report = migrate_lint.lint()
+    assert report.migrations == [r.revision for r in reversed(migrate.history())]
+    assert report.errors == 0
+    # The initial schema creates its tables and their indexes together: nothing to flag.
+    assert not [f for f in report.findings if f.revision == "0001" and f.source == "studyhub"]
+    # The worked example uses every safe recipe: no finding of ours, nothing acknowledged.
+    assert not [f for f in report.findings if f.revision == "m01"]
