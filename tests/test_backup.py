@@ -480,3 +480,31 @@ def test_list_shows_complete_sets_as_json(cli, backup, backup_dir):
     entries = {e["name"]: e for e in json.loads(res.stdout)}
     entry = entries[backup.name]
     assert entry["status"] == "complete" and entry["rows"] == backup.rows
+
+
+# ------------------------------------------------------------------- erasure ledger
+def test_restore_reapplies_erasures_made_after_the_backup(cluster, migrated, backup_dir):
+    """backup → erase a student → restore: the student stays erased (GDPR art. 17)."""
+    privacy = pytest.importorskip("studyhub.ops.privacy")
+    from studyhub.ops.pseudonym import PseudonymKey
+
+    name = f"bk_gdpr_{uuid.uuid4().hex[:8]}"
+    cluster.create_database(name)
+    target = f"bk_gdpr_r_{uuid.uuid4().hex[:8]}"
+    prof = db_profile(migrated, name)
+    try:
+        migrate.upgrade(prof)
+        with connect_as(prof, "app", name) as conn:
+            fill_app_data(conn, students=5)
+            victim = conn.execute("SELECT id FROM students ORDER BY id LIMIT 1").fetchone()[0]
+        res = ops.create_backup(prof, out_dir=backup_dir)
+        with connect_as(prof, "app", name, autocommit=False) as conn:
+            privacy.erase_person(conn, PseudonymKey(b"k" * 64, "test"), student_id=victim)
+        result = ops.restore_backup(Path(res.path), prof, target)
+        assert result.erasures.status == "reapplied" and result.erasures.entries >= 1
+        with connect_as(prof, "app", target) as conn:
+            assert conn.execute("SELECT count(*) FROM students WHERE id = %s", (victim,)).fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM notes WHERE student_id = %s", (victim,)).fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == 4
+    finally:
+        drop(cluster, name, target)

@@ -445,6 +445,9 @@ def _ledger_key(entry: Any) -> str:
 
 
 def _union(*lists: list[Any]) -> list[Any]:
+    privacy = _privacy_module()
+    if privacy is not None and hasattr(privacy, "merge_ledgers"):
+        return list(privacy.merge_ledgers(*lists))  # one entry per person
     seen: dict[str, Any] = {}
     for entries in lists:
         for e in entries:
