@@ -76,6 +76,9 @@ def fill_app_data(conn: psycopg.Connection, students: int = 40) -> None:
         ('{"k": "ü", "n": [1, 2.5]}', '\\x00ff10', 12345678901234567890.123456789, '1 mon 2 days 03:04:05',
          ARRAY['a', NULL, 'c"d'], '23:59:59.999', 0.1),
         (NULL, NULL, NULL, NULL, NULL, NULL, NULL)""")
+    # json and point have no hash function: this table is checksummed over its text form
+    conn.execute("CREATE TABLE ops.unhashable (p point, x json)")
+    conn.execute("""INSERT INTO ops.unhashable VALUES ('(1.5,2)', '{"a": [1, "ü"]}'), (NULL, NULL)""")
 
 
 def db_profile(profile: Profile, database: str) -> Profile:
@@ -130,6 +133,8 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
     assert manifest.alembic_revision == migrate.heads()
     assert manifest.direct and manifest.compression.method == "zstd"
     assert all(f.sha256 and f.bytes > 0 for f in manifest.files)
+    methods = {t.qualified: t.method for t in manifest.tables}
+    assert methods["ops.unhashable"] == "text-hash" and methods["public.notes"] == "record-hash"
     assert any(f.path.endswith(".dat.zst") for f in manifest.files)
 
     res = cli("backup", "verify", set_dir, "--restore", "--json")

@@ -66,7 +66,7 @@ def create(
     profile: ProfileOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for the set (default: the backup directory).")] = None,
     jobs: JobsOpt = ops.DEFAULT_JOBS,
-    compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19] (default zstd:3), gzip[:1-9] or none.")] = str(ops.DEFAULT_COMPRESSION),
+    compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(ops.DEFAULT_COMPRESSION),
     json_: JsonOpt = False,
 ) -> None:
     """Write one backup set: a parallel pg_dump from an exported snapshot, per-table row counts

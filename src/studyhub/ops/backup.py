@@ -78,7 +78,7 @@ CHECKSUM_SETTINGS = (
     "SET extra_float_digits = 1",
     "SET bytea_output = 'hex'",
 )
-DEFAULT_COMPRESSION = Compression("zstd", 3)
+DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md: faster and smaller than 3 here
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
 # index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit.
@@ -192,7 +192,7 @@ class ImportResult:
 def parse_compression(text: str) -> Compression:
     """``zstd``, ``zstd:LEVEL`` (1-19), ``gzip``, ``gzip:LEVEL`` (1-9) or ``none``."""
     method, _, level_text = text.strip().lower().partition(":")
-    limits = {"zstd": (1, 19, 3), "gzip": (1, 9, 1), "none": (0, 0, None)}
+    limits = {"zstd": (1, 19, 1), "gzip": (1, 9, 1), "none": (0, 0, None)}
     if method not in limits:
         raise BackupError(f"unknown compression {text!r}; use zstd[:1-19], gzip[:1-9] or none")
     lo, hi, default = limits[method]
@@ -240,11 +240,25 @@ def list_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(s, t) for s, t in conn.execute(load("get_backup_tables")).fetchall()]
 
 
-def _checksum_one(conn: psycopg.Connection, schema: str, table: str) -> TableChecksum:
-    query = sql.SQL(load("get_table_rows_and_checksum")).format(
-        table=sql.Identifier(schema, table))
-    rows, checksum = conn.execute(query).fetchone()
-    return TableChecksum(schema, table, int(rows), str(checksum))
+CHECKSUM_QUERIES = {"record-hash": "get_table_rows_and_checksum",
+                    "text-hash": "get_table_rows_and_text_checksum"}
+
+
+def _checksum_one(conn: psycopg.Connection, schema: str, table: str,
+                  method: str | None = None) -> TableChecksum:
+    """Rows and checksum of one table by ``method``; without one, the record hash, falling
+    back to the text hash when a column type has no hash function (inside a savepoint, so a
+    snapshot transaction survives the failed attempt)."""
+    for m in ([method] if method else ["record-hash", "text-hash"]):
+        query = sql.SQL(load(CHECKSUM_QUERIES[m])).format(table=sql.Identifier(schema, table))
+        try:
+            with conn.transaction():
+                rows, checksum = conn.execute(query).fetchone()
+            return TableChecksum(schema, table, int(rows), str(checksum), m)
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+            if method:
+                raise
+    raise AssertionError("unreachable")
 
 
 def table_checksums(
@@ -256,9 +270,11 @@ def table_checksums(
     jobs: int = DEFAULT_JOBS,
     progress: ProgressFn = _no_progress,
     after_each: Callable[[psycopg.Connection, str, str], None] | None = None,
+    methods: dict[str, str] | None = None,
 ) -> list[TableChecksum]:
     """Rows and checksum of each table, on ``jobs`` connections (all importing ``snapshot``
-    when given, so they see exactly what the dump sees). Biggest tables should come first."""
+    when given, so they see exactly what the dump sees). Biggest tables should come first.
+    ``methods`` (qualified name → method) reproduces a manifest's choices."""
     queue = list(tables)
     lock = threading.Lock()
     results: dict[tuple[str, str], TableChecksum] = {}
@@ -278,7 +294,8 @@ def table_checksums(
                         if not queue or errors:
                             break
                         schema, table = queue.pop(0)
-                    results[(schema, table)] = _checksum_one(conn, schema, table)
+                    results[(schema, table)] = _checksum_one(
+                        conn, schema, table, (methods or {}).get(f"{schema}.{table}"))
                     if after_each:
                         after_each(conn, schema, table)
                     with lock:
@@ -380,7 +397,7 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
     def compress(path: Path) -> None:
         nonlocal bytes_out
         c0 = time.monotonic()
-        dst, size, sha = compress_zstd(path, compression.level or 3, jobs)
+        dst, size, sha = compress_zstd(path, compression.level or 1, jobs)
         compress_time[0] += time.monotonic() - c0
         written[str(dst.relative_to(dump_dir.parent))] = FileEntry(
             str(dst.relative_to(dump_dir.parent)), size, sha)
@@ -977,7 +994,8 @@ def restore_backup(
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
     actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
-                             after_each=analyze)
+                             after_each=analyze,
+                             methods={t.qualified: t.method for t in manifest.tables})
     phases["verify + analyze"] = round(time.monotonic() - p0, 3)
     problems = compare_tables(manifest.tables, actual)
     if problems:

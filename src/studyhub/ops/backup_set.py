@@ -49,6 +49,7 @@ class TableChecksum:
     table: str
     rows: int
     checksum: str  # decimal sum of 64-bit row hashes, as text (exact, any size)
+    method: str = "record-hash"  # record-hash | text-hash (see ops/sql/get_table_rows_and_*)
 
     @property
     def qualified(self) -> str:
