@@ -87,7 +87,7 @@ def runbook_backup(prof, path: Path) -> None:
 
 
 def read_floor(prof) -> None:
-    subprocess.run([str(pg_program("pg_dump")), "-Fc", "-Z0", "-f", "/dev/null"],
+    subprocess.run([str(pg_program("pg_dump")), "-Fc", "-Z0"], stdout=subprocess.DEVNULL,
                    env=child_env(prof, "app"), check=True)
 
 

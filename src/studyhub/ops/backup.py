@@ -78,7 +78,7 @@ CHECKSUM_SETTINGS = (
     "SET extra_float_digits = 1",
     "SET bytea_output = 'hex'",
 )
-DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md: faster and smaller than 3 here
+DEFAULT_COMPRESSION = Compression("zstd", 3)  # see docs/backup.md for the measurements
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
 # index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit.
@@ -192,7 +192,7 @@ class ImportResult:
 def parse_compression(text: str) -> Compression:
     """``zstd``, ``zstd:LEVEL`` (1-19), ``gzip``, ``gzip:LEVEL`` (1-9) or ``none``."""
     method, _, level_text = text.strip().lower().partition(":")
-    limits = {"zstd": (1, 19, 1), "gzip": (1, 9, 1), "none": (0, 0, None)}
+    limits = {"zstd": (1, 19, 3), "gzip": (1, 9, 1), "none": (0, 0, None)}
     if method not in limits:
         raise BackupError(f"unknown compression {text!r}; use zstd[:1-19], gzip[:1-9] or none")
     lo, hi, default = limits[method]
@@ -397,7 +397,7 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
     def compress(path: Path) -> None:
         nonlocal bytes_out
         c0 = time.monotonic()
-        dst, size, sha = compress_zstd(path, compression.level or 1, jobs)
+        dst, size, sha = compress_zstd(path, compression.level or 3, jobs)
         compress_time[0] += time.monotonic() - c0
         written[str(dst.relative_to(dump_dir.parent))] = FileEntry(
             str(dst.relative_to(dump_dir.parent)), size, sha)
