@@ -154,6 +154,9 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
             name = conn.execute("SELECT full_name FROM students LIMIT 1").fetchone()[0]
             odd = conn.execute("SELECT j, b, n::text, a FROM ops.odd_types WHERE j IS NOT NULL").fetchone()
         assert body == BIG_TEXT[:90000]
+        with connect_as(source, "app", target) as conn:  # long values recompressed with lz4
+            assert conn.execute("SELECT pg_column_compression(body) FROM notes "
+                                "WHERE body <> '' LIMIT 1").fetchone()[0] == "lz4"
         assert "Zoë Ñandú 漢字 🙂" in name
         assert odd == ({"k": "ü", "n": [1, 2.5]}, b"\x00\xff\x10", "12345678901234567890.123456789",
                        ["a", None, 'c"d'])

@@ -81,7 +81,8 @@ CHECKSUM_SETTINGS = (
 DEFAULT_COMPRESSION = Compression("zstd", 3)  # see docs/backup.md for the measurements
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
-# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit.
+# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit;
+# plus default_toast_compression = lz4 where the server has it (COPY recompresses long values).
 RESTORE_SETTINGS = {
     "maintenance_work_mem": "512MB",
     "work_mem": "256MB",
@@ -904,7 +905,6 @@ def restore_backup(
     if jobs < 1:
         raise BackupError("--jobs must be at least 1")
     settings = {**RESTORE_SETTINGS, **(settings or {})}
-    settings.setdefault("max_parallel_maintenance_workers", str(max(1, jobs)))
     manifest = read_manifest(set_dir)
     phases: dict[str, float] = {}
     if verify_files_first:
@@ -919,6 +919,8 @@ def restore_backup(
     marker = f"studyhub restore of {set_dir.name}"
     resumed = False
     with _admin(profile) as admin:
+        if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
+            settings.setdefault("default_toast_compression", "lz4")
         if _db_exists(admin, database) and not database_is_empty(profile, database) and not replace:
             raise RefusedError(
                 f"database {database} exists and is not empty; restore into a new name, or "
