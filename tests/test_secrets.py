@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,6 +73,7 @@ def test_no_password_on_argv_during_basebackup():
         assert watch.leaks == []
     finally:
         cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_no_password_on_argv_during_psql(cluster, migrated):

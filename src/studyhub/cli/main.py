@@ -9,11 +9,15 @@ import typer
 from rich.text import Text
 
 from studyhub.cli import backup as backup_cli
+from studyhub.cli import cluster as cluster_cli
 from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
 from studyhub.cli import diag as diag_cli
+from studyhub.cli import emergency as emergency_cli
 from studyhub.cli import seed as seed_cli
+from studyhub.cli import top as top_cli
+from studyhub.cli import serve as serve_cli
 from studyhub.cli.common import err_console
 from studyhub.errors import StudyhubError
 
@@ -27,8 +31,12 @@ app.add_typer(local_cli.app, name="local")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(diag_cli.app, name="diag")
 app.add_typer(backup_cli.app, name="backup")
+app.add_typer(emergency_cli.app, name="emergency")
+app.add_typer(cluster_cli.app, name="cluster")
 app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
+app.command("top")(top_cli.top)
+app.command("serve")(serve_cli.serve)
 
 
 def main(argv: list[str] | None = None) -> int:

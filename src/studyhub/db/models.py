@@ -16,6 +16,7 @@ import uuid
 from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Date,
     DateTime,
@@ -288,7 +289,30 @@ class AIInteraction(Base):
     created_at: Mapped[datetime] = now_default()
 
 
-APP_TABLES = [t.name for t in Base.metadata.sorted_tables]
+class StatementSnapshot(Base):
+    """ops: pg_stat_statements counters of one database, captured by ``diag slow-queries`` on each
+    run, so trends (``--since``) survive a statistics reset. Normalized text only ($n, no values)."""
+
+    __tablename__ = "statement_snapshots"
+    # The primary key leads with captured_at: it serves the time-window reads (no extra index).
+    __table_args__ = {"schema": "ops"}
+
+    captured_at: Mapped[datetime] = mapped_column(primary_key=True)
+    database: Mapped[str] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(primary_key=True)
+    queryid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stats_reset: Mapped[datetime | None]
+    query: Mapped[str]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    total_exec_ms: Mapped[float]
+    rows: Mapped[int] = mapped_column(BigInteger)
+    shared_blks_hit: Mapped[int] = mapped_column(BigInteger)
+    shared_blks_read: Mapped[int] = mapped_column(BigInteger)
+    blk_read_ms: Mapped[float]
+    blk_write_ms: Mapped[float]
+
+
+APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]
 
 
 MANAGED_SCHEMAS = (None, "public", "ops")

@@ -6,6 +6,8 @@ Layout under ``$STUDYHUB_HOME`` (default ``.studyhub/``)::
     secrets/pgpass      0600 libpq passfile for every local role (the invoking user's)
     server/             0700, owned by the server user: replicator passfile, pgbouncer config
     primary/ replica/   data directories
+    wal-archive/        0700, owned by the server user: the primary's archived WAL (for PITR)
+    basebackups/ forks/ base backups and point-in-time forks (``studyhub cluster``)
     logs/               server and pooler logs
     audit.log           audit lines of destructive commands (kept by ``local destroy``)
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -91,6 +94,11 @@ class LocalState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def conf_quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def port_range() -> tuple[int, int]:
     raw = os.environ.get("STUDYHUB_PORT_RANGE")
     if not raw:
@@ -140,6 +148,9 @@ class LocalCluster:
         self.logs_dir = self.home / "logs"
         self.primary_dir = self.home / "primary"
         self.replica_dir = self.home / "replica"
+        self.wal_archive_dir = self.home / "wal-archive"
+        self.basebackups_dir = self.home / "basebackups"
+        self.forks_dir = self.home / "forks"
         self.replicator_passfile = self.server_dir / "replicator.pgpass"
         self.pgbouncer_ini = self.server_dir / "pgbouncer.ini"
         self.pgbouncer_userlist = self.server_dir / "userlist.txt"
@@ -215,10 +226,11 @@ class LocalCluster:
         os.chmod(self.home, 0o755)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.secrets_dir, 0o700)
-        for d in (self.server_dir, self.logs_dir):
+        for d in (self.server_dir, self.logs_dir, self.wal_archive_dir):
             d.mkdir(exist_ok=True)
             proc.chown_to_server(d)
         os.chmod(self.server_dir, 0o700)
+        os.chmod(self.wal_archive_dir, 0o700)
         os.chmod(self.logs_dir, 0o755)
 
     def _passwords(self) -> dict[str, str]:
@@ -252,7 +264,21 @@ class LocalCluster:
         proc.write_private(self.pgbouncer_userlist, userlist, server_owned=True)
 
     # ------------------------------------------------------------------- conf
-    def _server_conf(self, port: int, *, replica: bool) -> str:
+    def _archive_conf(self) -> list[str]:
+        """Continuous archiving into wal-archive/ (point-in-time recovery, ``cluster fork``).
+        An archived segment is never overwritten: a second copy of an identical file counts as
+        archived (as after a crash), a different one fails; copies are synced, then renamed."""
+        d = shlex.quote(str(self.wal_archive_dir))
+        command = (
+            f"if test -f {d}/%f; then cmp -s %p {d}/%f; "
+            f"else cp %p {d}/%f.part && sync {d}/%f.part && mv {d}/%f.part {d}/%f; fi"
+        )
+        return ["archive_mode = on", f"archive_command = {conf_quote(command)}"]
+
+    def _server_conf(self, port: int, *, replica: bool, archive: bool | None = None,
+                     extra_lines: tuple[str, ...] = ()) -> str:
+        """studyhub.conf for a server on ``port``; the primary archives WAL (``archive`` defaults
+        to ``not replica``), others (replica, forks) never write into its archive."""
         lines = [
             "# written by studyhub local; edits are overwritten",
             "listen_addresses = '127.0.0.1'",
@@ -289,7 +315,10 @@ class LocalCluster:
                 f"application_name={REPLICA_APP_NAME}'",
                 f"primary_slot_name = '{REPLICA_SLOT}'",
             ]
+        archive = (not replica) if archive is None else archive
+        lines += self._archive_conf() if archive else ["archive_mode = off"]
         lines += self.load_state().extra.get("conf_lines", [])
+        lines += extra_lines
         return "\n".join(lines) + "\n"
 
     def _ensure_certificate(self, datadir: Path) -> None:
@@ -312,10 +341,12 @@ class LocalCluster:
             os.chmod(key, 0o600)
         shutil.copyfile(crt, self.secrets_dir / "server.crt")
 
-    def _write_conf(self, datadir: Path, port: int, *, replica: bool) -> None:
+    def _write_conf(self, datadir: Path, port: int, *, replica: bool, archive: bool | None = None,
+                    extra_lines: tuple[str, ...] = ()) -> None:
         self._ensure_certificate(datadir)
         conf = datadir / "studyhub.conf"
-        conf.write_text(self._server_conf(port, replica=replica))
+        conf.write_text(self._server_conf(port, replica=replica, archive=archive,
+                                          extra_lines=extra_lines))
         proc.chown_to_server(conf)
         main = datadir / "postgresql.conf"
         text = main.read_text()
@@ -481,8 +512,7 @@ class LocalCluster:
                 )
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         with self.admin_connect(APP_DATABASE) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+            self._create_extensions(conn)
             conn.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                     sql.Identifier(APP_DATABASE), sql.Identifier(OPS_ROLE)
@@ -498,8 +528,18 @@ class LocalCluster:
                 )
             )
         with self.admin_connect(name) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+            self._create_extensions(conn)
+
+    @staticmethod
+    def _create_extensions(conn: psycopg.Connection) -> None:
+        """pg_stat_statements and hypopg in one database; the ops role may reset the statement
+        statistics there (``diag slow-queries --reset``), as on a managed cluster's admin."""
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO {}")
+            .format(sql.Identifier(OPS_ROLE))
+        )
 
     def drop_database(self, name: str) -> None:
         with self.admin_connect() as conn:
@@ -583,10 +623,19 @@ class LocalCluster:
 
     # ----------------------------------------------------------------- pooler
     def _pgbouncer_conf(self, state: LocalState) -> str:
+        # Named pools (``studyhub cluster pool add``, like DigitalOcean's connection pools) come
+        # before the catch-all entry that routes every other database to the primary.
+        pools = "".join(
+            f"{name} = host=127.0.0.1 port={state.primary_port} dbname={p['database']}"
+            + (f" user={p['user']}" if p.get("user") else "")
+            + f" pool_size={p['size']} pool_mode={p['mode']}\n"
+            for name, p in sorted(state.extra.get("pools", {}).items())
+        )
         return (
             "; written by studyhub local; edits are overwritten\n"
             "[databases]\n"
-            f"* = host=127.0.0.1 port={state.primary_port}\n"
+            + pools
+            + f"* = host=127.0.0.1 port={state.primary_port}\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {state.pooler_port}\n"
@@ -638,6 +687,25 @@ class LocalCluster:
                 time.sleep(0.1)
         raise LocalClusterError(f"pgbouncer is not answering on port {port}: {last}")
 
+    def pooler_admin_connect(self) -> psycopg.Connection:
+        """PgBouncer's admin console (SHOW …, RELOAD) as the superuser (its admin_users)."""
+        return psycopg.connect(
+            host="127.0.0.1", port=self.load_state().pooler_port, dbname="pgbouncer",
+            user=SUPERUSER, passfile=str(self.passfile), sslmode="disable", autocommit=True,
+            connect_timeout=10, prepare_threshold=None,
+        )
+
+    def reload_pooler(self) -> bool:
+        """Rewrite pgbouncer.ini from the state; a running PgBouncer reloads it (RELOAD on its
+        admin console, which answers once the new file is in effect). False if not running."""
+        state = self.load_state()
+        proc.write_private(self.pgbouncer_ini, self._pgbouncer_conf(state), server_owned=True)
+        if self._pooler_pid() is None:
+            return False
+        with self.pooler_admin_connect() as conn:
+            conn.execute("RELOAD")
+        return True
+
     def _stop_pooler(self) -> bool:
         pid = self._pooler_pid()
         if pid is None:
@@ -676,8 +744,16 @@ class LocalCluster:
             self._ensure_pooler(state, progress)
         return self.status()
 
+    def fork_dirs(self) -> list[Path]:
+        """Data directories of point-in-time forks (``studyhub cluster fork``)."""
+        if not self.forks_dir.is_dir():
+            return []
+        return sorted(p for p in self.forks_dir.iterdir() if (p / "PG_VERSION").exists())
+
     def down(self) -> ClusterStatus:
-        """Stop pooler, replica and primary (fast shutdown). Data stays."""
+        """Stop forks, pooler, replica and primary (fast shutdown). Data stays."""
+        for fork in self.fork_dirs():
+            self._stop_postgres(fork)
         self._stop_pooler()
         self._stop_postgres(self.replica_dir)
         self._stop_postgres(self.primary_dir)
@@ -699,7 +775,8 @@ class LocalCluster:
 
     def destroy_plan(self) -> list[Path]:
         """What ``destroy`` removes (the audit log stays)."""
-        names = ("primary", "replica", "server", "logs", "secrets", "state.json")
+        names = ("primary", "replica", "forks", "basebackups", "wal-archive", "server", "logs",
+                 "secrets", "state.json")
         return [self.home / n for n in names if (self.home / n).exists()]
 
     def destroy(self) -> list[Path]:

@@ -1,0 +1,1 @@
+"""StudyHub's HTTP API (FastAPI): ``create_app()`` in :mod:`studyhub.api.app`."""

@@ -1,0 +1,117 @@
+"""The FastAPI application factory.
+
+``create_app()`` resolves the profile, the topology (pooler? replica?) and the token secret
+up front — so configuration errors are one clear line before any server starts — and opens the
+engines in the lifespan. Everything lives on ``app.state`` (``databases``, ``tokens``,
+``passwords``, ``scheduler``); other routers (the dashboard) can be included on the same app
+and use the same state.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from fsrs import Scheduler
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from studyhub.api.auth import Passwords, TokenService, load_token_secret
+from studyhub.api.db import Databases, choose_topology
+from studyhub.api.errors import install_error_handlers
+from studyhub.api.routers import accounts, ai, flashcards, health, notes, sessions, subjects
+from studyhub.api.settings import ApiSettings
+from studyhub.profiles import Profile, resolve_profile
+
+ROUTERS = (health.router, accounts.router, subjects.router, notes.router, flashcards.router,
+           sessions.router, ai.router)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, before they are parsed (whether or not
+    the client sent Content-Length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: ApiSettings | None = None, *, profile: Profile | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    profile = profile or resolve_profile(settings.profile)
+    topology = choose_topology(profile, settings)
+    tokens = TokenService(load_token_secret(profile), settings.token_ttl_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dbs = Databases(profile, settings, topology)
+        app.state.databases = dbs
+        app.state.passwords = Passwords(settings.password_hash_concurrency)
+        try:
+            await dbs.start()
+            yield
+        finally:
+            await dbs.close()
+
+    app = FastAPI(
+        title="StudyHub API",
+        version="1",
+        description="Students, subjects, notes, flashcards with FSRS scheduling, revision "
+                    "sessions and the AI tutor's log. Authenticate with a bearer token from "
+                    "POST /auth/register or POST /auth/token.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.profile = profile
+    app.state.topology = topology
+    app.state.tokens = tokens
+    app.state.scheduler = Scheduler(enable_fuzzing=settings.fsrs_fuzzing)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,413 @@
+"""Cluster operations that behave the same on DigitalOcean (through its API) and on the local
+embedded cluster (with PostgreSQL's own machinery): info, backups, point-in-time forks, read
+replicas, resize and connection pools.
+
+``backend_for(profile)`` picks the implementation: :mod:`studyhub.ops.cluster_local` for the
+``local`` profile, :mod:`studyhub.ops.cluster_do` for a profile with a ``do_cluster_id``. Both
+return the dataclasses below; changing operations are split into a *plan* (what would be done:
+the lines an operator reads and, on DigitalOcean, the exact API requests) and its execution, so
+the CLI can show the plan, honour ``--dry-run`` and ask for confirmation in between.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+import psycopg
+from psycopg import sql
+
+from studyhub.connect import ConnectError, connect, first_line
+from studyhub.errors import ConfigError, StudyhubError
+from studyhub.ops.queries import load
+from studyhub.profiles import Profile
+
+Progress = Callable[[str], None]
+
+# The app's key tables and the column that says how recent their data is: what a fork or a
+# restore is checked with, so the operator sees which point in time they got.
+KEY_TABLES: tuple[tuple[str, str], ...] = (
+    ("users", "created_at"),
+    ("students", "created_at"),
+    ("subjects", "created_at"),
+    ("notes", "updated_at"),
+    ("flashcards", "updated_at"),
+    ("flashcard_reviews", "reviewed_at"),
+    ("revision_sessions", "started_at"),
+    ("ai_interactions", "created_at"),
+)
+
+# DigitalOcean's rule for cluster (and so fork and replica) names; local forks follow it too so a
+# rehearsal uses names that will work on the managed service.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
+POOL_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,59}$")
+POOL_MODES = ("transaction", "session", "statement")
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+class ClusterOpError(StudyhubError):
+    """A cluster operation was refused or failed; nothing (more) was changed."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class ApiRequest:
+    """One HTTP request a DigitalOcean operation sends (shown by --dry-run; never a secret)."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class Node:
+    role: str  # primary, standby, replica, pooler
+    name: str
+    host: str | None
+    port: int | None
+    status: str
+    detail: str | None = None
+
+
+@dataclass
+class Replica:
+    name: str
+    status: str
+    host: str | None = None
+    port: int | None = None
+    size: str | None = None
+    region: str | None = None
+    created_at: datetime | None = None
+    lag_bytes: int | None = None
+    replay_lag_s: float | None = None
+
+
+@dataclass
+class StreamingClient:
+    """A row of pg_stat_replication on the primary (how far each standby is behind)."""
+
+    application_name: str
+    client_addr: str | None
+    state: str
+    lag_bytes: int | None
+    replay_lag_s: float | None
+
+
+@dataclass
+class Pool:
+    name: str
+    database: str
+    user: str | None  # None: clients connect as themselves
+    mode: str
+    size: int
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass
+class Backup:
+    created_at: datetime  # DigitalOcean: when taken; local: when the base backup started
+    kind: str  # "daily" (DigitalOcean) or "base" (local pg_basebackup)
+    size_bytes: int | None = None
+    label: str | None = None
+    finished_at: datetime | None = None
+    path: str | None = None
+
+
+@dataclass
+class RecoveryWindow:
+    """Times a fork can be made at: [earliest, latest]; None when there is none."""
+
+    earliest: datetime | None
+    latest: datetime | None
+    basis: str  # how the bounds were found, in words
+
+    def contains(self, at: datetime) -> bool:
+        return (self.earliest is not None and self.latest is not None
+                and self.earliest <= at <= self.latest)
+
+    def describe(self) -> str:
+        if self.earliest is None or self.latest is None:
+            return f"no recoverable window ({self.basis})"
+        return f"{iso(self.earliest)} … {iso(self.latest)}"
+
+
+@dataclass
+class WalArchive:
+    directory: str
+    segments: int
+    total_bytes: int
+    first_segment: str | None
+    last_segment: str | None
+    last_archived_at: datetime | None
+    last_commit_at: datetime | None  # newest commit record in the archive (pg_waldump)
+    archiver_failed_count: int | None = None
+    last_failed_wal: str | None = None
+    last_failed_at: datetime | None = None
+    gaps: list[str] = field(default_factory=list)  # missing segments between first and last
+
+
+@dataclass
+class Backups:
+    provider: str
+    cluster: str
+    backups: list[Backup]
+    window: RecoveryWindow
+    wal_archive: WalArchive | None = None
+    schedule: str | None = None
+    in_progress: str | None = None
+
+
+@dataclass
+class TableCheck:
+    table: str
+    rows: int
+    latest_column: str
+    latest_at: datetime | None
+
+
+@dataclass
+class Verification:
+    database: str
+    tables: list[TableCheck]
+    missing_tables: list[str]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Fork:
+    name: str
+    provider: str
+    status: str
+    target_time: datetime | None = None
+    source: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    url: str | None = None  # how to connect; never a password
+    created_at: datetime | None = None
+    base_backup: str | None = None
+    id: str | None = None
+    size: str | None = None
+    region: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a changing operation will do. ``summary`` is for people, ``params`` for the code
+    that executes it, ``requests`` the DigitalOcean API calls it sends (in order)."""
+
+    provider: str
+    action: str  # e.g. "fork", "replica add", "resize"
+    cluster: str
+    summary: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    requests: list[ApiRequest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    offline: bool = False  # built without asking the provider anything (--dry-run)
+
+
+@dataclass
+class ForkResult:
+    fork: Fork
+    recovered_to: datetime | None  # last transaction the fork contains (local: from the log)
+    first_excluded_at: datetime | None  # first commit it does not contain (local)
+    duration_s: float
+    verification: Verification | None
+
+
+@dataclass
+class ChangeResult:
+    provider: str
+    action: str
+    cluster: str
+    target: str
+    status: str
+    duration_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterInfo:
+    provider: str
+    name: str
+    id: str | None
+    status: str
+    version: str | None
+    size: str | None
+    num_nodes: int | None
+    region: str | None
+    nodes: list[Node]
+    replicas: list[Replica]
+    pools: list[Pool]
+    streaming: list[StreamingClient]
+    maintenance_window: str | None
+    maintenance_pending: bool | None
+    latest_backup_at: datetime | None
+    backups_count: int
+    window: RecoveryWindow | None
+    forks: list[Fork]
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- backends
+class ClusterBackend(Protocol):
+    provider: str
+
+    def info(self) -> ClusterInfo: ...
+    def backups(self) -> Backups: ...
+    def basebackup_plan(self, keep: int | None = None, *, offline: bool = False) -> Plan: ...
+    def fork_plan(self, at: datetime, name: str, *, offline: bool = False) -> Plan: ...
+    def fork(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
+             poll_interval_s: float = 10) -> ForkResult: ...
+    def forks(self) -> list[Fork]: ...
+    def fork_stop(self, name: str) -> Fork: ...
+    def fork_start(self, name: str) -> Fork: ...
+    def fork_remove_plan(self, name: str, *, offline: bool = False) -> Plan: ...
+    def fork_remove(self, plan: Plan) -> ChangeResult: ...
+    def replicas(self) -> list[Replica]: ...
+    def replica_add_plan(self, name: str | None, size: str | None, region: str | None, *,
+                         offline: bool = False) -> Plan: ...
+    def replica_add(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
+                    poll_interval_s: float = 10) -> Replica: ...
+    def replica_remove_plan(self, name: str, *, offline: bool = False) -> Plan: ...
+    def replica_remove(self, plan: Plan) -> ChangeResult: ...
+    def resize_plan(self, size: str, num_nodes: int | None, *, offline: bool = False) -> Plan: ...
+    def resize(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
+               poll_interval_s: float = 10) -> ChangeResult: ...
+    def pools(self) -> list[Pool]: ...
+    def pool_add_plan(self, name: str, database: str | None, user: str | None, mode: str,
+                      size: int, *, offline: bool = False) -> Plan: ...
+    def pool_add(self, plan: Plan) -> Pool: ...
+    def pool_remove_plan(self, name: str, *, offline: bool = False) -> Plan: ...
+    def pool_remove(self, plan: Plan) -> ChangeResult: ...
+
+
+def backend_for(profile: Profile) -> ClusterBackend:
+    """The local cluster for ``local``; DigitalOcean's API for a profile with do_cluster_id."""
+    if profile.is_local:
+        from studyhub.ops.cluster_local import LocalBackend
+
+        return LocalBackend(profile)
+    if not profile.do_cluster_id:
+        env = f"STUDYHUB_{profile.name.upper()}_DO_CLUSTER_ID"
+        raise ConfigError(
+            f"profile {profile.name} has no DigitalOcean cluster id; set {env} or "
+            f"[{profile.name}] do_cluster_id = \"…\" in studyhub.toml"
+        )
+    from studyhub.ops.cluster_do import DigitalOceanBackend
+
+    return DigitalOceanBackend(profile)
+
+
+# ----------------------------------------------------------------------------- helpers
+def iso(ts: datetime | None, timespec: str = "seconds") -> str:
+    if ts is None:
+        return "-"
+    return ts.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time with an explicit zone (``2026-05-01T14:03:00Z``, ``…+02:00``) or
+    ``now``. A time without a zone is refused: at 3 a.m. nobody should guess which zone."""
+    raw = text.strip()
+    if raw.lower() == "now":
+        return now or datetime.now(timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" UTC", "+00:00"))
+    except ValueError:
+        raise ClusterOpError(
+            f"cannot read the time {raw!r}; use ISO 8601 with a zone, e.g. 2026-05-01T14:03:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ClusterOpError(
+            f"the time {raw!r} has no time zone; add one, e.g. {raw}Z (UTC) or {raw}+02:00"
+        )
+    return parsed.astimezone(timezone.utc)
+
+
+def check_name(name: str, what: str = "cluster") -> str:
+    if not NAME_RE.match(name):
+        raise ClusterOpError(
+            f"invalid {what} name {name!r}: 3-63 characters, lowercase letters, digits and "
+            f"hyphens, starting with a letter (DigitalOcean's rule)"
+        )
+    return name
+
+
+def check_pool(name: str, mode: str, size: int) -> None:
+    if not POOL_NAME_RE.match(name):
+        raise ClusterOpError(
+            f"invalid pool name {name!r}: 3-60 characters, lowercase letters, digits, '_' and "
+            f"'-', starting with a letter"
+        )
+    if name == "pgbouncer":
+        raise ClusterOpError("the pool name 'pgbouncer' is PgBouncer's admin console")
+    if mode not in POOL_MODES:
+        raise ClusterOpError(f"unknown pool mode {mode!r}; choose one of {', '.join(POOL_MODES)}")
+    if size < 1:
+        raise ClusterOpError(f"pool size must be at least 1 (got {size})")
+
+
+def refuse_outside(window: RecoveryWindow, at: datetime) -> None:
+    if not window.contains(at):
+        raise ClusterOpError(
+            f"{iso(at)} is outside the recoverable window: {window.describe()}"
+        )
+
+
+def verify_database(conn: psycopg.Connection) -> Verification:
+    """Row counts and newest timestamps of the key tables (one read-only snapshot; the
+    connection must be in autocommit mode): which point in time a fork or a restore holds.
+    Tables the database does not have are listed, not fatal."""
+    names = [t for t, _ in KEY_TABLES]
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        present = {r[0] for r in conn.execute(load("get_present_tables"), (names,)).fetchall()}
+        checks = [(t, c) for t, c in KEY_TABLES if t in present]
+        rows = {}
+        if checks:
+            union = sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}, count(*), max({}) FROM {}").format(
+                    sql.Literal(t), sql.Identifier(c), sql.Identifier("public", t)
+                )
+                for t, c in checks
+            )
+            rows = {r[0]: r for r in conn.execute(union).fetchall()}
+    tables = [TableCheck(t, rows[t][1], c, rows[t][2]) for t, c in checks]
+    return Verification(database, tables, [t for t in names if t not in present])
+
+
+def verify_profile(profile: Profile) -> Verification:
+    """``verify_database`` over a fresh connection as the app role; a connection failure is
+    reported in the result (the fork exists either way)."""
+    try:
+        with connect(profile, "app", autocommit=True,
+                     application_name="studyhub cluster verify") as conn:
+            return verify_database(conn)
+    except ConnectError as exc:
+        return Verification(profile.database, [], [], error=str(exc))
+    except psycopg.Error as exc:
+        return Verification(profile.database, [], [], error=first_line(exc))
+
+
+def streaming_clients(profile: Profile) -> tuple[list[StreamingClient], str | None]:
+    """pg_stat_replication on the primary, as the ops role (pg_monitor); (rows, problem)."""
+    try:
+        with connect(profile, "ops", application_name="studyhub cluster info") as conn:
+            rows = conn.execute(load("get_replication_lag")).fetchall()
+    except ConnectError as exc:
+        return [], f"replication lag unavailable: {exc}"
+    except psycopg.Error as exc:
+        return [], f"replication lag unavailable: {first_line(exc)}"
+    return [StreamingClient(*r) for r in rows], None

@@ -1,0 +1,2 @@
+-- Forget this session's hypothetical indexes.
+SELECT hypopg_reset();

@@ -1,0 +1,214 @@
+"""Slow queries from pg_stat_statements, with history that survives a statistics reset.
+
+Each ``slow_queries`` run stores the current counters of the costliest statements in
+``ops.statement_snapshots`` (normalized text only: constants are ``$n``); ``since`` computes the
+work done in a window from those snapshots, adding up across resets (a counter that went down
+was reset, so its new value is all new work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+import re
+
+import psycopg
+from psycopg.rows import dict_row
+
+from studyhub.errors import StudyhubError
+from studyhub.ops.extensions import require_extension
+from studyhub.ops.queries import load
+
+SORTS = ("total", "mean", "calls", "io")
+SNAPSHOT_KEEP = "30 days"
+SNAPSHOT_TOP = 500  # statements kept per snapshot (by total time)
+COUNTERS = ("calls", "total_exec_ms", "rows", "shared_blks_hit", "shared_blks_read",
+            "blk_read_ms", "blk_write_ms")
+
+
+class PrivilegeMissing(StudyhubError):
+    pass
+
+
+@dataclass
+class StatementStats:
+    queryid: int
+    role: str
+    query: str
+    calls: int
+    total_exec_ms: float
+    rows: int
+    shared_blks_hit: int
+    shared_blks_read: int
+    blk_read_ms: float
+    blk_write_ms: float
+    share_pct: float = 0.0
+
+    @property
+    def mean_ms(self) -> float:
+        return self.total_exec_ms / self.calls if self.calls else 0.0
+
+    @property
+    def io_ms(self) -> float:
+        return self.blk_read_ms + self.blk_write_ms
+
+    @property
+    def cache_hit_pct(self) -> float | None:
+        total = self.shared_blks_hit + self.shared_blks_read
+        return 100.0 * self.shared_blks_hit / total if total else None
+
+
+@dataclass
+class SlowQueryReport:
+    database: str
+    sort: str
+    window: str  # "since the statistics reset at …" or "last 1h (from snapshots)"
+    stats_reset: datetime | None
+    total_exec_ms: float
+    statements: list[dict]
+    snapshot_saved: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def current_stats(conn: psycopg.Connection) -> list[StatementStats]:
+    require_extension(conn, "pg_stat_statements", "reading slow queries")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [StatementStats(**r) for r in cur.execute(load("get_statement_stats")).fetchall()]
+
+
+def stats_reset_at(conn: psycopg.Connection) -> datetime | None:
+    return conn.execute(load("get_statement_stats_reset")).fetchone()[0]
+
+
+def save_snapshot(conn: psycopg.Connection, stats: list[StatementStats],
+                  reset_at: datetime | None, captured_at: datetime | None = None) -> str | None:
+    """Store the top statements in ops.statement_snapshots; returns why not when it cannot."""
+    row = conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"}).fetchone()
+    if not row[0]:
+        return "history not saved: ops.statement_snapshots is missing (run: studyhub migrate up)"
+    if not row[1]:
+        return "history not saved: this role may not INSERT into ops.statement_snapshots"
+    captured_at = captured_at or datetime.now(timezone.utc)
+    top = sorted(stats, key=lambda s: -s.total_exec_ms)[:SNAPSHOT_TOP]
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(load("insert_statement_snapshot"), [
+                {"captured_at": captured_at, "database": conn.info.dbname, "role": s.role,
+                 "queryid": s.queryid, "stats_reset": reset_at, "query": s.query,
+                 **{c: getattr(s, c) for c in COUNTERS}} for s in top])
+            cur.execute(load("delete_old_statement_snapshots"), {"keep": SNAPSHOT_KEEP})
+    return None
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '15m', '1h', '2d' → timedelta."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)\s*", text or "")
+    if not m:
+        raise StudyhubError(f"invalid duration {text!r} (use e.g. 30s, 15m, 1h, 2d)")
+    value, unit = float(m.group(1)), m.group(2)
+    seconds = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[unit]
+    return timedelta(seconds=value * seconds)
+
+
+def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[StatementStats], str]:
+    """Work done by each statement between ``since`` and the latest snapshot, from the stored
+    snapshots, counting through statistics resets."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(load("get_statement_snapshots_since"), {"since": since}).fetchall()
+    if not rows:
+        return [], "no snapshots in that window"
+    first_at = rows[0]["captured_at"]  # the baseline: it only sets the starting counters
+    previous: dict[tuple[str, int], dict] = {}
+    totals: dict[tuple[str, int], StatementStats] = {}
+    for r in rows:
+        key = (r["role"], r["queryid"])
+        prev = previous.get(key)
+        previous[key] = r
+        if r["captured_at"] == first_at:
+            continue
+        if prev is None:  # new since the baseline (or reset and re-entered): all of it is new
+            delta = {c: r[c] for c in COUNTERS}
+        else:
+            reset = r["calls"] < prev["calls"] or r["stats_reset"] != prev["stats_reset"]
+            delta = {c: (r[c] if reset else r[c] - prev[c]) for c in COUNTERS}
+        acc = totals.get(key)
+        if acc is None:
+            totals[key] = StatementStats(r["queryid"], r["role"], r["query"], **delta)
+        else:
+            for c in COUNTERS:
+                setattr(acc, c, getattr(acc, c) + delta[c])
+    window_note = (f"from {first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at <= since
+                   else f"history starts at {first_at:%Y-%m-%d %H:%M:%S} UTC (later than asked)")
+    return [s for s in totals.values() if s.calls > 0], window_note
+
+
+def slow_queries(conn: psycopg.Connection, *, sort: str = "total", limit: int = 20,
+                 min_calls: int = 1, since: timedelta | None = None,
+                 save: bool = True) -> SlowQueryReport:
+    """The costliest statements of this database. Saves a snapshot first (when the role may),
+    then reports either the counters since the last reset or, with ``since``, the work done in
+    that window according to the snapshots."""
+    if sort not in SORTS:
+        raise StudyhubError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
+    stats = current_stats(conn)
+    reset_at = stats_reset_at(conn)
+    notes = []
+    saved = False
+    if save:
+        why = save_snapshot(conn, stats, reset_at)
+        saved = why is None
+        if why:
+            notes.append(why)
+    if since is not None:
+        start = datetime.now(timezone.utc) - since
+        stats, window_note = stats_since(conn, start)
+        window = f"last {_fmt_td(since)} ({window_note}, from stored snapshots)"
+    else:
+        window = (f"since the statistics reset at {reset_at:%Y-%m-%d %H:%M:%S} UTC"
+                  if reset_at else "since the statistics were last reset")
+    total = sum(s.total_exec_ms for s in stats) or 0.0
+    for s in stats:
+        s.share_pct = 100.0 * s.total_exec_ms / total if total else 0.0
+    key = {"total": lambda s: -s.total_exec_ms, "mean": lambda s: -s.mean_ms,
+           "calls": lambda s: -s.calls, "io": lambda s: -(s.io_ms + s.shared_blks_read)}[sort]
+    chosen = sorted((s for s in stats if s.calls >= min_calls), key=key)[:limit]
+    rendered = [{"queryid": s.queryid, "role": s.role, "calls": s.calls,
+                 "total_exec_ms": round(s.total_exec_ms, 3), "mean_ms": round(s.mean_ms, 3),
+                 "share_pct": round(s.share_pct, 2), "rows": s.rows,
+                 "cache_hit_pct": None if s.cache_hit_pct is None else round(s.cache_hit_pct, 2),
+                 "shared_blks_read": s.shared_blks_read, "io_ms": round(s.io_ms, 3),
+                 "query": s.query} for s in chosen]
+    return SlowQueryReport(conn.info.dbname, sort, window, reset_at, round(total, 3), rendered,
+                           saved, notes)
+
+
+def _fmt_td(td: timedelta) -> str:
+    s = int(td.total_seconds())
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n and s % n == 0:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+@dataclass
+class ResetResult:
+    database: str
+    snapshot_saved: bool
+    statements_before: int
+
+
+def reset_stats(conn: psycopg.Connection) -> ResetResult:
+    """Save a snapshot, then reset pg_stat_statements for this database."""
+    stats = current_stats(conn)
+    why = save_snapshot(conn, stats, stats_reset_at(conn))
+    try:
+        conn.execute(load("do_reset_statement_stats"))
+    except psycopg.errors.InsufficientPrivilege:
+        if not conn.autocommit:
+            conn.rollback()
+        raise PrivilegeMissing(
+            f"role {conn.info.user} may not reset pg_stat_statements: it lacks EXECUTE on "
+            "pg_stat_statements_reset; as an administrator run in database "
+            f"{conn.info.dbname}: GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, "
+            f"bigint) TO {conn.info.user};") from None
+    return ResetResult(conn.info.dbname, why is None, len(stats))

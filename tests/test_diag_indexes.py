@@ -1,0 +1,195 @@
+"""diag indexes and create-index: invalid, duplicate, unused, missing, FK without index; a safe
+CREATE INDEX CONCURRENTLY that cleans up after itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from studyhub.ops import indexes
+from tests.conftest import connect_as
+from tests.diag_helpers import as_json, wait_for
+
+
+@pytest.fixture
+def orders_db(profile, fresh_db):
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE customers (id int PRIMARY KEY, region int)")
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, "
+                  "status int, note text)")
+        c.execute("INSERT INTO customers SELECT g, g % 10 FROM generate_series(1, 1000) g")
+        c.execute("INSERT INTO orders SELECT g, 1 + g % 1000, g % 7, 'n' "
+                  "FROM generate_series(1, 30000) g")
+        c.execute("ANALYZE")
+    return fresh_db
+
+
+def _report(cli, db):
+    return as_json(cli("diag", "indexes", "-d", db, "--json"))
+
+
+def test_foreign_key_without_index_is_found_with_its_fix(profile, orders_db, cli):
+    fks = _report(cli, orders_db)["foreign_keys_without_index"]
+    assert [(f["table"], f["columns"]) for f in fks] == [("orders", ["customer_id"])]
+    assert fks[0]["fix_sql"] == ('CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON '
+                                 '"public"."orders" ("customer_id");')
+    with connect_as(profile, "app", orders_db) as c:
+        c.execute(fks[0]["fix_sql"])
+    assert _report(cli, orders_db)["foreign_keys_without_index"] == []
+
+
+def test_duplicate_and_unused_indexes_are_found(profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        c.execute("CREATE INDEX ix_status ON orders (status)")
+        c.execute("CREATE INDEX ix_status_customer ON orders (status, customer_id)")
+        c.execute("CREATE INDEX ix_used ON orders (customer_id)")
+        c.execute("SET enable_seqscan = off")
+        c.execute("SELECT count(*) FROM orders WHERE customer_id = 5")
+    report = wait_for(lambda: (r := _report(cli, orders_db)) and
+                      "ix_used" not in {f["index"] for f in r["unused"]} and r,
+                      what="index statistics to be flushed")
+    dup = report["duplicate"]
+    assert [(d["index"], d["covered_by"]) for d in dup] == [("ix_status", "ix_status_customer")]
+    assert dup[0]["fix_sql"] == 'DROP INDEX CONCURRENTLY "public"."ix_status";'
+    unused = {f["index"] for f in report["unused"]}
+    assert {"ix_status", "ix_status_customer"} <= unused
+    assert "customers_pkey" not in unused  # a primary key enforces something: never "unused"
+    assert "ix_used" not in unused
+    res = cli("diag", "doctor", "-d", orders_db, "--check", "duplicate_indexes", "--check",
+              "unused_indexes", "--set", "unused_indexes.min_bytes=0", "--json")
+    checks = {c["name"]: c for c in as_json(res)["checks"]}
+    assert checks["duplicate_indexes"]["status"] == "warn"
+    assert "ix_status" in {i["index"] for i in checks["unused_indexes"]["items"]}
+
+
+def test_the_only_index_behind_a_foreign_key_is_never_called_unused(profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        c.execute("CREATE INDEX ix_orders_customer_id ON orders (customer_id)")
+    report = _report(cli, orders_db)
+    assert "ix_orders_customer_id" not in {f["index"] for f in report["unused"]}
+    with connect_as(profile, "app", orders_db) as c:  # a second one makes the first droppable
+        c.execute("CREATE INDEX ix_orders_customer_id_status ON orders (customer_id, status)")
+    report = _report(cli, orders_db)
+    assert {"ix_orders_customer_id", "ix_orders_customer_id_status"} <= {
+        f["index"] for f in report["unused"]}
+    assert report["duplicate"][0]["index"] == "ix_orders_customer_id"
+
+
+def test_failed_concurrent_index_is_reported_invalid(profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        with pytest.raises(Exception, match="could not create unique index"):
+            c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_status_unique ON orders (status)")
+    report = _report(cli, orders_db)
+    invalid = report["invalid"]
+    assert [i["index"] for i in invalid] == ["ix_status_unique"]
+    assert invalid[0]["fix_sql"].startswith('DROP INDEX CONCURRENTLY "public"."ix_status_unique";')
+    assert "CREATE UNIQUE INDEX CONCURRENTLY ix_status_unique" in invalid[0]["fix_sql"]
+    res = cli("diag", "doctor", "-d", orders_db, "--check", "invalid_indexes", "--json")
+    assert as_json(res)["checks"][0]["status"] == "warn" and res.exit_code == 1
+
+
+def test_table_with_heavy_sequential_scans_is_reported_missing_an_index(profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        for i in range(20):
+            c.execute("SELECT count(*) FROM orders WHERE customer_id = %s", (i,))
+    missing = wait_for(lambda: [m for m in _report(cli, orders_db)["missing"]
+                                if m["table"] == "orders"], what="seq scan statistics")
+    assert missing[0]["details"]["seq_scan"] >= 20
+    assert "diag advise" in missing[0]["details"]["hint"] and missing[0]["fix_sql"] is None
+    advised = as_json(cli("diag", "indexes", "-d", orders_db, "--advise", "--json"))
+    orders = next(m for m in advised["missing"] if m["table"] == "orders")
+    assert orders["fix_sql"] == ('CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON '
+                                 '"public"."orders" ("customer_id");')
+    assert orders["details"]["advised"][0]["columns"] == ["customer_id"]
+
+
+def test_create_index_builds_concurrently_and_verifies(profile, orders_db, cli):
+    res = cli("diag", "create-index", "orders", "status", "customer_id", "-d", orders_db, "--yes",
+              "--json")
+    assert res.exit_code == 0, res.stderr
+    built = as_json(res)
+    assert built["index"] == "ix_orders_status_customer_id" and built["is_valid"] and built["is_ready"]
+    assert built["statement"].startswith("CREATE INDEX CONCURRENTLY")
+    res = cli("diag", "create-index", "orders", "status", "customer_id", "-d", orders_db, "--yes")
+    assert "already exists" in res.stdout
+    res = cli("diag", "create-index", "orders", "nope", "-d", orders_db, "--yes")
+    assert res.exit_code == 1 and "has no column(s) nope" in res.stderr
+
+
+def test_create_index_that_cannot_finish_drops_its_invalid_leftover(profile, orders_db):
+    import threading
+
+    writer = connect_as(profile, "app", orders_db, autocommit=False)
+    writer.execute("INSERT INTO orders VALUES (999999, 1, 1, 'open transaction')")
+    # the build waits for this transaction and times out; the leftover's drop waits for it too,
+    # so end it a little later, as the application eventually would
+    ender = threading.Timer(1.5, writer.rollback)
+    ender.start()
+    try:
+        with connect_as(profile, "app", orders_db) as conn:
+            with pytest.raises(indexes.IndexBuildError, match="lock timeout") as err:
+                indexes.create_index(conn, "orders", ["note"], lock_timeout="300ms", retries=0)
+            assert "after dropping the invalid index it left" in str(err.value)
+            left = conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'ix_orders_note'"
+                                ).fetchone()[0]
+            assert left == 0
+    finally:
+        ender.join()
+        writer.close()
+
+
+def test_create_index_leftover_that_cannot_be_dropped_yet_is_named(profile, orders_db):
+    writer = connect_as(profile, "app", orders_db, autocommit=False)
+    writer.execute("INSERT INTO orders VALUES (999998, 1, 1, 'open transaction')")
+    try:
+        with connect_as(profile, "app", orders_db) as conn:
+            with pytest.raises(indexes.IndexBuildError, match="could not be dropped") as err:
+                indexes.create_index(conn, "orders", ["note"], lock_timeout="200ms", retries=0,
+                                     cleanup_timeout="300ms")
+            assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."ix_orders_note";' in str(err.value)
+    finally:
+        writer.rollback()
+        writer.close()
+
+
+def test_create_index_refuses_a_transaction_and_the_pooler(with_pooler, orders_db):
+    profile = with_pooler.profile()
+    with connect_as(profile, "app", orders_db, autocommit=False) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(indexes.RefusedError, match="inside a transaction"):
+            indexes.create_index(conn, "orders", ["status"])
+    import psycopg
+
+    pooled = psycopg.connect(**profile.endpoint("pooler", orders_db).conninfo(), autocommit=True,
+                             prepare_threshold=None)
+    with pooled:
+        with pytest.raises(indexes.RefusedError, match="transaction pooler"):
+            indexes.create_index(pooled, "orders", ["status"], pooler_ports={profile.pooler_port})
+
+
+def test_create_index_reports_progress(profile, orders_db):
+    seen = []
+    with connect_as(profile, "app", orders_db) as conn:
+        result = indexes.create_index(
+            conn, "orders", ["note", "status"],
+            monitor=lambda: connect_as(profile, "ops", orders_db),
+            progress=seen.append, poll_s=0.01)
+    assert result.is_valid
+    # the build may be too quick to sample on a fast machine; when sampled, phases are real
+    assert all(p.phase for p in seen)
+
+
+def test_index_bloat_is_estimated_after_mass_deletes(profile, fresh_db):
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE readings (id int PRIMARY KEY, sensor int)")
+        c.execute("INSERT INTO readings SELECT g, g % 100 FROM generate_series(1, 300000) g")
+        c.execute("DELETE FROM readings WHERE id % 10 <> 0")
+        c.execute("VACUUM ANALYZE readings")  # pages stay, the tuple count drops
+    with connect_as(profile, "ops", fresh_db) as conn:
+        found = {f.index: f for f in indexes.estimated_bloat(conn, min_bytes=1024**2)}
+        assert "readings_pkey" in found
+        assert found["readings_pkey"].details["bloat_pct"] > 70
+        assert found["readings_pkey"].fix_sql == 'REINDEX INDEX CONCURRENTLY "public"."readings_pkey";'
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute(found["readings_pkey"].fix_sql)
+    with connect_as(profile, "ops", fresh_db) as conn:
+        assert "readings_pkey" not in {f.index for f in indexes.estimated_bloat(conn, min_bytes=0)}
