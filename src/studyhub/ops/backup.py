@@ -30,12 +30,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +44,7 @@ from psycopg import sql
 
 from studyhub import __version__ as tool_version
 from studyhub.connect import ConnectError, child_env, connect
-from studyhub.errors import RefusedError, StudyhubError
+from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
 from studyhub.ops.backup_set import (
     DUMP_DIR,
@@ -351,19 +349,8 @@ class _HashingWriter:
         self.bytes += len(data)
         return self.fh.write(data)
 
-
-def compress_zstd(src: Path, level: int, threads: int) -> tuple[Path, int, str]:
-    """``src`` → ``src.zst`` (then ``src`` is removed); returns path, size and sha256."""
-    import zstandard
-
-    dst = src.with_name(src.name + ".zst")
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads if threads > 1 else 0,
-                                    write_content_size=True)
-    with open(src, "rb") as ifh, open(dst, "wb") as ofh:
-        out = _HashingWriter(ofh)
-        cctx.copy_stream(ifh, out, size=src.stat().st_size, write_size=1 << 20)
-    src.unlink()
-    return dst, out.bytes, out.sha.hexdigest()
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 # ---------------------------------------------------------------------------- pg_dump
@@ -371,11 +358,58 @@ _FINISHED_RE = re.compile(r"finished item (\d+) (TABLE DATA|BLOBS|LARGE OBJECTS?
 _DUMPING_RE = re.compile(r'dumping contents of table "(.*)"')
 
 
+class _StreamCompressor(threading.Thread):
+    """Compress one table file with zstd *while pg_dump writes it*: read to the current end,
+    wait, read on; done once pg_dump has reported the file finished and the end is reached.
+    Compression overlaps the dump instead of following it."""
+
+    def __init__(self, path: Path, level: int):
+        super().__init__(daemon=True)
+        self.path = path
+        self.level = level
+        self.finished = threading.Event()
+        self.abort = threading.Event()
+        self.out: _HashingWriter | None = None
+        self.error: BaseException | None = None
+        self.cpu_s = 0.0
+
+    @property
+    def bytes_out(self) -> int:
+        return self.out.bytes if self.out else 0
+
+    def run(self) -> None:
+        import zstandard
+
+        try:
+            dst = self.path.with_name(self.path.name + ".zst")
+            with open(self.path, "rb") as src, open(dst, "wb") as ofh:
+                self.out = _HashingWriter(ofh)
+                comp = zstandard.ZstdCompressor(level=self.level).stream_writer(
+                    self.out, closefd=False)
+                while True:
+                    done = self.finished.is_set()  # before the read: then EOF is the end
+                    chunk = src.read(1 << 20)
+                    if chunk:
+                        t = time.thread_time()
+                        comp.write(chunk)
+                        self.cpu_s += time.thread_time() - t
+                        continue
+                    if done:
+                        break
+                    if self.abort.wait(0.02):
+                        return
+                comp.flush(zstandard.FLUSH_FRAME)
+                ofh.flush()
+            self.path.unlink()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+
+
 def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
                  compression: Compression, n_tables: int, progress: ProgressFn,
                  lock_wait_timeout: str) -> tuple[dict[str, FileEntry], dict[str, float]]:
-    """pg_dump -Fd from ``snapshot``; with zstd, compress each table file as soon as pg_dump
-    reports it finished. Returns the files written by us (with hashes) and timings."""
+    """pg_dump -Fd from ``snapshot``; with zstd, each table file is compressed while pg_dump
+    writes it. Returns the files written by us (with hashes) and timings."""
     argv = [str(pg_program("pg_dump")), "--format=directory", f"--jobs={jobs}",
             f"--snapshot={snapshot}", f"--file={dump_dir}", "--verbose", "--no-sync",
             f"--lock-wait-timeout={lock_wait_timeout}"]
@@ -386,23 +420,21 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd="/")
-    written: dict[str, FileEntry] = {}
-    pending: list[Future] = []
-    submitted: set[str] = set()
-    pool = ThreadPoolExecutor(max_workers=1)  # one zstd stream at a time, multithreaded inside
+    streams: dict[str, _StreamCompressor] = {}
+    zstd = compression.method == "zstd"
     done_tables = 0
-    bytes_out = 0
     lines: list[str] = []
-    compress_time = [0.0]
 
-    def compress(path: Path) -> None:
-        nonlocal bytes_out
-        c0 = time.monotonic()
-        dst, size, sha = compress_zstd(path, compression.level or 3, jobs)
-        compress_time[0] += time.monotonic() - c0
-        written[str(dst.relative_to(dump_dir.parent))] = FileEntry(
-            str(dst.relative_to(dump_dir.parent)), size, sha)
-        bytes_out += size
+    def follow_new_files() -> None:
+        if not zstd or not dump_dir.is_dir():
+            return
+        for entry in os.scandir(dump_dir):
+            if entry.name not in streams and re.fullmatch(r"\d+\.dat", entry.name):
+                streams[entry.name] = _StreamCompressor(Path(entry.path), compression.level or 3)
+                streams[entry.name].start()
+
+    def bytes_out() -> int:
+        return sum(s.bytes_out for s in streams.values())
 
     try:
         assert proc.stderr is not None
@@ -411,37 +443,45 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
             lines.append(line)
             if len(lines) > 200:
                 del lines[:100]
+            follow_new_files()
             m = _FINISHED_RE.search(line)
             if m:
                 done_tables += 1
-                dat = dump_dir / f"{m.group(1)}.dat"
-                if compression.method == "zstd" and dat.exists():
-                    submitted.add(dat.name)
-                    pending.append(pool.submit(compress, dat))
-                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out, m.group(3)))
-            elif _DUMPING_RE.search(line) and jobs == 1:
-                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out,
-                                       _DUMPING_RE.search(line).group(1)))
+                name = f"{m.group(1)}.dat"
+                if name in streams:
+                    streams[name].finished.set()
+                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out(), m.group(3)))
+            elif jobs == 1 and (d := _DUMPING_RE.search(line)):
+                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out(), d.group(1)))
         rc = proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for s in streams.values():
+            s.abort.set()
         raise
     dump_s = time.monotonic() - t0
     if rc != 0:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for s in streams.values():
+            s.abort.set()
+        for s in streams.values():
+            s.join()
         reason = f"killed by signal {-rc}" if rc < 0 else _stderr_tail(lines)
         raise BackupError(f"pg_dump failed ({reason}); no backup set was written")
-    if compression.method == "zstd":  # -j1 prints no "finished item": compress what is left
-        for dat in sorted(dump_dir.glob("*.dat")):
-            if re.fullmatch(r"\d+\.dat", dat.name) and dat.name not in submitted:  # not toc.dat
-                pending.append(pool.submit(compress, dat))
-    for fut in pending:
-        fut.result()
-        progress(ProgressEvent("compress", done_tables, n_tables, bytes_out))
-    pool.shutdown(wait=True)
-    return written, {"dump": round(dump_s, 3), "compress_cpu": round(compress_time[0], 3),
+    follow_new_files()
+    for s in streams.values():  # pg_dump has exited: every file is complete
+        s.finished.set()
+    for s in streams.values():
+        s.join()
+        if s.error is not None:
+            raise BackupError(f"compressing {s.path.name} failed: {s.error}")
+    progress(ProgressEvent("dump", n_tables, n_tables, bytes_out()))
+    written = {}
+    for s in streams.values():
+        rel = str(s.path.with_name(s.path.name + ".zst").relative_to(dump_dir.parent))
+        written[rel] = FileEntry(rel, s.out.bytes, s.out.sha.hexdigest())  # type: ignore[union-attr]
+    return written, {"dump": round(dump_s, 3),
+                     "compress_cpu": round(sum(s.cpu_s for s in streams.values()), 3),
                      "compress_tail": round(time.monotonic() - t0 - dump_s, 3)}
 
 
