@@ -100,19 +100,23 @@ def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
         console.print(f"no backup sets in {root}")
         return
     table = Table(title=f"backup sets in {root}", title_justify="left")
-    for col in ("set", "status", "created (UTC)", "revision", "tables", "rows", "size",
-                "compression", "verified"):
-        table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left")
+    table.add_column("set", no_wrap=True)
+    for col in ("status", "revision", "tables", "rows", "size", "compr.", "verified"):
+        table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left",
+                         no_wrap=col in ("status", "verified"))
     for s in sets:
-        status = "[green]complete[/]" if s.status == "complete" else f"[yellow]{s.status}[/] ({s.problem})"
+        status = "[green]complete[/]" if s.status == "complete" else f"[yellow]{s.status}[/]"
         verified = "-"
         if s.verified:
             verified = ("[green]ok[/]" if s.verified.get("ok") else "[red]FAILED[/]") + \
-                (" restore " if s.verified.get("restored") else " files ") + str(s.verified.get("time", ""))[:16]
-        table.add_row(s.name, status, (s.created_at or "")[:19], ", ".join(s.alembic_revision or []),
+                (" (restored)" if s.verified.get("restored") else " (files)")
+        table.add_row(s.name, status, ", ".join(s.alembic_revision or []),
                       str(s.tables or ""), f"{s.rows:,}" if s.rows is not None else "",
                       human_bytes(s.bytes), s.compression or "", verified)
     console.print(table)
+    for s in sets:
+        if s.status != "complete":
+            console.print(f"[yellow]{s.name}[/]: {s.problem}", markup=True)
     if any(s.status == "incomplete" for s in sets):
         console.print("[yellow]incomplete entries are leftovers of interrupted backups; "
                       "`studyhub backup prune` removes them[/]")
