@@ -76,7 +76,7 @@ CHECKSUM_SETTINGS = (
     "SET extra_float_digits = 1",
     "SET bytea_output = 'hex'",
 )
-DEFAULT_COMPRESSION = Compression("zstd", 3)  # see docs/backup.md for the measurements
+DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
 # index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit;
@@ -191,7 +191,7 @@ class ImportResult:
 def parse_compression(text: str) -> Compression:
     """``zstd``, ``zstd:LEVEL`` (1-19), ``gzip``, ``gzip:LEVEL`` (1-9) or ``none``."""
     method, _, level_text = text.strip().lower().partition(":")
-    limits = {"zstd": (1, 19, 3), "gzip": (1, 9, 1), "none": (0, 0, None)}
+    limits = {"zstd": (1, 19, 1), "gzip": (1, 9, 1), "none": (0, 0, None)}
     if method not in limits:
         raise BackupError(f"unknown compression {text!r}; use zstd[:1-19], gzip[:1-9] or none")
     lo, hi, default = limits[method]
@@ -429,7 +429,7 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
             return
         for entry in os.scandir(dump_dir):
             if entry.name not in streams and re.fullmatch(r"\d+\.dat", entry.name):
-                streams[entry.name] = _StreamCompressor(Path(entry.path), compression.level or 3)
+                streams[entry.name] = _StreamCompressor(Path(entry.path), compression.level or 1)
                 streams[entry.name].start()
 
     def bytes_out() -> int:
