@@ -110,6 +110,23 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=value * seconds)
 
 
+def _counter_deltas(rows: list[dict]):
+    """For snapshot rows (oldest first): yield (row, previous row of the same statement or None,
+    the work done since that previous row). A counter that went down, or a changed
+    ``stats_reset``, means the statistics were reset in between: the new value is all new work.
+    A statement first seen after the first snapshot counts whole (new, or back in the top)."""
+    previous: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["role"], r["queryid"])
+        prev = previous.get(key)
+        previous[key] = r
+        if prev is None:
+            yield r, None, {c: r[c] for c in COUNTERS}
+            continue
+        reset = r["calls"] < prev["calls"] or r["stats_reset"] != prev["stats_reset"]
+        yield r, prev, {c: (r[c] if reset else r[c] - prev[c]) for c in COUNTERS}
+
+
 def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[StatementStats], str]:
     """Work done by each statement between ``since`` and the latest snapshot, from the stored
     snapshots, counting through statistics resets."""
@@ -118,19 +135,11 @@ def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[Stateme
     if not rows:
         return [], "no snapshots in that window"
     first_at = rows[0]["captured_at"]  # the baseline: it only sets the starting counters
-    previous: dict[tuple[str, int], dict] = {}
     totals: dict[tuple[str, int], StatementStats] = {}
-    for r in rows:
-        key = (r["role"], r["queryid"])
-        prev = previous.get(key)
-        previous[key] = r
+    for r, _prev, delta in _counter_deltas(rows):
         if r["captured_at"] == first_at:
             continue
-        if prev is None:  # new since the baseline (or reset and re-entered): all of it is new
-            delta = {c: r[c] for c in COUNTERS}
-        else:
-            reset = r["calls"] < prev["calls"] or r["stats_reset"] != prev["stats_reset"]
-            delta = {c: (r[c] if reset else r[c] - prev[c]) for c in COUNTERS}
+        key = (r["role"], r["queryid"])
         acc = totals.get(key)
         if acc is None:
             totals[key] = StatementStats(r["queryid"], r["role"], r["query"], **delta)
@@ -140,6 +149,68 @@ def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[Stateme
     window_note = (f"from {first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at <= since
                    else f"history starts at {first_at:%Y-%m-%d %H:%M:%S} UTC (later than asked)")
     return [s for s in totals.values() if s.calls > 0], window_note
+
+
+@dataclass
+class HistoryPoint:
+    """Work one statement did between two snapshots (``interval_s`` long, ending at
+    ``captured_at``)."""
+
+    captured_at: datetime
+    interval_s: float
+    calls: int
+    total_exec_ms: float
+    rows: int
+    shared_blks_read: int
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.total_exec_ms / self.calls if self.calls else None
+
+    @property
+    def calls_per_min(self) -> float:
+        return 60.0 * self.calls / self.interval_s if self.interval_s > 0 else 0.0
+
+
+@dataclass
+class StatementHistory:
+    queryid: int
+    role: str
+    query: str
+    points: list[HistoryPoint]
+
+
+def statement_history(conn: psycopg.Connection, since: datetime,
+                      queryids: list[int] | None = None) -> list[StatementHistory]:
+    """Per statement (all, or those in ``queryids``): the work done between consecutive stored
+    snapshots since ``since`` — calls and mean time over time, through statistics resets.
+    The first snapshot of the window is the baseline; it yields no point."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(load("get_statement_history"),
+                           {"since": since, "queryids": queryids}).fetchall()
+    out: dict[tuple[str, int], StatementHistory] = {}
+    for r, prev, delta in _counter_deltas(rows):
+        key = (r["role"], r["queryid"])
+        hist = out.setdefault(key, StatementHistory(r["queryid"], r["role"], r["query"], []))
+        if prev is None:
+            continue
+        hist.points.append(HistoryPoint(
+            r["captured_at"], (r["captured_at"] - prev["captured_at"]).total_seconds(),
+            delta["calls"], delta["total_exec_ms"], delta["rows"], delta["shared_blks_read"]))
+    return list(out.values())
+
+
+def capture_snapshot(conn: psycopg.Connection) -> str | None:
+    """Store the current counters (what every ``slow_queries`` run does, for schedulers such as
+    the dashboard's capture loop); returns why not when it cannot."""
+    return save_snapshot(conn, current_stats(conn), stats_reset_at(conn))
+
+
+def latest_snapshot_at(conn: psycopg.Connection) -> datetime | None:
+    """When this database's counters were last stored (None: never, or no history table)."""
+    if not conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"}).fetchone()[0]:
+        return None
+    return conn.execute(load("get_latest_statement_snapshot")).fetchone()[0]
 
 
 def slow_queries(conn: psycopg.Connection, *, sort: str = "total", limit: int = 20,
