@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from studyhub.cli import cluster as cluster_cli
+from studyhub.cli import dashboard as dashboard_cli
 from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
@@ -35,6 +36,7 @@ app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
 app.command("top")(top_cli.top)
 app.command("serve")(serve_cli.serve)
+app.command("dashboard")(dashboard_cli.dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
