@@ -55,7 +55,7 @@ def world(cluster, migrated, tmp_path_factory):
         settings = DashboardSettings(database=db, capture_every_s=0)
         with Workload(migrated, db) as workload, DashboardServer(settings) as server:
             for rounds in (0, 10, 20):  # history: a baseline and two intervals of work
-                wait_for(lambda: workload.rounds >= rounds, what="the workload")
+                wait_for(lambda n=rounds: workload.rounds >= n, what="the workload")
                 server.app.state.capture.capture_all()
             with playwright_api.sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -122,7 +122,8 @@ def test_overview_shows_the_planted_invalid_index_and_blocked_query(world):
     visit(page, world["server"].url + "/p/local/")
     invalid = page.locator("#check-invalid_indexes")
     assert invalid.locator(".status").inner_text().lower() == "warn"
-    assert "ix_notes_title_unique" in page.locator("table.items[data-check=invalid_indexes]").inner_text()
+    items = page.locator("table.items[data-check=invalid_indexes]").inner_text()
+    assert "ix_notes_title_unique" in items
     blocked = page.locator("table.items[data-check=blocked_queries]").inner_text()
     assert str(world["waiter"].pid) in blocked
     assert str(world["holder"].info.backend_pid) in blocked  # its blocked_by

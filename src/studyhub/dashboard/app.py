@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -35,7 +35,6 @@ from studyhub.dashboard.security import (
     constant_time_equal,
     csrf_guard,
     csrf_refused_response,
-    flash,
     safe_next,
     session_of,
 )
@@ -62,13 +61,15 @@ def _templates() -> Jinja2Templates:
         num=lambda v: "-" if v is None else f"{v:,.0f}" if isinstance(v, (int, float)) else v,
         ms=lambda v: "-" if v is None else f"{v:,.2f} ms" if v < 100 else f"{v:,.0f} ms",
         pct=lambda v: "-" if v is None else f"{v:.1f}%",
-        ts=lambda t: "-" if t is None else t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        ts=lambda t: "-" if t is None else
+        t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         ago=lambda t: "-" if t is None else human_s(
             (datetime.now(timezone.utc) - t).total_seconds()) + " ago",
     )
     env.globals.update(line_chart=charts.line_chart, bar_chart=charts.bar_chart,
                        sparkline=charts.sparkline, Series=charts.Series,
-                       bytes_axis=human_bytes, ms_axis=lambda v: f"{v:,.1f}" if v < 10 else f"{v:,.0f}")
+                       bytes_axis=human_bytes,
+                       ms_axis=lambda v: f"{v:,.1f}" if v < 10 else f"{v:,.0f}")
     return t
 
 
@@ -224,11 +225,3 @@ def run_page(request: Request, view: ProfileView, template: str,
         return render(request, "error.html", view, status=500, error=first_line(exc))
     return render(request, template, view, **ctx)
 
-
-def since_choice(value: str | None, default: timedelta, allowed: dict[str, timedelta]) -> tuple[str, timedelta]:
-    if value in allowed:
-        return value, allowed[value]
-    for k, v in allowed.items():
-        if v == default:
-            return k, v
-    raise StudyhubError(f"unknown window {value!r}")

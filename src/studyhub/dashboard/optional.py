@@ -18,7 +18,8 @@ try:  # pragma: no cover
     privacy_missing = None
 except ImportError as exc:
     privacy = None
-    privacy_missing = f"the privacy audit is not available in this installation ({exc.name} is missing)"
+    privacy_missing = ("the privacy audit is not available in this installation "
+                       f"({exc.name} is missing)")
 
 
 def backups_context(profile: Any) -> dict[str, Any]:

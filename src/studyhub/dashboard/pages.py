@@ -293,7 +293,8 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
             defs = sorted(indexes.index_definitions(conn), key=lambda d: -d.size_bytes)
             history = space.size_history(conn, datetime.now(timezone.utc) - win)
             biggest = sorted(history.tables, key=lambda t: -t.last_bytes)[:GROWTH_SERIES]
-            growing = [t for t in history.tables if len(t.points) > 1 and t.growth_bytes][:GROWTH_BARS]
+            growing = [t for t in history.tables
+                       if len(t.points) > 1 and t.growth_bytes][:GROWTH_BARS]
             return {"sizes": sizes, "index_defs": defs[:25], "history": history,
                     "database_series": [charts.Series(sizes.database, [
                         (p.captured_at, p.total_bytes) for p in history.database_points])],

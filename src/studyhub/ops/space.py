@@ -61,7 +61,8 @@ def save_size_snapshot(conn: psycopg.Connection, space: DatabaseSpace,
     table missing, or no INSERT on it)."""
     row = conn.execute(load("get_table_exists"), {"name": "ops.table_size_snapshots"}).fetchone()
     if not row[0]:
-        return "size history not saved: ops.table_size_snapshots is missing (run: studyhub migrate up)"
+        return ("size history not saved: ops.table_size_snapshots is missing "
+                "(run: studyhub migrate up)")
     if not row[1]:
         return "size history not saved: this role may not INSERT into ops.table_size_snapshots"
     captured_at = captured_at or datetime.now(timezone.utc)
@@ -120,7 +121,8 @@ class SizeHistory:
 def size_history(conn: psycopg.Connection, since: datetime) -> SizeHistory:
     """The database's and each table's size at every stored snapshot since ``since``, and each
     table's growth over that window (last minus first snapshot it appears in)."""
-    if not conn.execute(load("get_table_exists"), {"name": "ops.table_size_snapshots"}).fetchone()[0]:
+    exists = conn.execute(load("get_table_exists"), {"name": "ops.table_size_snapshots"})
+    if not exists.fetchone()[0]:
         return SizeHistory(conn.info.dbname, since, [],
                            note="no size history: ops.table_size_snapshots is missing "
                                 "(run: studyhub migrate up)")

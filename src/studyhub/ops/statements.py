@@ -208,7 +208,8 @@ def capture_snapshot(conn: psycopg.Connection) -> str | None:
 
 def latest_snapshot_at(conn: psycopg.Connection) -> datetime | None:
     """When this database's counters were last stored (None: never, or no history table)."""
-    if not conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"}).fetchone()[0]:
+    exists = conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"})
+    if not exists.fetchone()[0]:
         return None
     return conn.execute(load("get_latest_statement_snapshot")).fetchone()[0]
 
