@@ -1,5 +1,5 @@
-"""A small StudyHub data set made with SQL (the seeder is not on this branch yet) and a running
-workload, for the dashboard's tests: real rows, real statements in pg_stat_statements."""
+"""For the dashboard's tests: a running workload (real statements in pg_stat_statements), a
+real dashboard server on a free loopback port, and the browser's launch settings."""
 
 from __future__ import annotations
 
@@ -9,39 +9,10 @@ import psycopg
 
 from tests.conftest import connect_as
 
-SMALL_DATASET = """
-INSERT INTO subjects (code, name)
-SELECT 'S' || i, 'Subject ' || i FROM generate_series(1, 8) i
-ON CONFLICT DO NOTHING;
-INSERT INTO users (email, password_hash)
-SELECT 'student' || i || '@example.test', 'not-a-real-hash' FROM generate_series(1, %(n)s) i
-ON CONFLICT DO NOTHING;
-INSERT INTO students (user_id, full_name, year_group)
-SELECT u.id, 'Student ' || u.email, 1 + (abs(hashtext(u.email)) % 13)
-FROM users u LEFT JOIN students s ON s.user_id = u.id WHERE s.id IS NULL;
-INSERT INTO notes (student_id, subject_id, title, body)
-SELECT s.id, (SELECT id FROM subjects ORDER BY code LIMIT 1 OFFSET (n % 8)),
-       'Note ' || n, repeat('revision text ', 20)
-FROM students s, generate_series(1, 5) n;
-INSERT INTO flashcards (student_id, subject_id, front, back, due)
-SELECT n.student_id, n.subject_id, 'Q ' || n.title || ' ' || k, 'A ' || k,
-       now() + (k - 5) * interval '1 day'
-FROM notes n, generate_series(1, 4) k;
-ANALYZE;
-"""
-
-
-def insert_small_dataset(profile, database: str | None = None, students: int = 300) -> None:
-    with connect_as(profile, "app", database) as conn:
-        for statement in SMALL_DATASET.split(";"):
-            if statement.strip():
-                conn.execute(statement, {"n": students} if "%(n)s" in statement else None)
-
-
 WORKLOAD = (
     "SELECT count(*) FROM flashcards WHERE student_id = (SELECT id FROM students "
     "ORDER BY id LIMIT 1 OFFSET %(i)s) AND due <= now()",
-    "SELECT title FROM notes WHERE title = %(t)s",  # no index on title: sequential scans
+    "SELECT id FROM notes WHERE title = %(t)s",  # no index on title: sequential scans
     "SELECT s.full_name, count(*) FROM students s JOIN notes n ON n.student_id = s.id "
     "GROUP BY s.full_name ORDER BY 2 DESC LIMIT 5",
 )

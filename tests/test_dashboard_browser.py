@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real
-dashboard server (uvicorn, in a thread) on the session cluster, in a database of its own with a
-small data set, a running workload, an invalid index, a blocked query and a pg_sleep session
+dashboard server (uvicorn, in a thread) on the session cluster, in a database of its own with
+seeded data (studyhub.ops.seed), a running workload, an invalid index, a blocked query and a pg_sleep session
 planted by the test. Screenshots of every page go to artifacts/screenshots/."""
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from studyhub.dashboard.settings import DashboardSettings
-from studyhub.ops import migrate
+from studyhub.ops import migrate, seed
 from tests.conftest import connect_as
 from tests.dashboard_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     DashboardServer,
     Workload,
-    insert_small_dataset,
 )
 from tests.diag_helpers import Background, is_running, is_waiting_for_lock, wait_for
 
@@ -43,13 +42,16 @@ def world(cluster, migrated, tmp_path_factory):
     holder = waiter = None
     try:
         migrate.upgrade(migrated, database=db)
-        insert_small_dataset(migrated, db, students=300)
+        seed.seed_database(migrated, students=200, database=db)
         with connect_as(migrated, "app", db) as c:  # a failed concurrent build leaves it invalid
             with pytest.raises(Exception, match="could not create unique index"):
-                c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_notes_title_unique ON notes (title)")
+                c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_notes_subject_unique "
+                          "ON notes (subject_id)")
         holder = connect_as(migrated, "app", db, autocommit=False, application_name="holder")
-        holder.execute("UPDATE subjects SET name = name || '' WHERE code = 'S1'")
-        waiter = Background(migrated, "UPDATE subjects SET name = name WHERE code = 'S1'",
+        holder.execute("UPDATE subjects SET name = name || '' WHERE code = (SELECT min(code) "
+                       "FROM subjects)")
+        waiter = Background(migrated, "UPDATE subjects SET name = name WHERE code = (SELECT "
+                            "min(code) FROM subjects)",
                             database=db, setup=["SET application_name = 'waiter'"])
         wait_for(lambda: is_waiting_for_lock(migrated, waiter.pid), what="the planted waiter")
         settings = DashboardSettings(database=db, capture_every_s=0)
@@ -123,7 +125,7 @@ def test_overview_shows_the_planted_invalid_index_and_blocked_query(world):
     invalid = page.locator("#check-invalid_indexes")
     assert invalid.locator(".status").inner_text().lower() == "warn"
     items = page.locator("table.items[data-check=invalid_indexes]").inner_text()
-    assert "ix_notes_title_unique" in items
+    assert "ix_notes_subject_unique" in items
     blocked = page.locator("table.items[data-check=blocked_queries]").inner_text()
     assert str(world["waiter"].pid) in blocked
     assert str(world["holder"].info.backend_pid) in blocked  # its blocked_by
