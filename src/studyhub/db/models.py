@@ -294,8 +294,10 @@ class StatementSnapshot(Base):
     run, so trends (``--since``) survive a statistics reset. Normalized text only ($n, no values)."""
 
     __tablename__ = "statement_snapshots"
-    # The primary key leads with captured_at: it serves the time-window reads (no extra index).
-    __table_args__ = {"schema": "ops"}
+    # The primary key leads with captured_at: it serves the time-window reads; the index
+    # serves one statement's history (the dashboard's query page) without reading every
+    # statement of the window.
+    __table_args__ = (Index(None, "database", "queryid", "captured_at"), {"schema": "ops"})
 
     captured_at: Mapped[datetime] = mapped_column(primary_key=True)
     database: Mapped[str] = mapped_column(primary_key=True)
