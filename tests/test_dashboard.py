@@ -123,6 +123,9 @@ def test_a_read_only_profile_shows_no_actions_and_refuses_them(client, env, clus
         assert not [a for a in read_audit() if a["action"].startswith("emergency.")]
         indexes_page = c.get("/p/staging/indexes")
         assert "create concurrently" not in indexes_page.text
+        settings = DashboardSettings(capture_every_s=0)  # nor does the capture loop write there
+        status = capture_profile(view_profile("staging", settings), settings)
+        assert status.notes == ["no history captured: profile staging is marked read-only"]
     finally:
         sleeper.close()
 
@@ -264,9 +267,14 @@ def test_statement_history_is_per_interval_and_counts_through_a_reset(client, en
             assert statements.save_snapshot(conn, [_stats(qid, calls, total)], reset,
                                             t0 + timedelta(minutes=minutes)) is None
         [hist] = statements.statement_history(conn, t0 - timedelta(minutes=1), [qid])
+        summed, _ = statements.stats_since(conn, t0 - timedelta(minutes=1))  # summed in SQL
+        later, _ = statements.stats_since(conn, t0 + timedelta(minutes=15))  # baseline: t0+10
     assert [(p.calls, p.total_exec_ms) for p in hist.points] == [(600, 600.0), (50, 500.0)]
     assert hist.points[0].calls_per_min == pytest.approx(60.0)
     assert hist.points[1].mean_ms == pytest.approx(10.0)  # after the reset: all of it is new
+    [total] = [x for x in summed if x.queryid == qid]
+    assert (total.calls, total.total_exec_ms) == (650, 1100.0)
+    assert [(x.calls, x.total_exec_ms) for x in later if x.queryid == qid] == [(50, 500.0)]
 
     c = client(database=migrated_db)
     page = c.get(f"/p/local/queries/{qid}?role=studyhub_app&window=1h")

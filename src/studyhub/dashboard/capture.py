@@ -2,7 +2,8 @@
 profile that resolves, a pg_stat_statements snapshot (``ops.statement_snapshots``, what
 ``diag slow-queries`` stores on each run) and a size snapshot (``ops.*_size_snapshots``) — the
 history behind the query and growth charts (PgHero needs a cron job for this). As the ops role;
-a profile that cannot be reached is retried next round, its error shown on its pages."""
+a profile that cannot be reached is retried next round, its error shown on its pages. Profiles
+marked read-only are not written to."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class CaptureStatus:
 
 def capture_profile(view, settings: DashboardSettings) -> CaptureStatus:
     status = CaptureStatus(datetime.now(timezone.utc))
+    if view.profile.read_only:
+        status.notes.append(f"no history captured: profile {view.name} is marked read-only")
+        return status
     try:
         with connection(view, settings) as conn:
             for what, fn in (("statements", statements.capture_snapshot),

@@ -22,6 +22,7 @@ from studyhub.ops.queries import load
 SORTS = ("total", "mean", "calls", "io")
 SNAPSHOT_KEEP = "30 days"
 SNAPSHOT_TOP = 500  # statements kept per snapshot (by total time)
+SORT_MEMORY = "SET LOCAL work_mem = '32MB'"
 COUNTERS = ("calls", "total_exec_ms", "rows", "shared_blks_hit", "shared_blks_read",
             "blk_read_ms", "blk_write_ms")
 
@@ -129,26 +130,23 @@ def _counter_deltas(rows: list[dict]):
 
 def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[StatementStats], str]:
     """Work done by each statement between ``since`` and the latest snapshot, from the stored
-    snapshots, counting through statistics resets."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(load("get_statement_snapshots_since"), {"since": since}).fetchall()
+    snapshots, counting through statistics resets (summed in the server: a day of snapshots is
+    hundreds of thousands of rows)."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(SORT_MEMORY)  # a day of snapshots sorts in memory, not on disk
+        rows = cur.execute(load("get_statement_work_since"), {"since": since}).fetchall()
     if not rows:
-        return [], "no snapshots in that window"
-    first_at = rows[0]["captured_at"]  # the baseline: it only sets the starting counters
-    totals: dict[tuple[str, int], StatementStats] = {}
-    for r, _prev, delta in _counter_deltas(rows):
-        if r["captured_at"] == first_at:
-            continue
-        key = (r["role"], r["queryid"])
-        acc = totals.get(key)
-        if acc is None:
-            totals[key] = StatementStats(r["queryid"], r["role"], r["query"], **delta)
-        else:
-            for c in COUNTERS:
-                setattr(acc, c, getattr(acc, c) + delta[c])
+        first = conn.execute(load("get_statement_snapshots_first_since"),
+                             {"since": since}).fetchone()[0]
+        if first is None:
+            return [], "no snapshots in that window"
+        rows, first_at = [], first
+    else:
+        first_at = rows[0]["first_at"]
+    stats = [StatementStats(**{k: v for k, v in r.items() if k != "first_at"}) for r in rows]
     window_note = (f"from {first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at <= since
                    else f"history starts at {first_at:%Y-%m-%d %H:%M:%S} UTC (later than asked)")
-    return [s for s in totals.values() if s.calls > 0], window_note
+    return [s for s in stats if s.calls > 0], window_note
 
 
 @dataclass
@@ -181,13 +179,18 @@ class StatementHistory:
 
 
 def statement_history(conn: psycopg.Connection, since: datetime,
-                      queryids: list[int] | None = None) -> list[StatementHistory]:
-    """Per statement (all, or those in ``queryids``): the work done between consecutive stored
+                      queryids: list[int]) -> list[StatementHistory]:
+    """Per statement in ``queryids``: the work done between consecutive stored
     snapshots since ``since`` — calls and mean time over time, through statistics resets.
     The first snapshot of the window is the baseline; it yields no point."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    start = conn.execute(load("get_statement_snapshots_first_since"),
+                         {"since": since}).fetchone()[0]
+    if start is None or not queryids:
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:  # a known start lets the planner use the index
         rows = cur.execute(load("get_statement_history"),
-                           {"since": since, "queryids": queryids}).fetchall()
+                           {"start": start, "queryids": queryids,
+                            "database": conn.info.dbname}).fetchall()
     out: dict[tuple[str, int], StatementHistory] = {}
     for r, prev, delta in _counter_deltas(rows):
         key = (r["role"], r["queryid"])
