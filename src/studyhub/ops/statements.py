@@ -132,18 +132,15 @@ def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[Stateme
     """Work done by each statement between ``since`` and the latest snapshot, from the stored
     snapshots, counting through statistics resets (summed in the server: a day of snapshots is
     hundreds of thousands of rows)."""
+    first_at = conn.execute(load("get_statement_snapshots_first_since"),
+                            {"since": since}).fetchone()[0]
+    if first_at is None:
+        return [], "no snapshots in that window"
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(SORT_MEMORY)  # a day of snapshots sorts in memory, not on disk
-        rows = cur.execute(load("get_statement_work_since"), {"since": since}).fetchall()
-    if not rows:
-        first = conn.execute(load("get_statement_snapshots_first_since"),
-                             {"since": since}).fetchone()[0]
-        if first is None:
-            return [], "no snapshots in that window"
-        rows, first_at = [], first
-    else:
-        first_at = rows[0]["first_at"]
-    stats = [StatementStats(**{k: v for k, v in r.items() if k != "first_at"}) for r in rows]
+        rows = cur.execute(load("get_statement_work_since"),
+                           {"start": first_at, "database": conn.info.dbname}).fetchall()
+    stats = [StatementStats(**r) for r in rows]
     window_note = (f"from {first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at <= since
                    else f"history starts at {first_at:%Y-%m-%d %H:%M:%S} UTC (later than asked)")
     return [s for s in stats if s.calls > 0], window_note

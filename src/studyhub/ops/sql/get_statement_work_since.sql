@@ -1,19 +1,14 @@
--- Work done by each statement of this database from the baseline snapshot (the last one taken
--- at or before %(since)s, else the first after it) to the latest, summed over consecutive
--- snapshots of that statement. A counter that went down, or a changed stats_reset, means the
--- statistics were reset in between: the new value is all new work. A statement first seen
--- after the baseline counts whole (new, or back among the stored top statements). The
--- baseline only sets the starting counters. first_at: the baseline's time. The text is read
--- once per statement (from its latest snapshot), not sorted along with every row.
-WITH baseline AS (
-    SELECT coalesce(
-        (SELECT max(captured_at) FROM ops.statement_snapshots
-         WHERE database = current_database() AND captured_at <= %(since)s),
-        (SELECT min(captured_at) FROM ops.statement_snapshots
-         WHERE database = current_database() AND captured_at > %(since)s)) AS first_at
-), window_rows AS (
-    SELECT s.captured_at, s.role, s.queryid, s.stats_reset, s.calls, s.total_exec_ms, s.rows,
-           s.shared_blks_hit, s.shared_blks_read, s.blk_read_ms, s.blk_write_ms, b.first_at,
+-- Work done by each statement of database %(database)s (this one) from the baseline snapshot
+-- taken at %(start)s (see get_statement_snapshots_first_since) to the latest, summed over
+-- consecutive snapshots of that statement. A counter that went down, or a changed
+-- stats_reset, means the statistics were reset in between: the new value is all new work. A
+-- statement first seen after the baseline counts whole (new, or back among the stored top
+-- statements); the baseline only sets the starting counters. Values rather than
+-- current_database() or a subquery let the planner read only the window's range of the
+-- primary key; the text is read once per statement (its latest snapshot), not sorted along.
+WITH window_rows AS (
+    SELECT captured_at, role, queryid, stats_reset, calls, total_exec_ms, rows,
+           shared_blks_hit, shared_blks_read, blk_read_ms, blk_write_ms,
            lag(calls)            OVER w AS p_calls,
            lag(stats_reset)      OVER w AS p_reset,
            lag(total_exec_ms)    OVER w AS p_total_exec_ms,
@@ -23,20 +18,20 @@ WITH baseline AS (
            lag(blk_read_ms)      OVER w AS p_blk_read_ms,
            lag(blk_write_ms)     OVER w AS p_blk_write_ms,
            lag(captured_at)      OVER w AS p_captured_at
-    FROM ops.statement_snapshots s, baseline b
-    WHERE s.database = current_database() AND s.captured_at >= b.first_at
+    FROM ops.statement_snapshots
+    WHERE database = %(database)s AND captured_at >= %(start)s
     WINDOW w AS (PARTITION BY queryid, role COLLATE "C" ORDER BY captured_at)
 ), deltas AS (
     SELECT *,
            p_captured_at IS NULL OR calls < p_calls
                OR stats_reset IS DISTINCT FROM p_reset                 AS whole
     FROM window_rows
-    WHERE captured_at > first_at
+    WHERE captured_at > %(start)s
 )
 SELECT d.queryid,
        d.role,
        (SELECT q.query FROM ops.statement_snapshots q
-        WHERE q.captured_at = max(d.captured_at) AND q.database = current_database()
+        WHERE q.captured_at = max(d.captured_at) AND q.database = %(database)s
           AND q.role = d.role AND q.queryid = d.queryid)                         AS query,
        sum(CASE WHEN whole THEN calls ELSE calls - p_calls END)::bigint          AS calls,
        sum(CASE WHEN whole THEN total_exec_ms
@@ -49,7 +44,6 @@ SELECT d.queryid,
        sum(CASE WHEN whole THEN blk_read_ms
                 ELSE blk_read_ms - p_blk_read_ms END)::float8                    AS blk_read_ms,
        sum(CASE WHEN whole THEN blk_write_ms
-                ELSE blk_write_ms - p_blk_write_ms END)::float8                  AS blk_write_ms,
-       min(first_at)                                                             AS first_at
+                ELSE blk_write_ms - p_blk_write_ms END)::float8                  AS blk_write_ms
 FROM deltas d
 GROUP BY d.queryid, d.role;
