@@ -427,3 +427,13 @@ def test_seeded_tables_are_analyzed_after_their_rows_count(profile, shared):
     assert len(rows) == 3 and all(live > 0 for _, _, live in rows)
     assert {name: mod for name, mod, _ in rows} == {
         "notes": 0, "flashcards": 0, "flashcard_reviews": 0}
+
+
+def test_the_seeder_sets_every_column_of_the_models():
+    """A column the seeder leaves to its default (e.g. now()) would make seeding
+    non-deterministic; a new column in the models must get a seeded value."""
+    from studyhub.db.models import Base
+    from studyhub.ops.seed_rows import TABLE_COLUMNS
+
+    for table, columns in TABLE_COLUMNS.items():
+        assert set(columns) == set(Base.metadata.tables[table].columns.keys()), table

@@ -14,6 +14,7 @@ from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
 from studyhub.cli import diag as diag_cli
+from studyhub.cli import privacy as privacy_cli
 from studyhub.cli import emergency as emergency_cli
 from studyhub.cli import seed as seed_cli
 from studyhub.cli import top as top_cli
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(local_cli.app, name="local")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(diag_cli.app, name="diag")
+app.add_typer(privacy_cli.app, name="privacy")
 app.add_typer(emergency_cli.app, name="emergency")
 app.add_typer(cluster_cli.app, name="cluster")
 app.command("profiles")(profiles_cli.profiles)

@@ -289,6 +289,21 @@ class AIInteraction(Base):
     created_at: Mapped[datetime] = now_default()
 
 
+class ErasureLedgerEntry(Base):
+    """One erased person: the ids a restored backup must erase again (``studyhub privacy
+    reapply-erasures``). Holds no email, no name: see docs/privacy.md."""
+
+    __tablename__ = "erasure_ledger"
+    __table_args__ = (
+        CheckConstraint("rows_deleted >= 0", name="rows_deleted_positive"),
+        {"schema": "ops"},
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    student_id: Mapped[uuid.UUID | None]
+    pseudonym: Mapped[str]  # HMAC-SHA256 of the user id: joins audit lines, reveals nothing
+    erased_at: Mapped[datetime] = now_default()
+    rows_deleted: Mapped[int] = mapped_column(BigInteger)
 class StatementSnapshot(Base):
     """ops: pg_stat_statements counters of one database, captured by ``diag slow-queries`` on each
     run, so trends (``--since``) survive a statistics reset. Normalized text only ($n, no values)."""

@@ -59,8 +59,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
                    "last_review", "created_at", "updated_at", "state", "step", "stability",
                    "difficulty", "reps", "lapses"),
     "flashcard_reviews": ("id", "student_id", "flashcard_id", "revision_session_id",
-                          "reviewed_at", "due", "review_duration_ms", "rating", "state",
-                          "stability", "difficulty", "elapsed_days", "scheduled_days"),
+                          "reviewed_at", "recorded_at", "due", "review_duration_ms", "rating",
+                          "state", "stability", "difficulty", "elapsed_days", "scheduled_days"),
     "ai_interactions": ("id", "student_id", "subject_id", "note_id", "model", "prompt",
                         "response", "created_at", "prompt_tokens", "completion_tokens",
                         "latency_ms"),
@@ -90,6 +90,7 @@ _FALSE = struct.pack("!ib", 1, 0)
 _LEN = struct.Struct("!i").pack
 _TS = struct.Struct("!iq").pack
 _TS2 = struct.Struct("!iqiq").pack
+_TS3 = struct.Struct("!iqiqiq").pack
 _TS4 = struct.Struct("!iqiqiqiq").pack
 _INT2 = struct.Struct("!ih").pack
 _INT4 = struct.Struct("!ii").pack
@@ -450,7 +451,9 @@ class StudentGenerator:
             _offset, _session, due_offset, tail = h.steps[i]
             review_rows.append(b"".join((
                 head, review_ids[k], student_id, card_ids[number], session_of[session],
-                _TS2(8, when, 8, shift + due_offset), durations[rng.getrandbits(10)], tail,
+                # recorded_at = reviewed_at: seeded reviews reached the server as they happened
+                _TS3(8, when, 8, when, 8, shift + due_offset), durations[rng.getrandbits(10)],
+                tail,
             )))
 
     def _sessions(self, rng: random.Random, out: list[bytes], student_id: bytes,

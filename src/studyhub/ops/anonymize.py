@@ -1,0 +1,195 @@
+"""Pseudonymised analytics exports: what the data team may use instead of raw tables.
+
+- Identifiers become keyed pseudonyms (HMAC-SHA256 under a secret key, see ``pseudonym``):
+  stable across runs with the same key, not recomputable without it. ``md5(email)`` — the
+  runbook's "anonymisation" — is reversed by hashing a list of emails; this is not.
+- No free text (notes, card sides, prompts, answers), no email, name, school, birth date or
+  time zone. Times are coarsened to the day (the month for when a student joined).
+- Small groups are suppressed: a row is dropped when its combination of quasi-identifiers
+  (year group, subject ...) is shared by fewer than ``min_group`` students (k-anonymity on
+  those columns).
+
+The output is still *pseudonymised personal data* (GDPR recital 26): rows of one student are
+linked by their pseudonym. docs/privacy.md says what remains personal and who may hold it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import psycopg
+from psycopg import sql
+
+from studyhub.atomic_file import write_atomically
+from studyhub.errors import StudyhubError
+from studyhub.ops.pseudonym import PseudonymKey
+from studyhub.ops.queries import load
+
+DEFAULT_MIN_GROUP = 5
+BATCH_ROWS = 20_000
+Format = Literal["csv", "parquet"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    query: str  # ops/sql/<query>.sql
+    pseudonyms: dict[str, tuple[str, str]]  # source column → (output column, pseudonym domain)
+    quasi_identifiers: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # output column, arrow type
+
+
+DATASETS: dict[str, Dataset] = {
+    "reviews": Dataset(
+        "get_analytics_reviews",
+        {"student_id": ("student", "student"), "flashcard_id": ("card", "card")},
+        ("year_group", "subject"),
+        (("student", "string"), ("card", "string"), ("subject", "string"),
+         ("year_group", "int16"), ("review_day", "date32"), ("rating", "int16"),
+         ("state", "int16"), ("stability", "float64"), ("difficulty", "float64"),
+         ("elapsed_days", "float64"), ("scheduled_days", "float64"),
+         ("review_duration_ms", "int32")),
+    ),
+    "sessions": Dataset(
+        "get_analytics_sessions",
+        {"student_id": ("student", "student")},
+        ("year_group", "subject"),
+        (("student", "string"), ("subject", "string"), ("year_group", "int16"),
+         ("session_day", "date32"), ("duration_min", "int32"), ("cards_reviewed", "int32")),
+    ),
+    "ai_usage": Dataset(
+        "get_analytics_ai_usage",
+        {"student_id": ("student", "student")},
+        ("year_group", "subject", "model"),
+        (("student", "string"), ("subject", "string"), ("year_group", "int16"),
+         ("model", "string"), ("day", "date32"), ("prompt_tokens", "int32"),
+         ("completion_tokens", "int32"), ("latency_ms", "int32")),
+    ),
+    "students": Dataset(
+        "get_analytics_students",
+        {"student_id": ("student", "student")},
+        ("year_group", "joined_month"),
+        (("student", "string"), ("year_group", "int16"), ("joined_month", "string"),
+         ("subjects", "int64"), ("notes", "int64"), ("flashcards", "int64"),
+         ("reviews", "int64"), ("ai_interactions", "int64")),
+    ),
+}
+
+
+@dataclass
+class AnonymizeResult:
+    path: str
+    dataset: str
+    format: str
+    rows_written: int
+    rows_suppressed: int
+    groups_suppressed: int
+    min_group: int
+    quasi_identifiers: list[str]
+    key_source: str
+    duration_s: float
+
+
+def _dataset_sql(name: str) -> sql.SQL:
+    return sql.SQL(load(name).strip().rstrip(";"))
+
+
+def _group_sizes(conn: psycopg.Connection, ds: Dataset) -> dict[tuple, int]:
+    qi = sql.SQL(", ").join(sql.Identifier(c) for c in ds.quasi_identifiers)
+    query = sql.SQL(
+        "SELECT {qi}, count(DISTINCT student_id) FROM ({base}) AS d GROUP BY {qi}"
+    ).format(qi=qi, base=_dataset_sql(ds.query))
+    return {tuple(r[:-1]): r[-1] for r in conn.execute(query)}
+
+
+def anonymize(conn: psycopg.Connection, key: PseudonymKey, out: Path, *,
+              dataset: str = "reviews", fmt: Format = "csv",
+              min_group: int = DEFAULT_MIN_GROUP, overwrite: bool = False) -> AnonymizeResult:
+    """Write ``dataset`` pseudonymised to ``out`` (0600, atomic), from one consistent snapshot."""
+    started = time.monotonic()
+    if dataset not in DATASETS:
+        raise StudyhubError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if fmt not in ("csv", "parquet"):
+        raise StudyhubError(f"unknown format {fmt!r}; choose csv or parquet")
+    if min_group < 1:
+        raise StudyhubError("--min-group must be at least 1")
+    ds = DATASETS[dataset]
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise StudyhubError(f"{out} already exists; choose another name (nothing was written)")
+    saved = (conn.isolation_level, conn.read_only)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    stats = {"written": 0, "suppressed": 0}
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
+            sizes = _group_sizes(conn, ds)
+            small = {g for g, n in sizes.items() if n < min_group}
+            cur = conn.cursor(name="studyhub_anonymize")
+            cur.itersize = BATCH_ROWS
+            cur.execute(_dataset_sql(ds.query))
+            names = [d.name for d in cur.description]
+            qi_idx = [names.index(c) for c in ds.quasi_identifiers]
+            ps_idx = {names.index(src): domain for src, (_, domain) in ds.pseudonyms.items()}
+            out_names = [ds.pseudonyms[n][0] if n in ds.pseudonyms else n for n in names]
+            if out_names != [c for c, _ in ds.columns]:
+                raise StudyhubError(f"dataset {dataset}: query columns {out_names} do not match "
+                                    "its declared output")
+            cache: dict[tuple[str, Any], str] = {}
+
+            def rows_in_batches():
+                while batch := cur.fetchmany(BATCH_ROWS):
+                    kept = []
+                    for row in batch:
+                        if tuple(row[i] for i in qi_idx) in small:
+                            stats["suppressed"] += 1
+                            continue
+                        row = list(row)
+                        for i, domain in ps_idx.items():
+                            ck = (domain, row[i])
+                            p = cache.get(ck)
+                            if p is None:
+                                p = cache[ck] = key.pseudonym(domain, row[i])
+                            row[i] = p
+                        kept.append(row)
+                    stats["written"] += len(kept)
+                    yield kept
+
+            writer = _write_parquet if fmt == "parquet" else _write_csv
+            write_atomically(out, lambda f: writer(f, ds, rows_in_batches()),
+                             overwrite=overwrite)
+            cur.close()
+    finally:
+        conn.isolation_level, conn.read_only = saved
+    return AnonymizeResult(str(out), dataset, fmt, stats["written"], stats["suppressed"],
+                           len(small), min_group, list(ds.quasi_identifiers), key.source,
+                           round(time.monotonic() - started, 3))
+
+
+def _write_csv(f: BinaryIO, ds: Dataset, batches) -> None:
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    w = csv.writer(text)
+    w.writerow([c for c, _ in ds.columns])
+    for batch in batches:
+        w.writerows(batch)
+    text.flush()
+    text.detach()
+
+
+def _write_parquet(f: BinaryIO, ds: Dataset, batches) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, getattr(pa, t)()) for c, t in ds.columns])
+    with pq.ParquetWriter(f, schema, compression="zstd") as pw:
+        for batch in batches:
+            if batch:
+                cols = list(zip(*batch))
+                pw.write_table(pa.Table.from_arrays(
+                    [pa.array(col, type=schema.field(i).type) for i, col in enumerate(cols)],
+                    schema=schema))

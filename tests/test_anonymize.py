@@ -1,0 +1,171 @@
+"""Pseudonymised analytics: keyed pseudonyms, no free text or identities, small groups dropped."""
+
+from __future__ import annotations
+
+import csv
+import os
+import stat
+import uuid
+
+import pytest
+
+from studyhub.connect import connect
+from studyhub.ops import anonymize as anon
+from studyhub.ops import migrate
+from studyhub.ops.pseudonym import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    MissingKeyError,
+    PseudonymKey,
+    generate_key_file,
+    load_key,
+)
+from tests.conftest import connect_as
+from tests.privacy_data import add_person
+
+KEY_A = PseudonymKey(b"analytics-key-A-0123456789abcdef0123", "test")
+KEY_B = PseudonymKey(b"analytics-key-B-0123456789abcdef0123", "test")
+
+
+@pytest.fixture(scope="module")
+def analytics_db(cluster, migrated):
+    """Three year-11 students and one lone year-7 student."""
+    name = f"anon_{uuid.uuid4().hex[:8]}"
+    cluster.create_database(name)
+    migrate.upgrade(migrated, database=name)
+    with connect_as(migrated, "app", name) as conn:
+        people = [add_person(conn, i, size=2) for i in range(4)]
+        conn.execute("UPDATE students SET year_group = 7 WHERE id = %s", (people[3].student_id,))
+    yield name, people
+    cluster.drop_database(name)
+
+
+def run(profile, database, key, out, **kw):
+    with connect(profile, "app", database=database) as conn:
+        return anon.anonymize(conn, key, out, **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("dataset", sorted(anon.DATASETS))
+def test_output_has_no_identity_no_text_and_stable_keyed_pseudonyms(migrated, analytics_db,
+                                                                     tmp_path, dataset):
+    db, people = analytics_db
+    a1 = run(migrated, db, KEY_A, tmp_path / "a1.csv", dataset=dataset, min_group=1)
+    a2 = run(migrated, db, KEY_A, tmp_path / "a2.csv", dataset=dataset, min_group=1)
+    b = run(migrated, db, KEY_B, tmp_path / "b.csv", dataset=dataset, min_group=1)
+    assert a1.rows_written > 0 and a1.rows_suppressed == 0
+    assert stat.S_IMODE(os.stat(a1.path).st_mode) == 0o600
+    text = open(a1.path).read()
+    with connect_as(migrated, "app", db) as conn:
+        secrets = [r[0] for r in conn.execute(
+            "SELECT email FROM users UNION ALL SELECT full_name FROM students "
+            "UNION ALL SELECT school FROM students UNION ALL SELECT body FROM notes "
+            "UNION ALL SELECT title FROM notes UNION ALL SELECT front FROM flashcards "
+            "UNION ALL SELECT prompt FROM ai_interactions UNION ALL SELECT id::text FROM students "
+            "UNION ALL SELECT id::text FROM users UNION ALL SELECT id::text FROM flashcards "
+            "UNION ALL SELECT md5(email) FROM users")]
+    for p in people:
+        secrets += [p.email, p.full_name, p.note_marker, "@"]
+    for s in secrets:
+        assert s not in text, s
+    rows1, rows2, rowsb = read_csv(a1.path), read_csv(a2.path), read_csv(b.path)
+    pseudo = {r["student"] for r in rows1}
+    assert len(pseudo) == 4 and all(len(p) == 32 for p in pseudo)
+    assert sorted(map(sorted, (r.items() for r in rows1))) == \
+        sorted(map(sorted, (r.items() for r in rows2)))  # same key → same output
+    assert pseudo.isdisjoint({r["student"] for r in rowsb})  # other key → other pseudonyms
+    assert {KEY_A.pseudonym("student", p.student_id) for p in people} == pseudo
+
+
+def test_times_are_days(migrated, analytics_db, tmp_path):
+    db, _ = analytics_db
+    res = run(migrated, db, KEY_A, tmp_path / "r.csv", dataset="reviews", min_group=1)
+    days = {r["review_day"] for r in read_csv(res.path)}
+    assert days and all(len(d) == 10 and d[4] == "-" for d in days)  # YYYY-MM-DD, no time
+
+
+def test_small_groups_are_suppressed(migrated, analytics_db, tmp_path):
+    db, people = analytics_db
+    lone = KEY_A.pseudonym("student", people[3].student_id)
+    res = run(migrated, db, KEY_A, tmp_path / "k2.csv", dataset="reviews", min_group=2)
+    rows = read_csv(res.path)
+    assert lone not in {r["student"] for r in rows}
+    assert res.rows_suppressed == 12 and res.groups_suppressed == 1  # 4 cards x 3 reviews
+    assert {r["year_group"] for r in rows} == {"11"}
+    res = run(migrated, db, KEY_A, tmp_path / "k4.csv", dataset="reviews", min_group=4)
+    assert res.rows_written == 0 and res.groups_suppressed == 2
+
+
+def test_parquet_holds_the_same_rows_as_csv(migrated, analytics_db, tmp_path):
+    import pyarrow.parquet as pq
+
+    db, _ = analytics_db
+    c = run(migrated, db, KEY_A, tmp_path / "s.csv", dataset="sessions", min_group=1)
+    p = run(migrated, db, KEY_A, tmp_path / "s.parquet", dataset="sessions", fmt="parquet",
+            min_group=1)
+    table = pq.read_table(p.path)
+    assert table.num_rows == c.rows_written == p.rows_written
+    assert sorted(table.column("student").to_pylist()) == \
+        sorted(r["student"] for r in read_csv(c.path))
+    assert str(table.schema.field("session_day").type) == "date32[day]"
+
+
+def test_anonymize_refuses_without_a_key(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "missing.key"))
+    res = cli("privacy", "anonymize", "--out", tmp_path / "x.csv")
+    assert res.exit_code != 0 and "no pseudonym key" in res.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_key_file_is_0600_never_replaced_and_checked(monkeypatch, tmp_path, cli):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    path = tmp_path / "k" / "pseudonym.key"
+    monkeypatch.setenv(KEY_FILE_ENV, str(path))
+    res = cli("privacy", "keygen")
+    assert res.exit_code == 0, res.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = path.read_text()
+    key = load_key("test")
+    assert key.secret.decode() == first.strip() and first.strip() not in res.stderr
+    with pytest.raises(Exception, match="already exists"):
+        generate_key_file(path)
+    assert path.read_text() == first
+    os.chmod(path, 0o644)
+    with pytest.raises(Exception, match="readable by others"):
+        load_key("test")
+    monkeypatch.setenv(KEY_ENV, "short")
+    with pytest.raises(Exception, match="too short"):
+        load_key("test")
+    monkeypatch.delenv(KEY_ENV)
+    os.remove(path)
+    with pytest.raises(MissingKeyError):
+        load_key("test")
+
+
+def test_anonymize_cli_writes_file_and_audit_line(migrated, analytics_db, cli, monkeypatch,
+                                                  tmp_path):
+    import dataclasses
+    import json
+
+    from studyhub.cli import common
+
+    db, people = analytics_db
+    prof = dataclasses.replace(migrated, database=db)
+    monkeypatch.setattr(common, "resolve_profile", lambda name=None: prof)
+    monkeypatch.setenv(KEY_ENV, KEY_A.secret.decode())
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    res = cli("privacy", "anonymize", "--dataset", "ai_usage", "--out", tmp_path / "ai.csv",
+              "--min-group", "2", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["rows_written"] == 6 and out["rows_suppressed"] == 2
+    audit = (tmp_path / "audit.log").read_text()
+    assert "privacy.anonymize" in audit and KEY_A.secret.decode() not in audit
+    assert all(p.email not in audit for p in people)
+    res = cli("privacy", "anonymize", "--dataset", "nope", "--out", tmp_path / "n.csv")
+    assert res.exit_code != 0
