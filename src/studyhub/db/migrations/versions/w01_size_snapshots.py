@@ -5,7 +5,7 @@ table each time it captures, and prunes rows older than its retention, so the op
 SELECT, INSERT and DELETE. Sizes and row estimates only: no app rows.
 
 Revision ID: w01
-Revises: d02
+Revises: p01
 Create Date: 2026-11-26
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from alembic import op
 from studyhub.db.migration_helpers import grant_to_ops
 
 revision: str = "w01"
-down_revision: str | Sequence[str] | None = "d02"
+down_revision: str | Sequence[str] | None = "p01"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
