@@ -235,13 +235,40 @@ def test_unknown_and_unresolved_profiles_do_not_break_the_pages(client, env, mig
     assert "not configured" in home.text and 'href="/p/local/"' in home.text
 
 
-def test_backups_and_privacy_pages_say_when_their_modules_are_missing(client, env, migrated):
-    c = client()
-    for page, missing in (("backups", optional.backups is None),
-                          ("privacy", optional.privacy is None)):
-        res = c.get(f"/p/local/{page}")
-        assert res.status_code == 200
-        assert ('id="not-available"' in res.text) == missing
+def test_the_backups_page_says_when_its_module_is_missing(client, env, migrated):
+    res = client().get("/p/local/backups")
+    assert res.status_code == 200
+    assert ('id="not-available"' in res.text) == (optional.backups is None)
+
+
+def test_the_privacy_page_shows_erasure_counts_and_no_personal_data(client, env, profile,
+                                                                    migrated_db):
+    from studyhub.audit import write_audit
+    from studyhub.ops import privacy
+    from studyhub.ops.pseudonym import PseudonymKey
+    from studyhub.ops.seed import seed_database
+
+    seed_database(profile, students=3, database=migrated_db)
+    key = PseudonymKey(b"dashboard-test-pseudonym-key-0123456789", "test")
+    with connect_as(profile, "app", migrated_db, autocommit=False) as conn:
+        people = conn.execute("SELECT s.id, u.email, s.full_name FROM students s "
+                              "JOIN users u ON u.id = s.user_id ORDER BY s.id").fetchall()
+        conn.rollback()
+        erased = [privacy.erase_person(conn, key, student_id=sid) for sid, _, _ in people[:2]]
+    write_audit("privacy.erase", "local", database=migrated_db, person=erased[0].pseudonym)
+    with connect_as(profile, "app", migrated_db) as conn:
+        audit = privacy.erasure_audit(conn)
+    assert (audit.erasures, audit.ledger_present) == (2, True)
+    assert audit.rows_deleted == sum(r.rows_total for r in erased) > 0
+
+    page = client(database=migrated_db).get("/p/local/privacy").text
+    assert re.search(r'id="erasure-count">2<', page)
+    assert re.search(r"<td>privacy.erase</td><td class=\"num\">1</td>", page)
+    assert "complete" in page  # every personal-data table has a policy
+    for sid, email, name in people:
+        assert str(sid) not in page and email not in page and name not in page
+    for r in erased:
+        assert r.pseudonym not in page
 
 
 # ------------------------------------------------------------------ history and growth

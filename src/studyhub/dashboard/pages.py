@@ -330,4 +330,4 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
                           why=optional.privacy_missing)
         return page(request, view, "privacy.html",
                     lambda conn: {"page": "privacy", "available": True,
-                                  **optional.privacy_context(conn)})
+                                  **optional.privacy_context(conn, view, settings)})
