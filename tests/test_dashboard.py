@@ -235,9 +235,10 @@ def test_unknown_and_unresolved_profiles_do_not_break_the_pages(client, env, mig
     assert "not configured" in home.text and 'href="/p/local/"' in home.text
 
 
-def test_the_backups_page_says_when_its_module_is_missing(client, env, migrated):
+def test_the_backups_page_shows_the_recoverable_window_and_the_sets(client, env, migrated):
     res = client().get("/p/local/backups")
     assert res.status_code == 200
+    assert "recoverable window:" in res.text  # ops.cluster: base backups and WAL archive
     assert ('id="not-available"' in res.text) == (optional.backups is None)
 
 

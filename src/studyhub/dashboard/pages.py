@@ -315,12 +315,11 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
     @app.get("/p/{name}/backups", response_class=HTMLResponse)
     def backups_page(request: Request, name: str) -> Response:
         view = profile_view(name, settings)
-        if optional.backups is None:
-            return render(request, "backups.html", view, page="backups", available=False,
-                          why=optional.backups_missing)
-        return page(request, view, "backups.html",
-                    lambda conn: {"page": "backups", "available": True,
-                                  **optional.backups_context(view.profile)})
+        if not view.ok:
+            return render(request, "unavailable.html", view, status=503, error=view.error,
+                          page="backups")
+        return render(request, "backups.html", view, page="backups",
+                      **optional.backups_context(view.profile))
 
     @app.get("/p/{name}/privacy", response_class=HTMLResponse)
     def privacy_page(request: Request, name: str) -> Response:
