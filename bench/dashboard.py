@@ -232,6 +232,24 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
             indexes.index_definitions(c)
             space.size_history(c, now - timedelta(days=7))
 
+    def b_backups() -> None:
+        from studyhub.dashboard import optional
+        from studyhub.ops import cluster
+
+        cluster.backend_for(profile).backups()
+        if optional.backups is not None:
+            optional.backups.list_sets()
+
+    def b_privacy() -> None:
+        from studyhub.audit import read_audit
+        from studyhub.ops import privacy
+
+        with ops() as c:
+            privacy.policy_report(c)
+        with ops("app") as c:
+            privacy.erasure_audit(c)
+        read_audit()
+
     pages = [
         ("profiles", "/", b_doctor),
         ("overview", "/p/local/", b_doctor),
@@ -244,8 +262,8 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
         ("indexes+advice", "/p/local/indexes?advise=1", b_advise),
         ("live", "/p/local/live", b_live),
         ("space", "/p/local/space", b_space),
-        ("backups", "/p/local/backups", None),
-        ("privacy", "/p/local/privacy", None),
+        ("backups", "/p/local/backups", b_backups),
+        ("privacy", "/p/local/privacy", b_privacy),
     ]
     with connect(profile, "ops", database=DATABASE) as conn:
         history_rows = conn.execute("SELECT count(*) FROM ops.statement_snapshots").fetchone()[0]
