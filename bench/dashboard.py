@@ -1,13 +1,15 @@
 """Dashboard page render times on a production-like data set, against the ops calls behind
 each page measured in the same run.
 
-    uv run python bench/dashboard.py [--students 20000] [--rounds 5] [--home /tmp/studyhub-bench-dashboard]
+    uv run python bench/dashboard.py [--students 20000] [--rounds 5] [--history-hours 168]
+                                     [--home /tmp/studyhub-bench-dashboard]
 
 Starts (or reuses) a local cluster under its own STUDYHUB_HOME, seeds a database at the
 migrations' head with ``--students`` students (``studyhub.ops.seed``; kept between runs: a
-database that already has them is reused), runs an app-like workload so pg_stat_statements and
-the stored history have something to show, then serves the dashboard (uvicorn on loopback) and
-requests every page ``--rounds`` times after a warm-up.
+database that already has them is reused), stores ``--history-hours`` of 5-minute statement
+snapshots (500 statements each, what the capture loop leaves after a week), runs an app-like
+workload so pg_stat_statements has something to show, then serves the dashboard (uvicorn on
+loopback) and requests every page ``--rounds`` times after a warm-up.
 
 For each page it prints the median and slowest full HTTP request (connect, ops calls, template,
 transfer) and, as the baseline, the median time of the same ops calls made directly (one fresh
@@ -148,7 +150,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
     app = create_dashboard(settings)
     with connect(profile, "app", database=DATABASE, autocommit=True) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM students ORDER BY id LIMIT 200")]
-        for round_ in range(3):
+        for _ in range(3):
             app.state.capture.capture_all()
             for i, sid in enumerate(ids):
                 for q in WORKLOAD:
@@ -275,9 +277,9 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
     slow = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
         for name, path, baseline in pages:
-            last = {}
+            last: dict[str, int] = {}
 
-            def get() -> None:
+            def get(path: str = path, last: dict[str, int] = last) -> None:
                 r = http.get(path)
                 last["status"], last["size"] = r.status_code, len(r.content)
 

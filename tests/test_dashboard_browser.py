@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real
 dashboard server (uvicorn, in a thread) on the session cluster, in a database of its own with
-seeded data (studyhub.ops.seed), a running workload, an invalid index, a blocked query and a pg_sleep session
-planted by the test. Screenshots of every page go to artifacts/screenshots/."""
+seeded data (studyhub.ops.seed), a running workload, an invalid index, a blocked query and a
+pg_sleep session planted by the test. Screenshots of every page go to artifacts/screenshots/."""
 
 from __future__ import annotations
 
