@@ -235,11 +235,33 @@ def test_unknown_and_unresolved_profiles_do_not_break_the_pages(client, env, mig
     assert "not configured" in home.text and 'href="/p/local/"' in home.text
 
 
-def test_the_backups_page_shows_the_recoverable_window_and_the_sets(client, env, migrated):
-    res = client().get("/p/local/backups")
-    assert res.status_code == 200
-    assert "recoverable window:" in res.text  # ops.cluster: base backups and WAL archive
-    assert ('id="not-available"' in res.text) == (optional.backups is None)
+def test_the_backups_page_shows_sets_with_verification_and_age_and_the_window(
+        client, env, profile, migrated_db):
+    import dataclasses
+    import shutil
+
+    from studyhub.ops import backup, backup_set
+    from tests.conftest import make_home
+
+    out = make_home("studyhub-dashboard-backups-")
+    env.setenv("STUDYHUB_BACKUP_DIR", str(out))
+    try:
+        source = dataclasses.replace(profile, database=migrated_db)
+        made = backup.create_backup(source, out_dir=out, jobs=1)
+        (out / ".partial-local-x-20260101T000000Z-999999").mkdir()  # an interrupted run
+        page = client().get("/p/local/backups").text
+        row = re.search(rf"<tr><td>{made.name}</td>.*?</tr>", page, re.S).group(0)
+        assert "never" in row  # not verified yet
+        backup.verify_backup(out / made.name)
+        page = client().get("/p/local/backups").text
+        row = re.search(rf"<tr><td>{made.name}</td>.*?</tr>", page, re.S).group(0)
+        assert re.search(r'class="status ok">ok</span> files, [\d.]+(ms|s) ago', row), row
+        assert migrated_db in row and "zstd" in row
+        assert "creation did not finish" in page  # the leftover, named as such
+        assert "recoverable window:" in page  # ops.cluster: base backups and WAL archive
+        assert [s.name for s in backup_set.list_sets(out) if s.status == "complete"] == [made.name]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_the_privacy_page_shows_erasure_counts_and_no_personal_data(client, env, profile,
