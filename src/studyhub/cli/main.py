@@ -10,6 +10,7 @@ from rich.text import Text
 
 from studyhub.cli import backup as backup_cli
 from studyhub.cli import cluster as cluster_cli
+from studyhub.cli import dashboard as dashboard_cli
 from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
@@ -39,6 +40,7 @@ app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
 app.command("top")(top_cli.top)
 app.command("serve")(serve_cli.serve)
+app.command("dashboard")(dashboard_cli.dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
