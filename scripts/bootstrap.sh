@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what StudyHub needs and is missing: uv (from PyPI, with pip), the Debian packages
-# postgresql-15, pgbouncer and postgresql-15-hypopg, then the Python environment (uv sync).
+# postgresql-15, pgbouncer, postgresql-15-hypopg and, with --tests, chromium (browser tests); then the
+# Python environment (uv sync).
 # Idempotent: when everything is present it only checks, and returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,11 @@ need_pkgs=()
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || need_pkgs+=(pgbouncer)
 [ -f "/usr/share/postgresql/$PG_MAJOR/extension/hypopg.control" ] || need_pkgs+=("postgresql-$PG_MAJOR-hypopg")
 command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
+# Test dependency (scripts/test passes --tests): the dashboard's browser tests drive Debian's
+# Chromium, never a downloaded one. The demo does not need it.
+if [ "${1:-}" = "--tests" ]; then
+  [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+fi
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -69,8 +69,9 @@ def test_fork_holds_exactly_the_rows_of_that_moment(cli, cluster: LocalCluster, 
         listed = _json(cli("cluster", "forks", "list", "--json"))
         assert [f["name"] for f in listed if f["name"] == name] == [name]
         assert _json(cli("cluster", "forks", "stop", name, "--json"))["status"] == "stopped"
-        assert _json(cli("cluster", "forks", "start", name, "--json"))["status"] == "running"
-        with psycopg.connect(fork["url"], autocommit=True) as fconn:
+        restarted = _json(cli("cluster", "forks", "start", name, "--json"))
+        assert restarted["status"] == "running"
+        with psycopg.connect(restarted["url"], autocommit=True) as fconn:
             assert _subjects(fconn) == expected  # a restarted fork keeps its point in time
     finally:
         res = cli("cluster", "forks", "remove", name, "--yes")

@@ -58,3 +58,20 @@ def test_two_column_index_wins_only_when_it_cuts_much_more_and_absorbs_its_prefi
     # (author_id) alone would serve the count; (author_id, created_at) serves both, so only it
     assert recs == [("posts", ["author_id", "created_at"])]
     assert len(report["recommendations"][0]["queryids"]) == 2
+
+
+def test_no_wider_index_once_one_column_makes_the_statement_cheap(profile, fresh_db, cli):
+    """With few rows per author, (author_id) leaves the statement below the cost worth indexing;
+    the wider (author_id, created_at) would shave a little more but cost every write."""
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE posts (id bigint PRIMARY KEY, author_id int NOT NULL, "
+                  "created_at timestamptz NOT NULL, body text)")
+        c.execute("INSERT INTO posts SELECT g, g % 20000, now() - g * interval '1 minute', "
+                  "md5(g::text) FROM generate_series(1, 100000) g")
+        c.execute("ANALYZE posts")
+        for i in range(10):
+            c.execute("SELECT id FROM posts WHERE author_id = %s ORDER BY created_at DESC "
+                      "LIMIT 10", (i,))
+    report = as_json(cli("diag", "advise", "-d", fresh_db, "--json"))
+    recs = [(r["table"], r["columns"]) for r in report["recommendations"]]
+    assert recs == [("posts", ["author_id"])]

@@ -200,3 +200,23 @@ def _passwords(cluster: LocalCluster) -> dict[str, str]:
         parts = line.split(":")
         out[parts[3]] = parts[4]
     return out
+
+
+def test_a_port_in_time_wait_counts_as_free_but_a_listener_does_not():
+    """A stopped server's port keeps TIME_WAIT connections for a minute; PostgreSQL can listen
+    on it again (SO_REUSEADDR), so `up` must not move the server to another port."""
+    from studyhub.local.cluster import port_is_free
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert not port_is_free(port)  # a live listener: taken
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first, as a backend does: TIME_WAIT on `port`
+    time.sleep(0.05)
+    client.close()
+    listener.close()
+    assert port_is_free(port)

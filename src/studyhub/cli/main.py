@@ -8,7 +8,9 @@ import sys
 import typer
 from rich.text import Text
 
+from studyhub.cli import backup as backup_cli
 from studyhub.cli import cluster as cluster_cli
+from studyhub.cli import dashboard as dashboard_cli
 from studyhub.cli import local as local_cli
 from studyhub.cli import migrate as migrate_cli
 from studyhub.cli import profiles as profiles_cli
@@ -30,6 +32,7 @@ app = typer.Typer(
 app.add_typer(local_cli.app, name="local")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(diag_cli.app, name="diag")
+app.add_typer(backup_cli.app, name="backup")
 app.add_typer(privacy_cli.app, name="privacy")
 app.add_typer(emergency_cli.app, name="emergency")
 app.add_typer(cluster_cli.app, name="cluster")
@@ -37,6 +40,7 @@ app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
 app.command("top")(top_cli.top)
 app.command("serve")(serve_cli.serve)
+app.command("dashboard")(dashboard_cli.dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:

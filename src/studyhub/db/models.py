@@ -309,8 +309,10 @@ class StatementSnapshot(Base):
     run, so trends (``--since``) survive a statistics reset. Normalized text only ($n, no values)."""
 
     __tablename__ = "statement_snapshots"
-    # The primary key leads with captured_at: it serves the time-window reads (no extra index).
-    __table_args__ = {"schema": "ops"}
+    # The primary key leads with captured_at: it serves the time-window reads; the index
+    # serves one statement's history (the dashboard's query page) without reading every
+    # statement of the window.
+    __table_args__ = (Index(None, "database", "queryid", "captured_at"), {"schema": "ops"})
 
     captured_at: Mapped[datetime] = mapped_column(primary_key=True)
     database: Mapped[str] = mapped_column(primary_key=True)
@@ -325,6 +327,36 @@ class StatementSnapshot(Base):
     shared_blks_read: Mapped[int] = mapped_column(BigInteger)
     blk_read_ms: Mapped[float]
     blk_write_ms: Mapped[float]
+
+
+class DatabaseSizeSnapshot(Base):
+    """ops: the database's size over time, captured by the dashboard's capture loop (growth
+    charts). Sizes only: no rows, no names beyond the database's."""
+
+    __tablename__ = "database_size_snapshots"
+    __table_args__ = {"schema": "ops"}
+
+    captured_at: Mapped[datetime] = mapped_column(primary_key=True)
+    database: Mapped[str] = mapped_column(primary_key=True)
+    database_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class TableSizeSnapshot(Base):
+    """ops: each table's size (heap, indexes, TOAST) and row estimate over time, captured with
+    :class:`DatabaseSizeSnapshot`. The primary key leads with captured_at (time-window reads)."""
+
+    __tablename__ = "table_size_snapshots"
+    __table_args__ = {"schema": "ops"}
+
+    captured_at: Mapped[datetime] = mapped_column(primary_key=True)
+    database: Mapped[str] = mapped_column(primary_key=True)
+    schema_name: Mapped[str] = mapped_column(primary_key=True)
+    table_name: Mapped[str] = mapped_column(primary_key=True)
+    row_estimate: Mapped[int] = mapped_column(BigInteger)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    heap_bytes: Mapped[int] = mapped_column(BigInteger)
+    index_bytes: Mapped[int] = mapped_column(BigInteger)
+    toast_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]

@@ -115,7 +115,11 @@ def port_range() -> tuple[int, int]:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. Like PostgreSQL and PgBouncer we set
+    SO_REUSEADDR, so connections of a just-stopped server lingering in TIME_WAIT do not make
+    its port look taken (a restart keeps its port); a live listener still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -9,8 +9,9 @@
    then add two-column candidates and re-plan again.
 5. Recommend an index only when a statement costs at least ``min_cost`` and the index cuts its
    cost by at least ``min_saving_pct`` (Dexter's defaults: 100 and 50%); a two-column index
-   replaces the single-column one only when it cuts the cost left by a further
-   ``min_saving_pct``. Candidates that an existing valid index already leads with are skipped.
+   replaces the single-column one only when the cost left by that one is still at least
+   ``min_cost`` and the wider index cuts it by a further ``min_saving_pct``. Candidates that
+   an existing valid index already leads with are skipped.
 6. Drop a recommendation whose columns lead another recommendation on the same table (the
    longer index serves both), then re-plan every statement with only the final set of
    hypothetical indexes: each recommendation lists the statements that really use it, with
@@ -245,7 +246,9 @@ def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = 1,
                 hypo = [names1[n] for n in used if n in names1]
                 if hypo and cost <= st.cost_before * (1 - min_saving_pct / 100):
                     best = (cost, hypo[0])
-            if st.queryid in pass2:
+            # Widen to two columns only while the statement is still worth indexing after the
+            # single-column index (cost left >= min_cost): a wider index costs every write.
+            if st.queryid in pass2 and (best[1] is None or best[0] >= min_cost):
                 cost, used = pass2[st.queryid]
                 hypo = [all_names[n] for n in used if n in names2]
                 if hypo and cost <= best[0] * (1 - min_saving_pct / 100) and \

@@ -137,8 +137,10 @@ def _still_there(conn: psycopg.Connection, t: Target) -> activity.Session | None
 
 
 def signal(conn: psycopg.Connection, targets: list[Target], action: str, *, profile: str,
-           wait_s: float = 5.0, audit_action: str | None = None) -> list[Outcome]:
-    """Cancel or terminate each target, check what happened, and audit each one."""
+           wait_s: float = 5.0, audit_action: str | None = None,
+           audit_extra: dict | None = None) -> list[Outcome]:
+    """Cancel or terminate each target, check what happened, and audit each one
+    (``audit_extra``: more fields for each audit line, e.g. where the request came from)."""
     if action not in ACTIONS:
         raise StudyhubError(f"unknown action {action!r}")
     ensure_can_signal(conn)
@@ -153,7 +155,7 @@ def signal(conn: psycopg.Connection, targets: list[Target], action: str, *, prof
         write_audit(audit_action or f"emergency.{action}", profile, pid=t.pid,
                     database=t.database, role=t.role, backend_type=t.backend_type,
                     state=t.state, age_s=None if t.age_s is None else round(t.age_s, 1),
-                    fingerprint=t.fingerprint, ok=o.ok, result=o.result)
+                    fingerprint=t.fingerprint, ok=o.ok, result=o.result, **(audit_extra or {}))
     return outcomes
 
 

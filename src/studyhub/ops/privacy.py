@@ -14,7 +14,7 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 from uuid import UUID
@@ -625,6 +625,43 @@ def erasure_ledger(conn: psycopg.Connection) -> list[LedgerEntry]:
     finally:
         if was_idle and not conn.autocommit:
             conn.rollback()
+
+
+@dataclass
+class ErasureMonth:
+    month: date
+    erasures: int
+    rows_deleted: int
+
+
+@dataclass
+class ErasureAudit:
+    """The erasure ledger as counts only (for dashboards and reports): how many people were
+    erased, when, and how many rows went — no ids, no pseudonyms."""
+
+    database: str
+    ledger_present: bool
+    erasures: int = 0
+    rows_deleted: int = 0
+    first_erased_at: datetime | None = None
+    last_erased_at: datetime | None = None
+    by_month: list[ErasureMonth] = field(default_factory=list)
+
+
+def erasure_audit(conn: psycopg.Connection) -> ErasureAudit:
+    """Counts from the erasure ledger (app role: only it may read the ledger)."""
+    was_idle = conn.info.transaction_status == TransactionStatus.IDLE
+    try:
+        if not _ledger_present(conn):
+            return ErasureAudit(_database(conn), False)
+        rows = conn.execute(load("get_erasures_by_month")).fetchall()
+    finally:
+        if was_idle and not conn.autocommit:
+            conn.rollback()
+    return ErasureAudit(
+        _database(conn), True, sum(r[1] for r in rows), sum(r[2] for r in rows),
+        min((r[3] for r in rows), default=None), max((r[4] for r in rows), default=None),
+        [ErasureMonth(r[0], r[1], r[2]) for r in rows])
 
 
 def _entry_to_json(e: LedgerEntry) -> dict[str, Any]:

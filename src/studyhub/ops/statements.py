@@ -22,6 +22,7 @@ from studyhub.ops.queries import load
 SORTS = ("total", "mean", "calls", "io")
 SNAPSHOT_KEEP = "30 days"
 SNAPSHOT_TOP = 500  # statements kept per snapshot (by total time)
+SORT_MEMORY = "SET LOCAL work_mem = '32MB'"
 COUNTERS = ("calls", "total_exec_ms", "rows", "shared_blks_hit", "shared_blks_read",
             "blk_read_ms", "blk_write_ms")
 
@@ -110,36 +111,107 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=value * seconds)
 
 
-def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[StatementStats], str]:
-    """Work done by each statement between ``since`` and the latest snapshot, from the stored
-    snapshots, counting through statistics resets."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(load("get_statement_snapshots_since"), {"since": since}).fetchall()
-    if not rows:
-        return [], "no snapshots in that window"
-    first_at = rows[0]["captured_at"]  # the baseline: it only sets the starting counters
+def _counter_deltas(rows: list[dict]):
+    """For snapshot rows (oldest first): yield (row, previous row of the same statement or None,
+    the work done since that previous row). A counter that went down, or a changed
+    ``stats_reset``, means the statistics were reset in between: the new value is all new work.
+    A statement first seen after the first snapshot counts whole (new, or back in the top)."""
     previous: dict[tuple[str, int], dict] = {}
-    totals: dict[tuple[str, int], StatementStats] = {}
     for r in rows:
         key = (r["role"], r["queryid"])
         prev = previous.get(key)
         previous[key] = r
-        if r["captured_at"] == first_at:
+        if prev is None:
+            yield r, None, {c: r[c] for c in COUNTERS}
             continue
-        if prev is None:  # new since the baseline (or reset and re-entered): all of it is new
-            delta = {c: r[c] for c in COUNTERS}
-        else:
-            reset = r["calls"] < prev["calls"] or r["stats_reset"] != prev["stats_reset"]
-            delta = {c: (r[c] if reset else r[c] - prev[c]) for c in COUNTERS}
-        acc = totals.get(key)
-        if acc is None:
-            totals[key] = StatementStats(r["queryid"], r["role"], r["query"], **delta)
-        else:
-            for c in COUNTERS:
-                setattr(acc, c, getattr(acc, c) + delta[c])
+        reset = r["calls"] < prev["calls"] or r["stats_reset"] != prev["stats_reset"]
+        yield r, prev, {c: (r[c] if reset else r[c] - prev[c]) for c in COUNTERS}
+
+
+def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[StatementStats], str]:
+    """Work done by each statement between ``since`` and the latest snapshot, from the stored
+    snapshots, counting through statistics resets (summed in the server: a day of snapshots is
+    hundreds of thousands of rows)."""
+    first_at = conn.execute(load("get_statement_snapshots_first_since"),
+                            {"since": since}).fetchone()[0]
+    if first_at is None:
+        return [], "no snapshots in that window"
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(SORT_MEMORY)  # a day of snapshots sorts in memory, not on disk
+        rows = cur.execute(load("get_statement_work_since"),
+                           {"start": first_at, "database": conn.info.dbname}).fetchall()
+    stats = [StatementStats(**r) for r in rows]
     window_note = (f"from {first_at:%Y-%m-%d %H:%M:%S} UTC" if first_at <= since
                    else f"history starts at {first_at:%Y-%m-%d %H:%M:%S} UTC (later than asked)")
-    return [s for s in totals.values() if s.calls > 0], window_note
+    return [s for s in stats if s.calls > 0], window_note
+
+
+@dataclass
+class HistoryPoint:
+    """Work one statement did between two snapshots (``interval_s`` long, ending at
+    ``captured_at``)."""
+
+    captured_at: datetime
+    interval_s: float
+    calls: int
+    total_exec_ms: float
+    rows: int
+    shared_blks_read: int
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.total_exec_ms / self.calls if self.calls else None
+
+    @property
+    def calls_per_min(self) -> float:
+        return 60.0 * self.calls / self.interval_s if self.interval_s > 0 else 0.0
+
+
+@dataclass
+class StatementHistory:
+    queryid: int
+    role: str
+    query: str
+    points: list[HistoryPoint]
+
+
+def statement_history(conn: psycopg.Connection, since: datetime,
+                      queryids: list[int]) -> list[StatementHistory]:
+    """Per statement in ``queryids``: the work done between consecutive stored
+    snapshots since ``since`` — calls and mean time over time, through statistics resets.
+    The first snapshot of the window is the baseline; it yields no point."""
+    start = conn.execute(load("get_statement_snapshots_first_since"),
+                         {"since": since}).fetchone()[0]
+    if start is None or not queryids:
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:  # a known start lets the planner use the index
+        rows = cur.execute(load("get_statement_history"),
+                           {"start": start, "queryids": queryids,
+                            "database": conn.info.dbname}).fetchall()
+    out: dict[tuple[str, int], StatementHistory] = {}
+    for r, prev, delta in _counter_deltas(rows):
+        key = (r["role"], r["queryid"])
+        hist = out.setdefault(key, StatementHistory(r["queryid"], r["role"], r["query"], []))
+        if prev is None:
+            continue
+        hist.points.append(HistoryPoint(
+            r["captured_at"], (r["captured_at"] - prev["captured_at"]).total_seconds(),
+            delta["calls"], delta["total_exec_ms"], delta["rows"], delta["shared_blks_read"]))
+    return list(out.values())
+
+
+def capture_snapshot(conn: psycopg.Connection) -> str | None:
+    """Store the current counters (what every ``slow_queries`` run does, for schedulers such as
+    the dashboard's capture loop); returns why not when it cannot."""
+    return save_snapshot(conn, current_stats(conn), stats_reset_at(conn))
+
+
+def latest_snapshot_at(conn: psycopg.Connection) -> datetime | None:
+    """When this database's counters were last stored (None: never, or no history table)."""
+    exists = conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"})
+    if not exists.fetchone()[0]:
+        return None
+    return conn.execute(load("get_latest_statement_snapshot")).fetchone()[0]
 
 
 def slow_queries(conn: psycopg.Connection, *, sort: str = "total", limit: int = 20,

@@ -1,0 +1,305 @@
+"""``studyhub backup``: verified logical backups, restore, import of runbook dumps, retention."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from studyhub.audit import write_audit
+from studyhub.cli.common import (
+    DryRunOpt,
+    JsonOpt,
+    ProfileOpt,
+    YesOpt,
+    confirm_destructive,
+    console,
+    err_console,
+    print_json,
+    profile_from,
+    refuse_unless_allowed,
+)
+from studyhub.cli.diag import human_bytes
+from studyhub.ops import backup as ops
+from studyhub.ops import backup_set as fmt
+
+app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune.",
+                  no_args_is_help=True)
+
+DirOpt = Annotated[Path | None, typer.Option(
+    "--dir", help="Backup directory (default $STUDYHUB_BACKUP_DIR or $STUDYHUB_HOME/backups).",
+    show_default=False)]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Parallel pg_dump/pg_restore jobs.")]
+SetArg = Annotated[str, typer.Argument(help="A backup set: its name (see backup list) or path.")]
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn]:
+    """A Rich progress bar on stderr fed by ops progress events (quiet with --json)."""
+    if not enabled:
+        yield lambda _event: None
+        return
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(ev: ops.ProgressEvent) -> None:
+            if ev.phase not in tasks:
+                tasks[ev.phase] = bar.add_task(ev.phase, total=ev.total or None, detail="")
+            detail = f"{ev.done}/{ev.total}" if ev.total and ev.phase != "import" else ""
+            if ev.bytes:
+                detail += f" {human_bytes(ev.bytes)}"
+            if ev.message:
+                detail += f" {ev.message[:40]}"
+            bar.update(tasks[ev.phase], completed=ev.done, total=ev.total or None, detail=detail)
+
+        yield update
+
+
+@app.command()
+def create(
+    profile: ProfileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for the set (default: the backup directory).")] = None,
+    jobs: JobsOpt = ops.DEFAULT_JOBS,
+    compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(ops.DEFAULT_COMPRESSION),
+    json_: JsonOpt = False,
+) -> None:
+    """Write one backup set: a parallel pg_dump from an exported snapshot, per-table row counts
+    and checksums from the same snapshot, a manifest with sha256 of every file. Written under a
+    temporary name and renamed only once fsynced and verified."""
+    prof = profile_from(profile)
+    compression = ops.parse_compression(compress)
+    with progress_bar(not json_) as update:
+        result = ops.create_backup(prof, out_dir=out, jobs=jobs, compression=compression,
+                                   progress=update)
+    write_audit("backup.create", prof.name, database=result.database, set=result.name,
+                tables=result.tables, rows=result.rows, bytes=result.bytes)
+    if json_:
+        print_json(result)
+        return
+    console.print(f"[green]backup set complete[/] {result.path}")
+    console.print(f"  {result.tables} tables, {result.rows:,} rows, {human_bytes(result.bytes)} "
+                  f"({result.compression}, {result.jobs} jobs) in {result.duration_s:.1f} s")
+    console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.durations_s.items()))
+
+
+@app.command("list")
+def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
+    """Complete backup sets (oldest first) and leftovers of interrupted ones."""
+    sets = fmt.list_sets(dir_)
+    if json_:
+        print_json(sets)
+        return
+    root = dir_ or fmt.default_backup_dir()
+    if not sets:
+        console.print(f"no backup sets in {root}")
+        return
+    table = Table(title=f"backup sets in {root}", title_justify="left")
+    table.add_column("set", no_wrap=True)
+    for col in ("status", "revision", "tables", "rows", "size", "compr.", "verified"):
+        table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left",
+                         no_wrap=col in ("status", "verified"))
+    for s in sets:
+        status = "[green]complete[/]" if s.status == "complete" else f"[yellow]{s.status}[/]"
+        verified = "-"
+        if s.verified:
+            verified = ("[green]ok[/]" if s.verified.get("ok") else "[red]FAILED[/]") + \
+                (" (restored)" if s.verified.get("restored") else " (files)")
+        table.add_row(s.name, status, ", ".join(s.alembic_revision or []),
+                      str(s.tables or ""), f"{s.rows:,}" if s.rows is not None else "",
+                      human_bytes(s.bytes), s.compression or "", verified)
+    console.print(table)
+    for s in sets:
+        if s.status != "complete":
+            console.print(f"[yellow]{s.name}[/]: {s.problem}", markup=True)
+    if any(s.status == "incomplete" for s in sets):
+        console.print("[yellow]incomplete entries are leftovers of interrupted backups; "
+                      "`studyhub backup prune` removes them[/]")
+
+
+@app.command()
+def verify(
+    set_: SetArg,
+    restore: Annotated[bool, typer.Option("--restore", help="Also restore into a scratch database on the local cluster and compare every table.")] = False,
+    dir_: DirOpt = None,
+    jobs: JobsOpt = ops.DEFAULT_JOBS,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a set's files against its manifest (sizes, sha256); exit 1 on any problem."""
+    path = fmt.resolve_set(set_, dir_)
+    local = profile_from("local") if restore else None
+    with progress_bar(not json_) as update:
+        result = ops.verify_backup(path, restore=restore, local_profile=local, jobs=jobs,
+                                   progress=update)
+    if json_:
+        print_json(result)
+    elif result.ok:
+        what = f"{result.files_checked} files ({human_bytes(result.bytes_checked)}) match the manifest"
+        if result.restored:
+            what += f"; restored and all {result.tables_checked} tables match rows and checksums"
+        console.print(f"[green]ok[/] {result.name}: {what} ({result.duration_s:.1f} s)")
+    else:
+        console.print(f"[red]FAILED[/] {result.name}:")
+        for p in result.problems:
+            console.print(f"  {p}", markup=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(
+    set_: SetArg,
+    database: Annotated[str, typer.Option("--database", "-d", help="Database to restore into (must not exist or be empty, unless --replace).")],
+    profile: ProfileOpt = None,
+    jobs: JobsOpt = ops.DEFAULT_JOBS,
+    replace: Annotated[bool, typer.Option("--replace", help="Swap out an existing database after a verified restore (it is kept, renamed).")] = False,
+    dir_: DirOpt = None,
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Restore a set into a new database: verified files, schema in one transaction, parallel
+    data and index builds, every table compared with the manifest, erasures re-applied, then
+    renamed into place. A failed restore resumes where it stopped when run again."""
+    prof = profile_from(profile)
+    path = fmt.resolve_set(set_, dir_)
+    manifest = fmt.read_manifest(path)
+    action = (f"restore {path.name} into {database}"
+              + (" replacing the existing database (kept, renamed)" if replace else ""))
+    refuse_unless_allowed(prof, action)
+    (err_console if json_ else console).print(f"[bold]would restore[/] {path.name} ({len(manifest.tables)} tables, "
+                  f"{manifest.total_rows:,} rows, revision {', '.join(manifest.alembic_revision) or '-'}) "
+                  f"into {prof.name}/{database}" + (" [bold red]replacing it[/]" if replace else ""))
+    if dry_run:
+        return
+    confirm_destructive(prof, action, yes=yes)
+    with progress_bar(not json_) as update:
+        result = ops.restore_backup(path, prof, database, jobs=jobs, replace=replace,
+                                    progress=update)
+    write_audit("backup.restore", prof.name, database=database, set=path.name,
+                replaced=result.replaced, resumed=result.resumed, tables=result.tables,
+                rows=result.rows, erasures=result.erasures.status if result.erasures else None)
+    if json_:
+        print_json(result)
+        return
+    render_restore(result)
+
+
+def render_restore(result: ops.RestoreResult) -> None:
+    console.print(f"[green]restored[/] {result.set_name} into {result.profile}/{result.database}: "
+                  f"{result.tables} tables, {result.rows:,} rows, all verified "
+                  f"in {result.duration_s:.1f} s" + (" (resumed)" if result.resumed else ""))
+    if result.replaced:
+        console.print(f"  the previous database is kept as [bold]{result.replaced}[/] "
+                      "(drop it once you are satisfied)")
+    table = Table(title="where the time went", title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for name, secs in result.phases_s.items():
+        table.add_row(name, f"{secs:.1f}")
+    console.print(table)
+    if result.slowest_steps:
+        console.print("  slowest steps: " + ", ".join(
+            f"{s.name} {s.duration_s:.1f} s" for s in result.slowest_steps[:5]), markup=False)
+    render_erasures(result.erasures)
+
+
+def render_erasures(erasures: ops.ErasureReapply | None) -> None:
+    if erasures is None:
+        return
+    if erasures.status == "reapplied":
+        console.print(f"  erasure ledger: {erasures.entries} erasure(s) re-applied "
+                      f"(sources: {', '.join(f'{k}: {v}' for k, v in erasures.sources.items())})")
+    elif erasures.status == "no-ledger":
+        console.print("  erasure ledger: no erasures recorded")
+    else:
+        console.print("  [yellow]erasure ledger: the privacy module is not installed; erasures "
+                      "made after this backup were NOT re-applied[/]")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A plain SQL dump (runbook: pg_dump URL | gzip > backup.sql.gz).")],
+    database: Annotated[str, typer.Option("--database", "-d", help="New database to import into.")],
+    profile: ProfileOpt = None,
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Import a runbook-style .sql or .sql.gz dump into a new database in one transaction
+    (stops at the first error), then count every table and re-apply erasures."""
+    prof = profile_from(profile)
+    action = f"import {file.name} into a new database {database}"
+    refuse_unless_allowed(prof, action)
+    (err_console if json_ else console).print(f"[bold]would import[/] {file} ({human_bytes(file.stat().st_size) if file.exists() else 'missing'}) "
+                  f"into {prof.name}/{database}")
+    if dry_run:
+        return
+    confirm_destructive(prof, action, yes=yes)
+    with progress_bar(not json_) as update:
+        result = ops.import_sql(file, prof, database, progress=update)
+    write_audit("backup.import", prof.name, database=database, file=file.name,
+                tables=result.tables, rows=result.rows)
+    if json_:
+        print_json(result)
+        return
+    console.print(f"[green]imported[/] {file.name} into {prof.name}/{database}: {result.tables} "
+                  f"tables, {result.rows:,} rows in {result.duration_s:.1f} s")
+    if result.skipped_statements:
+        console.print("  left out: " + ", ".join(f"{n} {k}" for k, n in result.skipped_statements.items()))
+    table = Table(title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in result.table_rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    render_erasures(result.erasures)
+
+
+@app.command()
+def prune(
+    keep_daily: Annotated[int, typer.Option("--keep-daily", help="Newest set of each of the last N days.")] = 7,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", help="Newest set of each of the last N ISO weeks.")] = 4,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="Newest set of each of the last N months.")] = 6,
+    dir_: DirOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Grandfather-father-son retention over complete sets (per profile and database), plus
+    leftovers of interrupted backups. Never deletes the newest good set of a database."""
+    plan = fmt.prune_plan(dir_, keep_daily, keep_weekly, keep_monthly)
+    if json_ and (dry_run or not plan.to_delete):
+        print_json(plan)
+        return
+    if not json_:
+        table = Table(title=f"retention in {plan.backup_dir}", title_justify="left")
+        for col in ("set", "created (UTC)", "decision", "why"):
+            table.add_column(col)
+        for d in plan.decisions:
+            table.add_row(d.name, (d.created_at or "")[:19],
+                          "[green]keep[/]" if d.keep else "[red]delete[/]", "; ".join(d.reasons))
+        console.print(table)
+        console.print(f"{len(plan.to_delete)} to delete, {human_bytes(plan.freed_bytes)} freed")
+    if dry_run or not plan.to_delete:
+        return
+    if not yes:
+        import sys
+
+        if not sys.stdin.isatty() or not typer.confirm(f"delete {len(plan.to_delete)} backup(s)?"):
+            from studyhub.errors import RefusedError
+
+            raise RefusedError("prune needs confirmation: re-run with --yes (nothing was deleted)")
+    deleted = fmt.apply_prune(plan)
+    write_audit("backup.prune", "-", backup_dir=plan.backup_dir,
+                deleted=[d.name for d in deleted], keep_daily=keep_daily,
+                keep_weekly=keep_weekly, keep_monthly=keep_monthly)
+    if json_:
+        print_json(plan)
+    else:
+        console.print(f"deleted {len(deleted)} set(s)")

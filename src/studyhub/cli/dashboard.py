@@ -1,0 +1,61 @@
+"""``studyhub dashboard``: the operations dashboard in the browser (uvicorn). Every profile
+from one install; the access token comes from the environment, never from the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from studyhub.cli.common import ProfileOpt, console
+from studyhub.ops.statements import parse_duration
+
+
+def dashboard(
+    profile: ProfileOpt = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Anything but loopback needs STUDYHUB_DASHBOARD_TOKEN "
+             "(or STUDYHUB_DASHBOARD_TOKEN_FILE).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8100,
+    database: Annotated[str | None, typer.Option(
+        "--database", "-d",
+        help="Show another database of each profile's server (default: the profile's).")] = None,
+    allow_actions: Annotated[list[str] | None, typer.Option(
+        "--allow-actions",
+        help="Enable cancel / terminate / create index on this protected profile "
+             "(production), as naming it with --profile does (repeatable).")] = None,
+    capture_every: Annotated[str, typer.Option(
+        "--capture-every",
+        help="Store a query-stats and size snapshot of every profile this often (history "
+             "and growth charts); 0 to turn off.")] = "5m",
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
+                                             help="Log every request.")] = False,
+) -> None:
+    """Serve the operations dashboard: health, queries (with history and EXPLAIN), indexes
+    (advice, create concurrently), live activity (cancel, terminate), space and growth,
+    backups and the erasure audit — for local, staging and production at once. --profile sets
+    the profile it opens on; naming production there (or with --allow-actions) is what
+    enables actions on it. Read-only profiles never act."""
+    import uvicorn
+
+    from studyhub.dashboard.app import create_dashboard
+    from studyhub.dashboard.settings import DashboardSettings, load_token
+    from studyhub.profiles import load_settings
+
+    every = 0.0 if capture_every.strip() in ("0", "0s", "off") else \
+        parse_duration(capture_every).total_seconds()
+    default = profile or load_settings().profile
+    explicit = set(allow_actions or []) | ({profile} if profile else set())
+    settings = DashboardSettings(default_profile=default, explicit_profiles=frozenset(explicit),
+                                 database=database, host=host, token=load_token(),
+                                 capture_every_s=every)
+    app = create_dashboard(settings)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"StudyHub ops dashboard on http://{shown}:{port}/p/{default}/ · "
+        + ("access token required" if settings.token else "loopback only, no token")
+        + (f" · actions enabled on protected: {', '.join(sorted(explicit))}" if explicit else "")
+        + (f" · history captured every {capture_every}" if every else " · no history capture"),
+        highlight=False)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
+                lifespan="on", server_header=False)

@@ -1,0 +1,1326 @@
+"""Verified logical backups and restores (the runbook's "Manual Backup" and "Restore from
+Backup", made trustworthy). The on-disk format lives in ``ops/backup_set.py``.
+
+create
+    One REPEATABLE READ transaction exports its snapshot; ``pg_dump -Fd -j N --snapshot`` dumps
+    from it while other connections, importing the same snapshot, count every table's rows and
+    checksum its content. pg_dump writes uncompressed table files (``-Z0``) which are compressed
+    with zstd as each one finishes (PostgreSQL 15's pg_dump only knows gzip, which is 5-10x
+    slower per core). The set is written under a ``.partial-`` name, fsynced, checked against
+    its manifest and renamed only then.
+restore
+    Always into a new (staging) database, renamed to its final name only after the restore has
+    been verified: schema (pre-data) in one transaction, then data and indexes/constraints with
+    ``pg_restore -j N --exit-on-error`` under session settings made for bulk builds, then every
+    table's count and checksum compared with the manifest, then the privacy erasure ledger
+    re-applied. A restore that failed part-way resumes where it stopped when run again.
+import
+    A runbook-style plain ``.sql[.gz]`` dump fed to ``psql --single-transaction`` from Python.
+
+Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
+flags and paths. Dumps never go through the transaction pooler.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import psycopg
+from psycopg import sql
+
+from studyhub import __version__ as tool_version
+from studyhub.connect import ConnectError, child_env, connect
+from studyhub.errors import RefusedError
+from studyhub.local.proc import pg_program
+from studyhub.ops.backup_set import (
+    DUMP_DIR,
+    LEDGER_FILE,
+    PARTIAL_PREFIX,
+    VERIFIED,
+    BackupError,
+    Compression,
+    FileEntry,
+    Manifest,
+    Problem,
+    TableChecksum,
+    check_files,
+    default_backup_dir,
+    fsync_tree,
+    hash_files,
+    read_manifest,
+    set_name,
+    write_json_atomic,
+)
+from studyhub.ops.queries import load
+from studyhub.profiles import Profile
+
+# Row text (and so the checksum) depends on these; both sides of a comparison pin them.
+CHECKSUM_SETTINGS = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 1",
+    "SET bytea_output = 'hex'",
+)
+DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
+DEFAULT_JOBS = 2
+# Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
+# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit;
+# plus default_toast_compression = lz4 where the server has it (COPY recompresses long values).
+RESTORE_SETTINGS = {
+    "maintenance_work_mem": "512MB",
+    "work_mem": "256MB",
+    "synchronous_commit": "off",
+}
+
+ProgressFn = Callable[["ProgressEvent"], None]
+
+
+@dataclass
+class ProgressEvent:
+    phase: str  # dump | compress | checksum | verify | schema | data | post-data | ...
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+    message: str = ""
+
+
+def _no_progress(_: ProgressEvent) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class BackupResult:
+    name: str
+    path: str
+    profile: str
+    database: str
+    tables: int
+    rows: int
+    bytes: int
+    compression: str
+    jobs: int
+    duration_s: float
+    durations_s: dict[str, float]
+
+
+@dataclass
+class TableComparison:
+    table: str
+    expected_rows: int
+    actual_rows: int | None
+    checksum_ok: bool
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    path: str
+    ok: bool
+    files_checked: int
+    bytes_checked: int
+    problems: list[str]
+    restored: bool = False  # also restored into a scratch database and compared
+    tables_checked: int = 0
+    duration_s: float = 0.0
+    durations_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RestoreStep:
+    name: str  # e.g. "schema", "data: public.notes", "index ix_notes_student_id"
+    kind: str  # schema | data | index | constraint | fk | other | verify | ...
+    duration_s: float
+
+
+@dataclass
+class ErasureReapply:
+    status: str  # reapplied | no-ledger | privacy-module-missing
+    entries: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+    result: Any = None
+
+
+@dataclass
+class RestoreResult:
+    set_name: str
+    profile: str
+    database: str
+    replaced: str | None  # the previous database, kept under this name (--replace)
+    resumed: bool
+    tables: int
+    rows: int
+    jobs: int
+    settings: dict[str, str]
+    duration_s: float
+    phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
+    slowest_steps: list[RestoreStep]
+    erasures: ErasureReapply | None
+
+
+@dataclass
+class ImportResult:
+    file: str
+    profile: str
+    database: str
+    tables: int
+    rows: int
+    table_rows: dict[str, int]
+    bytes_read: int
+    duration_s: float
+    skipped_statements: dict[str, int]
+    erasures: ErasureReapply | None
+
+
+# ---------------------------------------------------------------------------- helpers
+def parse_compression(text: str) -> Compression:
+    """``zstd``, ``zstd:LEVEL`` (1-19), ``gzip``, ``gzip:LEVEL`` (1-9) or ``none``."""
+    method, _, level_text = text.strip().lower().partition(":")
+    limits = {"zstd": (1, 19, 1), "gzip": (1, 9, 1), "none": (0, 0, None)}
+    if method not in limits:
+        raise BackupError(f"unknown compression {text!r}; use zstd[:1-19], gzip[:1-9] or none")
+    lo, hi, default = limits[method]
+    if method == "none":
+        if level_text:
+            raise BackupError("compression 'none' takes no level")
+        return Compression("none", None)
+    try:
+        level = int(level_text) if level_text else default
+    except ValueError:
+        raise BackupError(f"compression level {level_text!r} is not a number") from None
+    if not lo <= level <= hi:
+        raise BackupError(f"{method} level must be between {lo} and {hi}")
+    return Compression(method, level)
+
+
+def refuse_pooler(profile: Profile) -> None:
+    """Dumps and restores hold a snapshot and session state for minutes: a transaction-mode
+    pooler would hand their statements to different server connections."""
+    ep = profile.endpoint("app")
+    if ep.via_pooler or (profile.pooler_port and ep.port == profile.pooler_port):
+        raise RefusedError(
+            f"profile {profile.name} points at the connection pooler (port {ep.port}); backups "
+            "and restores must reach the server's own port (a transaction pooler breaks "
+            "pg_dump's snapshot and session settings). Set the profile's port to the server's."
+        )
+
+
+def _tool_version_line(program: str) -> str:
+    out = subprocess.run([str(pg_program(program)), "--version"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _stderr_tail(lines: list[str], n: int = 1) -> str:
+    useful = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()] or lines
+    return " / ".join(ln.strip() for ln in useful[-n:]) or "no message"
+
+
+def _session(conn: psycopg.Connection) -> None:
+    for stmt in CHECKSUM_SETTINGS:
+        conn.execute(stmt)
+
+
+def list_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return [(s, t) for s, t in conn.execute(load("get_backup_tables")).fetchall()]
+
+
+CHECKSUM_QUERIES = {"record-hash": "get_table_rows_and_checksum",
+                    "text-hash": "get_table_rows_and_text_checksum"}
+
+
+def _checksum_one(conn: psycopg.Connection, schema: str, table: str,
+                  method: str | None = None) -> TableChecksum:
+    """Rows and checksum of one table by ``method``; without one, the record hash, falling
+    back to the text hash when a column type has no hash function (inside a savepoint, so a
+    snapshot transaction survives the failed attempt)."""
+    for m in ([method] if method else ["record-hash", "text-hash"]):
+        query = sql.SQL(load(CHECKSUM_QUERIES[m])).format(table=sql.Identifier(schema, table))
+        try:
+            with conn.transaction():
+                rows, checksum = conn.execute(query).fetchone()
+            return TableChecksum(schema, table, int(rows), str(checksum), m)
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+            if method:
+                raise
+    raise AssertionError("unreachable")
+
+
+def table_checksums(
+    profile: Profile,
+    tables: list[tuple[str, str]],
+    *,
+    database: str | None = None,
+    snapshot: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: ProgressFn = _no_progress,
+    after_each: Callable[[psycopg.Connection, str, str], None] | None = None,
+    methods: dict[str, str] | None = None,
+) -> list[TableChecksum]:
+    """Rows and checksum of each table, on ``jobs`` connections (all importing ``snapshot``
+    when given, so they see exactly what the dump sees). Biggest tables should come first.
+    ``methods`` (qualified name → method) reproduces a manifest's choices."""
+    queue = list(tables)
+    lock = threading.Lock()
+    results: dict[tuple[str, str], TableChecksum] = {}
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with connect(profile, "app", database=database,
+                         application_name="studyhub backup checksum") as conn:
+                _session(conn)
+                conn.commit()
+                if snapshot:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    conn.execute("SET TRANSACTION SNAPSHOT %s" % _quote_literal(snapshot))
+                while True:
+                    with lock:
+                        if not queue or errors:
+                            break
+                        schema, table = queue.pop(0)
+                    results[(schema, table)] = _checksum_one(
+                        conn, schema, table, (methods or {}).get(f"{schema}.{table}"))
+                    if after_each:
+                        after_each(conn, schema, table)
+                    with lock:
+                        progress(ProgressEvent("checksum", len(results), len(tables),
+                                               message=f"{schema}.{table}"))
+                conn.rollback()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(tables))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, psycopg.Error):
+            raise BackupError(f"checksum query failed: {str(exc).splitlines()[0]}") from None
+        raise exc
+    return [results[t] for t in tables]
+
+
+def _quote_literal(value: str) -> str:
+    if not re.fullmatch(r"[0-9A-Fa-f-]+", value):
+        raise BackupError(f"unexpected snapshot id {value!r}")
+    return f"'{value}'"
+
+
+def compare_tables(expected: list[TableChecksum], actual: list[TableChecksum]) -> list[Problem]:
+    got = {t.qualified: t for t in actual}
+    problems = []
+    for t in expected:
+        a = got.get(t.qualified)
+        if a is None:
+            problems.append(Problem(t.qualified, "table missing after restore"))
+        elif a.rows != t.rows:
+            problems.append(Problem(t.qualified, f"{a.rows} rows, backup has {t.rows}"))
+        elif a.checksum != t.checksum:
+            problems.append(Problem(t.qualified, "content checksum differs from the backup"))
+    return problems
+
+
+# -------------------------------------------------------------------- compression I/O
+class _HashingWriter:
+    def __init__(self, fh: IO[bytes]):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+# ---------------------------------------------------------------------------- pg_dump
+_FINISHED_RE = re.compile(r"finished item (\d+) (TABLE DATA|BLOBS|LARGE OBJECTS?) (.*)$")
+_DUMPING_RE = re.compile(r'dumping contents of table "(.*)"')
+
+
+class _StreamCompressor(threading.Thread):
+    """Compress one table file with zstd *while pg_dump writes it*: read to the current end,
+    wait, read on; done once pg_dump has reported the file finished and the end is reached.
+    Compression overlaps the dump instead of following it."""
+
+    def __init__(self, path: Path, level: int):
+        super().__init__(daemon=True)
+        self.path = path
+        self.level = level
+        self.finished = threading.Event()
+        self.abort = threading.Event()
+        self.out: _HashingWriter | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def bytes_out(self) -> int:
+        return self.out.bytes if self.out else 0
+
+    def run(self) -> None:
+        import zstandard
+
+        try:
+            dst = self.path.with_name(self.path.name + ".zst")
+            with open(self.path, "rb") as src, open(dst, "wb") as ofh:
+                self.out = _HashingWriter(ofh)
+                # single-threaded: one stream per table pg_dump writes in parallel already;
+                # libzstd worker threads on top only took CPU from the server (28 s vs 18 s)
+                cctx = zstandard.ZstdCompressor(level=self.level)
+                comp = cctx.stream_writer(self.out, closefd=False)
+                while True:
+                    done = self.finished.is_set()  # before the read: then EOF is the end
+                    chunk = src.read(1 << 20)
+                    if chunk:
+                        comp.write(chunk)
+                        continue
+                    if done:
+                        break
+                    if self.abort.wait(0.02):
+                        return
+                comp.flush(zstandard.FLUSH_FRAME)
+                ofh.flush()
+            self.path.unlink()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+
+
+def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
+                 compression: Compression, n_tables: int, progress: ProgressFn,
+                 lock_wait_timeout: str) -> tuple[dict[str, FileEntry], dict[str, float]]:
+    """pg_dump -Fd from ``snapshot``; with zstd, each table file is compressed while pg_dump
+    writes it. Returns the files written by us (with hashes) and timings."""
+    argv = [str(pg_program("pg_dump")), "--format=directory", f"--jobs={jobs}",
+            f"--snapshot={snapshot}", f"--file={dump_dir}", "--verbose", "--no-sync",
+            f"--lock-wait-timeout={lock_wait_timeout}"]
+    gz = compression.level if compression.method == "gzip" else 0
+    argv.append(f"--compress={gz}")
+    env = child_env(profile, "app")
+    env["PGAPPNAME"] = "studyhub backup"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    streams: dict[str, _StreamCompressor] = {}
+    zstd = compression.method == "zstd"
+    done_tables = 0
+    lines: list[str] = []
+
+    def follow_new_files() -> None:
+        if not zstd or not dump_dir.is_dir():
+            return
+        for entry in os.scandir(dump_dir):
+            if entry.name not in streams and re.fullmatch(r"\d+\.dat", entry.name):
+                streams[entry.name] = _StreamCompressor(Path(entry.path), compression.level or 1)
+                streams[entry.name].start()
+
+    def bytes_out() -> int:
+        return sum(s.bytes_out for s in streams.values())
+
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if len(lines) > 200:
+                del lines[:100]
+            follow_new_files()
+            m = _FINISHED_RE.search(line)
+            if m:
+                done_tables += 1
+                name = f"{m.group(1)}.dat"
+                if name in streams:
+                    streams[name].finished.set()
+                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out(), m.group(3)))
+            elif jobs == 1 and (d := _DUMPING_RE.search(line)):
+                progress(ProgressEvent("dump", done_tables, n_tables, bytes_out(), d.group(1)))
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        for s in streams.values():
+            s.abort.set()
+        raise
+    dump_s = time.monotonic() - t0
+    if rc != 0:
+        for s in streams.values():
+            s.abort.set()
+        for s in streams.values():
+            s.join()
+        reason = f"killed by signal {-rc}" if rc < 0 else _stderr_tail(lines)
+        raise BackupError(f"pg_dump failed ({reason}); no backup set was written")
+    follow_new_files()
+    for s in streams.values():  # pg_dump has exited: every file is complete
+        s.finished.set()
+    for s in streams.values():
+        s.join()
+        if s.error is not None:
+            raise BackupError(f"compressing {s.path.name} failed: {s.error}")
+    progress(ProgressEvent("dump", n_tables, n_tables, bytes_out()))
+    written = {}
+    for s in streams.values():
+        rel = str(s.path.with_name(s.path.name + ".zst").relative_to(dump_dir.parent))
+        written[rel] = FileEntry(rel, s.out.bytes, s.out.sha.hexdigest())  # type: ignore[union-attr]
+    return written, {"dump": round(dump_s, 3),
+                     "compress_tail": round(time.monotonic() - t0 - dump_s, 3)}
+
+
+# ----------------------------------------------------------------------- erasure ledger
+def _privacy_module():
+    """studyhub.ops.privacy when it provides the erasure-ledger API, else None."""
+    try:
+        from studyhub.ops import privacy  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    needed = ("erasure_ledger", "read_ledger_file", "write_ledger_file", "reapply_erasures")
+    return privacy if all(hasattr(privacy, n) for n in needed) else None
+
+
+def _ledger_key(entry: Any) -> str:
+    from studyhub.cli.common import to_jsonable  # pure function: dataclass → JSON-able
+
+    return json.dumps(to_jsonable(entry), sort_keys=True, default=str)
+
+
+def _union(*lists: list[Any]) -> list[Any]:
+    privacy = _privacy_module()
+    if privacy is not None and hasattr(privacy, "merge_ledgers"):
+        return list(privacy.merge_ledgers(*lists))  # one entry per person
+    seen: dict[str, Any] = {}
+    for entries in lists:
+        for e in entries:
+            seen.setdefault(_ledger_key(e), e)
+    return list(seen.values())
+
+
+def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int | None:
+    """Keep the live erasure ledger in the backup directory too (so a restore re-applies
+    erasures even when the live database is gone). Returns the entry count, None without the
+    privacy module."""
+    privacy = _privacy_module()
+    if privacy is None:
+        return None
+    path = backup_dir / LEDGER_FILE
+    existing = privacy.read_ledger_file(path) if path.exists() else []
+    live = privacy.erasure_ledger(conn)
+    merged = _union(existing, live)
+    if len(merged) != len(existing):
+        privacy.write_ledger_file(merged, path)
+    return len(merged)
+
+
+def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
+                           live_database: str | None) -> ErasureReapply:
+    """Union of the ledgers of the live database, the backup directory's file and the restored
+    database itself, re-applied to the restored database (idempotent, one transaction)."""
+    privacy = _privacy_module()
+    if privacy is None:
+        return ErasureReapply("privacy-module-missing")
+    sources: dict[str, int] = {}
+    lists: list[list[Any]] = []
+    if live_database:
+        try:
+            with connect(profile, "app", database=live_database,
+                         application_name="studyhub restore ledger") as live:
+                entries = privacy.erasure_ledger(live)
+            sources[f"live database {live_database}"] = len(entries)
+            lists.append(entries)
+        except ConnectError:
+            sources[f"live database {live_database} (unreachable)"] = 0
+    path = backup_dir / LEDGER_FILE
+    if path.exists():
+        entries = privacy.read_ledger_file(path)
+        sources[f"file {path}"] = len(entries)
+        lists.append(entries)
+    with connect(profile, "app", database=database,
+                 application_name="studyhub restore ledger") as conn:
+        own = privacy.erasure_ledger(conn)
+        conn.commit()
+        sources["restored database"] = len(own)
+        lists.append(own)
+        merged = _union(*lists)
+        if not merged:
+            return ErasureReapply("no-ledger", 0, sources)
+        result = privacy.reapply_erasures(conn, merged)
+        conn.commit()
+    return ErasureReapply("reapplied", len(merged), sources, result)
+
+
+# ----------------------------------------------------------------------------- create
+def create_backup(
+    profile: Profile,
+    *,
+    out_dir: Path | None = None,
+    jobs: int = DEFAULT_JOBS,
+    compression: Compression = DEFAULT_COMPRESSION,
+    lock_wait_timeout: str = "60s",
+    progress: ProgressFn = _no_progress,
+) -> BackupResult:
+    """Write one verified backup set of the profile's app database (see module docstring)."""
+    if jobs < 1:
+        raise BackupError("--jobs must be at least 1")
+    refuse_pooler(profile)
+    out_dir = (out_dir or default_backup_dir()).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    started = datetime.now(timezone.utc)
+    ep = profile.endpoint("app")
+    name = set_name(profile.name, ep.database, started)
+    if (out_dir / name).exists():
+        raise BackupError(f"{out_dir / name} already exists (two backups in the same second)")
+    partial = out_dir / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
+    partial.mkdir(mode=0o700)
+    durations: dict[str, float] = {}
+    try:
+        conn = connect(profile, "app", application_name="studyhub backup")
+        try:
+            _session(conn)
+            conn.commit()
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            database, server_version, encoding = conn.execute(load("get_database_facts")).fetchone()
+            try:
+                with conn.transaction():  # savepoint: the table may not exist
+                    revision = list(conn.execute(load("get_alembic_revision")).fetchone()[0])
+            except psycopg.errors.UndefinedTable:
+                revision = []
+            extensions = [dict(zip(("name", "version", "schema"), r))
+                          for r in conn.execute(load("get_extensions")).fetchall()]
+            tables = list_tables(conn)
+            ledger_entries = save_ledger_beside_backups(profile, conn, out_dir)
+
+            sums: dict[str, list[TableChecksum]] = {}
+            sum_error: list[BaseException] = []
+
+            def run_checksums() -> None:
+                c0 = time.monotonic()
+                try:
+                    sums["tables"] = table_checksums(profile, tables, snapshot=snapshot, jobs=1)
+                except BaseException as exc:  # noqa: BLE001
+                    sum_error.append(exc)
+                durations["checksum"] = round(time.monotonic() - c0, 3)
+
+            checker = threading.Thread(target=run_checksums, daemon=True)
+            checker.start()
+            written, dump_times = _run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
+                                               compression, len(tables), progress,
+                                               lock_wait_timeout)
+            durations.update(dump_times)
+            checker.join()
+        except psycopg.Error as exc:
+            raise BackupError(f"backup failed: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            try:
+                conn.close()  # ends the snapshot's transaction
+            except psycopg.Error:
+                pass
+        if sum_error:
+            raise sum_error[0]
+        pg_dump_version = _tool_version_line("pg_dump")
+        others = [p for p in (partial / DUMP_DIR).rglob("*")
+                  if p.is_file() and str(p.relative_to(partial)) not in written]
+        files = sorted([*written.values(), *hash_files(partial, others, jobs)],
+                       key=lambda f: f.path)
+        finished = datetime.now(timezone.utc)
+        manifest = Manifest(
+            format_version=1, tool="studyhub", tool_version=tool_version,
+            pg_dump_version=pg_dump_version, server_version=server_version,
+            profile=profile.name, host=ep.host, port=ep.port, database=database,
+            encoding=encoding, direct=not ep.via_pooler, alembic_revision=revision,
+            started_at=started.isoformat(timespec="seconds"),
+            finished_at=finished.isoformat(timespec="seconds"), snapshot=snapshot,
+            compression=compression, jobs=jobs, dump_format="directory",
+            extensions=extensions, tables=sums["tables"], files=files,
+            durations_s=durations, erasure_ledger_entries=ledger_entries,
+        )
+        write_json_atomic(partial / "manifest.json", manifest.to_dict())
+        f0 = time.monotonic()
+        fsync_tree(partial)
+        problems = check_files(partial, read_manifest(partial), jobs)
+        if problems:
+            raise BackupError(f"the new set does not match its manifest: {problems[0]}")
+        durations["fsync_verify"] = round(time.monotonic() - f0, 3)
+        final = out_dir / name
+        os.rename(partial, final)
+        from studyhub.ops.backup_set import fsync_path
+
+        fsync_path(out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    total = time.monotonic() - t0
+    return BackupResult(name, str(final), profile.name, database, len(manifest.tables),
+                        manifest.total_rows, manifest.total_bytes, str(compression), jobs,
+                        round(total, 3), durations)
+
+
+# ----------------------------------------------------------------------------- restore
+_DESCS = sorted([
+    "ACCESS METHOD", "ACL", "AGGREGATE", "BLOB", "BLOBS", "CAST", "CHECK CONSTRAINT",
+    "COLLATION", "COMMENT", "CONSTRAINT", "CONVERSION", "DATABASE", "DATABASE PROPERTIES",
+    "DEFAULT", "DEFAULT ACL", "DOMAIN", "ENCODING", "EVENT TRIGGER", "EXTENSION",
+    "FK CONSTRAINT", "FOREIGN DATA WRAPPER", "FOREIGN SERVER", "FOREIGN TABLE", "FUNCTION",
+    "INDEX", "INDEX ATTACH", "LARGE OBJECT", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA",
+    "OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "POLICY", "PROCEDURE",
+    "PROCEDURAL LANGUAGE", "PUBLICATION", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
+    "ROW SECURITY", "RULE", "SCHEMA", "SEARCHPATH", "SECURITY LABEL", "SEQUENCE",
+    "SEQUENCE OWNED BY", "SEQUENCE SET", "SERVER", "SHELL TYPE", "STATISTICS", "STDSTRINGS",
+    "SUBSCRIPTION", "TABLE", "TABLE ATTACH", "TABLE DATA", "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "TRANSFORM",
+    "TRIGGER", "TYPE", "USER MAPPING", "VIEW",
+], key=len, reverse=True)
+_TOC_RE = re.compile(r"^(\d+); (\d+) (\d+) (" + "|".join(map(re.escape, _DESCS)) + r") (.*)$")
+_ITEM_RE = re.compile(r"(launching|finished) item (\d+) (" + "|".join(map(re.escape, _DESCS)) + r") ?(.*)$")
+_SERIAL_RE = re.compile(r'(?:creating ([A-Z ]+) "(.*)"|processing data for table "(.*)")')
+
+
+@dataclass
+class TocEntry:
+    dump_id: int
+    desc: str
+    schema: str
+    tag: str
+    line: str
+
+    @property
+    def kind(self) -> str:
+        return {"TABLE DATA": "data", "INDEX": "index", "CONSTRAINT": "constraint",
+                "CHECK CONSTRAINT": "constraint", "FK CONSTRAINT": "fk",
+                "SEQUENCE SET": "data"}.get(self.desc, "other")
+
+
+def read_toc(archive: Path) -> list[TocEntry]:
+    """``pg_restore -l``: the archive's table of contents."""
+    out = subprocess.run([str(pg_program("pg_restore")), "--list", str(archive)],
+                         capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        raise BackupError(f"pg_restore cannot read {archive}: {_stderr_tail(out.stderr.splitlines())}")
+    entries = []
+    for line in out.stdout.splitlines():
+        m = _TOC_RE.match(line)
+        if not m:
+            continue
+        rest = m.group(5)
+        schema, _, tag_owner = rest.partition(" ")
+        tag = tag_owner.rsplit(" ", 1)[0] if " " in tag_owner else tag_owner
+        entries.append(TocEntry(int(m.group(1)), m.group(4), schema, tag, line))
+    return entries
+
+
+def _is_extension_entry(e: TocEntry) -> bool:
+    return e.desc == "EXTENSION" or (e.desc == "COMMENT" and e.tag.startswith("EXTENSION "))
+
+
+def _admin_database(profile: Profile) -> str:
+    return "postgres" if profile.is_local else "defaultdb"
+
+
+def _admin(profile: Profile) -> psycopg.Connection:
+    return connect(profile, "admin", database=_admin_database(profile), autocommit=True,
+                   application_name="studyhub restore")
+
+
+def _staging_name(target: str) -> str:
+    suffix = "_restoring"
+    return target.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
+def _db_exists(admin: psycopg.Connection, name: str) -> bool:
+    return bool(admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone())
+
+
+def _db_comment(admin: psycopg.Connection, name: str) -> str | None:
+    row = admin.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (name,)).fetchone()
+    return row[0] if row else None
+
+
+def database_is_empty(profile: Profile, name: str) -> bool:
+    with connect(profile, "admin", database=name, application_name="studyhub restore") as conn:
+        return bool(conn.execute(load("get_database_is_empty")).fetchone()[0])
+
+
+def _set_comment(admin: psycopg.Connection, db: str, text: str) -> None:
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(db), sql.Literal(text)))
+
+
+def _drop_database(admin: psycopg.Connection, name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class _FifoFeeder:
+    """Serve a zstd set's table files to pg_restore through named pipes: each ``NNNN.dat`` in a
+    scratch directory is a FIFO that a thread fills, decompressing ``NNNN.dat.zst``, when
+    pg_restore opens it. Nothing uncompressed is written to disk."""
+
+    def __init__(self, dump_dir: Path):
+        self.src = dump_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="studyhub-restore-"))
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        for p in dump_dir.iterdir():
+            if p.name.endswith(".dat.zst"):
+                fifo = self.dir / p.name[: -len(".zst")]
+                os.mkfifo(fifo, 0o600)
+                t = threading.Thread(target=self._feed, args=(p, fifo), daemon=True)
+                self.threads.append(t)
+            else:
+                (self.dir / p.name).symlink_to(p)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _feed(self, src: Path, fifo: Path) -> None:
+        import zstandard
+
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    self.errors.append(f"{fifo.name}: {exc}")
+                    return
+                if self.stop.wait(0.02):
+                    return
+        os.set_blocking(fd, True)
+        try:
+            with open(src, "rb") as ifh, os.fdopen(fd, "wb") as ofh:
+                zstandard.ZstdDecompressor().copy_stream(ifh, ofh, write_size=1 << 20)
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading (it failed); its own error is reported
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            if t.is_alive():
+                t.join(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class _Item:
+    desc: str
+    tag: str
+    start: float
+    end: float | None = None
+
+
+def _run_pg_restore(profile: Profile, database: str, archive: Path, list_file: Path,
+                    sections: list[str], jobs: int, settings: dict[str, str],
+                    single_transaction: bool, progress: ProgressFn, total_items: int,
+                    items: dict[int, _Item]) -> None:
+    argv = [str(pg_program("pg_restore")), "--dbname=", "--no-owner", "--no-acl",
+            "--exit-on-error", "--verbose", f"--use-list={list_file}",
+            *[f"--section={s}" for s in sections]]
+    if single_transaction:
+        argv.append("--single-transaction")
+    else:
+        argv.append(f"--jobs={jobs}")
+    argv.append(str(archive))
+    env = child_env(profile, "app", database)
+    env["PGAPPNAME"] = "studyhub restore"
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    lines: list[str] = []
+    done = 0
+    last_serial: _Item | None = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if len(lines) > 200:
+                del lines[:100]
+            now = time.monotonic()
+            m = _ITEM_RE.search(line)
+            if m:
+                dump_id = int(m.group(2))
+                if m.group(1) == "launching":
+                    items[dump_id] = _Item(m.group(3), m.group(4), now)
+                elif dump_id in items:
+                    items[dump_id].end = now
+                    done += 1
+                    progress(ProgressEvent("restore", done, total_items, message=f"{m.group(3)} {m.group(4)}"))
+                continue
+            s = _SERIAL_RE.search(line)
+            if s and jobs == 1 and not single_transaction:
+                if last_serial:
+                    last_serial.end = now
+                    done += 1
+                    progress(ProgressEvent("restore", done, total_items, message=last_serial.tag))
+                desc = s.group(1) or "TABLE DATA"
+                last_serial = _Item(desc, s.group(2) or s.group(3), now)
+                items[-len(items) - 1] = last_serial
+        rc = proc.wait()
+        if last_serial and last_serial.end is None:
+            last_serial.end = time.monotonic()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        reason = f"killed by signal {-rc}" if rc < 0 else _stderr_tail(lines, 2)
+        raise BackupError(f"pg_restore failed: {reason}")
+
+
+def _remaining_items(conn: psycopg.Connection, entries: list[TocEntry],
+                     manifest: Manifest) -> list[TocEntry]:
+    """For a resumed restore: the data and post-data items not yet in the database. A table's
+    data is one COPY (atomic), so a table with rows is complete; an index or constraint that
+    exists was built completely (a failed build leaves nothing)."""
+    expected_rows = {t.qualified: t.rows for t in manifest.tables}
+    remaining = []
+    for e in entries:
+        if e.desc == "TABLE DATA":
+            if expected_rows.get(f"{e.schema}.{e.tag}", 1) == 0:
+                continue
+            has_rows = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
+                    sql.Identifier(e.schema, e.tag))).fetchone()[0]
+            if has_rows:
+                continue
+        elif e.desc == "INDEX":
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                            (sql.Identifier(e.schema, e.tag).as_string(conn),)).fetchone()[0]:
+                continue
+        elif e.desc in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER"):
+            table, _, name = e.tag.partition(" ")
+            catalog = "pg_trigger WHERE tgrelid" if e.desc == "TRIGGER" else "pg_constraint WHERE conrelid"
+            column = "tgname" if e.desc == "TRIGGER" else "conname"
+            found = conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {catalog} = to_regclass(%s) AND {column} = %s)",
+                (sql.Identifier(e.schema, table).as_string(conn), name)).fetchone()[0]
+            if found:
+                continue
+        remaining.append(e)
+    conn.rollback()
+    return remaining
+
+
+def _write_list(path: Path, entries: list[TocEntry]) -> Path:
+    path.write_text("".join(e.line + "\n" for e in entries))
+    return path
+
+
+def restore_backup(
+    set_dir: Path,
+    profile: Profile,
+    database: str,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    replace: bool = False,
+    settings: dict[str, str] | None = None,
+    reapply_erasures: bool = True,
+    verify_files_first: bool = True,
+    progress: ProgressFn = _no_progress,
+) -> RestoreResult:
+    """Restore ``set_dir`` into ``database`` on ``profile`` (see the module docstring)."""
+    t0 = time.monotonic()
+    refuse_pooler(profile)
+    if jobs < 1:
+        raise BackupError("--jobs must be at least 1")
+    settings = {**RESTORE_SETTINGS, **(settings or {})}
+    manifest = read_manifest(set_dir)
+    phases: dict[str, float] = {}
+    if verify_files_first:
+        progress(ProgressEvent("verify files", 0, len(manifest.files)))
+        p0 = time.monotonic()
+        problems = check_files(set_dir, manifest, jobs)
+        phases["check files"] = round(time.monotonic() - p0, 3)
+        if problems:
+            raise BackupError(f"backup set {set_dir.name} is damaged, not restoring: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    staging = _staging_name(database)
+    marker = f"studyhub restore of {set_dir.name}"
+    resumed = False
+    with _admin(profile) as admin:
+        if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
+            settings.setdefault("default_toast_compression", "lz4")
+        if _db_exists(admin, database) and not database_is_empty(profile, database) and not replace:
+            raise RefusedError(
+                f"database {database} exists and is not empty; restore into a new name, or "
+                f"use --replace to swap it out after a verified restore (it is kept, renamed)")
+        if _db_exists(admin, staging):
+            comment = _db_comment(admin, staging) or ""
+            if comment == f"{marker}: schema done":
+                resumed = True
+            elif comment.startswith("studyhub restore of ") or database_is_empty(profile, staging):
+                _drop_database(admin, staging)  # our own leftover, from another set or too early
+            else:
+                raise RefusedError(f"database {staging} exists and is not a restore of ours; "
+                                   "drop or rename it first")
+        if not resumed:
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {}").format(
+                sql.Identifier(staging), sql.Identifier(profile.users["app"]),
+                sql.Literal(manifest.encoding)))
+            _set_comment(admin, staging, f"{marker}: in progress")
+    archive = set_dir / DUMP_DIR
+    entries = [e for e in read_toc(archive)]
+    keep = [e for e in entries if not _is_extension_entry(e)]
+    ext_schemas = {x["schema"] for x in manifest.extensions if x["schema"] != "public"}
+    keep = [e for e in keep if not (e.desc == "SCHEMA" and e.tag in ext_schemas)]
+    work = Path(tempfile.mkdtemp(prefix="studyhub-restore-list-"))
+    items: dict[int, _Item] = {}
+    try:
+        if not resumed:
+            p0 = time.monotonic()
+            progress(ProgressEvent("schema", 0, 1, message="extensions and schema"))
+            with connect(profile, "admin", database=staging, autocommit=True,
+                         application_name="studyhub restore") as conn:
+                for schema in sorted(ext_schemas):
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                        sql.Identifier(schema), sql.Identifier(profile.users["app"])))
+                for ext in manifest.extensions:
+                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                        sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
+            _run_pg_restore(profile, staging, archive, _write_list(work / "pre.list", keep),
+                            ["pre-data"], 1, settings, True, progress, 1, {})
+            with _admin(profile) as admin:
+                _set_comment(admin, staging, f"{marker}: schema done")
+            phases["schema"] = round(time.monotonic() - p0, 3)
+            todo = keep
+        else:
+            with connect(profile, "app", database=staging, application_name="studyhub restore") as conn:
+                todo = _remaining_items(conn, keep, manifest)
+        p0 = time.monotonic()
+        n_items = len([e for e in todo if e.desc not in ("COMMENT", "ACL")])
+        feeder = _FifoFeeder(archive) if manifest.compression.method == "zstd" else None
+        try:
+            if feeder:
+                feeder.start()
+            _run_pg_restore(profile, staging, feeder.dir if feeder else archive,
+                            _write_list(work / "rest.list", todo), ["data", "post-data"],
+                            jobs, settings, False, progress, n_items, items)
+        finally:
+            if feeder:
+                feeder.close()
+        phases["data + indexes + constraints (wall)"] = round(time.monotonic() - p0, 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for label, kind in (("data (busy)", "data"), ("indexes (busy)", "index"),
+                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk")):
+        busy = sum((i.end or i.start) - i.start for i in items.values()
+                   if TocEntry(0, i.desc, "", "", "").kind == kind)
+        if busy:
+            phases[label] = round(busy, 3)
+    # verify every table against the manifest; ANALYZE each on the way (fresh statistics)
+    p0 = time.monotonic()
+    tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
+
+    def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+
+    actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
+                             after_each=analyze,
+                             methods={t.qualified: t.method for t in manifest.tables})
+    phases["verify + analyze"] = round(time.monotonic() - p0, 3)
+    problems = compare_tables(manifest.tables, actual)
+    if problems:
+        raise BackupError(
+            f"restored database {staging} does not match the backup: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + f"; {database} was not touched, {staging} is kept for inspection")
+    erasures = None
+    if reapply_erasures:
+        p0 = time.monotonic()
+        live = profile.database if profile.database not in (database, staging) else None
+        if replace and database == profile.database:
+            live = database  # the database about to be replaced still holds the newest ledger
+        erasures = reapply_erasure_ledger(profile, staging, set_dir.parent, live)
+        phases["erasure ledger"] = round(time.monotonic() - p0, 3)
+    p0 = time.monotonic()
+    replaced = _swap_in(profile, staging, database)
+    phases["rename"] = round(time.monotonic() - p0, 3)
+    slowest = sorted(
+        (RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
+                     round((i.end or i.start) - i.start, 3)) for i in items.values()),
+        key=lambda s: -s.duration_s)[:8]
+    return RestoreResult(
+        set_dir.name, profile.name, database, replaced, resumed, len(manifest.tables),
+        manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,
+        erasures)
+
+
+def _swap_in(profile: Profile, staging: str, database: str) -> str | None:
+    """Give the verified staging database its final name; an existing database of that name
+    is kept under ``{name}_before_restore_{UTC time}`` (never dropped)."""
+    aside = None
+    with _admin(profile) as admin:
+        if _db_exists(admin, database):
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+            aside = database.encode()[: 63 - 30].decode(errors="ignore") + f"_before_restore_{stamp}"
+            ident = sql.Identifier(database)
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident))
+            try:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+                _rename_when_idle(admin, database, aside)
+            except BaseException:
+                admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident))
+                raise
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(aside)))
+        try:
+            _rename_when_idle(admin, staging, database)
+        except BaseException:
+            if aside:
+                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(aside), sql.Identifier(database)))
+            raise
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(database)))
+    return aside
+
+
+def _rename_when_idle(admin: psycopg.Connection, old: str, new: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(old), sql.Identifier(new)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise BackupError(f"database {old} is still in use; could not rename it to {new}") from None
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (old,))
+            time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------ verify
+def verify_backup(set_dir: Path, *, restore: bool = False, local_profile: Profile | None = None,
+                  jobs: int = DEFAULT_JOBS, progress: ProgressFn = _no_progress) -> VerifyResult:
+    """Check every file against the manifest; with ``restore``, also restore into a scratch
+    database on the local cluster, compare every table's rows and checksum, drop it."""
+    t0 = time.monotonic()
+    manifest = read_manifest(set_dir)
+    durations: dict[str, float] = {}
+    progress(ProgressEvent("verify files", 0, len(manifest.files)))
+    problems = [str(p) for p in check_files(set_dir, manifest, jobs)]
+    durations["check files"] = round(time.monotonic() - t0, 3)
+    restored = False
+    if restore and not problems:
+        if local_profile is None or not local_profile.is_local:
+            raise RefusedError("verify --restore restores into a scratch database on the local "
+                               "cluster only (start it with: studyhub local up)")
+        scratch = f"studyhub_verify_{os.getpid()}_{int(time.time())}"
+        try:
+            result = restore_backup(set_dir, local_profile, scratch, jobs=jobs,
+                                    reapply_erasures=False, verify_files_first=False,
+                                    progress=progress)
+            durations.update({f"restore: {k}": v for k, v in result.phases_s.items()})
+            restored = True
+        except BackupError as exc:
+            problems.append(str(exc))
+        finally:
+            with _admin(local_profile) as admin:
+                _drop_database(admin, scratch)
+                _drop_database(admin, _staging_name(scratch))
+    ok = not problems
+    result = VerifyResult(set_dir.name, str(set_dir), ok, len(manifest.files),
+                          manifest.total_bytes, problems, restored,
+                          len(manifest.tables) if restored else 0,
+                          round(time.monotonic() - t0, 3), durations)
+    write_json_atomic(set_dir / VERIFIED, {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ok": ok, "restored": restored, "problems": len(problems)})
+    return result
+
+
+# ------------------------------------------------------------------------------ import
+_SKIP_PATTERNS = {
+    "extension (created by the admin role)": re.compile(
+        rb"^(CREATE EXTENSION|COMMENT ON EXTENSION) "),
+    "ownership (like --no-owner)": re.compile(rb"^ALTER [A-Z ]+ OWNER TO .*;\s*$"),
+    "privileges (like --no-acl)": re.compile(rb"^(GRANT|REVOKE) .*;\s*$"),
+}
+_CREATE_EXT_RE = re.compile(
+    rb'^CREATE EXTENSION (?:IF NOT EXISTS )?("?[\w-]+"?)(?: WITH SCHEMA ("?\w+"?))?')
+
+
+def _open_dump(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(raw file, decompressed stream); gzip recognised by its magic bytes."""
+    raw = open(path, "rb")
+    magic = raw.read(2)
+    raw.seek(0)
+    return raw, (gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
+
+
+def _plain_dump_chunks(stream: IO[bytes], on_skip: Callable[[str, bytes], None]) -> Iterator[bytes]:
+    """The dump's bytes with single-line ownership, privilege and extension statements left out
+    (only at statement starts, never inside COPY data)."""
+    buf = b""
+    in_copy = False
+    at_start = True
+    eof = False
+    while True:
+        if not eof:
+            chunk = stream.read(1 << 20)
+            if chunk:
+                buf += chunk
+            else:
+                eof = True
+        out: list[bytes] = []
+        while buf:
+            if in_copy:
+                if buf.startswith(b"\\.\n"):
+                    end = 3
+                else:
+                    i = buf.find(b"\n\\.\n")
+                    end = i + 4 if i >= 0 else -1
+                if end < 0:
+                    if eof:
+                        out.append(buf)
+                        buf = b""
+                    elif len(buf) > 3:
+                        out.append(buf[:-3])
+                        buf = buf[-3:]
+                    break
+                out.append(buf[:end])
+                buf = buf[end:]
+                in_copy = False
+                at_start = True
+                continue
+            i = buf.find(b"\n")
+            if i < 0:
+                if eof:
+                    out.append(buf)
+                    buf = b""
+                break
+            line, buf = buf[: i + 1], buf[i + 1 :]
+            skipped = False
+            if at_start:
+                for reason, pattern in _SKIP_PATTERNS.items():
+                    if pattern.match(line):
+                        on_skip(reason, line)
+                        skipped = True
+                        break
+            if not skipped:
+                out.append(line)
+                if at_start and line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+                    in_copy = True
+            stripped = line.strip()
+            at_start = (not stripped or stripped.startswith(b"--") or stripped.endswith(b";"))
+        if out:
+            yield b"".join(out)
+        if eof and not buf:
+            return
+
+
+def import_sql(
+    path: Path,
+    profile: Profile,
+    database: str,
+    *,
+    progress: ProgressFn = _no_progress,
+    reapply_erasures: bool = True,
+) -> ImportResult:
+    """Load a runbook-style plain SQL dump (``pg_dump URL | gzip``) into a new database:
+    ``psql -v ON_ERROR_STOP=1 --single-transaction`` fed from here, then counts, ANALYZE and
+    the erasure ledger; the database gets its name only when all of that succeeded."""
+    from studyhub.ops.space import table_sizes
+
+    t0 = time.monotonic()
+    refuse_pooler(profile)
+    if not path.is_file():
+        raise BackupError(f"no such file: {path}")
+    staging = _staging_name(database)
+    marker = f"studyhub import of {path.name}"
+    with _admin(profile) as admin:
+        if _db_exists(admin, database) and not database_is_empty(profile, database):
+            raise RefusedError(f"database {database} exists and is not empty; import into a new name")
+        if _db_exists(admin, staging):
+            comment = _db_comment(admin, staging) or ""
+            if comment.startswith(("studyhub restore of ", "studyhub import of ")):
+                _drop_database(admin, staging)
+            else:
+                raise RefusedError(f"database {staging} exists and is not ours; drop or rename it first")
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
+            sql.Identifier(staging), sql.Identifier(profile.users["app"])))
+        _set_comment(admin, staging, f"{marker}: in progress")
+    skipped: dict[str, int] = {}
+    ext_conn = connect(profile, "admin", database=staging, autocommit=True,
+                       application_name="studyhub import")
+
+    def on_skip(reason: str, line: bytes) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+        m = _CREATE_EXT_RE.match(line)
+        if m:
+            stmt = b"CREATE EXTENSION IF NOT EXISTS " + m.group(1)
+            if m.group(2):
+                stmt += b" WITH SCHEMA " + m.group(2)
+            ext_conn.execute(stmt.decode())
+
+    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+            "--single-transaction", "--file=-"]
+    env = child_env(profile, "app", staging)
+    env["PGAPPNAME"] = "studyhub import"
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in RESTORE_SETTINGS.items())
+    size = path.stat().st_size
+    raw, stream = _open_dump(path)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd="/")
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.extend(proc.stderr.read().splitlines()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        assert proc.stdin is not None
+        try:
+            for chunk in _plain_dump_chunks(stream, on_skip):
+                proc.stdin.write(chunk)
+                progress(ProgressEvent("import", raw.tell(), size, raw.tell()))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # psql stopped at an error; its message follows
+        except (OSError, EOFError) as exc:  # truncated or corrupt gzip
+            proc.kill()
+            raise BackupError(f"cannot read {path.name}: {exc}") from None
+        rc = proc.wait()
+        reader.join()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        raw.close()
+        ext_conn.close()
+    if rc != 0:
+        msgs = [e.decode(errors="replace") for e in errors]
+        raise BackupError(f"import stopped at the first error, nothing was kept in {database}: "
+                          f"{_stderr_tail(msgs, 2)} (the partial import is in {staging})")
+    with connect(profile, "app", database=staging, autocommit=True,
+                 application_name="studyhub import") as conn:
+        conn.execute("ANALYZE")
+        space = table_sizes(conn, exact_counts=True)
+    table_rows = {f"{t.schema}.{t.table}": int(t.rows or 0) for t in space.tables}
+    erasures = None
+    if reapply_erasures:
+        live = profile.database if profile.database not in (database, staging) else None
+        erasures = reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
+    _swap_in(profile, staging, database)
+    return ImportResult(str(path), profile.name, database, len(table_rows),
+                        sum(table_rows.values()), table_rows, size,
+                        round(time.monotonic() - t0, 3), skipped, erasures)
