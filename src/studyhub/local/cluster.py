@@ -744,8 +744,7 @@ class LocalCluster:
         return self._stop_pooler()
 
     def start_pooler(self) -> None:
-        """Start a stopped PgBouncer on the same port (even while that port lingers in
-        TIME_WAIT, which would make ``up`` pick another) and configuration; wait until it
+        """Start a stopped PgBouncer with its recorded port and configuration; wait until it
         answers."""
         if self._pooler_pid() is None:
             self.pgbouncer_pidfile.unlink(missing_ok=True)
