@@ -313,8 +313,7 @@ def test_stopping_the_replica_mid_traffic_fails_no_request(own_cluster):
         h = api.health()
         assert h["replica"]["status"] == "down" and h["status"] == "degraded"
         assert h["replica"]["fallbacks"] >= 1
-        # Reads come back to the replica once it is up again (same port: `local up` could pick
-        # another one while the old port lingers in TIME_WAIT).
+        # Reads come back to the replica once it is up again (on its recorded port).
         own_cluster.start_node("replica")
         api.wait_for(lambda h: h["replica"]["status"] == "ok", "the replica to return")
         with api.client(headers={"Authorization": f"Bearer {tokens[0]}"}) as c:
