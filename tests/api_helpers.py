@@ -24,6 +24,7 @@ from tests.conftest import connect_as
 class RunningApi:
     url: str
     app: Any
+    profile: Profile | None = None
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
@@ -60,7 +61,7 @@ def running_api(profile: Profile, **settings: Any) -> Iterator[RunningApi]:
             raise RuntimeError("the API did not start")
         time.sleep(0.02)
     try:
-        yield RunningApi(f"http://127.0.0.1:{port}", app)
+        yield RunningApi(f"http://127.0.0.1:{port}", app, profile)
     finally:
         server.should_exit = True
         thread.join(30)

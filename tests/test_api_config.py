@@ -123,3 +123,18 @@ def test_serve_runs_with_no_secret_on_any_argv(cluster, migrated, cluster_home):
     assert "StudyHub API on http://127.0.0.1" in output
     assert watch.seen_target > 0 and watch.leaks == []
     assert secret not in output
+
+
+def test_pool_sizes_per_worker_apply_to_the_engines():
+    prof = remote_profile(pooler_port=25061, pooler_database="studyhub-pool",
+                          replica_host="replica.example.com", replica_port=25060)
+    defaults = ApiSettings()
+    assert make_engine(prof, "app", defaults, application_name="t").pool.size() == 20
+    assert make_engine(prof, "pooler", defaults, application_name="t").pool.size() == 40
+    assert make_engine(prof, "replica", defaults, application_name="t").pool.size() == 20
+    sized = ApiSettings(pool_size=7)  # --pool-size 7: the writer's and the reader's pools
+    for role in ("app", "pooler", "replica"):
+        assert make_engine(prof, role, sized, application_name="t").pool.size() == 7
+    own = ApiSettings(pool_size=7, replica_pool_size=3)
+    assert make_engine(prof, "replica", own, application_name="t").pool.size() == 3
+    assert make_engine(prof, "pooler", own, application_name="t").pool.size() == 7

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from studyhub.api.replica import LagTracker, ReadRouter, ReplicaMonitor, ReplicaSnapshot
-from studyhub.local import proc
 from studyhub.local.cluster import LocalCluster
 from studyhub.ops import migrate
 from studyhub.profiles import Profile
@@ -304,7 +303,7 @@ def test_stopping_the_replica_mid_traffic_fails_no_request(own_cluster):
         try:
             time.sleep(1.5)
             phase = "after"
-            own_cluster._stop_postgres(own_cluster.replica_dir)  # pg_ctl stop -m fast
+            own_cluster.stop_node("replica")  # pg_ctl stop -m fast
             time.sleep(2.0)
         finally:
             stop.set()
@@ -314,9 +313,8 @@ def test_stopping_the_replica_mid_traffic_fails_no_request(own_cluster):
         h = api.health()
         assert h["replica"]["status"] == "down" and h["status"] == "degraded"
         assert h["replica"]["fallbacks"] >= 1
-        # Reads come back to the replica once it is up again (same port: `local up` could pick
-        # another one while the old port lingers in TIME_WAIT).
-        own_cluster._start_postgres(own_cluster.replica_dir, "replica", lambda _: None)
+        # Reads come back to the replica once it is up again (on its recorded port).
+        own_cluster.start_node("replica")
         api.wait_for(lambda h: h["replica"]["status"] == "ok", "the replica to return")
         with api.client(headers={"Authorization": f"Bearer {tokens[0]}"}) as c:
             assert c.get("/notes").headers[READ_FROM] == "replica"
@@ -327,7 +325,7 @@ def test_health_tells_a_dead_pooler_from_a_dead_primary(own_cluster):
     profile = own_cluster.profile()
     with running_api(profile) as api:
         s = register(api)
-        own_cluster._stop_pooler()
+        own_cluster.stop_pooler()
         try:
             with api.client() as c:
                 r = c.get("/health")
@@ -340,8 +338,7 @@ def test_health_tells_a_dead_pooler_from_a_dead_primary(own_cluster):
             assert w.status_code == 503
             assert w.json() == {"detail": "database unavailable, try again shortly"}
         finally:  # restart it on the same port, with the same configuration
-            proc.run_server_cmd([str(proc.pgbouncer_program()), "-d", "-q",
-                                 str(own_cluster.pgbouncer_ini)], what="pgbouncer")
+            own_cluster.start_pooler()
         api.wait_for(lambda h: h["status"] == "ok", "the pooler to return")
         assert s.post("/notes", json={"subject_id": make_subject(profile),
                                       "title": "t"}).status_code == 201

@@ -3,8 +3,10 @@
 ``create_app()`` resolves the profile, the topology (pooler? replica?) and the token secret
 up front — so configuration errors are one clear line before any server starts — and opens the
 engines in the lifespan. Everything lives on ``app.state`` (``databases``, ``tokens``,
-``passwords``, ``scheduler``); other routers (the dashboard) can be included on the same app
-and use the same state.
+``read_marks``, ``passwords``, ``scheduler``); other routers (the dashboard) can be included on
+the same app and use the same state. ``app_from_environment()`` is the factory uvicorn's worker
+processes call (``studyhub serve --workers N``): settings from ``STUDYHUB_API_*``, the secret
+from the environment or its 0600 file, never from argv.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from studyhub.api.auth import Passwords, TokenService, load_token_secret
 from studyhub.api.db import Databases, choose_topology
 from studyhub.api.errors import install_error_handlers
+from studyhub.api.read_marks import ReadMarks
 from studyhub.api.routers import accounts, ai, flashcards, health, notes, sessions, subjects
 from studyhub.api.settings import ApiSettings
 from studyhub.profiles import Profile, resolve_profile
@@ -84,7 +87,12 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
     settings = settings or ApiSettings()
     profile = profile or resolve_profile(settings.profile)
     topology = choose_topology(profile, settings)
-    tokens = TokenService(load_token_secret(profile), settings.token_ttl_s)
+    secret = load_token_secret(profile)
+    tokens = TokenService(secret, settings.token_ttl_s)
+    # A mark older than the lag bound is moot (the replica would be lagging, so every read goes
+    # to the primary anyway): its lifetime is never below twice the bound.
+    read_marks = ReadMarks(secret, max(settings.read_your_writes_mark_ttl_s,
+                                       2 * settings.max_replica_lag_s))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,9 +117,16 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
     app.state.profile = profile
     app.state.topology = topology
     app.state.tokens = tokens
+    app.state.read_marks = read_marks
     app.state.scheduler = Scheduler(enable_fuzzing=settings.fsrs_fuzzing)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for one of uvicorn's worker processes: every setting from ``STUDYHUB_API_*``
+    (``studyhub serve`` puts its options there before starting the workers)."""
+    return create_app(ApiSettings())

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from studyhub.api.read_marks import ReadAfter
 from studyhub.api.replica import ReadRouter, ReplicaMonitor, first_line, parse_lsn
 from studyhub.api.settings import ApiSettings
 from studyhub.errors import ConfigError
@@ -41,6 +42,15 @@ Work = Callable[[AsyncConnection], Awaitable[T]]
 
 # What a failed read on the replica may raise before the primary answers instead.
 REPLICA_READ_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed write: whose it was (``key``) and the primary's WAL position after it
+    (``lsn``; None when there is no replica to wait for, or when it could not be read)."""
+
+    key: Hashable | None
+    lsn: int | None
 
 
 class DatabaseUnavailable(Exception):
@@ -98,9 +108,9 @@ def make_engine(profile: Profile, role: str, settings: ApiSettings, *, applicati
     elif pool == "single":
         kw.update(pool_size=1, max_overflow=0, pool_timeout=settings.pool_timeout_s)
     else:
-        size, overflow = ((settings.pooler_pool_size, settings.pooler_max_overflow)
-                          if ep.via_pooler else
-                          (settings.direct_pool_size, settings.direct_max_overflow))
+        overflow = settings.pooler_max_overflow if ep.via_pooler else settings.direct_max_overflow
+        size = (settings.reader_pool_size() if role == "replica"
+                else settings.writer_pool_size(ep.via_pooler))
         kw.update(pool_size=size, max_overflow=overflow, pool_timeout=settings.pool_timeout_s,
                   pool_recycle=1800)
     return create_async_engine(url, **kw)
@@ -137,6 +147,51 @@ def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
     if use_replica and not has_replica:
         profile.endpoint("replica")  # raises "has no read replica (start one with ...)"
     return Topology(profile.name, "pooler" if use_pooler else "direct", use_replica)
+
+
+@dataclass
+class ConnectionBudget:
+    """The most connections the API's workers may hold on one server, against its limit."""
+
+    server: str  # "primary", "PgBouncer" or "replica"
+    connections: int  # workers × (pool size + 1 probe connection)
+    max_connections: int | None = None  # None: not checked (PgBouncer, or not reachable)
+    superuser_reserved: int | None = None
+
+    @property
+    def over_limit(self) -> bool:
+        return (self.max_connections is not None and
+                self.connections > self.max_connections - (self.superuser_reserved or 0))
+
+
+def connection_budget(profile: Profile, settings: ApiSettings,
+                      topology: Topology) -> list[ConnectionBudget]:
+    """What ``settings.workers`` workers may open per server; PostgreSQL servers' own limits
+    are looked up (``get_connection_limits.sql``) when they answer within 3 s."""
+    from studyhub.connect import connect
+
+    budgets: list[tuple[ConnectionBudget, str | None]] = []
+    if topology.writer == "pooler":
+        budgets.append((ConnectionBudget(
+            "PgBouncer", settings.workers * (settings.writer_pool_size(True) + 1)), None))
+    else:
+        budgets.append((ConnectionBudget(
+            "primary", settings.workers * (settings.writer_pool_size(False) + 1)), "app"))
+    if topology.replica:
+        budgets.append((ConnectionBudget(
+            "replica", settings.workers * (settings.reader_pool_size() + 1)), "replica"))
+    for budget, role in budgets:
+        if role is None:
+            continue
+        try:
+            with connect(profile, role, autocommit=True, connect_timeout=3,
+                         application_name="studyhub-api-budget") as conn:
+                budget.max_connections, budget.superuser_reserved, _ = conn.execute(
+                    load("get_connection_limits")).fetchone()
+        except Exception as exc:  # noqa: BLE001 - a server that does not answer yet
+            log.info("connection limit of the %s not checked: %s", budget.server,
+                     first_line(exc))
+    return [b for b, _ in budgets]
 
 
 class Databases:
@@ -201,18 +256,22 @@ class Databases:
     async def close(self) -> None:
         if self.monitor is not None:
             await self.monitor.stop()
+            c = self.router.counters
+            log.info("reads routed by this worker: replica=%d primary=%d (read_your_writes=%d "
+                     "failed_on_replica=%d) marks_ignored=%d", c.replica, c.primary, c.pinned,
+                     c.fallbacks, c.marks_ignored)
         for engine in (self.writer, self.probe_writer, self.primary_direct, self.reader,
                        self.probe_reader):
             if engine is not None:
                 await engine.dispose()
 
     # ------------------------------------------------------------ reads/writes
-    async def read(self, key: Hashable | None, work: Work[T], *,
-                   primary: bool = False) -> tuple[T, str]:
-        """Run ``work`` (read-only, one or more SELECTs) where the router says (on the primary
-        when ``primary``); a failure on the replica is retried on the primary. Returns the
-        result and where it ran."""
-        if not primary and self.router.choose(key) == "replica":
+    async def read(self, key: Hashable | None, work: Work[T], *, primary: bool = False,
+                   read_after: ReadAfter | None = None) -> tuple[T, str]:
+        """Run ``work`` (read-only, one or more SELECTs) where the router says for ``key`` and
+        the client's verified read mark ``read_after`` (on the primary when ``primary``); a
+        failure on the replica is retried on the primary. Returns the result and where it ran."""
+        if not primary and self.router.choose(key, read_after) == "replica":
             assert self.reader_reads is not None and self.monitor is not None
             try:
                 async with self.reader_reads.connect() as conn:
@@ -237,10 +296,11 @@ class Databases:
         return result, "primary"
 
     async def write(self, key: Hashable | None, work: Work[T], *,
-                    key_of: Callable[[T], Hashable] | None = None) -> T:
+                    key_of: Callable[[T], Hashable] | None = None) -> tuple[T, Commit]:
         """Run ``work`` in one transaction on the primary; then remember the commit's LSN for
         ``key``'s read-your-writes (``key_of(result)`` when the key is only known after the
-        write, as for a new account)."""
+        write, as for a new account) and return it with the result, for the client's read
+        mark."""
         try:
             async with self.writer.begin() as conn:
                 result = await work(conn)
@@ -250,8 +310,8 @@ class Databases:
             raise
         if key is None and key_of is not None:
             key = key_of(result)
+        lsn: int | None = None
         if self.router.enabled and key is not None:
-            lsn: int | None
             try:
                 async with self.writer_reads.connect() as conn:
                     lsn = parse_lsn(
@@ -262,7 +322,7 @@ class Databases:
                             "for %.0f s", first_line(exc), self.settings.read_your_writes_fallback_s)
                 lsn = None
             self.router.note_write(key, lsn)
-        return result
+        return result, Commit(key, lsn)
 
     # ------------------------------------------------------------------ health
     async def check_writer(self) -> dict[str, Any]:

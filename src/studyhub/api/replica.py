@@ -10,12 +10,12 @@ replica has lost its connection to the primary (its own ``pg_last_xact_replay_ti
 alone misreads all three). A replica that is not in recovery (promoted) is never read from.
 
 Read-your-writes. After each write the API reads the primary's WAL position once more (after
-COMMIT, so the commit record is at or below it) and remembers it per student. That student's
-reads go to the replica only once the monitor has seen the replica replay past that LSN; until
-then they go to the primary. Everyone else keeps reading from the replica. This is exact (no
-guessed window), costs one extra short query per write, and holds however long replay is paused.
-The map lives in the API process: run one worker process per user session (``studyhub serve``
-does), or route a user's requests to one process.
+COMMIT, so the commit record is at or below it). That student's reads go to the replica only
+once the monitor has seen the replica replay past that LSN; until then they go to the primary.
+Everyone else keeps reading from the replica. This is exact (no guessed window), costs one extra
+short query per write, and holds however long replay is paused. The position travels two ways:
+in this process's map (student → LSN), and with the client, as a signed read mark it echoes
+(:mod:`studyhub.api.read_marks`), so a read served by any other worker or machine honours it too.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable
+
+from studyhub.api.read_marks import ReadAfter
 
 log = logging.getLogger("studyhub.api.replica")
 
@@ -217,6 +219,7 @@ class RoutingCounters:
     primary: int = 0
     fallbacks: int = 0  # reads that failed on the replica and were answered by the primary
     pinned: int = 0  # reads sent to the primary for read-your-writes
+    marks_ignored: int = 0  # read marks not honoured: forged, another student's, or expired
 
 
 @dataclass
@@ -263,8 +266,9 @@ class ReadRouter:
             for k in [k for k, until in self._pinned_until.items() if until <= now]:
                 del self._pinned_until[k]
 
-    def choose(self, key: Hashable | None) -> str:
-        """'replica' or 'primary' for the next read by ``key``."""
+    def choose(self, key: Hashable | None, read_after: ReadAfter | None = None) -> str:
+        """'replica' or 'primary' for the next read by ``key``, whose client sent the (verified)
+        read mark ``read_after``, if any."""
         if self.monitor is None:
             return "primary"
         snap = self.monitor.snapshot
@@ -272,6 +276,9 @@ class ReadRouter:
             return "primary"
         replayed = snap.replay_lsn or 0
         if replayed < self._floor_lsn:
+            return "primary"
+        if read_after is not None and (read_after.lsn == 0 or read_after.lsn > replayed):
+            self.counters.pinned += 1
             return "primary"
         if key is not None:
             need = self._required_lsn.get(key)

@@ -3,17 +3,35 @@ when there is one), reads on the replica while its lag is in bounds."""
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Annotated
 
 import typer
 
-from studyhub.cli.common import ProfileOpt, console
+from studyhub.cli.common import ProfileOpt, console, err_console
+
+ENV_PREFIX = "STUDYHUB_API_"
+WORKER_HEALTHCHECK_TIMEOUT_S = 30
 
 
 def serve(
     profile: ProfileOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, max=64,
+                     help="uvicorn worker processes (default 1, or STUDYHUB_API_WORKERS); each "
+                          "has its own connection pools.", show_default=False),
+    ] = None,
+    pool_size: Annotated[
+        int | None,
+        typer.Option("--pool-size", min=1,
+                     help="Connections per worker in the writer's pool, and the reader's unless "
+                          "STUDYHUB_API_REPLICA_POOL_SIZE is set (default 20 direct, 40 through "
+                          "the pooler, or STUDYHUB_API_POOL_SIZE).", show_default=False),
+    ] = None,
     pooler: Annotated[
         bool | None,
         typer.Option("--pooler/--no-pooler",
@@ -38,20 +56,23 @@ def serve(
                                              help="Log every request.")] = False,
 ) -> None:
     """Run the StudyHub API. The token secret comes from STUDYHUB_API_SECRET(_FILE) or, for
-    the local profile, a 0600 file under the cluster's secrets/; never from the command line."""
+    the local profile, a 0600 file under the cluster's secrets/; never from the command line
+    (worker processes get it the same way)."""
     import uvicorn
 
     from studyhub.api.app import create_app
+    from studyhub.api.db import connection_budget
     from studyhub.api.settings import ApiSettings
 
-    overrides: dict[str, object] = {"profile": profile}
-    if pooler is not None:
-        overrides["use_pooler"] = pooler
-    if replica is not None:
-        overrides["use_replica"] = replica
-    if max_replica_lag is not None:
-        overrides["max_replica_lag_s"] = max_replica_lag
+    overrides: dict[str, object] = {
+        "profile": profile, "workers": workers, "pool_size": pool_size, "use_pooler": pooler,
+        "use_replica": replica, "max_replica_lag_s": max_replica_lag,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = ApiSettings(**overrides)
+    # Resolves the profile, the topology and the token secret here, once: a configuration error
+    # is one line before any worker starts, and the local secret file exists before several
+    # workers could race to create it.
     app = create_app(settings)
     where = app.state.topology.describe(app.state.profile)
     console.print(
@@ -60,5 +81,42 @@ def serve(
         + (f", max lag {settings.max_replica_lag_s:g} s" if app.state.topology.replica else ""),
         highlight=False,
     )
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                lifespan="on", server_header=False)
+    budgets = connection_budget(app.state.profile, settings, app.state.topology)
+    console.print(
+        f"{settings.workers} worker(s); connections at most: " + ", ".join(
+            f"{b.server} {b.connections}"
+            + (f" of max_connections {b.max_connections}" if b.max_connections else "")
+            for b in budgets),
+        highlight=False,
+    )
+    for b in budgets:
+        if b.over_limit:
+            fix = ("write through --pooler or use a smaller --pool-size" if b.server == "primary"
+                   else "set a smaller STUDYHUB_API_REPLICA_POOL_SIZE")
+            err_console.print(
+                f"warning: {settings.workers} worker(s) × their pools may open {b.connections} "
+                f"connections to the {b.server}, more than its max_connections "
+                f"{b.max_connections} minus {b.superuser_reserved} reserved: expect 'sorry, too "
+                f"many clients already' under load; {fix}",
+                style="yellow", highlight=False)
+    # uvicorn's own logging, plus the API's (replica state changes, database errors, each
+    # worker's routing summary at shutdown) at INFO through the same handler.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["studyhub"] = {"handlers": ["default"], "level": "INFO",
+                                         "propagate": False}
+    if settings.workers == 1:
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
+                    log_config=log_config, lifespan="on", server_header=False)
+        return
+    # Worker processes build their own app from the environment (spawned: nothing is inherited
+    # but the environment; the secret stays in env or its 0600 file, never on argv).
+    for key, value in overrides.items():
+        os.environ[ENV_PREFIX + key.upper()] = str(value).lower() if isinstance(value, bool) \
+            else str(value)
+    # A worker that has not answered the supervisor's ping within timeout_worker_healthcheck is
+    # killed and replaced; uvicorn's 5 s is shorter than a spawn + imports + engine setup takes
+    # on a busy 2-core machine (workers were killed in a loop), so allow 30 s.
+    uvicorn.run("studyhub.api.app:app_from_environment", factory=True, workers=settings.workers,
+                host=host, port=port, access_log=access_log, log_level="info",
+                log_config=log_config, lifespan="on", server_header=False,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)

@@ -675,6 +675,9 @@ class LocalCluster:
             )
         state.has_pooler = True
         self.save_state(state)
+        self._wait_for_pooler(port)
+
+    def _wait_for_pooler(self, port: int) -> None:
         deadline = time.monotonic() + 20
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -721,6 +724,40 @@ class LocalCluster:
         return True
 
     # ------------------------------------------------------------- public API
+    def _node_dir(self, node: str) -> Path:
+        dirs = {"primary": self.primary_dir, "replica": self.replica_dir}
+        if node not in dirs:
+            raise LocalClusterError(f"unknown node {node!r}: primary or replica")
+        return dirs[node]
+
+    def stop_node(self, node: str) -> bool:
+        """Stop the primary or the replica (fast shutdown), leaving everything else running and
+        its port recorded. False if it was not running."""
+        return self._stop_postgres(self._node_dir(node))
+
+    def start_node(self, node: str, progress: Progress = _noop) -> None:
+        """Start a stopped primary or replica again, on its recorded port and configuration."""
+        self._start_postgres(self._node_dir(node), node, progress)
+
+    def stop_pooler(self) -> bool:
+        """Stop PgBouncer (its port and configuration stay). False if it was not running."""
+        return self._stop_pooler()
+
+    def start_pooler(self) -> None:
+        """Start a stopped PgBouncer with its recorded port and configuration; wait until it
+        answers."""
+        if self._pooler_pid() is None:
+            self.pgbouncer_pidfile.unlink(missing_ok=True)
+            proc.run_server_cmd(
+                [str(proc.pgbouncer_program()), "-d", "-q", str(self.pgbouncer_ini)],
+                what="pgbouncer",
+            )
+        self._wait_for_pooler(self.load_state().pooler_port)
+
+    def pooler_pid(self) -> int | None:
+        """PID of the running PgBouncer, or None."""
+        return self._pooler_pid()
+
     def up(self, *, replica: bool = False, pooler: bool = False,
            progress: Progress = _noop) -> ClusterStatus:
         """Create (first time) and start the primary, and the replica/pooler when asked for or

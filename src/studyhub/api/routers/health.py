@@ -45,7 +45,10 @@ class ReplicaHealth(BaseModel):
     reads_on_primary: int = 0
     fallbacks: int = Field(0, description="reads that failed on the replica, answered by the primary")
     pinned_reads: int = Field(0, description="reads sent to the primary for read-your-writes")
-    pinned_students: int = 0
+    pinned_students: int = Field(0, description="students this worker keeps on the primary "
+                                                "until the replica replays their last write")
+    marks_ignored: int = Field(0, description="read marks not honoured: forged, another "
+                                              "student's, or expired")
 
 
 class Health(BaseModel):
@@ -81,6 +84,7 @@ async def health_report(dbs: Databases) -> Health:
             error=snap.error, reads_on_replica=counters.replica, reads_on_primary=counters.primary,
             fallbacks=counters.fallbacks, pinned_reads=counters.pinned,
             pinned_students=dbs.router.pinned_students,
+            marks_ignored=counters.marks_ignored,
         )
     if not writer["ok"]:  # writes cannot reach the primary (primary.ok tells whose fault)
         status = "down"
