@@ -22,13 +22,13 @@ and what does building it buy the workload? Baseline and result measured in the 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
+
+from common import bench_home  # bench/common.py (scripts run from bench/)
 
 DEFAULT_HOME = "/tmp/studyhub-bench-advisor"
 
@@ -131,10 +131,7 @@ def main() -> int:
     ap.add_argument("--home", default=DEFAULT_HOME)
     args = ap.parse_args()
 
-    home = Path(args.home)
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home(args.home)
     from studyhub.connect import connect
     from studyhub.local.cluster import LocalCluster
     from studyhub.ops import advisor, indexes, migrate

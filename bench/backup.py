@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import bench_home  # bench/common.py (scripts run from bench/)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from studyhub.connect import child_env, connect  # noqa: E402
@@ -117,10 +119,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each contender's best counts")
     ap.add_argument("--keep", action="store_true", help="keep the cluster and data for next time")
     args = ap.parse_args()
-    home = Path(args.home)
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home(args.home)
     cluster = LocalCluster(home)
     cluster.up()
     prof = cluster.profile()

@@ -28,7 +28,8 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+
+from common import bench_home  # bench/common.py (scripts run from bench/)
 from typing import Callable
 
 DEFAULT_HOME = "/tmp/studyhub-bench-dashboard"
@@ -97,10 +98,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
                              "5 minutes keeping 500 statements would have left")
     args = parser.parse_args()
 
-    home = Path(args.home)
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home(args.home)
     os.environ.setdefault("STUDYHUB_CONFIG", str(home / "absent.toml"))
 
     import httpx

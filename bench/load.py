@@ -43,13 +43,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import bench_home  # bench/common.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -591,9 +592,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    home = Path(tempfile.mkdtemp(prefix="studyhub-bench-", dir="/tmp"))
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home()
     cluster = LocalCluster(home)
     try:
         print(f"cluster under {home}: primary + replica + PgBouncer", flush=True)

@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import bench_home  # bench/common.py (scripts run from bench/)
+
 from studyhub.connect import connect
 from studyhub.local.cluster import LocalCluster
 from studyhub.ops import migrate, privacy
@@ -164,10 +166,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    home = args.home or Path(tempfile.mkdtemp(prefix="studyhub-bench-privacy-", dir="/tmp"))
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home(args.home, prefix="studyhub-bench-privacy-")
     cluster = LocalCluster(home)
     workdir = Path(tempfile.mkdtemp(prefix="bench-privacy-out-"))
     results: dict[str, dict] = {}

@@ -23,7 +23,8 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
+
+from common import bench_home  # bench/common.py (scripts run from bench/)
 
 DEFAULT_HOME = "/tmp/studyhub-bench"
 ROWS_PER_STUDENT_FLOOR = 250  # a seeded student brings ~255 rows; aim a little high
@@ -144,10 +145,7 @@ def main() -> int:
                         help="leave the two databases for inspection")
     args = parser.parse_args()
 
-    home = Path(args.home)
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)
-    os.environ["STUDYHUB_HOME"] = str(home)
+    home = bench_home(args.home)
 
     from studyhub.connect import connect
     from studyhub.local.cluster import LocalCluster

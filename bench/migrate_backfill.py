@@ -8,7 +8,7 @@ existing rows), two migrations:
 
 Prints the writers' waits (p50, p99, max), writes completed during the migration, and the
 migration's own duration, then the ratios. Writers here have a 60 s lock_timeout so that the
-waits are measured, not cut off. Run: scripts/uv run python bench/bench_migrate_backfill.py [ROWS]
+waits are measured, not cut off. Run: scripts/uv run python bench/migrate_backfill.py [ROWS]
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from common import bench_home  # bench/common.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-home = Path(tempfile.mkdtemp(prefix="studyhub-bench-", dir="/tmp"))
-os.chmod(home, 0o755)
-os.environ["STUDYHUB_HOME"] = str(home)
+home = bench_home()
 
 from studyhub.local.cluster import LocalCluster  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402

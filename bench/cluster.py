@@ -10,7 +10,7 @@ One run, one throwaway cluster, baselines measured in the same run:
    backup + promote + verification) against cloning the live primary with ``pg_basebackup -Fp``
    (a copy of *now*, which cannot go back in time): the ratio and the replay rate.
 
-Run: scripts/uv run python bench/bench_cluster.py [BALLAST_MB] [WRITE_MB] [REPEATS]
+Run: scripts/uv run python bench/cluster.py [BALLAST_MB] [WRITE_MB] [REPEATS]
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from common import bench_home  # bench/common.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-home = Path(tempfile.mkdtemp(prefix="studyhub-bench-", dir="/tmp"))
-os.chmod(home, 0o755)
-os.environ["STUDYHUB_HOME"] = str(home)
+home = bench_home()
 
 from studyhub.local import proc  # noqa: E402
 from studyhub.local.cluster import REPLICATION_ROLE, LocalCluster  # noqa: E402
