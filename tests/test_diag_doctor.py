@@ -165,3 +165,27 @@ def test_sequence_close_to_its_column_limit_is_critical(profile, fresh_db, cli):
     item = check["items"][0]
     assert item["sequence"] == "public.tickets_id_seq" and item["limit"] == 2147483647
     assert item["column"] == "tickets.id" and item["used_pct"] > 90
+
+
+def test_cache_hit_is_not_judged_while_reads_could_all_be_first_touches():
+    from studyhub.ops.health import judge_cache_hit
+
+    kw = {"warn_pct": 99, "critical_pct": 90, "min_reads": 10_000}
+    # the demo right after seeding: 84% hits, but fewer reads than the tables have blocks
+    status, value, _, fix = judge_cache_hit(57_703, 10_476, 15_600, **kw)
+    assert status == "ok" and value.startswith("n/a, cold cache") and fix is None
+    # the same ratio with reads well past the tables' size is a cache that does not fit
+    status, value, _, fix = judge_cache_hit(57_703 * 5, 10_476 * 5, 15_600, **kw)
+    assert status == "critical" and value == "84.63%" and "shared_buffers" in fix
+    assert judge_cache_hit(0, 0, 0, **{**kw, "min_reads": 0})[0] == "ok"  # no division by zero
+
+
+def test_doctor_reports_a_cold_cache_on_a_small_fresh_database(profile, fresh_db, cli):
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad "
+                  "FROM generate_series(1, 2000) g")
+        c.execute("SELECT count(*) FROM t").fetchone()
+    res = cli("diag", "doctor", "--database", fresh_db, "--check", "cache_hit",
+              "--set", "cache_hit.min_reads=0", "--json")
+    check = _checks(res)["cache_hit"]
+    assert check["status"] == "ok" and check["value"].startswith("n/a")

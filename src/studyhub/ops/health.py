@@ -46,6 +46,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "sequences.warn_pct": 70,
     "sequences.critical_pct": 90,
     "unused_indexes.min_bytes": 1024**2,  # smaller unused indexes are not worth a warning
+    "unused_indexes.min_window_s": 86_400,  # judged once the statistics cover a day of use
     "foreign_keys_without_index.min_table_bytes": 0,
     "cache_hit.warn_pct": 99,
     "cache_hit.critical_pct": 90,
@@ -364,19 +365,30 @@ def duplicate_indexes(ctx: CheckContext) -> Check:
 
 @check("unused_indexes")
 def unused_indexes(ctx: CheckContext) -> Check:
-    min_bytes = ctx.t("unused_indexes.min_bytes")
+    min_bytes, min_window = ctx.t("unused_indexes.min_bytes"), ctx.t("unused_indexes.min_window_s")
     found = [f for f in indexes.unused_indexes(indexes.index_definitions(ctx.conn),
                                                indexes.sole_foreign_key_indexes(ctx.conn))
              if f.size_bytes >= min_bytes]
+    window = ctx.rows("get_statistics_window")[0]
+    threshold = (f"never scanned in ≥{_fmt_s(min_window)} of statistics, "
+                 f"≥{_fmt_bytes(min_bytes)}, not the only index of a foreign key")
+    items = [{"index": f.index, "table": f.table, "size_bytes": f.size_bytes,
+              "fix_sql": f.fix_sql} for f in found]
+    value = f"{len(found)} ({_fmt_bytes(sum(f.size_bytes for f in found))})"
+    since = "the statistics reset" if window["since_reset"] else "the server started"
+    if found and window["window_s"] < min_window:
+        # Minutes after a restart, a restore or a bulk load every index looks unused.
+        return Check("unused_indexes", "Unused indexes", "ok",
+                     f"{value}, not judged: {_fmt_s(window['window_s'])} since {since}",
+                     threshold, items=items,
+                     detail="candidates only: an index is judged unused after "
+                            f"{_fmt_s(min_window)} of statistics without a scan")
     return Check(
-        "unused_indexes", "Unused indexes", "warn" if found else "ok",
-        f"{len(found)} ({_fmt_bytes(sum(f.size_bytes for f in found))})",
-        f"never scanned since the statistics reset, ≥{_fmt_bytes(min_bytes)}, not the only "
-        "index of a foreign key",
+        "unused_indexes", "Unused indexes", "warn" if found else "ok", value, threshold,
         fix=None if not found else
         "check the replica's statistics too, then: " + _join_fixes([f.fix_sql for f in found]),
-        items=[{"index": f.index, "table": f.table, "size_bytes": f.size_bytes,
-                "fix_sql": f.fix_sql} for f in found])
+        detail=f"statistics cover {_fmt_s(window['window_s'])} (since {since})" if found else None,
+        items=items)
 
 
 @check("foreign_keys_without_index")
@@ -393,24 +405,36 @@ def foreign_keys_without_index(ctx: CheckContext) -> Check:
                 "fix_sql": f.fix_sql} for f in found])
 
 
+def judge_cache_hit(hits: int, reads: int, database_blocks: int, *, warn_pct: float,
+                    critical_pct: float, min_reads: float) -> tuple[str, str, str, str | None]:
+    """(status, value, threshold, fix) for the buffer cache hit ratio. Too few accesses, or no
+    more reads than the tables' blocks (each may be a block's first touch after a restart or a
+    bulk load), say nothing about whether the working set fits: reported ok with "n/a"."""
+    total = hits + reads
+    if total == 0 or total < min_reads:
+        return ("ok", f"n/a ({total:,} block accesses)",
+                f"measured once ≥{min_reads:,.0f} block accesses", None)
+    pct = 100.0 * hits / total
+    if reads <= database_blocks:
+        return ("ok", f"n/a, cold cache ({pct:.2f}%: {reads:,} reads ≤ {database_blocks:,} "
+                      f"blocks in the tables)",
+                "judged once reads exceed the tables' size in blocks", None)
+    status = "critical" if pct < critical_pct else "warn" if pct < warn_pct else "ok"
+    fix = None if status == "ok" else (
+        "the working set does not fit in shared_buffers: add memory (a bigger plan) or cut "
+        "what queries read (see `studyhub diag slow-queries --sort io`)")
+    return status, f"{pct:.2f}%", f"warn <{warn_pct:g}%, critical <{critical_pct:g}%", fix
+
+
 @check("cache_hit")
 def cache_hit(ctx: CheckContext) -> Check:
     r = ctx.rows("get_cache_hit_ratio")[0]
-    hits = r["table_hits"] + r["index_hits"]
-    reads = r["table_reads"] + r["index_reads"]
-    warn, crit = ctx.t("cache_hit.warn_pct"), ctx.t("cache_hit.critical_pct")
-    min_reads = ctx.t("cache_hit.min_reads")
-    if hits + reads < min_reads:
-        return Check("cache_hit", "Cache hit ratio", "ok", f"n/a ({hits + reads:,} block accesses)",
-                     f"measured once ≥{min_reads:,.0f} block accesses")
-    pct = 100.0 * hits / (hits + reads)
-    status = "critical" if pct < crit else "warn" if pct < warn else "ok"
+    status, value, threshold, fix = judge_cache_hit(
+        r["table_hits"] + r["index_hits"], r["table_reads"] + r["index_reads"],
+        r["database_blocks"], warn_pct=ctx.t("cache_hit.warn_pct"),
+        critical_pct=ctx.t("cache_hit.critical_pct"), min_reads=ctx.t("cache_hit.min_reads"))
     return Check(
-        "cache_hit", "Cache hit ratio", status, f"{pct:.2f}%",
-        f"warn <{warn:g}%, critical <{crit:g}%",
-        fix=None if status == "ok" else
-        "the working set does not fit in shared_buffers: add memory (a bigger plan) or cut "
-        "what queries read (see `studyhub diag slow-queries --sort io`)",
+        "cache_hit", "Cache hit ratio", status, value, threshold, fix=fix,
         detail=f"tables {r['table_hits']:,} hits / {r['table_reads']:,} reads; "
                f"indexes {r['index_hits']:,} / {r['index_reads']:,}")
 
