@@ -23,12 +23,21 @@ from studyhub.api.auth import Passwords, TokenService, load_token_secret
 from studyhub.api.db import Databases, choose_topology
 from studyhub.api.errors import install_error_handlers
 from studyhub.api.read_marks import ReadMarks
-from studyhub.api.routers import accounts, ai, flashcards, health, notes, sessions, subjects
+from studyhub.api.routers import (
+    accounts,
+    ai,
+    flashcards,
+    health,
+    notes,
+    reviews,
+    sessions,
+    subjects,
+)
 from studyhub.api.settings import ApiSettings
 from studyhub.profiles import Profile, resolve_profile
 
 ROUTERS = (health.router, accounts.router, subjects.router, notes.router, flashcards.router,
-           sessions.router, ai.router)
+           sessions.router, ai.router, reviews.router)
 
 
 class BodyTooLarge(Exception):

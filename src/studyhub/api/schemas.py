@@ -212,6 +212,17 @@ class ReviewOut(Out):
         return STATE_NAMES.get(v, v) if isinstance(v, int) else v
 
 
+class ReviewSyncOut(ReviewOut):
+    recorded_at: datetime
+
+
+class ReviewSyncPage(BaseModel):
+    items: list[ReviewSyncOut]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= next time (null only while there is nothing yet).")
+    more: bool = Field(description="More reviews are ready now: ask again at once.")
+
+
 class ReviewResult(BaseModel):
     review: ReviewOut
     card: FlashcardOut
