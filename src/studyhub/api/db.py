@@ -315,7 +315,7 @@ class Databases:
             try:
                 async with self.writer_reads.connect() as conn:
                     lsn = parse_lsn(
-                        (await conn.execute(sa.text(load("get_current_wal_lsn")))).scalar_one()
+                        (await conn.execute(sa.text(load("get_commit_wal_lsn")))).scalar_one()
                     )
             except REPLICA_READ_ERRORS as exc:
                 log.warning("could not read the commit LSN (%s); pinning reads to the primary "
