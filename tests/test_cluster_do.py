@@ -354,3 +354,14 @@ def test_production_must_be_named_explicitly(cli, do, monkeypatch):
               "--poll-interval", "0")
     assert res.exit_code == 0, res.stderr
     assert len(do.fake.sent("PUT")) == 1
+
+
+def test_a_fork_that_times_out_after_creation_is_still_audited(cli, do, cluster):
+    do.fake.polls_until_online = 50
+    res = run(cli, "fork", "--at", "now", "--name", "staging-slow", "--yes",
+              "--poll-interval", "0", "--timeout", "0")
+    assert res.exit_code != 0 and "still 'creating'" in res.stderr
+    assert ("POST", BASE) in calls(do.fake)  # the cluster exists (and is billed)
+    audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
+    assert audit["action"] == "cluster.fork" and audit["outcome"] == "failed"
+    assert "still 'creating'" in audit["error"] and do.fake.token not in json.dumps(audit)

@@ -71,6 +71,9 @@ def test_fork_holds_exactly_the_rows_of_that_moment(cli, cluster: LocalCluster, 
         assert _json(cli("cluster", "forks", "stop", name, "--json"))["status"] == "stopped"
         restarted = _json(cli("cluster", "forks", "start", name, "--json"))
         assert restarted["status"] == "running"
+        audited = [json.loads(line) for line in cluster.audit_log.read_text().splitlines()[-2:]]
+        assert [(a["action"], a["name"]) for a in audited] == [
+            ("cluster.forks.stop", name), ("cluster.forks.start", name)]
         with psycopg.connect(restarted["url"], autocommit=True) as fconn:
             assert _subjects(fconn) == expected  # a restarted fork keeps its point in time
     finally:

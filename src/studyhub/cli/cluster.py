@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from studyhub.audit import write_audit
+from studyhub.errors import StudyhubError
 from studyhub.cli.common import (
     DryRunOpt,
     JsonOpt,
@@ -96,10 +97,21 @@ def _change(
             return
     if confirm(plan) if callable(confirm) else confirm:
         confirm_destructive(prof, f"cluster {plan.action}", yes=yes)
-    with err_console.status(f"{plan.action}…") as spinner:
-        result = run_fn(backend, plan, lambda msg: spinner.update(escape(msg)))
-    write_audit(f"cluster.{plan.action.replace(' ', '.')}", prof.name, provider=plan.provider,
-                cluster=plan.cluster, **audit(plan, result))
+    action = f"cluster.{plan.action.replace(' ', '.')}"
+    try:
+        with err_console.status(f"{plan.action}…") as spinner:
+            result = run_fn(backend, plan, lambda msg: spinner.update(escape(msg)))
+    except BaseException as exc:
+        # The change may have been sent before it failed (a fork created, then the wait timed
+        # out): the attempt is on record either way. Our errors carry no secrets; others are
+        # named by type only.
+        error = (str(exc).splitlines() or [""])[0][:300] if isinstance(exc, StudyhubError) \
+            else type(exc).__name__
+        write_audit(action, prof.name, provider=plan.provider, cluster=plan.cluster,
+                    outcome="failed", error=error)
+        raise
+    write_audit(action, prof.name, provider=plan.provider, cluster=plan.cluster, outcome="ok",
+                **audit(plan, result))
     if json_:
         print_json({"plan": plan, "result": result})
     else:
@@ -311,7 +323,9 @@ def forks_remove(
 def forks_stop(name: Annotated[str, typer.Argument(help="The fork's name.")],
                profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     """Stop a local fork (its data stays; `forks start` brings it back)."""
-    result = ops.backend_for(profile_from(profile)).fork_stop(name)
+    prof = profile_from(profile)
+    result = ops.backend_for(prof).fork_stop(name)
+    write_audit("cluster.forks.stop", prof.name, name=name, status=result.status)
     print_json(result) if json_ else render_forks([result])
 
 
@@ -319,7 +333,9 @@ def forks_stop(name: Annotated[str, typer.Argument(help="The fork's name.")],
 def forks_start(name: Annotated[str, typer.Argument(help="The fork's name.")],
                 profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     """Start a stopped local fork again."""
-    result = ops.backend_for(profile_from(profile)).fork_start(name)
+    prof = profile_from(profile)
+    result = ops.backend_for(prof).fork_start(name)
+    write_audit("cluster.forks.start", prof.name, name=name, status=result.status)
     print_json(result) if json_ else render_forks([result])
 
 
