@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from studyhub.connect import first_line
+from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 
 _PARAM = re.compile(r"\$\d+")
@@ -106,9 +107,7 @@ class ExplainResult:
 
 
 def _interval(value: str) -> str:
-    if not re.fullmatch(r"\d+\s*(ms|s|min)?", value.strip()):
-        raise StudyhubError(f"invalid timeout {value!r} (use e.g. 30s, 500ms)")
-    return value.strip()
+    return parse_timeout(value, max_s=3600)
 
 
 def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool = False,

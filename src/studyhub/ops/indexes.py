@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from studyhub.connect import first_line
+from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.queries import load
 
@@ -389,9 +390,8 @@ def create_index(
     if state is not None:  # an invalid leftover of an earlier attempt
         _drop_index(conn, schema, iname)
         dropped += 1
-    if not re.fullmatch(r"\d+\s*(ms|s|min)?", lock_timeout.strip()):
-        raise StudyhubError(f"invalid lock timeout {lock_timeout!r} (use e.g. 5s, 500ms)")
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout.strip())))
+    lock_timeout = parse_timeout(lock_timeout, what="lock timeout", max_s=600)
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
     started = time.monotonic()
     attempt = 0
     while True:

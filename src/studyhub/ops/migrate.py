@@ -25,9 +25,10 @@ from alembic.script import ScriptDirectory
 from studyhub.connect import ConnectError, connect, first_line, sqlalchemy_engine
 from studyhub.db import migration_helpers
 from studyhub.db.models import Base, include_name
+from studyhub.durations import parse_timeout
+from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.blockers import Blocker, BlockerWatcher
 from studyhub.ops.queries import load
-from studyhub.errors import RefusedError, StudyhubError
 from studyhub.profiles import Profile
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
@@ -139,12 +140,11 @@ def migration_connection(profile: Profile, database: str | None = None,
 
 
 def _interval(value: str) -> str:
-    """Validate a PostgreSQL duration such as '5s', '500ms', '2min'."""
-    import re
-
-    if not re.fullmatch(r"\d+\s*(ms|s|min|h)?", value.strip()):
-        raise MigrationError(f"invalid lock timeout {value!r} (use e.g. 5s, 500ms, 1min)")
-    return value.strip()
+    """A lock timeout such as '5s', '500ms', '1min' (never 0: that is no timeout)."""
+    try:
+        return parse_timeout(value, what="lock timeout", max_s=600)
+    except StudyhubError as exc:
+        raise MigrationError(str(exc)) from None
 
 
 def _root_message(exc: BaseException) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from psycopg.pq import TransactionStatus
 
 from studyhub.atomic_file import write_atomically
 from studyhub.db.privacy_policy import POLICY, ROOTS, TablePolicy
+from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.privacy_graph import (
     PersonalTable,
@@ -131,9 +131,7 @@ def _set_local(conn: psycopg.Connection, name: str, value: str) -> None:
 
 
 def _interval(value: str) -> str:
-    if not re.fullmatch(r"\d+\s*(ms|s|min)?", value.strip()):
-        raise StudyhubError(f"invalid lock timeout {value!r} (use e.g. 2s, 500ms)")
-    return value.strip()
+    return parse_timeout(value, what="lock timeout", max_s=60)
 
 
 # -------------------------------------------------------------------------------------- policy
