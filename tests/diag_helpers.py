@@ -93,3 +93,65 @@ def alive(conn: psycopg.Connection) -> bool:
         return True
     except psycopg.OperationalError:
         return False
+
+
+def local_passwords(cluster) -> dict[str, str]:
+    """Role → password of the session cluster (from its passfile)."""
+    return {line.split(":")[3]: line.split(":")[4]
+            for line in cluster.passfile.read_text().splitlines()}
+
+
+def remote_profile_env(monkeypatch, cluster, name: str, *, database: str,
+                       ops_user: str = "studyhub_ops", ops_password: str | None = None,
+                       tmp_path=None) -> None:
+    """Point profile ``name`` (staging or production) at the session cluster over TLS
+    (sslmode=require), as a remote profile: its protection rules apply as in real life."""
+    pw = local_passwords(cluster)
+    prefix = f"STUDYHUB_{name.upper()}_"
+    env = {
+        "HOST": "127.0.0.1", "PORT": str(cluster.profile().port), "DATABASE": database,
+        "PASSWORD": pw["studyhub_app"], "OPS_USER": ops_user,
+        "OPS_PASSWORD": ops_password or pw["studyhub_ops"], "POOLER_PORT": "",
+    }
+    for key, value in env.items():
+        if value == "":
+            monkeypatch.delenv(prefix + key, raising=False)
+        else:
+            monkeypatch.setenv(prefix + key, value)
+    if tmp_path is not None:
+        monkeypatch.setenv("STUDYHUB_CONFIG", str(tmp_path / "absent.toml"))
+        monkeypatch.setenv("STUDYHUB_SECRETS_FILE", str(tmp_path / "absent-secrets.toml"))
+
+
+class TemporaryRole:
+    """A login role created for one test (CONNECT on ``database`` plus ``grants``), dropped
+    after: e.g. an ops user an administrator set up without pg_monitor."""
+
+    def __init__(self, profile, database: str, *, grants: tuple[str, ...] = ()) -> None:
+        import secrets
+
+        self.profile, self.database, self.grants = profile, database, grants
+        self.name = f"t_ops_{secrets.token_hex(4)}"
+        self.password = secrets.token_urlsafe(16)
+
+    def __enter__(self) -> "TemporaryRole":
+        from psycopg import sql
+
+        with connect_as(self.profile, "admin", self.database) as c:
+            c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(self.name), sql.Literal(self.password)))
+            c.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(self.database), sql.Identifier(self.name)))
+            for g in self.grants:
+                c.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(g),
+                                                          sql.Identifier(self.name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from psycopg import sql
+
+        with connect_as(self.profile, "admin", self.database) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (self.name,))
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(self.name)))
+            c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(self.name)))

@@ -196,3 +196,15 @@ def test_destructive_commands_need_confirmation(profile, fresh_db, cli):
     assert res.exit_code == 1 and "--yes" in res.stderr
     assert alive(victim)
     victim.close()
+
+
+def test_unknown_database_is_refused_with_one_line_and_nothing_audited(profile, cli):
+    before = len(audit_lines("emergency."))
+    res = cli("emergency", "kill-all", "-d", "nosuchdb", "--yes")
+    assert res.exit_code == 1 and "no database nosuchdb" in res.stderr
+    res = cli("emergency", "kill-all", "-d", "nosuchdb", "--dry-run", "--json")
+    assert res.exit_code == 1 and "no database nosuchdb" in res.stderr
+    res = cli("emergency", "unblock", "-d", "nosuchdb", "--yes")
+    assert res.exit_code == 1 and "no database nosuchdb" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(audit_lines("emergency.")) == before

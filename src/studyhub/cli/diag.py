@@ -72,12 +72,25 @@ def short(text: str | None, width: int = 70) -> str:
 
 DatabaseOpt = Annotated[str | None, typer.Option(
     "--database", "-d", help="Another database of the profile's server (default: the profile's).")]
+ServerWideDatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", "-d", help="The database to connect to (default: the profile's); the view "
+                             "covers the whole server.")]
 
 
-def ops_connection(profile: str | None, database: str | None = None, role: str = "ops"):
+def ops_connection(profile: str | None, database: str | None = None, role: str = "ops", *,
+                   sees_activity: str | None = None):
+    """The ops role's connection. ``sees_activity`` names what the command shows of other
+    roles' sessions or statements: without pg_read_all_stats (pg_monitor) those are hidden, so
+    the command stops with the GRANT instead of reporting all clear."""
     prof = profile_from(profile)
-    return prof, connect(prof, role, database=database, autocommit=True,
-                         application_name=APP_NAME)
+    conn = connect(prof, role, database=database, autocommit=True, application_name=APP_NAME)
+    if sees_activity:
+        try:
+            activity.require_monitor(conn, sees_activity)
+        except BaseException:
+            conn.close()
+            raise
+    return prof, conn
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -148,7 +161,7 @@ def slow_queries(
     cache hits, I/O time. Each run stores a snapshot (ops.statement_snapshots) so --since can
     show trends across resets. Runs as the ops role."""
     window = statements.parse_duration(since) if since else None
-    prof, conn = ops_connection(profile, database)
+    prof, conn = ops_connection(profile, database, sees_activity="slow-queries")
     with conn:
         if reset:
             if dry_run:
@@ -304,11 +317,13 @@ def build_index(prof, table, columns, *, name=None, lock_timeout="5s", retries=3
 def connections(
     profile: ProfileOpt = None,
     by: Annotated[str, typer.Option("--by", help="state | user | app | client | database")] = "state",
+    database: ServerWideDatabaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Client connections grouped by state, user, app, client or database, with SSL use, and
-    PgBouncer's pools (SHOW POOLS) when the profile has a pooler. Runs as the ops role."""
-    prof, conn = ops_connection(profile)
+    """Client connections of the whole server grouped by state, user, app, client or database,
+    with SSL use, and PgBouncer's pools (SHOW POOLS) when the profile has a pooler. Runs as the
+    ops role (needs pg_monitor to see other roles' states)."""
+    prof, conn = ops_connection(profile, database, sees_activity="connections by state")
     with conn:
         report = activity.connection_report(conn, by, prof)
     if json_:
@@ -338,10 +353,12 @@ def connections(
 
 
 @app.command()
-def locks(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
-    """The blocking tree: who blocks whom, lock modes, objects and waiting time, root blockers
-    first. Runs as the ops role."""
-    prof, conn = ops_connection(profile)
+def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
+          json_: JsonOpt = False) -> None:
+    """The blocking tree of the whole server: who blocks whom, lock modes, objects and waiting
+    time, root blockers first (objects are named in the database connected to). Runs as the
+    ops role (needs pg_monitor to see other roles' queries)."""
+    prof, conn = ops_connection(profile, database, sees_activity="the blocking tree")
     with conn:
         roots = activity.blocking_tree(conn)
     if json_:
@@ -376,10 +393,12 @@ def locks(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
 
 
 @app.command()
-def replication(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
+def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
+                json_: JsonOpt = False) -> None:
     """Lag in bytes and seconds for each replica and slot, from the primary and, when the
-    profile has a replica and it is reachable, from the replica itself. Runs as the ops role."""
-    prof, conn = ops_connection(profile)
+    profile has a replica and it is reachable, from the replica itself. Runs as the ops role
+    (needs pg_monitor: without it pg_stat_replication hides the positions)."""
+    prof, conn = ops_connection(profile, database, sees_activity="replication lag")
     with conn:
         report = activity.replication_report(prof, conn)
     if json_:

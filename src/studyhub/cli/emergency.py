@@ -45,10 +45,17 @@ DatabaseOpt = Annotated[str | None, typer.Option(
     "--database", "-d", help="The database to act on (default: the profile's).")]
 
 
-def _ops(profile: str | None, database: str | None = None):
+def _ops(profile: str | None, database: str | None = None, *, sees_activity: str):
+    """The ops role's connection; stops with the GRANT when the role cannot see other roles'
+    sessions (``sees_activity``: what would otherwise look all clear)."""
     prof = profile_from(profile)
-    return prof, connect(prof, "ops", database=database, autocommit=True,
-                         application_name=APP_NAME)
+    conn = connect(prof, "ops", database=database, autocommit=True, application_name=APP_NAME)
+    try:
+        activity.require_monitor(conn, sees_activity)
+    except BaseException:
+        conn.close()
+        raise
+    return prof, conn
 
 
 @app.command()
@@ -63,7 +70,7 @@ def queries(
 ) -> None:
     """Long-running queries (and transactions left idle), oldest first. Runs as the ops role."""
     limit = parse_duration(older_than).total_seconds()
-    prof, conn = _ops(profile, database)
+    prof, conn = _ops(profile, database, sees_activity="the list of long-running queries")
     with conn:
         found = activity.long_queries(
             conn, limit, tuple(state) if state else activity.DEFAULT_LONG_STATES,
@@ -101,7 +108,8 @@ def activity_dict(s: activity.Session) -> dict:
 def _signal(action: str, pids: list[int], profile: str | None, database: str | None,
             other_databases: bool, replication: bool, yes: bool, dry_run: bool,
             json_: bool) -> None:
-    prof, conn = _ops(profile, database)
+    prof, conn = _ops(profile, database,
+                      sees_activity=f"the sessions to {action} (state, age, fingerprint)")
     with conn:
         emergency.ensure_can_signal(conn)
         targets = emergency.plan_signal(conn, pids, other_databases=other_databases,
@@ -178,7 +186,7 @@ def kill_all(
     if block_new and hold_s is None and not dry_run and not sys.stdin.isatty():
         raise RefusedError("--block-new without a terminal needs --hold DURATION (how long to "
                            "keep connections out); nothing was changed")
-    prof, conn = _ops(profile)
+    prof, conn = _ops(profile, sees_activity="the kill-all plan (states, ages, fingerprints)")
     db = database or prof.database
     with conn:
         emergency.ensure_can_signal(conn)

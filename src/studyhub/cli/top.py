@@ -184,6 +184,7 @@ def top(
     prof = profile_from(profile)
     with connect(prof, "ops", database=database, autocommit=True,
                  application_name="studyhub top") as conn:
+        activity.require_monitor(conn, "studyhub top")
         if once or json_:
             first = activity.top_snapshot(conn, include_idle=include_idle)
             time.sleep(min(interval, 1.0))  # TPS and cache hit need two samples

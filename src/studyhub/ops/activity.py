@@ -58,6 +58,40 @@ class Session:
         return self.backend_type == "walsender"
 
 
+class MonitorPrivilegeMissing(StudyhubError):
+    """The role cannot see other roles' activity: reports would look all clear when they are
+    not."""
+
+
+@dataclass
+class MonitorPrivilege:
+    role: str
+    read_all_stats: bool
+
+    @property
+    def grant(self) -> str:
+        return f"GRANT pg_monitor TO {self.role};"
+
+    def missing(self, what: str) -> str:
+        return (f"role {self.role} cannot see other roles' sessions and statements (it lacks "
+                f"pg_read_all_stats, part of pg_monitor), so {what} would look all clear when "
+                f"it is not; an administrator can run: {self.grant}")
+
+
+def monitor_privilege(conn: psycopg.Connection) -> MonitorPrivilege:
+    """Whether this connection's role sees every role's state, query and statement text."""
+    role, ok = conn.execute(load("get_monitor_privilege")).fetchone()
+    return MonitorPrivilege(role, bool(ok))
+
+
+def require_monitor(conn: psycopg.Connection, what: str) -> None:
+    """Stop with one line naming the GRANT when the role cannot see other roles' activity
+    (pg_stat_activity hides their state and query, pg_stat_statements their text)."""
+    priv = monitor_privilege(conn)
+    if not priv.read_all_stats:
+        raise MonitorPrivilegeMissing(priv.missing(what))
+
+
 def sessions(conn: psycopg.Connection) -> list[Session]:
     """Every backend on the server: client sessions, walsenders, autovacuum and background
     workers (filter on ``backend_type``)."""

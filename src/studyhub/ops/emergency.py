@@ -45,6 +45,12 @@ class PrivilegeMissing(StudyhubError):
     pass
 
 
+def require_database(conn: psycopg.Connection, database: str) -> None:
+    """One line and nothing done when ``database`` does not exist on the server."""
+    if conn.execute(load("get_database_connection_limit"), {"database": database}).fetchone() is None:
+        raise StudyhubError(f"no database {database} on this server (nothing was changed)")
+
+
 def ensure_can_signal(conn: psycopg.Connection) -> None:
     row = conn.execute(load("get_signal_privilege")).fetchone()
     if not row or not (row[0] or row[1]):
@@ -200,7 +206,9 @@ class KillAllPlan:
 
 def plan_kill_all(conn: psycopg.Connection, database: str, *, ops_role: str,
                   include_ops: bool = False, own_pids: set[int] = frozenset()) -> KillAllPlan:  # type: ignore[assignment]
-    """Who ``kill-all`` would terminate in ``database``, and who it spares and why."""
+    """Who ``kill-all`` would terminate in ``database``, and who it spares and why. An unknown
+    database is refused (a typo must not look like "nobody to kill")."""
+    require_database(conn, database)
     slot_of = {pid: name for pid, name in conn.execute(load("get_slot_consumers")).fetchall()}
     me = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     targets, spared = [], []
@@ -329,6 +337,7 @@ def unblock_new_connections(profile: Profile, database: str,
                 c = connect(profile, "app", database=db, autocommit=True,
                             application_name="studyhub emergency", connect_timeout=5)
             try:
+                require_database(c, database)
                 c.execute(_limit_sql(database, limit))
             finally:
                 if own:

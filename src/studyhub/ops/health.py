@@ -104,11 +104,17 @@ class CheckContext:
 
 CheckFn = Callable[[CheckContext], Check]
 REGISTRY: dict[str, CheckFn] = {}
+# Checks that read other roles' sessions or statements: without pg_read_all_stats (pg_monitor)
+# pg_stat_activity hides their state and query, pg_stat_statements their text and
+# pg_stat_replication the positions, so these would report "ok" when they cannot know.
+NEEDS_ALL_STATS: set[str] = set()
 
 
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
+def check(name: str, *, needs_all_stats: bool = False) -> Callable[[CheckFn], CheckFn]:
     def register(fn: CheckFn) -> CheckFn:
         REGISTRY[name] = fn
+        if needs_all_stats:
+            NEEDS_ALL_STATS.add(name)
         return fn
     return register
 
@@ -181,7 +187,7 @@ def _session_item(s: activity.Session) -> dict[str, Any]:
             "state": s.state, "age_s": round(s.age_s or 0, 1), "query_id": s.query_id}
 
 
-@check("idle_in_transaction")
+@check("idle_in_transaction", needs_all_stats=True)
 def idle_in_transaction(ctx: CheckContext) -> Check:
     found = [s for s in _clients(ctx) if s.state.startswith("idle in transaction")]
     oldest = max((s.age_s or 0 for s in found), default=0)
@@ -198,7 +204,7 @@ def idle_in_transaction(ctx: CheckContext) -> Check:
         items=[_session_item(s) for s in flagged])
 
 
-@check("long_queries")
+@check("long_queries", needs_all_stats=True)
 def long_queries(ctx: CheckContext) -> Check:
     warn, crit = ctx.t("long_queries.warn_s"), ctx.t("long_queries.critical_s")
     found = [s for s in _clients(ctx) if s.state == "active" and (s.query_age_s or 0) >= warn]
@@ -213,7 +219,7 @@ def long_queries(ctx: CheckContext) -> Check:
         items=[_session_item(s) for s in found])
 
 
-@check("blocked_queries")
+@check("blocked_queries", needs_all_stats=True)
 def blocked_queries(ctx: CheckContext) -> Check:
     found = [s for s in _clients(ctx) if s.blocked_by]
     longest = max((s.state_age_s or 0 for s in found), default=0)
@@ -231,7 +237,7 @@ def blocked_queries(ctx: CheckContext) -> Check:
         items=items)
 
 
-@check("replication_lag")
+@check("replication_lag", needs_all_stats=True)
 def replication_lag(ctx: CheckContext) -> Check:
     if ctx.conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
         row = ctx.rows("get_replica_self_status")[0]
@@ -478,7 +484,7 @@ def pg_stat_statements(ctx: CheckContext) -> Check:
         detail=None if st.usable else "slow-query, index advice and history need it")
 
 
-@check("slow_queries")
+@check("slow_queries", needs_all_stats=True)
 def slow_queries(ctx: CheckContext) -> Check:
     if not extension_status(ctx.conn, "pg_stat_statements").usable:
         return Check("slow_queries", "Slow queries", "ok", "n/a",
@@ -499,6 +505,11 @@ def slow_queries(ctx: CheckContext) -> Check:
 
 
 # --------------------------------------------------------------------------- running
+TITLES = {"idle_in_transaction": "Sessions idle in a transaction",
+          "long_queries": "Long-running queries", "blocked_queries": "Queries waiting for a lock",
+          "replication_lag": "Replication lag", "slow_queries": "Slow queries"}
+
+
 def _config_thresholds() -> dict[str, Any]:
     raw = os.environ.get("STUDYHUB_CONFIG")
     path = Path(raw) if raw else Path.cwd() / "studyhub.toml"
@@ -557,9 +568,15 @@ def run_doctor(conn: psycopg.Connection, profile: Profile | None = None, *,
             raise ConfigError(f"unknown check(s) {', '.join(unknown)}; known: "
                               + ", ".join(REGISTRY))
     ctx = CheckContext(conn, profile, limits or thresholds())
+    privilege = activity.monitor_privilege(conn)
     results = []
     for name, fn in REGISTRY.items():
         if only and name not in only:
+            continue
+        if name in NEEDS_ALL_STATS and not privilege.read_all_stats:
+            results.append(Check(name, TITLES.get(name, name.replace("_", " ")), "warn",
+                                 "not visible", "-", fix=privilege.grant,
+                                 detail=privilege.missing("this check")))
             continue
         try:
             results.append(fn(ctx))

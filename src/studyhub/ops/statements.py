@@ -83,22 +83,51 @@ def stats_reset_at(conn: psycopg.Connection) -> datetime | None:
 
 def save_snapshot(conn: psycopg.Connection, stats: list[StatementStats],
                   reset_at: datetime | None, captured_at: datetime | None = None) -> str | None:
-    """Store the top statements in ops.statement_snapshots; returns why not when it cannot."""
-    row = conn.execute(load("get_table_exists"), {"name": "ops.statement_snapshots"}).fetchone()
-    if not row[0]:
-        return "history not saved: ops.statement_snapshots is missing (run: studyhub migrate up)"
-    if not row[1]:
-        return "history not saved: this role may not INSERT into ops.statement_snapshots"
-    captured_at = captured_at or datetime.now(timezone.utc)
-    top = sorted(stats, key=lambda s: -s.total_exec_ms)[:SNAPSHOT_TOP]
-    with conn.transaction():
-        with conn.cursor() as cur:
-            cur.executemany(load("insert_statement_snapshot"), [
-                {"captured_at": captured_at, "database": conn.info.dbname, "role": s.role,
-                 "queryid": s.queryid, "stats_reset": reset_at, "query": s.query,
-                 **{c: getattr(s, c) for c in COUNTERS}} for s in top])
-            cur.execute(load("delete_old_statement_snapshots"), {"keep": SNAPSHOT_KEEP})
+    """Store the top statements in ops.statement_snapshots; returns why not when it cannot
+    (no table, or a role that may not use the ops schema or insert there)."""
+    try:
+        row = conn.execute(load("get_table_exists"),
+                           {"name": "ops.statement_snapshots"}).fetchone()
+        if not row[0]:
+            return ("history not saved: ops.statement_snapshots is missing (run: studyhub "
+                    "migrate up)")
+        if not row[1]:
+            return "history not saved: this role may not INSERT into ops.statement_snapshots"
+        captured_at = captured_at or datetime.now(timezone.utc)
+        top = sorted(stats, key=lambda s: -s.total_exec_ms)[:SNAPSHOT_TOP]
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cur.executemany(load("insert_statement_snapshot"), [
+                    {"captured_at": captured_at, "database": conn.info.dbname, "role": s.role,
+                     "queryid": s.queryid, "stats_reset": reset_at, "query": s.query,
+                     **{c: getattr(s, c) for c in COUNTERS}} for s in top])
+                cur.execute(load("delete_old_statement_snapshots"), {"keep": SNAPSHOT_KEEP})
+    except psycopg.errors.InsufficientPrivilege:
+        if not conn.autocommit:
+            conn.rollback()
+        return (f"history not saved: role {conn.info.user} may not use schema ops or write "
+                "ops.statement_snapshots (migration grants it to the ops role)")
     return None
+
+
+def require_history(conn: psycopg.Connection) -> None:
+    """Stop with one line when the snapshots cannot be read: no table here (not migrated, or
+    another database), or a role without USAGE on schema ops / SELECT on the table."""
+    try:
+        exists = conn.execute(load("get_table_exists"),
+                              {"name": "ops.statement_snapshots"}).fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        exists = None
+    if exists is None or (exists and not conn.execute(
+            "SELECT has_table_privilege('ops.statement_snapshots', 'SELECT')").fetchone()[0]):
+        raise PrivilegeMissing(
+            f"history needs ops.statement_snapshots, which role {conn.info.user} may not read "
+            "(no USAGE on schema ops or SELECT on the table); an administrator can run: GRANT "
+            f"USAGE ON SCHEMA ops TO {conn.info.user}; GRANT SELECT ON ops.statement_snapshots "
+            f"TO {conn.info.user};")
+    if not exists:
+        raise StudyhubError(f"history needs ops.statement_snapshots; run studyhub migrate up "
+                            f"(database {conn.info.dbname} has no such table)")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -132,6 +161,7 @@ def stats_since(conn: psycopg.Connection, since: datetime) -> tuple[list[Stateme
     """Work done by each statement between ``since`` and the latest snapshot, from the stored
     snapshots, counting through statistics resets (summed in the server: a day of snapshots is
     hundreds of thousands of rows)."""
+    require_history(conn)
     first_at = conn.execute(load("get_statement_snapshots_first_since"),
                             {"since": since}).fetchone()[0]
     if first_at is None:
