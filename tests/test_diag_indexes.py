@@ -202,3 +202,34 @@ def test_index_bloat_is_estimated_after_mass_deletes(profile, fresh_db):
         c.execute(found["readings_pkey"].fix_sql)
     with connect_as(profile, "ops", fresh_db) as conn:
         assert "readings_pkey" not in {f.index for f in indexes.estimated_bloat(conn, min_bytes=0)}
+
+
+def test_create_index_never_trusts_a_name_alone_nor_drops_someone_elses_index(
+        profile, orders_db, cli):
+    with connect_as(profile, "app", orders_db) as c:
+        c.execute("CREATE INDEX ix_customers_region ON customers (region)")
+        with pytest.raises(Exception):  # duplicates: the failed build leaves an invalid index
+            c.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_unique_region ON customers (region)")
+    res = cli("diag", "create-index", "orders", "status", "--name", "ix_customers_region",
+              "-d", orders_db, "--yes")
+    assert res.exit_code == 1 and "already exists on customers (region)" in res.stderr
+    assert "nothing to do" not in res.stdout
+    res = cli("diag", "create-index", "orders", "status", "--name", "ix_unique_region",
+              "-d", orders_db, "--yes")
+    assert res.exit_code == 1 and "ix_unique_region already exists on customers" in res.stderr
+    with connect_as(profile, "app", orders_db) as c:
+        kept = c.execute("SELECT i.relname, t.relname, x.indisvalid FROM pg_index x "
+                         "JOIN pg_class i ON i.oid = x.indexrelid "
+                         "JOIN pg_class t ON t.oid = x.indrelid "
+                         "WHERE i.relname IN ('ix_customers_region', 'ix_unique_region') "
+                         "ORDER BY 1").fetchall()
+        assert kept == [("ix_customers_region", "customers", True),
+                        ("ix_unique_region", "customers", False)]
+        on_orders = c.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'orders'::regclass "
+                              "AND indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid "
+                              "= 'orders'::regclass AND attname = 'status')").fetchone()[0]
+        assert on_orders == 0
+    # the same table and columns under that name is still "already there"
+    res = cli("diag", "create-index", "customers", "region", "--name", "ix_customers_region",
+              "-d", orders_db, "--yes")
+    assert res.exit_code == 0 and "already exists and is valid" in res.stdout

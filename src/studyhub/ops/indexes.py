@@ -382,12 +382,14 @@ def create_index(
     iname = name or index_name(tname, columns)
     stmt = create_index_sql(schema, tname, columns, iname)
     text = stmt.as_string(conn)
-    state = _index_state(conn, schema, iname)
-    if state is not None and all(state):
+    found = _index_info(conn, schema, iname)
+    if found is not None:
+        _require_same_index(found, schema, tname, columns, iname)
+    if found is not None and found["is_valid"] and found["is_ready"]:
         return IndexBuildResult(schema, tname, iname, columns, text, 0, 0.0, True, True,
                                 already_existed=True)
     dropped = 0
-    if state is not None:  # an invalid leftover of an earlier attempt
+    if found is not None:  # an invalid leftover of an earlier attempt at this very index
         _drop_index(conn, schema, iname)
         dropped += 1
     lock_timeout = parse_timeout(lock_timeout, what="lock timeout", max_s=600)
@@ -422,9 +424,33 @@ def create_index(
                             time.monotonic() - started, valid, ready, dropped_leftovers=dropped)
 
 
+def _index_info(conn: psycopg.Connection, schema: str, index: str) -> dict[str, Any] | None:
+    rows = _rows(conn, "get_index_state", {"schema": schema, "index": index})
+    return rows[0] if rows else None
+
+
 def _index_state(conn: psycopg.Connection, schema: str, index: str) -> tuple[bool, bool] | None:
-    row = conn.execute(load("get_index_state"), {"schema": schema, "index": index}).fetchone()
-    return (row[0], row[1]) if row else None
+    info = _index_info(conn, schema, index)
+    return (info["is_valid"], info["is_ready"]) if info else None
+
+
+def _require_same_index(found: dict[str, Any], schema: str, table: str, columns: list[str],
+                        name: str) -> None:
+    """An existing index of that name counts as ours only when it is on the same table with the
+    same key columns (and no predicate); anything else is someone else's index: refuse,
+    and never drop it."""
+    same = ((found["table_schema"], found["table_name"]) == (schema, table)
+            and list(found["key_columns"]) == list(columns) and not found["is_partial"])
+    if same:
+        return
+    cols = ", ".join(c or "(expression)" for c in found["key_columns"])
+    what = "partial index" if found["is_partial"] else "index"
+    state = "" if found["is_valid"] else " (invalid)"
+    raise RefusedError(
+        f"an {what} named {name} already exists on "
+        f"{_display(found['table_schema'], found['table_name'])} ({cols}){state}, not on "
+        f"{_display(schema, table)} ({', '.join(columns)}); choose another --name "
+        "(nothing was changed)")
 
 
 def _drop_leftover(conn: psycopg.Connection, schema: str, index: str, timeout: str,
