@@ -93,3 +93,40 @@ def test_top_without_a_terminal_points_to_once(migrated):
     proc = subprocess.run([sys.executable, "-m", "studyhub.cli.main", "top"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert proc.returncode == 1 and "--once" in proc.stderr
+
+
+def test_top_refuses_cancel_and_terminate_on_production_unless_named(
+        cluster, profile, fresh_db, monkeypatch, tmp_path):
+    from studyhub.cli import top as top_cli
+    from studyhub.connect import connect
+    from studyhub.ops import activity
+    from studyhub.profiles import resolve_profile
+    from tests.diag_helpers import remote_profile_env
+
+    remote_profile_env(monkeypatch, cluster, "production", database=fresh_db, tmp_path=tmp_path)
+    monkeypatch.setenv("STUDYHUB_PROFILE", "production")
+    victim = Background(profile, "SELECT pg_sleep(60)", database=fresh_db,
+                        setup=["SET application_name = 'prod-victim'"])
+    try:
+        wait_for(lambda: is_running(profile, victim.pid, "pg_sleep"), what="the victim")
+        implicit = resolve_profile(None)  # production from STUDYHUB_PROFILE: not named
+        with connect(implicit, "ops", autocommit=True) as conn:
+            snap = activity.top_snapshot(conn)
+            st = top_cli.TopState(text_filter="prod-victim")
+            st.rows = top_cli.sort_sessions(snap, st.sort, st.text_filter)
+            assert [r.pid for r in st.rows] == [victim.pid]
+            for key in ("t", "c"):
+                assert top_cli._handle_key(implicit, conn, st, key) is False
+                assert st.pending is None  # nothing armed
+                assert "name it explicitly with --profile production" in st.message
+            top_cli._handle_key(implicit, conn, st, "y")
+            assert is_running(profile, victim.pid, "pg_sleep")  # untouched
+            named = resolve_profile("production")  # --profile production
+            top_cli._handle_key(named, conn, st, "t")
+            assert st.pending and st.pending[:2] == ("terminate", victim.pid)
+            top_cli._handle_key(named, conn, st, "y")
+            assert st.message == f"terminate {victim.pid}: terminated"
+        victim.join()
+        assert not alive(victim.conn)
+    finally:
+        victim.close()

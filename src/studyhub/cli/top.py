@@ -26,7 +26,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.cli.common import JsonOpt, ProfileOpt, console, print_json, profile_from
+from studyhub.cli.common import (
+    JsonOpt,
+    ProfileOpt,
+    console,
+    print_json,
+    profile_from,
+    refuse_unless_allowed,
+)
 from studyhub.cli.diag import human_bytes, human_s, short
 from studyhub.connect import connect
 from studyhub.errors import StudyhubError
@@ -247,6 +254,7 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
         st.pending = None
         if key.lower() == "y":
             try:
+                refuse_unless_allowed(prof, f"{action} PID {pid}")
                 # the row showed its database and the operator confirmed this very PID
                 targets = emergency.plan_signal(conn, [pid], other_databases=True)
                 outcome = emergency.signal(conn, targets, action, profile=prof.name)[0]
@@ -277,6 +285,11 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
         st.interval = max(0.5, st.interval / 2)
     elif key in ("c", "t") and st.rows:
         row = st.rows[st.selected]
-        st.pending = ("cancel" if key == "c" else "terminate", row.pid,
-                      f"{row.role}@{row.database} {row.application}".strip())
+        action = "cancel" if key == "c" else "terminate"
+        try:  # production must be named with --profile before anything is armed
+            refuse_unless_allowed(prof, f"{action} PID {row.pid}")
+        except StudyhubError as exc:
+            st.message = str(exc)
+            return False
+        st.pending = (action, row.pid, f"{row.role}@{row.database} {row.application}".strip())
     return False
