@@ -13,17 +13,22 @@ and what does building it buy the workload? Baseline and result measured in the 
    normalized ``$n`` statements): a student's notes page, note count, notes per subject, due
    cards, AI history, a note by id. One untimed warm-up round, then the mean time per
    statement over ``--rounds`` rounds = "before".
-5. Runs the advisor (hypopg, generic plans) and prints its recommendations; checks they are
-   exactly ``notes(student_id)``.
-6. Builds them with ``create_index`` (CONCURRENTLY, verified), re-runs the same workload with
-   the same parameters: "after". Prints before, after and the ratio.
+5. Runs ``studyhub diag advise --apply --yes --json`` — the command an operator runs, in its own
+   process — which plans (hypopg, generic plans), prints its recommendations and builds them
+   through ``create-index`` (CONCURRENTLY, verified); checks they are exactly
+   ``notes(student_id)``.
+6. Re-runs the same workload with the same parameters: "after". Prints before, after and the
+   ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -134,7 +139,7 @@ def main() -> int:
     home = bench_home(args.home)
     from studyhub.connect import connect
     from studyhub.local.cluster import LocalCluster
-    from studyhub.ops import advisor, indexes, migrate
+    from studyhub.ops import migrate
 
     cluster = LocalCluster(home)
     cluster.up()
@@ -165,24 +170,34 @@ def main() -> int:
         before = run_workload(profile, database, params)
 
         t0 = time.perf_counter()
-        with connect(profile, "app", database=database) as conn:
-            report = advisor.advise(conn)
-        say(f"advise: {sum(1 for s in report.statements if s.cost_before is not None)} "
-            f"statements planned, {report.candidates_tried} hypothetical indexes, "
-            f"{time.perf_counter() - t0:.1f}s")
-        for rec in report.recommendations:
-            say(f"  recommend {rec.create_sql}  cost {rec.cost_before:,.0f} -> "
-                f"{rec.cost_after:,.0f} ({rec.saving_pct:.0f}% less, "
-                f"{len(rec.queryids)} statements)")
-        got = [(r.table, r.columns) for r in report.recommendations]
+        cmd = [sys.executable, "-m", "studyhub.cli.main", "diag", "advise", "-d", database,
+               "--apply", "--yes", "--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "STUDYHUB_HOME": str(home)})
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0:
+            say(f"studyhub diag advise --apply --yes failed ({proc.returncode}): "
+                f"{proc.stderr.strip()}")
+            return 1
+        out = json.loads(proc.stdout)
+        report, built_all = out["advice"], out["built"]
+        planned = sum(1 for s in report["statements"] if s["cost_before"] is not None)
+        say(f"studyhub diag advise --apply --yes: {planned} statements planned, "
+            f"{report['candidates_tried']} hypothetical indexes, {elapsed:.1f}s "
+            f"(advice and build)")
+        for rec in report["recommendations"]:
+            saving = 100.0 * (1 - rec["cost_after"] / rec["cost_before"])
+            say(f"  recommend {rec['create_sql']}  cost {rec['cost_before']:,.0f} -> "
+                f"{rec['cost_after']:,.0f} ({saving:.0f}% less, "
+                f"{len(rec['queryids'])} statements)")
+        got = [(r["table"], r["columns"]) for r in report["recommendations"]]
         verdict = "OK" if got == [("notes", ["student_id"])] else "MISMATCH"
         say(f"expected exactly notes(student_id): {verdict}")
+        for built in built_all:
+            say(f"  built {built['index']} in {built['duration_s']:.1f}s "
+                f"(valid={built['is_valid']})")
 
         with connect(profile, "app", database=database, autocommit=True) as conn:
-            for rec in report.recommendations:
-                built = indexes.create_index(conn, f"{rec.schema}.{rec.table}", rec.columns,
-                                             name=rec.index_name)
-                say(f"  built {built.index} in {built.duration_s:.1f}s (valid={built.is_valid})")
             conn.execute("ANALYZE notes")
         after = run_workload(profile, database, params)
 

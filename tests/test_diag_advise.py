@@ -75,3 +75,28 @@ def test_no_wider_index_once_one_column_makes_the_statement_cheap(profile, fresh
     report = as_json(cli("diag", "advise", "-d", fresh_db, "--json"))
     recs = [(r["table"], r["columns"]) for r in report["recommendations"]]
     assert recs == [("posts", ["author_id"])]
+
+
+def test_a_costly_one_off_statement_gets_no_index_and_apply_dry_run_builds_nothing(
+        profile, fresh_db, cli):
+    """A migration's backfill runs once: however costly, it is not worth an index that every
+    write pays for forever (--min-calls, 10 by default)."""
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE reviews (id bigint PRIMARY KEY, legacy_id bigint, "
+                  "reviewed_at timestamptz NOT NULL)")
+        c.execute("INSERT INTO reviews SELECT g, g * 7, now() - g * interval '1 minute' "
+                  "FROM generate_series(1, 100000) g")
+        c.execute("ANALYZE reviews")
+        c.execute("SELECT id, reviewed_at FROM reviews WHERE legacy_id = %s", (70,))
+    report = as_json(cli("diag", "advise", "-d", fresh_db, "--json"))
+    assert report["recommendations"] == [] and report["min_calls"] == 10
+    one_off = next(s for s in report["statements"] if "legacy_id = $1" in s["query"])
+    assert one_off["calls"] == 1 and "--min-calls" in one_off["note"]
+    # the same statement is worth an index once it is asked for with --min-calls 1
+    res = cli("diag", "advise", "-d", fresh_db, "--min-calls", "1", "--apply", "--dry-run")
+    assert res.exit_code == 0, res.stderr
+    assert ('would run on local: CREATE INDEX CONCURRENTLY "ix_reviews_legacy_id"'
+            in res.stdout)
+    with connect_as(profile, "app", fresh_db) as c:  # --dry-run built nothing
+        assert c.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'reviews'"
+                         ).fetchone()[0] == 1

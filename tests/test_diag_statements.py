@@ -95,7 +95,7 @@ def test_missing_extensions_are_named_with_the_statement_to_enable_them(cluster,
 
 
 def test_explain_runs_one_statement_and_always_rolls_back(profile, app_db, cli):
-    res = cli("diag", "explain", "-d", app_db, "--analyze", "DELETE FROM widgets")
+    res = cli("diag", "explain", "-d", app_db, "--analyze", "DELETE FROM widgets", "--yes")
     assert res.exit_code == 0, res.stderr
     assert "Delete on widgets" in res.stdout and "Execution Time" in res.stdout
     with connect_as(profile, "app", app_db) as c:
@@ -111,5 +111,41 @@ def test_explain_runs_one_statement_and_always_rolls_back(profile, app_db, cli):
               "SELECT * FROM widgets WHERE colour = $1")
     out = as_json(res)
     assert out["generic"] is True and out["plan"][0]["Plan"]["Node Type"] == "Seq Scan"
+    with connect_as(profile, "app", app_db) as c:
+        assert c.execute("SELECT count(*) FROM widgets").fetchone()[0] == 100
+
+
+def test_explain_analyze_of_anything_but_a_plain_select_needs_confirmation(
+        cluster, profile, app_db, cli, monkeypatch, tmp_path):
+    from tests.diag_helpers import audit_lines, remote_profile_env
+
+    with connect_as(profile, "app", app_db) as c:
+        c.execute("CREATE SEQUENCE widget_numbers")
+    before = len(audit_lines("diag.explain"))
+    for stmt, why in (("DELETE FROM widgets", "DELETE is not a plain SELECT"),
+                      ("WITH d AS (DELETE FROM widgets RETURNING id) SELECT count(*) FROM d",
+                       "data-modifying WITH (DELETE)"),
+                      ("SELECT * FROM widgets FOR UPDATE", "FOR UPDATE/SHARE"),
+                      ("SELECT nextval('widget_numbers')", "volatile function(s) nextval")):
+        res = cli("diag", "explain", "-d", app_db, "--analyze", stmt)
+        assert res.exit_code == 1 and "--yes" in res.stderr, stmt
+        assert why in res.stderr, (stmt, res.stderr)
+    with connect_as(profile, "app", app_db) as c:  # nothing ran: the sequence never advanced
+        assert c.execute("SELECT last_value, is_called FROM widget_numbers").fetchone() == (1, False)
+    assert len(audit_lines("diag.explain")) == before
+    # a plain SELECT (even calling random()) needs nothing; without --analyze nothing is run
+    res = cli("diag", "explain", "-d", app_db, "--analyze",
+              "SELECT count(*) FROM widgets WHERE random() < 2")
+    assert res.exit_code == 0 and "Execution Time" in res.stdout, res.stderr
+    res = cli("diag", "explain", "-d", app_db, "DELETE FROM widgets")
+    assert res.exit_code == 0 and "Delete on widgets" in res.stdout, res.stderr
+    # production must be named, even with --yes
+    remote_profile_env(monkeypatch, cluster, "production", database=app_db, tmp_path=tmp_path)
+    monkeypatch.setenv("STUDYHUB_PROFILE", "production")
+    res = cli("diag", "explain", "--analyze", "--yes", "DELETE FROM widgets")
+    assert res.exit_code == 1 and "--profile production" in res.stderr
+    res = cli("diag", "explain", "--analyze", "--yes", "-p", "production", "DELETE FROM widgets")
+    assert res.exit_code == 0 and "Delete on widgets" in res.stdout, res.stderr
+    assert [a["statement_kind"] for a in audit_lines("diag.explain")[before:]] == ["DELETE"]
     with connect_as(profile, "app", app_db) as c:
         assert c.execute("SELECT count(*) FROM widgets").fetchone()[0] == 100

@@ -474,10 +474,15 @@ def sizes(
 def explain(
     statement: Annotated[str, typer.Argument(help="One SQL statement (quote it).")],
     analyze: Annotated[bool, typer.Option(
-        "--analyze", help="Run it (EXPLAIN ANALYZE, BUFFERS) — still rolled back.")] = False,
+        "--analyze", help="Run it for real (EXPLAIN ANALYZE, BUFFERS), then roll back. Anything "
+                          "but a plain SELECT (DML, FOR UPDATE, volatile functions such as "
+                          "nextval) needs --yes or confirmation and is refused on production "
+                          "unless named: row locks are held while it runs and sequences, "
+                          "signals and remote writes are not rolled back.")] = False,
     timeout: Annotated[str, typer.Option("--timeout", help="statement_timeout")] = "30s",
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
+    yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """EXPLAIN one statement inside a transaction that is always rolled back, with a
@@ -487,8 +492,16 @@ def explain(
 
     prof = profile_from(profile)
     with connect(prof, "app", database=database, application_name=APP_NAME) as conn:
+        effects = ops_explain.analyze_effects(conn, statement) if analyze else None
+        if effects is not None and not effects.plain_select:
+            for reason in effects.reasons:
+                err_console.print(f"[yellow]--analyze runs it for real:[/] {escape(reason)}")
+            confirm_destructive(prof, f"run this {effects.kind} for real under EXPLAIN ANALYZE "
+                                      "(rolled back afterwards)", yes=yes)
+            write_audit("diag.explain.analyze", prof.name, database=conn.info.dbname,
+                        statement_kind=effects.kind, effects=len(effects.reasons))
         result = ops_explain.explain_statement(conn, statement, analyze=analyze, timeout=timeout,
-                                               as_json=json_)
+                                               as_json=json_, allow_effects=True)
     if json_:
         print_json(result)
         return
@@ -505,19 +518,24 @@ def advise(
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
     limit: Annotated[int, typer.Option("--limit", help="Statements to analyse.", min=1)] = 50,
-    min_calls: Annotated[int, typer.Option("--min-calls", min=1)] = 1,
+    min_calls: Annotated[int, typer.Option(
+        "--min-calls", min=1,
+        help="Only statements called at least this often: a one-off (a migration's backfill, "
+             "a report run once) is never indexed for (Dexter's default is 0).")] = 10,
     min_cost: Annotated[float, typer.Option("--min-cost", help="Ignore cheaper statements.")] = 100,
     min_saving: Annotated[float, typer.Option(
         "--min-saving", help="Recommend only indexes that cut a statement's cost by this %.")] = 50,
     apply: Annotated[bool, typer.Option(
         "--apply", help="Build the recommended indexes (via create-index: CONCURRENTLY).")] = False,
     yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Cost-based index advice (hypopg): plans the costliest pg_stat_statements entries with
-    hypothetical single- and two-column indexes and recommends only those that cut cost
-    substantially. Runs as the app role (planning needs SELECT on the tables; it sees the
-    statements the app role ran)."""
+    """Cost-based index advice (hypopg): plans the costliest pg_stat_statements entries called
+    at least --min-calls times with hypothetical single- and two-column indexes and recommends
+    only those that cut cost substantially. --apply builds them (--dry-run: show the
+    statements it would run). Runs as the app role (planning needs SELECT on the tables; it
+    sees the statements the app role ran)."""
     from studyhub.ops import advisor
 
     prof = profile_from(profile)
@@ -530,6 +548,16 @@ def advise(
         return
     if not json_:
         _render_advice(prof.name, report)
+    if apply and dry_run:
+        planned = [rec.create_sql for rec in report.recommendations]
+        if json_:
+            print_json({"advice": report, "built": [], "would_run": planned})
+        else:
+            for stmt in planned:
+                console.print(f"would run on {prof.name}: {stmt}", soft_wrap=True)
+            if not planned:
+                console.print("nothing to build")
+        return
     if apply and report.recommendations:
         for rec in report.recommendations:
             built.append(build_index(prof, f"{rec.schema}.{rec.table}", rec.columns,
@@ -543,8 +571,8 @@ def _render_advice(profile: str, report) -> None:
     console.print(Text(f"advise · {profile}/{report.database}: "
                        f"{sum(1 for s in report.statements if s.cost_before is not None)} "
                        f"statement(s) planned, {report.candidates_tried} hypothetical index(es) "
-                       f"tried (min cost {report.min_cost:g}, min saving "
-                       f"{report.min_saving_pct:g}%)", style="bold"))
+                       f"tried (min calls {report.min_calls}, min cost {report.min_cost:g}, "
+                       f"min saving {report.min_saving_pct:g}%)", style="bold"))
     if not report.recommendations:
         console.print("no index would cut a costly statement's cost enough")
     for rec in report.recommendations:

@@ -7,7 +7,9 @@
    qualifies them with the table's alias).
 4. Create hypothetical single-column indexes on all of them (hypopg: nothing is built), re-plan;
    then add two-column candidates and re-plan again.
-5. Recommend an index only when a statement costs at least ``min_cost`` and the index cuts its
+5. Recommend an index only for statements called at least ``min_calls`` times (10: a one-off
+   such as a migration's backfill is never indexed for; Dexter's --min-calls defaults to 0),
+   when the statement costs at least ``min_cost`` and the index cuts its
    cost by at least ``min_saving_pct`` (Dexter's defaults: 100 and 50%); a two-column index
    replaces the single-column one only when the cost left by that one is still at least
    ``min_cost`` and the wider index cuts it by a further ``min_saving_pct``. Candidates that
@@ -100,6 +102,7 @@ class AdviceReport:
     recommendations: list[Recommendation]
     candidates_tried: int = 0
     notes: list[str] = field(default_factory=list)
+    min_calls: int = 1
 
 
 def _options(verbose: bool = True) -> sql.Composable:
@@ -173,17 +176,24 @@ def _costs(conn: psycopg.Connection, todo: list[StatementAdvice]) -> dict[int, t
     return out
 
 
-def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = 1,
+DEFAULT_MIN_CALLS = 10
+
+
+def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = DEFAULT_MIN_CALLS,
            min_cost: float = 100.0, min_saving_pct: float = 50.0,
            statement_timeout: str = "30s") -> AdviceReport:
+    """Index advice for the costliest statements called at least ``min_calls`` times: a
+    one-off (a migration's backfill, a report run once) is listed with a note, never indexed
+    for — every index costs each write forever."""
     require_extension(conn, "pg_stat_statements", "index advice")
     require_extension(conn, "hypopg", "index advice")
     if conn.autocommit:
         raise ValueError("advise needs a connection outside autocommit (it rolls back)")
-    report = AdviceReport(conn.info.dbname, min_cost, min_saving_pct, [], [])
+    report = AdviceReport(conn.info.dbname, min_cost, min_saving_pct, [], [],
+                          min_calls=min_calls)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(load("get_costly_statements"),
-                           {"min_calls": min_calls, "limit": limit * 4}).fetchall()
+                           {"min_calls": 1, "limit": limit * 4}).fetchall()
         cols = cur.execute(load("get_user_table_columns")).fetchall()
     table_columns: dict[tuple[str, str], set[str]] = {}
     for r in cols:
@@ -203,6 +213,11 @@ def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = 1,
             if not PLANNABLE.match(q) or NOT_APP.search(q) or len(split_statements(q)) != 1:
                 continue
             st = StatementAdvice(r["queryid"], r["calls"], r["total_exec_ms"], q, None)
+            if r["calls"] < min_calls:
+                st.note = (f"{r['calls']} call(s) < {min_calls}: a one-off is not worth an "
+                           "index (--min-calls)")
+                report.statements.append(st)
+                continue
             try:
                 root = plan(conn, q)
             except psycopg.Error as exc:

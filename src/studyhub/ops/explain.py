@@ -7,15 +7,19 @@ Runs as the app role: planning a query needs SELECT on its tables."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import pglast
 import psycopg
+from pglast import ast
+from pglast.visitors import Visitor
 from psycopg import sql
 
 from studyhub.connect import first_line
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
+from studyhub.ops.queries import load
 
 _PARAM = re.compile(r"\$\d+")
 
@@ -106,19 +110,100 @@ class ExplainResult:
     rolled_back: bool = True
 
 
+# Volatile only because they read a clock or a random source: nothing to undo.
+HARMLESS_VOLATILE = frozenset({"random", "random_normal", "clock_timestamp", "timeofday",
+                               "pg_sleep", "pg_sleep_for", "pg_sleep_until", "gen_random_uuid",
+                               "uuid_generate_v4"})
+_DML = {ast.InsertStmt: "INSERT", ast.UpdateStmt: "UPDATE", ast.DeleteStmt: "DELETE",
+        ast.MergeStmt: "MERGE"}
+
+
+@dataclass
+class AnalyzeEffects:
+    """What running a statement for real (EXPLAIN ANALYZE) does beyond reading: empty
+    ``reasons`` means a plain SELECT."""
+
+    kind: str  # SELECT, UPDATE, DELETE, …
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def plain_select(self) -> bool:
+        return not self.reasons
+
+
+class _Walk(Visitor):
+    def __init__(self) -> None:
+        self.dml: set[str] = set()
+        self.locking = self.into = False
+        self.functions: set[str] = set()
+
+    def visit(self, ancestors, node):  # noqa: ANN001 - pglast's visitor protocol
+        if type(node) in _DML:
+            self.dml.add(_DML[type(node)])
+        elif isinstance(node, ast.LockingClause):
+            self.locking = True
+        elif isinstance(node, ast.IntoClause):
+            self.into = True
+        elif isinstance(node, ast.FuncCall):
+            self.functions.add(node.funcname[-1].sval.lower())
+
+
+def analyze_effects(conn: psycopg.Connection, statement: str) -> AnalyzeEffects:
+    """Is ``statement`` a plain SELECT, safe to run for real? Parsed with PostgreSQL's own
+    parser (pglast): DML (also inside WITH), FOR UPDATE/SHARE, SELECT INTO, and calls to
+    VOLATILE functions (nextval, pg_terminate_backend, dblink, user functions …) are effects
+    that a rollback does not fully undo (row locks are held while it runs; sequences, signals
+    and remote writes stay)."""
+    text = one_statement(statement)
+    try:
+        stmt = pglast.parse_sql(text)[0].stmt
+    except pglast.parser.ParseError as exc:
+        return AnalyzeEffects("?", [f"cannot be parsed ({exc}), so it may change data"])
+    kind = re.sub(r"Stmt$", "", type(stmt).__name__).upper()
+    walk = _Walk()
+    walk(stmt)
+    reasons = []
+    if not isinstance(stmt, ast.SelectStmt):
+        reasons.append(f"{kind} is not a plain SELECT: it runs for real and holds its row "
+                       "locks until the rollback")
+    elif walk.dml:
+        reasons.append(f"a data-modifying WITH ({', '.join(sorted(walk.dml))}) runs for real "
+                       "and holds its row locks until the rollback")
+    if walk.locking:
+        reasons.append("FOR UPDATE/SHARE locks the rows it reads until the rollback")
+    if walk.into:
+        reasons.append("SELECT INTO creates a table (rolled back)")
+    names = sorted(walk.functions - HARMLESS_VOLATILE)
+    if names:
+        volatile = [r[0] for r in conn.execute(load("get_volatile_functions"),
+                                               {"names": names}).fetchall()]
+        if not conn.autocommit:
+            conn.rollback()
+        if volatile:
+            reasons.append(f"calls volatile function(s) {', '.join(volatile)}: what they do "
+                           "(sequence values, signals, remote writes) is not rolled back")
+    return AnalyzeEffects(kind, reasons)
+
+
 def _interval(value: str) -> str:
     return parse_timeout(value, max_s=3600)
 
 
 def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool = False,
                       timeout: str = "30s", lock_timeout: str = "2s",
-                      as_json: bool = False) -> ExplainResult:
+                      as_json: bool = False, allow_effects: bool = False) -> ExplainResult:
     """EXPLAIN (optionally ANALYZE, BUFFERS) ``statement`` in a transaction that is rolled back
-    whatever happens."""
+    whatever happens. ANALYZE of anything but a plain SELECT (see ``analyze_effects``) is
+    refused unless ``allow_effects`` (the caller confirmed it)."""
     text = one_statement(statement)
     generic = bool(_PARAM.search(text))
     if generic and analyze:
         raise RefusedError("EXPLAIN ANALYZE needs real values; replace the $n placeholders")
+    if analyze and not allow_effects:
+        effects = analyze_effects(conn, text)
+        if not effects.plain_select:
+            raise RefusedError(f"refusing EXPLAIN ANALYZE without confirmation: "
+                               f"{'; '.join(effects.reasons)} (nothing was run)")
     # One run in JSON serves both outputs (the text form is rendered from it).
     options = sql.SQL(", ").join(
         [sql.SQL("FORMAT JSON")] + ([sql.SQL("ANALYZE"), sql.SQL("BUFFERS")] if analyze else []))
