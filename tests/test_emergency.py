@@ -208,3 +208,11 @@ def test_unknown_database_is_refused_with_one_line_and_nothing_audited(profile, 
     assert res.exit_code == 1 and "no database nosuchdb" in res.stderr
     assert "Traceback" not in res.stderr
     assert len(audit_lines("emergency.")) == before
+
+
+def test_queries_refuses_an_unknown_state(migrated, cli):
+    res = cli("emergency", "queries", "--state", "bogus", "--older-than", "0s")
+    assert res.exit_code == 1 and "unknown state(s) 'bogus'" in res.stderr
+    assert "idle in transaction (aborted)" in res.stderr
+    res = cli("emergency", "queries", "--state", "idle in transaction", "--older-than", "1h")
+    assert res.exit_code == 0, res.stderr

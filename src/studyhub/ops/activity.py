@@ -293,13 +293,21 @@ def blocking_tree(conn: psycopg.Connection) -> list[LockNode]:
 # ------------------------------------------------------------------------- long queries
 DEFAULT_LONG_STATES = ("active", "idle in transaction", "idle in transaction (aborted)",
                        "fastpath function call")
+# pg_stat_activity.state's values (PostgreSQL 15)
+SESSION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)",
+                  "fastpath function call", "disabled")
 
 
 def long_queries(conn: psycopg.Connection, older_than_s: float = 300,
                  states: tuple[str, ...] = DEFAULT_LONG_STATES,
                  database: str | None = None) -> list[Session]:
     """Client sessions in ``states`` whose query (or open transaction, when idle in one) is
-    older than ``older_than_s``, oldest first. Our own session is left out."""
+    older than ``older_than_s``, oldest first. Our own session is left out. An unknown state
+    is refused (a typo must not look like "nothing running")."""
+    unknown = [st for st in states if st not in SESSION_STATES]
+    if unknown:
+        raise StudyhubError(f"unknown state(s) {', '.join(repr(u) for u in unknown)}; "
+                            f"pg_stat_activity's states are: {', '.join(SESSION_STATES)}")
     found = [
         s for s in sessions(conn)
         if s.backend_type == "client backend" and not s.is_self and s.state in states
