@@ -573,6 +573,10 @@ def _render_advice(profile: str, report) -> None:
                        f"statement(s) planned, {report.candidates_tried} hypothetical index(es) "
                        f"tried (min calls {report.min_calls}, min cost {report.min_cost:g}, "
                        f"min saving {report.min_saving_pct:g}%)", style="bold"))
+    one_offs = sum(1 for s in report.statements if s.cost_before is None and s.calls < report.min_calls)
+    if one_offs:
+        console.print(f"{one_offs} statement(s) called fewer than {report.min_calls} times not "
+                      "considered (one-offs: migrations, backfills, ad-hoc queries; --min-calls)")
     if not report.recommendations:
         console.print("no index would cut a costly statement's cost enough")
     for rec in report.recommendations:

@@ -72,10 +72,14 @@ class MonitorPrivilege:
     def grant(self) -> str:
         return f"GRANT pg_monitor TO {self.role};"
 
-    def missing(self, what: str) -> str:
+    @property
+    def reason(self) -> str:
         return (f"role {self.role} cannot see other roles' sessions and statements (it lacks "
-                f"pg_read_all_stats, part of pg_monitor), so {what} would look all clear when "
-                f"it is not; an administrator can run: {self.grant}")
+                "pg_read_all_stats, part of pg_monitor)")
+
+    def missing(self, what: str) -> str:
+        return (f"{self.reason}, so {what} would look all clear when it is not; an "
+                f"administrator can run: {self.grant}")
 
 
 def monitor_privilege(conn: psycopg.Connection) -> MonitorPrivilege:

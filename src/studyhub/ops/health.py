@@ -576,7 +576,7 @@ def run_doctor(conn: psycopg.Connection, profile: Profile | None = None, *,
         if name in NEEDS_ALL_STATS and not privilege.read_all_stats:
             results.append(Check(name, TITLES.get(name, name.replace("_", " ")), "warn",
                                  "not visible", "-", fix=privilege.grant,
-                                 detail=privilege.missing("this check")))
+                                 detail=f"{privilege.reason}: this check cannot tell"))
             continue
         try:
             results.append(fn(ctx))
