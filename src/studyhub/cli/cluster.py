@@ -285,7 +285,10 @@ def fork(
                       f"({f.provider}, {f.host}:{f.port}) after {r.duration_s:.1f} s")
         console.print(f"  requested point in time: {iso(f.target_time or when, 'milliseconds')}")
         if r.recovered_to or r.first_excluded_at:
-            console.print(f"  last transaction included: {iso(r.recovered_to, 'milliseconds')}; "
+            included = (iso(r.recovered_to, "milliseconds") if r.recovered_to else
+                        "none after the base backup (nothing committed between it and the "
+                        "target)")
+            console.print(f"  last transaction included: {included}; "
                           f"first left out: {iso(r.first_excluded_at, 'milliseconds')}")
         console.print(f"  connect: {escape(f.url or '-')}", soft_wrap=True)
         render_verification(r.verification)
