@@ -108,6 +108,34 @@ CASES = {
         'backfill_in_batches("flashcard_reviews", set_sql="rating_v2 = rating", '
         'where_sql="rating_v2 IS NULL")',
     ),
+    "table-rewrite": (
+        'op.execute("ALTER TABLE flashcard_reviews SET UNLOGGED")',
+        'with op.get_context().autocommit_block():\n'
+        '    op.execute("VACUUM (ANALYZE) flashcard_reviews")',
+    ),
+    "truncate-table": (
+        'op.execute("TRUNCATE notes")',
+        'op.create_table("import_staging", sa.Column("id", sa.Uuid(), primary_key=True))\n'
+        'op.execute("TRUNCATE import_staging")',
+    ),
+    "blocking-table-lock": (
+        'op.execute("LOCK TABLE flashcard_reviews IN SHARE ROW EXCLUSIVE MODE")',
+        # serialises concurrent migrations without blocking the app's reads and writes
+        'op.execute("LOCK TABLE flashcard_reviews IN SHARE UPDATE EXCLUSIVE MODE")',
+    ),
+    "procedural-code": (
+        'op.execute("DO $$ BEGIN EXECUTE format(\'ALTER TABLE %I ALTER COLUMN rating TYPE '
+        'integer\', \'flashcard_reviews\'); END $$")',
+        # what migration_helpers.grant_to_ops renders: static, no table lock
+        'op.execute("DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '
+        '\'studyhub_ops\') THEN GRANT SELECT ON notes TO studyhub_ops; END IF; END $$")',
+    ),
+    "lock-timeout-missing:set_config": (
+        'op.execute("SELECT set_config(\'lock_timeout\', \'0\', false)")\n'
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+        'op.execute("SELECT set_config(\'lock_timeout\', \'2s\', true)")\n'
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+    ),
     "reindex-not-concurrently": (
         'op.execute("REINDEX INDEX ix_notes_student_id")',
         'with op.get_context().autocommit_block():\n'
@@ -132,15 +160,72 @@ def _errors(report):
 def test_each_rule_flags_the_dangerous_migration_and_passes_the_safe_one(case, tmp_path):
     rule = case.split(":")[0]
     dangerous, safe = CASES[case]
+    severity = migrate_lint.RULES[rule].severity
     rev, report = _lint(tmp_path / "bad", dangerous)
-    hits = [f for f in _errors(report) if f.rule == rule]
+    hits = [f for f in report.findings if f.rule == rule and f.severity == severity
+            and not f.acknowledged]
     assert hits, f"{rule} not flagged: {[(f.rule, f.severity) for f in report.findings]}"
     f = hits[0]
     assert f.revision == rev and f.path.endswith(f"{rev}_example.py")
     assert f.statement and f.why and f.recipe and f.line > 0
-    assert not report.ok
+    assert report.ok == (severity == "warning")
     _, good = _lint(tmp_path / "good", safe)
     assert _errors(good) == [], [(f.rule, f.why) for f in _errors(good)]
+    assert not [f for f in good.findings if f.rule == rule]
+
+
+# What an audit found passing lint with no finding: each must now be flagged.
+UNSAFE = {
+    'op.execute("TRUNCATE notes")': ("truncate-table", "notes"),
+    'op.execute("LOCK TABLE flashcard_reviews IN ACCESS EXCLUSIVE MODE")':
+        ("blocking-table-lock", "flashcard_reviews"),
+    'op.execute("ALTER TABLE flashcard_reviews SET UNLOGGED")':
+        ("table-rewrite", "flashcard_reviews"),
+    'op.execute("ALTER TABLE flashcard_reviews SET TABLESPACE pg_default")':
+        ("table-rewrite", "flashcard_reviews"),
+    'op.execute("CLUSTER flashcard_reviews USING ix_flashcard_reviews_revision_session_id")':
+        ("table-rewrite", "flashcard_reviews"),
+    'with op.get_context().autocommit_block():\n    op.execute("VACUUM FULL flashcard_reviews")':
+        ("table-rewrite", "flashcard_reviews"),
+    # static DDL inside a DO block is judged like the same statement outside it
+    'op.execute("DO $$ BEGIN ALTER TABLE flashcard_reviews ALTER COLUMN rating TYPE integer; '
+    'END $$")': ("column-type-rewrite", "flashcard_reviews"),
+    'op.execute("DO $$ BEGIN LOCK TABLE notes IN EXCLUSIVE MODE; END $$")':
+        ("blocking-table-lock", "notes"),
+    'op.execute("SELECT set_config(\'lock_timeout\',\'0\',false)")\n'
+    'op.add_column("notes", sa.Column("pinned", sa.Boolean()))': ("lock-timeout-missing", "notes"),
+    'op.execute("SELECT pg_catalog.set_config(\'lock_timeout\', \'2min\', false)")\n'
+    'op.add_column("notes", sa.Column("pinned", sa.Boolean()))':
+        ("lock-timeout-too-long", "notes"),
+    'op.execute("SELECT studyhub_reshape_reviews()")': ("procedural-code", None),
+    'op.execute("CALL studyhub_reshape_reviews()")': ("procedural-code", None),
+    'op.execute("DO LANGUAGE plpython3u $$ plpy.execute(\'TRUNCATE notes\') $$")':
+        ("procedural-code", None),
+}
+
+
+@pytest.mark.parametrize("body", sorted(UNSAFE))
+def test_statements_that_lock_or_hide_their_locks_are_flagged(body, tmp_path):
+    rule, table = UNSAFE[body]
+    _, report = _lint(tmp_path, body)
+    hits = [f for f in report.findings if f.rule == rule]
+    assert [(f.rule, f.table) for f in hits] == [(rule, table)], \
+        [(f.rule, f.table, f.why) for f in report.findings]
+    assert report.ok == (migrate_lint.RULES[rule].severity == "warning")
+
+
+def test_plan_and_lint_agree_on_what_a_do_block_locks(tmp_path):
+    """A DO block's static statements have known locks (plan shows them); only run-time SQL
+    (EXECUTE, CALL, another language) is unknown — and that is what lint warns about."""
+    import pglast
+
+    from studyhub.ops import migrate_statements as ms
+
+    static = pglast.parse_sql("DO $$ BEGIN ALTER TABLE notes ADD COLUMN x text; END $$")[0].stmt
+    assert [(lk.table, lk.mode) for lk in ms.statement_locks(static)] == [
+        ("notes", "ACCESS EXCLUSIVE")]
+    dynamic = pglast.parse_sql("DO $$ BEGIN EXECUTE 'TRUNCATE notes'; END $$")[0].stmt
+    assert ms.statement_locks(dynamic) is None
 
 
 def test_index_and_constraints_on_a_table_created_in_the_same_migration_are_fine(tmp_path):
