@@ -343,10 +343,66 @@ def test_lint_with_a_profile_reports_table_sizes(tmp_path, migrated):
     assert f.table_rows is not None and f.table_bytes and f.table_bytes > 0
 
 
+def test_downgrades_are_linted_and_acknowledged_separately(tmp_path, cli):
+    versions = tmp_path / "versions"
+    body = 'create_index_concurrently("ix_fr_rating", "flashcard_reviews", ["rating"])'
+    plain_drop = 'op.drop_index("ix_fr_rating", table_name="flashcard_reviews")'
+    rev = write_example(versions, body, downgrade=plain_drop)
+    rng = f"{migrate.heads()[0]}:{rev}"
+    assert migrate_lint.lint(rng, extra_versions=[versions]).ok  # the upgrade is safe
+    report = migrate_lint.lint(rng, extra_versions=[versions], downgrade=True)
+    assert report.direction == "downgrade" and report.migrations == [rev] and not report.ok
+    (f,) = _errors(report)
+    assert (f.rule, f.table, f.direction) == ("drop-index-not-concurrently", "flashcard_reviews",
+                                              "downgrade")
+    assert f.statement == "DROP INDEX ix_fr_rating"
+    res = cli("migrate", "lint", rng, "--versions-dir", versions, "--downgrade")
+    assert res.exit_code == 1 and f"{rev} downgrade" in res.stdout
+    assert "drop-index-not-concurrently" in res.stdout
+    data = json.loads(cli("migrate", "lint", rng, "--versions-dir", versions, "--downgrade",
+                          "--json").stdout)
+    assert data["direction"] == "downgrade" and data["findings"][0]["direction"] == "downgrade"
+    # LINT_ACK covers the upgrade only; the downgrade has its own LINT_ACK_DOWNGRADE.
+    acked = tmp_path / "acked"
+    ack = ('LINT_ACK_DOWNGRADE = {"drop-index-not-concurrently": '
+           '"rolled back only before launch, while flashcard_reviews is empty"}')
+    rev = write_example(acked, body, downgrade=plain_drop, extra=ack)
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[acked],
+                               downgrade=True)
+    assert report.ok and report.acknowledged == 1
+    wrong = tmp_path / "wrong"
+    rev = write_example(wrong, body, downgrade=plain_drop, extra=ack.replace("_DOWNGRADE", ""))
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[wrong],
+                               downgrade=True)
+    assert not report.ok
+
+
+def test_a_downgrade_dropping_a_mapped_column_warns_of_data_loss(tmp_path):
+    """Undoing a release drops what it added: a warning (data loss), not the upgrade's
+    drop-mapped-column error; an index dropped with its table is no finding of its own."""
+    versions = tmp_path / "versions"
+    rev = write_example(versions, 'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+                        downgrade='op.drop_column("notes", "title")')
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[versions],
+                               downgrade=True)
+    ours = [(f.rule, f.severity) for f in report.findings if f.source == "studyhub"]
+    assert ours == [("drop-column", "warning")]
+    report = migrate_lint.lint("base:0001", downgrade=True)
+    assert not [f for f in report.findings if f.rule == "drop-index-not-concurrently"]
+    assert {f.rule for f in report.findings} == {"drop-table"}
+    assert all(f.acknowledged for f in report.findings)
+
+
 def test_every_migration_in_the_repository_lints_clean(cli):
-    """CI runs this on every migration: an unacknowledged error fails the build."""
+    """CI runs this on every migration: an unacknowledged error fails the build — in the
+    upgrades and in the downgrades."""
     res = cli("migrate", "lint")
     assert res.exit_code == 0, res.stdout
+    res = cli("migrate", "lint", "--downgrade")
+    assert res.exit_code == 0, res.stdout
+    downgrades = migrate_lint.lint(downgrade=True)
+    assert downgrades.migrations == [r.revision for r in migrate.history()]  # newest first
+    assert downgrades.errors == 0
     report = migrate_lint.lint()
     assert report.migrations == [r.revision for r in reversed(migrate.history())]
     assert report.errors == 0

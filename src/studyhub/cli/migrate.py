@@ -227,7 +227,8 @@ def _lint_dict(report: migrate_lint.LintReport) -> dict:
     from studyhub.cli.common import to_jsonable
 
     return {
-        "range": report.rev_range, "migrations": report.migrations, "ok": report.ok,
+        "range": report.rev_range, "direction": report.direction,
+        "migrations": report.migrations, "ok": report.ok,
         "errors": report.errors, "warnings": report.warnings,
         "acknowledged": report.acknowledged, "squawk": report.squawk,
         "sizes_from": report.sizes_from, "sizes_error": report.sizes_error,
@@ -245,10 +246,14 @@ def lint(
     database: DatabaseOpt = None,
     versions_dir: VersionsDirOpt = None,
     rules: Annotated[bool, typer.Option("--rules", help="List the rules and exit.")] = False,
+    downgrade: Annotated[bool, typer.Option(
+        "--downgrade", help="Lint the migrations' downgrades (newest first, as `migrate down` "
+        "runs them) instead of their upgrades; acknowledged in LINT_ACK_DOWNGRADE.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Lint the SQL each migration runs (pglast + squawk + schema-aware rules). Exit 1 when a
-    finding is an error that the migration does not acknowledge in LINT_ACK."""
+    finding is an error that the migration does not acknowledge in LINT_ACK (downgrades:
+    LINT_ACK_DOWNGRADE)."""
     if rules:
         if json_:
             print_json(migrate_lint.rules())
@@ -264,7 +269,7 @@ def lint(
         return
     prof = profile_from(profile) if profile else None
     report = migrate_lint.lint(rev_range, profile=prof, database=database,
-                               extra_versions=versions_dir or ())
+                               extra_versions=versions_dir or (), downgrade=downgrade)
     if json_:
         print_json(_lint_dict(report))
     else:
@@ -281,7 +286,8 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
             continue
         colour = "red" if f.severity == "error" else "yellow"
         where = f"statement {f.statement_number}, line {f.line}" if f.statement_number else "LINT_ACK"
-        console.print(f"[bold]{f.revision}[/] {escape(f.path)} ({where})")
+        direction = " downgrade" if f.direction == "downgrade" else ""
+        console.print(f"[bold]{f.revision}{direction}[/] {escape(f.path)} ({where})")
         table = f" on {f.table}{_table_note(f.table_rows, f.table_bytes)}" if f.table else ""
         console.print(f"  [{colour}]{f.severity.upper()}[/] {f.rule}{escape(table)}"
                       + (f" [dim](squawk)[/]" if f.source == "squawk" else ""))
@@ -298,7 +304,7 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
         if f.acknowledged:
             acked.setdefault((f.revision, f.rule), []).append(f)
     if acked:
-        console.print("acknowledged in LINT_ACK:")
+        console.print(f"acknowledged in {migrate_lint.ack_attribute(report.direction)}:")
         for (rev, rule), group in acked.items():
             tables = sorted({f.table for f in group if f.table})
             console.print(f"  {rev} {rule} ×{len(group)}"
@@ -306,8 +312,9 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
                           + f": {escape(group[0].acknowledged or '')}")
     colour = "green" if report.ok else "red"
     sizes = f"; sizes from {report.sizes_from}" if report.sizes_from else ""
+    what = "downgrade(s)" if report.direction == "downgrade" else "migration(s)"
     console.print(
-        f"[{colour}]{len(report.migrations)} migration(s) linted "
+        f"[{colour}]{len(report.migrations)} {what} linted "
         f"({', '.join(report.migrations)}): {report.errors} error(s), {report.warnings} "
         f"warning(s), {report.acknowledged} acknowledged[/] (squawk {report.squawk}{sizes})")
 

@@ -288,6 +288,7 @@ class Finding:
     table_bytes: int | None = None
     acknowledged: str | None = None  # the LINT_ACK reason
     places: int = 1  # squawk: how many places in the statement (e.g. columns) it flagged
+    direction: str = "upgrade"  # upgrade | downgrade: which function of the migration
 
     @property
     def blocking(self) -> bool:
@@ -311,6 +312,7 @@ class LintReport:
     sizes_from: str | None = None
     sizes_error: str | None = None
     squawk: str | None = None  # squawk's version
+    direction: str = "upgrade"  # upgrade | downgrade
 
     @property
     def errors(self) -> int:
@@ -403,6 +405,7 @@ class _MigrationState:
     lock_timeout_ms: int | None = None  # session setting
     local_timeout_ms: int | None = None  # SET LOCAL, until the transaction ends
     tx_locks: dict[str, str] = field(default_factory=dict)  # held until the next commit
+    dropped_in_tx: dict[int, set[str]] = field(default_factory=dict)  # transaction → tables
 
 
 # ALTER TABLE subcommands a specific rule judges, or brief catalog changes (no scan, no
@@ -480,6 +483,9 @@ class _Analyzer:
         self.proven_not_null: set[tuple[str, str]] = set()
         self.findings: list[Finding] = []
         self.cleared: dict[tuple[str, int], dict[str, str]] = {}
+        # A downgrade undoes a release: the models then map columns it legitimately drops.
+        self.downgrade = False
+        self._dropping: set[str] = set()  # tables the current transaction drops
 
     # -- helpers
     def flag(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, table: str | None,
@@ -488,7 +494,7 @@ class _Analyzer:
         rows, size = self.sizes.get(table or "", (None, None))
         self.findings.append(Finding(
             m.revision, m.path, st.number, st.line, st.sql, rule, r.severity, table,
-            why, r.recipe, table_rows=rows, table_bytes=size))
+            why, r.recipe, table_rows=rows, table_bytes=size, direction=m.direction))
 
     def clear(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, reason: str) -> None:
         self.cleared.setdefault((m.revision, st.number), {})[rule] = reason
@@ -497,9 +503,17 @@ class _Analyzer:
     def migration(self, m: ms.RenderedMigration) -> None:
         if m.parse_error:
             self.findings.append(Finding(m.revision, m.path, 0, 0, "", "unparsable-sql", ERROR,
-                                         None, m.parse_error, RULES["unparsable-sql"].recipe))
+                                         None, m.parse_error, RULES["unparsable-sql"].recipe,
+                                         direction=m.direction))
             return
+        self.downgrade = m.direction == "downgrade"
         state = _MigrationState()
+        for st in m.statements:  # tables each transaction drops (a downgrade's teardown)
+            if st.in_transaction and isinstance(st.node, ast.DropStmt) \
+                    and st.node.removeType == enums.ObjectType.OBJECT_TABLE:
+                for obj in st.node.objects or ():
+                    name = ".".join(p.sval for p in obj if p.sval != "public")
+                    state.dropped_in_tx.setdefault(st.transaction, set()).add(name)
         for st in m.statements:
             node = st.node
             if isinstance(node, ast.TransactionStmt):
@@ -561,6 +575,8 @@ class _Analyzer:
                 else:
                     self.clear(m, st, "lock-timeout-missing",
                                f"lock_timeout {effective} ms is in force")
+        self._dropping = state.dropped_in_tx.get(st.transaction, set()) \
+            if st.in_transaction else set()
         self._statement(m, st, node, created, state.tx_locks)
         if strongest is not None and ms.strength(strongest.mode) >= ms.strength("SHARE") \
                 and not _judged_by_a_specific_rule(node):
@@ -683,6 +699,10 @@ class _Analyzer:
                 elif table in created:
                     self.clear(m, st, "drop-index-not-concurrently",
                                f"{table} is created in this migration")
+                elif table in self._dropping:
+                    self.clear(m, st, "drop-index-not-concurrently",
+                               f"{table} itself is dropped in this transaction (the same "
+                               "ACCESS EXCLUSIVE lock, released at the same commit)")
                 else:
                     self.flag(m, st, "drop-index-not-concurrently", table,
                               f"DROP INDEX takes ACCESS EXCLUSIVE on {table or 'its table'}: "
@@ -691,7 +711,11 @@ class _Analyzer:
             elif rt == enums.ObjectType.OBJECT_TABLE:
                 if name in created:
                     continue
-                if name in self.mapped:
+                if self.downgrade:
+                    self.flag(m, st, "drop-table", name,
+                              f"the downgrade drops {name} and its data for good (upgrading "
+                              "again brings the table back empty)")
+                elif name in self.mapped:
                     self.flag(m, st, "drop-mapped-table", name,
                               f"the models still map {name}: the release being shipped reads "
                               "and writes it")
@@ -768,7 +792,11 @@ class _Analyzer:
             elif sub == ms.AT.AT_DropColumn:
                 if new:
                     continue
-                if cmd.name in self.mapped.get(table or "", set()):
+                if self.downgrade:
+                    self.flag(m, st, "drop-column", table,
+                              f"the downgrade drops {table}.{cmd.name} and its data for good "
+                              "(upgrading again brings the column back empty)")
+                elif cmd.name in self.mapped.get(table or "", set()):
                     self.flag(m, st, "drop-mapped-column", table,
                               f"the models still map {table}.{cmd.name}: the release being "
                               "shipped selects and inserts it and fails once it is gone")
@@ -926,8 +954,13 @@ def _statement_at(m: ms.RenderedMigration, line0: int, col: int) -> ms.Statement
 
 
 # --------------------------------------------------------------------------- acks
-def _acks(module) -> dict[str, object]:
-    raw = getattr(module, "LINT_ACK", None) if module is not None else None
+def ack_attribute(direction: str) -> str:
+    """Where a migration acknowledges findings: LINT_ACK (upgrade), LINT_ACK_DOWNGRADE."""
+    return "LINT_ACK_DOWNGRADE" if direction == "downgrade" else "LINT_ACK"
+
+
+def _acks(module, direction: str = "upgrade") -> dict[str, object]:
+    raw = getattr(module, ack_attribute(direction), None) if module is not None else None
     return dict(raw) if isinstance(raw, dict) else {}
 
 
@@ -937,7 +970,8 @@ def _known_rule(rule: str) -> bool:
 
 def _apply_acks(report_findings: list[Finding], migrations: list[ms.RenderedMigration]) -> None:
     for m in migrations:
-        acks = _acks(m.module)
+        acks = _acks(m.module, m.direction)
+        attr = ack_attribute(m.direction)
         used: set[str] = set()
         for f in report_findings:
             if f.revision != m.revision:
@@ -952,18 +986,18 @@ def _apply_acks(report_findings: list[Finding], migrations: list[ms.RenderedMigr
             rule = str(key).split(":", 1)[0]
             if not _known_rule(rule):
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-unknown-rule", ERROR,
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-unknown-rule", ERROR,
                     None, f"{rule!r} is not a rule of studyhub or squawk",
-                    RULES["ack-unknown-rule"].recipe))
+                    RULES["ack-unknown-rule"].recipe, direction=m.direction))
             elif not isinstance(reason, str) or len(reason.strip()) < 10:
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-without-reason", ERROR,
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-without-reason", ERROR,
                     None, "an acknowledgement needs a reason of at least a few words",
-                    RULES["ack-without-reason"].recipe))
+                    RULES["ack-without-reason"].recipe, direction=m.direction))
             elif key not in used:
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-unused", WARNING,
-                    None, f"no finding of {key} in this migration", RULES["ack-unused"].recipe))
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-unused", WARNING,
+                    None, f"no finding of {key} in this migration", RULES["ack-unused"].recipe, direction=m.direction))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -984,16 +1018,21 @@ def _database_facts(profile, database: str | None) -> tuple[dict[str, tuple[int,
 
 
 def lint(rev_range: str | None = None, *, profile=None, database: str | None = None,
-         extra_versions: migrate.ExtraVersions = (), use_squawk: bool = True) -> LintReport:
-    """Lint the upgrade SQL of every migration in ``rev_range`` (default: all of them).
+         extra_versions: migrate.ExtraVersions = (), use_squawk: bool = True,
+         downgrade: bool = False) -> LintReport:
+    """Lint the upgrade SQL of every migration in ``rev_range`` (default: all of them), or
+    with ``downgrade`` the SQL of their downgrades (newest first, the order they run).
 
     Earlier migrations are analysed too (what they established — validated checks, indexes —
-    matters) but only the range's findings are reported. With ``profile`` the findings carry
+    matters) but only the range's findings are reported; downgrades are judged from the
+    schema the upgrades up to the range's end built. With ``profile`` the findings carry
     table sizes and pg_proc decides which defaults are volatile."""
     everything = ms.render_migrations(None if rev_range is None else _upto(rev_range),
                                       extra_versions=extra_versions)
     wanted = {m.revision for m in (ms.render_migrations(rev_range, extra_versions=extra_versions)
                                    if rev_range else everything)}
+    downgrades = ms.render_migrations(rev_range, extra_versions=extra_versions,
+                                      downgrade=True) if downgrade else []
     sizes: dict[str, tuple[int, int]] = {}
     volatile = set(KNOWN_VOLATILE)
     sizes_from = sizes_error = None
@@ -1007,8 +1046,14 @@ def lint(rev_range: str | None = None, *, profile=None, database: str | None = N
     analyzer = _Analyzer(volatile, sizes)
     for m in everything:
         analyzer.migration(m)
+    if downgrade:  # undo from the range's end, newest first, with what the upgrades built
+        analyzer.findings, analyzer.cleared = [], {}
+        for m in downgrades:
+            analyzer.migration(m)
+        reported = downgrades
+    else:
+        reported = [m for m in everything if m.revision in wanted]
     findings = [f for f in analyzer.findings if f.revision in wanted]
-    reported = [m for m in everything if m.revision in wanted]
     cleared: list[Cleared] = []
     version = None
     if use_squawk:
@@ -1025,7 +1070,8 @@ def lint(rev_range: str | None = None, *, profile=None, database: str | None = N
     findings.sort(key=lambda f: ([m.revision for m in reported].index(f.revision)
                                  if f.revision in wanted else 0, f.statement_number))
     return LintReport(rev_range or "base:heads", [m.revision for m in reported], findings,
-                      cleared, sizes_from, sizes_error, version)
+                      cleared, sizes_from, sizes_error, version,
+                      "downgrade" if downgrade else "upgrade")
 
 
 def _upto(rev_range: str) -> str:
@@ -1062,7 +1108,7 @@ def _merge_squawk(m, st, item, findings, analyzer: _Analyzer, cleared, sizes) ->
         m.revision, m.path, st.number, st.line, st.sql, rule,
         ERROR if rule in SQUAWK_ERRORS else WARNING, table,
         (item.get("message") or "").strip(), help_text or "see squawk's documentation",
-        source="squawk", table_rows=rows, table_bytes=size))
+        source="squawk", table_rows=rows, table_bytes=size, direction=m.direction))
 
 
 def rules() -> list[Rule]:

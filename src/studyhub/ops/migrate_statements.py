@@ -94,6 +94,7 @@ class RenderedMigration:
     statements: list[Statement]
     module: Any = field(repr=False, compare=False, default=None)
     parse_error: str | None = None
+    direction: str = "upgrade"  # upgrade | downgrade (the migration's downgrade())
 
 
 class RenderError(migrate.MigrationError):
@@ -130,17 +131,22 @@ def _revisions_in(rev_range: str | None, extra_versions: migrate.ExtraVersions):
 
 def render_migrations(rev_range: str | None = None, *,
                       extra_versions: migrate.ExtraVersions = (),
-                      lock_timeout: str = migrate.DEFAULT_LOCK_TIMEOUT) -> list[RenderedMigration]:
-    """Each migration of the range rendered alone and parsed, oldest first."""
+                      lock_timeout: str = migrate.DEFAULT_LOCK_TIMEOUT,
+                      downgrade: bool = False) -> list[RenderedMigration]:
+    """Each migration of the range rendered alone and parsed, oldest first; with
+    ``downgrade``, each one's downgrade instead, newest first (the order they would run)."""
     script, revs = _revisions_in(rev_range, extra_versions)
+    if downgrade:
+        revs = list(reversed(revs))
     out = []
     for rev in revs:
         down = rev.down_revision
         if isinstance(down, (tuple, list)):
             down = down[0] if down else None
         text = _render_one(rev.revision, down, tuple(str(p) for p in extra_versions),
-                           lock_timeout, Path(rev.path).stat().st_mtime_ns)
+                           lock_timeout, Path(rev.path).stat().st_mtime_ns, downgrade)
         rendered = parse_migration(rev.revision, text)
+        rendered.direction = "downgrade" if downgrade else "upgrade"
         rendered.down_revision = down
         rendered.message = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
         rendered.path = migrate._display_path(rev.path)
@@ -151,15 +157,19 @@ def render_migrations(rev_range: str | None = None, *,
 
 @lru_cache(maxsize=256)
 def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_timeout: str,
-                _mtime: int) -> str:
+                _mtime: int, downgrade: bool = False) -> str:
     cfg = migrate.alembic_config(extra, lock_timeout=lock_timeout)
     buf = io.StringIO()
     cfg.output_buffer = buf
     try:
-        command.upgrade(cfg, f"{down}:{revision}" if down else revision, sql=True)
+        if downgrade:
+            command.downgrade(cfg, f"{revision}:{down or 'base'}", sql=True)
+        else:
+            command.upgrade(cfg, f"{down}:{revision}" if down else revision, sql=True)
     except Exception as exc:
         raise RenderError(
-            f"cannot render migration {revision} offline: {migrate.first_line(exc)} "
+            f"cannot render the {'downgrade' if downgrade else 'upgrade'} of migration "
+            f"{revision} offline: {migrate.first_line(exc)} "
             "(a migration that reads the database must skip that in offline mode: "
             "op.get_context().as_sql)"
         ) from None
