@@ -105,6 +105,17 @@ def test_downgrade_needs_confirmation(profile, fresh_db, cli):
     res = cli("migrate", "down", "--to", "-1", "--database", fresh_db, "--dry-run")
     assert res.exit_code == 0 and "would undo" in res.stdout
     assert migrate.current(profile, fresh_db) == migrate.heads()
+    # The statements the downgrade runs, with their locks, before anything is confirmed:
+    # m01's downgrade drops its index concurrently, then the column under ACCESS EXCLUSIVE.
+    res = cli("migrate", "down", "--to", "0002", "--database", fresh_db)
+    assert res.exit_code != 0 and "needs confirmation" in res.stderr
+    out = " ".join(res.stdout.split())
+    assert "DROP INDEX CONCURRENTLY IF EXISTS ix_flashcard_reviews_student_id_recorded_at" in out
+    assert "SHARE UPDATE EXCLUSIVE on flashcard_reviews" in out
+    assert "ALTER TABLE flashcard_reviews DROP COLUMN recorded_at" in out
+    assert "ACCESS EXCLUSIVE on flashcard_reviews" in out
+    assert out.index("w02") < out.index("m01")  # newest first, the order they run
+    assert migrate.current(profile, fresh_db) == migrate.heads()
     res = cli("migrate", "down", "--to", "base", "--database", fresh_db, "--yes")
     assert res.exit_code == 0, res.stderr
     assert migrate.current(profile, fresh_db) == []

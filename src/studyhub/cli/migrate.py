@@ -66,6 +66,19 @@ def _describe_blocker(b) -> str:
             f"{b.state or '?'}{age}{held}){query}")
 
 
+def _audit_failure(action: str, prof, database: str | None, exc: BaseException,
+                   **fields) -> None:
+    """The audit line of a migration that failed: why (lock timeout, error class), the
+    attempts and the blocking pids — never the error text (it can quote rows or SQL)."""
+    extra: dict = {}
+    if isinstance(exc, ops.LockTimeoutError):
+        extra = {"reason": "lock_timeout", "attempts": len(exc.attempts),
+                 "blocking_pids": sorted({b.pid for a in exc.attempts for b in a.blockers})}
+    else:
+        extra = {"reason": "error", "error": type(exc).__name__}
+    write_audit(action, prof.name, database=database or prof.database, **fields, **extra)
+
+
 def _attempt_printer(json_: bool):
     def show(attempt: ops.Attempt) -> None:
         if json_ or attempt.outcome == "ok":
@@ -134,22 +147,31 @@ def down(
     dry_run: DryRunOpt = False,
     lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
 ) -> None:
-    """Downgrade (undo migrations). Shows the SQL first; needs --yes or confirmation.
-    Production must be named with --profile production."""
+    """Downgrade (undo migrations). First shows each statement the downgrades run (rendered
+    offline), the lock it takes on which table, what that blocks and for how long, and lint's
+    findings on it; then needs --yes or confirmation. Production must be named with
+    --profile production."""
     prof = profile_from(profile)
     what = "downgrade to base (drops the whole schema)" if to == "base" else f"downgrade to {to}"
     refuse_unless_allowed(prof, what)  # before connecting: production must be named explicitly
-    cur = ops.current(prof, database)
-    plan = ops.downgrade_plan(cur, to)
-    if not plan:
-        console.print(f"nothing to undo: the database is at {', '.join(cur) or 'base'}")
+    planned = migrate_plan.plan_downgrade(prof, to, database=database)
+    if not planned.migrations:
+        console.print(f"nothing to undo: the database is at {', '.join(planned.current) or 'base'}")
         return
-    console.print(f"[bold]would undo[/] on {prof.name}: " + ", ".join(
-        f"{r.revision} ({r.message})" for r in plan))
+    undo = ops.downgrade_plan(planned.current, to)
+    console.print(f"[bold]would undo[/] on {prof.name}/{planned.database} "
+                  f"({', '.join(planned.current)} → {planned.target}): " + ", ".join(
+                      f"{r.revision} ({r.message.splitlines()[0] if r.message else ''})"
+                      for r in undo))
+    _render_planned(planned)
     if dry_run:
         return
     confirm_destructive(prof, what, yes=yes)
-    result = ops.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
+    try:
+        result = ops.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
+    except Exception as exc:
+        _audit_failure("migrate.down.failed", prof, database, exc, target=to)
+        raise
     write_audit("migrate.down", prof.name, database=result.database, target=to,
                 from_revisions=result.from_revisions, to_revisions=result.to_revisions)
     _show(result, "downgraded")
@@ -340,6 +362,11 @@ def plan(
         return
     console.print(f"{result.profile}/{result.database}: at {at}; would apply "
                   + ", ".join(m.revision for m in result.migrations))
+    _render_planned(result)
+
+
+def _render_planned(result: migrate_plan.MigrationPlan) -> None:
+    """Each planned statement with the locks it takes (plan and down share this)."""
     for m in result.migrations:
         console.print(f"\n[bold]{m.revision}[/] {escape(m.message)} [dim]({escape(m.path)})[/]")
         for st in m.statements:
@@ -356,7 +383,9 @@ def plan(
                               f"{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
                               f"{lk.blocks}; held until {st.held_until}")
             if st.lint:
-                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub migrate lint)")
+                how = "migrate lint --downgrade" if result.direction == "downgrade" \
+                    else "migrate lint"
+                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub {how})")
     if result.tables:
         console.print("tables touched: " + "; ".join(
             f"{t.table}{_table_note(t.rows_estimate, t.total_bytes)} strongest lock "
