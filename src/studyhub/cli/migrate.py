@@ -115,16 +115,16 @@ def up(
 ) -> None:
     """Upgrade the database to head (or --to REV). Each statement waits at most
     --lock-timeout for its lock; on a lock timeout the sessions that blocked it are shown and
-    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped."""
+    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped.
+    Refused on a read-only profile, and on production unless named with --profile."""
     prof = profile_from(profile)
+    refuse_unless_allowed(prof, f"upgrade to {to}")  # before connecting
     try:
         result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
                              retries=retries, backoff_s=retry_wait,
                              on_attempt=_attempt_printer(json_))
-    except ops.LockTimeoutError as exc:
-        write_audit("migrate.up.failed", prof.name, database=database or prof.database,
-                    reason="lock_timeout", attempts=len(exc.attempts),
-                    blocking_pids=sorted({b.pid for a in exc.attempts for b in a.blockers}))
+    except Exception as exc:
+        _audit_failure("migrate.up.failed", prof, database, exc, target=to)
         raise
     if result.from_revisions != result.to_revisions:
         write_audit("migrate.up", prof.name, database=result.database,
@@ -405,6 +405,7 @@ def roundtrip(
     comparing the full schema (columns, types, defaults, constraints, indexes, …) after each
     step. Exit 1 when a downgrade does not restore the schema exactly."""
     prof = profile_from(profile)
+    refuse_unless_allowed(prof, "run a migration roundtrip")
     result = migrate_roundtrip.roundtrip(prof, revision, all_revisions=all_,
                                          extra_versions=versions_dir or ())
     if json_:
