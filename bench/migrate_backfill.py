@@ -124,6 +124,10 @@ def main() -> None:
         report = migrate_lint.lint()
         print(f"migrate lint of {len(report.migrations)} migrations (pglast + squawk): "
               f"{time.monotonic() - t0:.2f} s, {report.errors} errors")
+        t0 = time.monotonic()
+        report = migrate_lint.lint(downgrade=True)
+        print(f"migrate lint --downgrade of {len(report.migrations)} downgrades: "
+              f"{time.monotonic() - t0:.2f} s, {report.errors} errors")
     finally:
         cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)
