@@ -105,6 +105,8 @@ def test_downgrade_needs_confirmation(profile, fresh_db, cli):
     assert res.exit_code != 0 and "needs confirmation" in res.stderr
     res = cli("migrate", "down", "--to", "-1", "--database", fresh_db, "--dry-run")
     assert res.exit_code == 0 and "would undo" in res.stdout
+    default = cli("migrate", "down", "--database", fresh_db, "--dry-run")  # --to -1 by default
+    assert default.exit_code == 0 and default.stdout == res.stdout
     assert migrate.current(profile, fresh_db) == migrate.heads()
     # The statements the downgrade runs, with their locks, before anything is confirmed:
     # m01's downgrade drops its index concurrently, then the column under ACCESS EXCLUSIVE.

@@ -140,7 +140,7 @@ def up(
 
 @app.command()
 def down(
-    to: Annotated[str, typer.Option("--to", help="Target: a revision, -1 (one step) or base.")],
+    to: Annotated[str, typer.Option("--to", help="Target: a revision, -1 (one step; the default) or base.")] = "-1",
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
     yes: YesOpt = False,
