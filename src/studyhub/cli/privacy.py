@@ -257,8 +257,8 @@ def anonymize(
         "--dataset", help=f"One of: {', '.join(anon.DATASETS)}.")] = "reviews",
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     min_group: Annotated[int, typer.Option(
-        "--min-group", help="Drop rows whose quasi-identifiers (year group, subject ...) are "
-        "shared by fewer students than this.")] = anon.DEFAULT_MIN_GROUP,
+        "--min-group", help="Drop rows whose quasi-identifiers (year group, subject ...; for "
+        "students every column but the pseudonym) are shared by fewer students than this.")] = anon.DEFAULT_MIN_GROUP,
     profile: ProfileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -282,6 +282,9 @@ def anonymize(
         f"wrote {result.rows_written:,} {dataset} rows to {result.path} ({fmt}, 0600); "
         f"suppressed {result.rows_suppressed:,} rows in {result.groups_suppressed} group(s) of "
         f"fewer than {min_group} students by {', '.join(result.quasi_identifiers)}")
+    if len(anon.DATASETS[dataset].levels) > 1:
+        console.print(f"generalised (level {result.level} of "
+                      f"{len(anon.DATASETS[dataset].levels) - 1}): {result.generalisation}")
 
 
 @app.command()
