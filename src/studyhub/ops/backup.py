@@ -498,14 +498,17 @@ def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backu
 
 
 def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
-                           live_database: str | None) -> ErasureReapply:
+                           live_database: str | None, *,
+                           live_profile: Profile | None = None) -> ErasureReapply:
     """Union of the ledgers of the live database, the backup directory's file and the restored
-    database itself, re-applied to the restored database (idempotent, one transaction)."""
+    database itself, re-applied to the restored database (idempotent, one transaction). The
+    live database is on ``live_profile`` when given (a point-in-time fork's source), else on
+    ``profile``."""
     sources: dict[str, int] = {}
     lists: list[list[Any]] = []
     if live_database:
         try:
-            with connect(profile, "app", database=live_database,
+            with connect(live_profile or profile, "app", database=live_database,
                          application_name="studyhub restore ledger") as live:
                 entries = privacy.erasure_ledger(live)
             sources[f"live database {live_database}"] = len(entries)
