@@ -327,7 +327,7 @@ def fork(
         err_console.print(f"[bold red]! erasure ledger NOT re-applied (--no-reapply-erasures): "
                           f"fork {escape(name)} may hold people erased after {iso(when)}; "
                           f"before anyone uses it: studyhub privacy reapply-erasures --fork "
-                          f"{escape(name)}[/]")
+                          f"{escape(name)}{' --profile ' + escape(profile) if profile else ''}[/]")
 
 
 @forks_app.command("list")
