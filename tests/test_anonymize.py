@@ -169,3 +169,49 @@ def test_anonymize_cli_writes_file_and_audit_line(migrated, analytics_db, cli, m
     assert all(p.email not in audit for p in people)
     res = cli("privacy", "anonymize", "--dataset", "nope", "--out", tmp_path / "n.csv")
     assert res.exit_code != 0
+
+
+def test_students_counts_are_bands_not_exact_numbers(migrated, analytics_db, tmp_path):
+    db, people = analytics_db
+    res = run(migrated, db, KEY_A, tmp_path / "s.csv", dataset="students", min_group=1)
+    assert res.level == 0 and "joined: month" in res.generalisation
+    rows = {r["student"]: r for r in read_csv(res.path)}
+    row = rows[KEY_A.pseudonym("student", people[0].student_id)]
+    # size 2: 2 subjects, 2 notes, 4 cards, 12 reviews, 2 AI logs
+    assert (row["subjects_band"], row["notes_band"], row["flashcards_band"], row["reviews_band"],
+            row["ai_interactions_band"]) == ("1-2", "1-9", "1-9", "10-49", "1-9")
+    assert len(row["joined"]) == 7 and row["joined"][4] == "-"  # YYYY-MM
+
+
+def test_students_dataset_is_k_anonymous_on_every_column_and_hides_the_heavy_student(
+        cluster, migrated, tmp_path):
+    """The audit's finding: with exact activity counts every released student row was unique.
+    Now no released row is shared by fewer than k students on all its non-pseudonym columns,
+    and the heavy student (10k cards, 100k reviews) is not singled out."""
+    from collections import Counter
+
+    from studyhub.ops.seed import seed_database
+
+    db = f"anon_seed_{uuid.uuid4().hex[:8]}"
+    cluster.create_database(db)
+    try:
+        migrate.upgrade(migrated, database=db)
+        seeded = seed_database(migrated, students=60, heavy_student=True, database=db)
+        heavy = KEY_A.pseudonym("student", uuid.UUID(seeded.heavy_student_id))
+        with connect_as(migrated, "app", db) as conn:
+            exact = conn.execute("SELECT count(*) FROM flashcard_reviews WHERE student_id = %s",
+                                 (seeded.heavy_student_id,)).fetchone()[0]
+        for k in (3, 5):
+            res = run(migrated, db, KEY_A, tmp_path / f"k{k}.csv", dataset="students",
+                      min_group=k)
+            rows = read_csv(res.path)
+            assert res.rows_written == len(rows) > 0
+            quasi = Counter(tuple(v for c, v in r.items() if c != "student") for r in rows)
+            assert min(quasi.values()) >= k, quasi  # k-anonymous on all released columns
+            assert res.rows_written + res.rows_suppressed == 61
+            mine = [r for r in rows if r["student"] == heavy]
+            if mine:  # released only inside a group of at least k students
+                assert quasi[tuple(v for c, v in mine[0].items() if c != "student")] >= k
+            assert not any(str(exact) in v for r in rows for c, v in r.items() if c != "student")
+    finally:
+        cluster.drop_database(db)

@@ -97,6 +97,12 @@ def test_fork_creates_a_cluster_from_backup_waits_and_verifies(cli, do, cluster)
     verification = out["result"]["verification"]
     assert verification["error"] is None and verification["database"] == "studyhub"
     assert {t["table"] for t in verification["tables"]} >= {"students", "subjects", "notes"}
+    # The erasure ledger was read from the source and re-applied through the same connection
+    # path (the fake's fork is the session database: nobody erased is present in it).
+    erasures = out["result"]["erasures"]
+    assert erasures["status"] in ("reapplied", "no-ledger") and erasures["reapplied"] == 0
+    assert "live database studyhub" in erasures["sources"]
+    assert any("erasure ledger" in line for line in out["plan"]["summary"])
     # The API's connection objects carry passwords: none reaches the output or the audit log.
     assert "fake-password-xyz" not in json.dumps(out)
     audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
@@ -365,3 +371,26 @@ def test_a_fork_that_times_out_after_creation_is_still_audited(cli, do, cluster)
     audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
     assert audit["action"] == "cluster.fork" and audit["outcome"] == "failed"
     assert "still 'creating'" in audit["error"] and do.fake.token not in json.dumps(audit)
+
+
+def test_a_fork_that_cannot_be_reached_for_the_erasure_ledger_fails_loudly(cli, do, cluster):
+    """The fork is online but its database cannot be reached: it may hold erased people, so the
+    command fails with what to do (remove it or re-apply), and the audit line says so."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        do.fake.connection_port = s.getsockname()[1]  # nothing listens there
+    res = run(cli, "fork", "--at", "now", "--name", "staging-unreachable", "--yes",
+              "--poll-interval", "0")
+    assert res.exit_code == 1
+    assert "cannot re-apply the erasure ledger" in res.stderr
+    assert "studyhub cluster forks remove staging-unreachable" in res.stderr
+    assert "fake-password-xyz" not in res.stderr
+    audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
+    assert audit["action"] == "cluster.fork" and audit["outcome"] == "failed"
+    assert "erasure ledger" in audit["error"]
+    res = run(cli, "fork", "--at", "now", "--name", "staging-skip", "--yes",
+              "--poll-interval", "0", "--no-reapply-erasures")
+    assert res.exit_code == 0, res.stderr
+    assert "erasure ledger NOT re-applied" in res.stderr

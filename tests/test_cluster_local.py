@@ -272,3 +272,81 @@ def test_a_restore_that_does_not_match_its_manifest_is_refused_and_cleaned_up(cl
         assert not (cluster.forks_dir / "corrupt-fork.json").exists()
     finally:
         shutil.rmtree(backup)
+
+
+def _person_rows(conn: psycopg.Connection, person) -> dict[str, int]:
+    """Rows of one person (tests.privacy_data.add_person) per table."""
+    counts = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE student_id = %s",
+                              (person.student_id,)).fetchone()[0]
+              for t in ("student_subjects", "notes", "flashcards", "flashcard_reviews",
+                        "revision_sessions", "ai_interactions")}
+    counts["students"] = conn.execute("SELECT count(*) FROM students WHERE id = %s",
+                                      (person.student_id,)).fetchone()[0]
+    counts["users"] = conn.execute("SELECT count(*) FROM users WHERE id = %s",
+                                   (person.user_id,)).fetchone()[0]
+    return counts
+
+
+def test_fork_erases_again_people_erased_after_its_point_in_time(cli, cluster, migrated):
+    """GDPR art. 17: a fork is the database at time T, so a person erased after T is back in
+    it unless the erasure ledger is re-applied. Default: re-applied (reported); with
+    --no-reapply-erasures the fork holds them (said loudly) until `privacy reapply-erasures
+    --fork` erases them there."""
+    from studyhub.ops import privacy
+    from studyhub.ops.pseudonym import PseudonymKey
+    from tests.privacy_data import add_person
+
+    key = PseudonymKey(b"fork-test-key-0123456789abcdef0123456789", "test")
+    tag = uuid.uuid4().hex[:8]
+    n = 900_000 + int(tag[:5], 16)
+    assert cli("cluster", "basebackup").exit_code == 0
+    with connect_as(migrated) as conn:
+        before = add_person(conn, n)  # erased before T: absent from the fork anyway
+        after = add_person(conn, n + 1)  # erased after T: present in the fork at T
+    with connect_as(migrated, autocommit=False) as conn:
+        privacy.erase_person(conn, key, student_id=before.student_id)
+    with connect_as(migrated) as conn:
+        at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    time.sleep(0.05)
+    with connect_as(migrated, autocommit=False) as conn:
+        privacy.erase_person(conn, key, student_id=after.student_id)
+    skipped, reapplied = f"noerase-{tag}", f"erase-{tag}"
+    try:
+        # Without the ledger: the person erased after T is back in the fork.
+        res = cli("cluster", "fork", "--at", at.isoformat(), "--name", skipped, "--yes",
+                  "--no-reapply-erasures", "--json")
+        out = _json(res)
+        assert out["result"]["erasures"]["status"] == "skipped"
+        assert "NOT re-applying the erasure ledger" in " ".join(out["plan"]["summary"])
+        assert "erasure ledger NOT re-applied" in res.stderr
+        with psycopg.connect(out["result"]["fork"]["url"], autocommit=True) as fconn:
+            assert all(_person_rows(fconn, after).values())  # present in every table
+            assert not any(_person_rows(fconn, before).values())
+        # ... until the ledger is re-applied to that fork on demand.
+        res = cli("privacy", "reapply-erasures", "--fork", skipped, "--yes", "--json")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads(res.stdout)["people_present"] == 1
+        with psycopg.connect(out["result"]["fork"]["url"], autocommit=True) as fconn:
+            assert not any(_person_rows(fconn, after).values())
+
+        # Default: the fork erases them again itself, and says so.
+        out = _json(cli("cluster", "fork", "--at", at.isoformat(), "--name", reapplied, "--yes",
+                        "--json"))
+        erasures = out["result"]["erasures"]
+        assert erasures["status"] == "reapplied"
+        assert erasures["reapplied"] == 1 and erasures["already_absent"] >= 1
+        assert erasures["rows_deleted"] == 25  # add_person(size=2): 1+1+2+2+1+4+12+2 rows
+        assert erasures["sources"][f"live database {migrated.database}"] >= 2
+        with psycopg.connect(out["result"]["fork"]["url"], autocommit=True) as fconn:
+            assert not any(_person_rows(fconn, after).values())
+            assert not any(_person_rows(fconn, before).values())
+            ledger = {r[0] for r in fconn.execute("SELECT user_id FROM ops.erasure_ledger")}
+            assert {before.user_id, after.user_id} <= ledger  # the fork's own ledger knows
+        audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
+        assert (audit["action"], audit["erasures"], audit["erasures_reapplied"]) == \
+            ("cluster.fork", "reapplied", 1)
+        assert after.email not in cluster.audit_log.read_text()
+    finally:
+        for name in (skipped, reapplied):
+            cli("cluster", "forks", "remove", name, "--yes")
+

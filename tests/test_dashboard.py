@@ -405,3 +405,21 @@ def test_statement_text_is_escaped_not_executed_in_the_page(client, migrated, pr
     page = client().get(f"/p/local/queries/{qid}").text
     assert "&lt;script&gt;alert(" in page
     assert "<script>alert" not in page
+
+
+def test_create_index_confirmation_checks_the_table_and_columns_first(client, migrated):
+    c = client()
+    ok = c.get("/p/local/indexes/create", params={"table": "notes", "columns": "subject_id"})
+    assert ok.status_code == 200 and 'id="confirm"' in ok.text
+    for params, reason in (({"table": "notes", "columns": ""}, "at least one column"),
+                           ({"table": "nosuch", "columns": "a"}, "no table public.nosuch"),
+                           ({"table": "notes", "columns": "subject_id,nope"}, "no column(s) nope")):
+        res = c.get("/p/local/indexes/create", params=params)
+        assert res.status_code == 400 and reason in res.text, (params, res.text[:300])
+        assert 'id="confirm"' not in res.text
+
+
+def test_a_malformed_query_parameter_renders_the_error_page(client, migrated):
+    res = client().get("/p/local/queries", params={"limit": "abc"})
+    assert res.status_code == 400 and "text/html" in res.headers["content-type"]
+    assert "invalid value for limit" in res.text

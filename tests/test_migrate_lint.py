@@ -108,6 +108,34 @@ CASES = {
         'backfill_in_batches("flashcard_reviews", set_sql="rating_v2 = rating", '
         'where_sql="rating_v2 IS NULL")',
     ),
+    "table-rewrite": (
+        'op.execute("ALTER TABLE flashcard_reviews SET UNLOGGED")',
+        'with op.get_context().autocommit_block():\n'
+        '    op.execute("VACUUM (ANALYZE) flashcard_reviews")',
+    ),
+    "truncate-table": (
+        'op.execute("TRUNCATE notes")',
+        'op.create_table("import_staging", sa.Column("id", sa.Uuid(), primary_key=True))\n'
+        'op.execute("TRUNCATE import_staging")',
+    ),
+    "blocking-table-lock": (
+        'op.execute("LOCK TABLE flashcard_reviews IN SHARE ROW EXCLUSIVE MODE")',
+        # serialises concurrent migrations without blocking the app's reads and writes
+        'op.execute("LOCK TABLE flashcard_reviews IN SHARE UPDATE EXCLUSIVE MODE")',
+    ),
+    "procedural-code": (
+        'op.execute("DO $$ BEGIN EXECUTE format(\'ALTER TABLE %I ALTER COLUMN rating TYPE '
+        'integer\', \'flashcard_reviews\'); END $$")',
+        # what migration_helpers.grant_to_ops renders: static, no table lock
+        'op.execute("DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '
+        '\'studyhub_ops\') THEN GRANT SELECT ON notes TO studyhub_ops; END IF; END $$")',
+    ),
+    "lock-timeout-missing:set_config": (
+        'op.execute("SELECT set_config(\'lock_timeout\', \'0\', false)")\n'
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+        'op.execute("SELECT set_config(\'lock_timeout\', \'2s\', true)")\n'
+        'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+    ),
     "reindex-not-concurrently": (
         'op.execute("REINDEX INDEX ix_notes_student_id")',
         'with op.get_context().autocommit_block():\n'
@@ -132,15 +160,72 @@ def _errors(report):
 def test_each_rule_flags_the_dangerous_migration_and_passes_the_safe_one(case, tmp_path):
     rule = case.split(":")[0]
     dangerous, safe = CASES[case]
+    severity = migrate_lint.RULES[rule].severity
     rev, report = _lint(tmp_path / "bad", dangerous)
-    hits = [f for f in _errors(report) if f.rule == rule]
+    hits = [f for f in report.findings if f.rule == rule and f.severity == severity
+            and not f.acknowledged]
     assert hits, f"{rule} not flagged: {[(f.rule, f.severity) for f in report.findings]}"
     f = hits[0]
     assert f.revision == rev and f.path.endswith(f"{rev}_example.py")
     assert f.statement and f.why and f.recipe and f.line > 0
-    assert not report.ok
+    assert report.ok == (severity == "warning")
     _, good = _lint(tmp_path / "good", safe)
     assert _errors(good) == [], [(f.rule, f.why) for f in _errors(good)]
+    assert not [f for f in good.findings if f.rule == rule]
+
+
+# What an audit found passing lint with no finding: each must now be flagged.
+UNSAFE = {
+    'op.execute("TRUNCATE notes")': ("truncate-table", "notes"),
+    'op.execute("LOCK TABLE flashcard_reviews IN ACCESS EXCLUSIVE MODE")':
+        ("blocking-table-lock", "flashcard_reviews"),
+    'op.execute("ALTER TABLE flashcard_reviews SET UNLOGGED")':
+        ("table-rewrite", "flashcard_reviews"),
+    'op.execute("ALTER TABLE flashcard_reviews SET TABLESPACE pg_default")':
+        ("table-rewrite", "flashcard_reviews"),
+    'op.execute("CLUSTER flashcard_reviews USING ix_flashcard_reviews_revision_session_id")':
+        ("table-rewrite", "flashcard_reviews"),
+    'with op.get_context().autocommit_block():\n    op.execute("VACUUM FULL flashcard_reviews")':
+        ("table-rewrite", "flashcard_reviews"),
+    # static DDL inside a DO block is judged like the same statement outside it
+    'op.execute("DO $$ BEGIN ALTER TABLE flashcard_reviews ALTER COLUMN rating TYPE integer; '
+    'END $$")': ("column-type-rewrite", "flashcard_reviews"),
+    'op.execute("DO $$ BEGIN LOCK TABLE notes IN EXCLUSIVE MODE; END $$")':
+        ("blocking-table-lock", "notes"),
+    'op.execute("SELECT set_config(\'lock_timeout\',\'0\',false)")\n'
+    'op.add_column("notes", sa.Column("pinned", sa.Boolean()))': ("lock-timeout-missing", "notes"),
+    'op.execute("SELECT pg_catalog.set_config(\'lock_timeout\', \'2min\', false)")\n'
+    'op.add_column("notes", sa.Column("pinned", sa.Boolean()))':
+        ("lock-timeout-too-long", "notes"),
+    'op.execute("SELECT studyhub_reshape_reviews()")': ("procedural-code", None),
+    'op.execute("CALL studyhub_reshape_reviews()")': ("procedural-code", None),
+    'op.execute("DO LANGUAGE plpython3u $$ plpy.execute(\'TRUNCATE notes\') $$")':
+        ("procedural-code", None),
+}
+
+
+@pytest.mark.parametrize("body", sorted(UNSAFE))
+def test_statements_that_lock_or_hide_their_locks_are_flagged(body, tmp_path):
+    rule, table = UNSAFE[body]
+    _, report = _lint(tmp_path, body)
+    hits = [f for f in report.findings if f.rule == rule]
+    assert [(f.rule, f.table) for f in hits] == [(rule, table)], \
+        [(f.rule, f.table, f.why) for f in report.findings]
+    assert report.ok == (migrate_lint.RULES[rule].severity == "warning")
+
+
+def test_plan_and_lint_agree_on_what_a_do_block_locks(tmp_path):
+    """A DO block's static statements have known locks (plan shows them); only run-time SQL
+    (EXECUTE, CALL, another language) is unknown — and that is what lint warns about."""
+    import pglast
+
+    from studyhub.ops import migrate_statements as ms
+
+    static = pglast.parse_sql("DO $$ BEGIN ALTER TABLE notes ADD COLUMN x text; END $$")[0].stmt
+    assert [(lk.table, lk.mode) for lk in ms.statement_locks(static)] == [
+        ("notes", "ACCESS EXCLUSIVE")]
+    dynamic = pglast.parse_sql("DO $$ BEGIN EXECUTE 'TRUNCATE notes'; END $$")[0].stmt
+    assert ms.statement_locks(dynamic) is None
 
 
 def test_index_and_constraints_on_a_table_created_in_the_same_migration_are_fine(tmp_path):
@@ -258,10 +343,66 @@ def test_lint_with_a_profile_reports_table_sizes(tmp_path, migrated):
     assert f.table_rows is not None and f.table_bytes and f.table_bytes > 0
 
 
+def test_downgrades_are_linted_and_acknowledged_separately(tmp_path, cli):
+    versions = tmp_path / "versions"
+    body = 'create_index_concurrently("ix_fr_rating", "flashcard_reviews", ["rating"])'
+    plain_drop = 'op.drop_index("ix_fr_rating", table_name="flashcard_reviews")'
+    rev = write_example(versions, body, downgrade=plain_drop)
+    rng = f"{migrate.heads()[0]}:{rev}"
+    assert migrate_lint.lint(rng, extra_versions=[versions]).ok  # the upgrade is safe
+    report = migrate_lint.lint(rng, extra_versions=[versions], downgrade=True)
+    assert report.direction == "downgrade" and report.migrations == [rev] and not report.ok
+    (f,) = _errors(report)
+    assert (f.rule, f.table, f.direction) == ("drop-index-not-concurrently", "flashcard_reviews",
+                                              "downgrade")
+    assert f.statement == "DROP INDEX ix_fr_rating"
+    res = cli("migrate", "lint", rng, "--versions-dir", versions, "--downgrade")
+    assert res.exit_code == 1 and f"{rev} downgrade" in res.stdout
+    assert "drop-index-not-concurrently" in res.stdout
+    data = json.loads(cli("migrate", "lint", rng, "--versions-dir", versions, "--downgrade",
+                          "--json").stdout)
+    assert data["direction"] == "downgrade" and data["findings"][0]["direction"] == "downgrade"
+    # LINT_ACK covers the upgrade only; the downgrade has its own LINT_ACK_DOWNGRADE.
+    acked = tmp_path / "acked"
+    ack = ('LINT_ACK_DOWNGRADE = {"drop-index-not-concurrently": '
+           '"rolled back only before launch, while flashcard_reviews is empty"}')
+    rev = write_example(acked, body, downgrade=plain_drop, extra=ack)
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[acked],
+                               downgrade=True)
+    assert report.ok and report.acknowledged == 1
+    wrong = tmp_path / "wrong"
+    rev = write_example(wrong, body, downgrade=plain_drop, extra=ack.replace("_DOWNGRADE", ""))
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[wrong],
+                               downgrade=True)
+    assert not report.ok
+
+
+def test_a_downgrade_dropping_a_mapped_column_warns_of_data_loss(tmp_path):
+    """Undoing a release drops what it added: a warning (data loss), not the upgrade's
+    drop-mapped-column error; an index dropped with its table is no finding of its own."""
+    versions = tmp_path / "versions"
+    rev = write_example(versions, 'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+                        downgrade='op.drop_column("notes", "title")')
+    report = migrate_lint.lint(f"{migrate.heads()[0]}:{rev}", extra_versions=[versions],
+                               downgrade=True)
+    ours = [(f.rule, f.severity) for f in report.findings if f.source == "studyhub"]
+    assert ours == [("drop-column", "warning")]
+    report = migrate_lint.lint("base:0001", downgrade=True)
+    assert not [f for f in report.findings if f.rule == "drop-index-not-concurrently"]
+    assert {f.rule for f in report.findings} == {"drop-table"}
+    assert all(f.acknowledged for f in report.findings)
+
+
 def test_every_migration_in_the_repository_lints_clean(cli):
-    """CI runs this on every migration: an unacknowledged error fails the build."""
+    """CI runs this on every migration: an unacknowledged error fails the build — in the
+    upgrades and in the downgrades."""
     res = cli("migrate", "lint")
     assert res.exit_code == 0, res.stdout
+    res = cli("migrate", "lint", "--downgrade")
+    assert res.exit_code == 0, res.stdout
+    downgrades = migrate_lint.lint(downgrade=True)
+    assert downgrades.migrations == [r.revision for r in migrate.history()]  # newest first
+    assert downgrades.errors == 0
     report = migrate_lint.lint()
     assert report.migrations == [r.revision for r in reversed(migrate.history())]
     assert report.errors == 0

@@ -7,6 +7,7 @@ import json
 import psycopg
 import pytest
 
+from studyhub.audit import read_audit
 from studyhub.ops import migrate
 from tests.conftest import connect_as
 
@@ -104,6 +105,19 @@ def test_downgrade_needs_confirmation(profile, fresh_db, cli):
     assert res.exit_code != 0 and "needs confirmation" in res.stderr
     res = cli("migrate", "down", "--to", "-1", "--database", fresh_db, "--dry-run")
     assert res.exit_code == 0 and "would undo" in res.stdout
+    default = cli("migrate", "down", "--database", fresh_db, "--dry-run")  # --to -1 by default
+    assert default.exit_code == 0 and default.stdout == res.stdout
+    assert migrate.current(profile, fresh_db) == migrate.heads()
+    # The statements the downgrade runs, with their locks, before anything is confirmed:
+    # m01's downgrade drops its index concurrently, then the column under ACCESS EXCLUSIVE.
+    res = cli("migrate", "down", "--to", "0002", "--database", fresh_db)
+    assert res.exit_code != 0 and "needs confirmation" in res.stderr
+    out = " ".join(res.stdout.split())
+    assert "DROP INDEX CONCURRENTLY IF EXISTS ix_flashcard_reviews_student_id_recorded_at" in out
+    assert "SHARE UPDATE EXCLUSIVE on flashcard_reviews" in out
+    assert "ALTER TABLE flashcard_reviews DROP COLUMN recorded_at" in out
+    assert "ACCESS EXCLUSIVE on flashcard_reviews" in out
+    assert out.index("w02") < out.index("m01")  # newest first, the order they run
     assert migrate.current(profile, fresh_db) == migrate.heads()
     res = cli("migrate", "down", "--to", "base", "--database", fresh_db, "--yes")
     assert res.exit_code == 0, res.stderr
@@ -118,6 +132,19 @@ def test_downgrade_base_refused_on_production_unless_named(cli, monkeypatch):
     assert "name it explicitly with --profile production" in res.stderr
 
 
+def test_up_and_roundtrip_refused_on_production_unless_named_and_on_read_only(cli, monkeypatch):
+    monkeypatch.setenv("STUDYHUB_PROFILE", "production")
+    monkeypatch.setenv("STUDYHUB_PRODUCTION_HOST", "db-studyhub-prod.invalid")
+    for args in (("migrate", "up"), ("migrate", "roundtrip")):
+        res = cli(*args)
+        assert res.exit_code != 0
+        assert "name it explicitly with --profile production" in res.stderr, args
+    monkeypatch.setenv("STUDYHUB_STAGING_HOST", "db-studyhub-staging.invalid")
+    monkeypatch.setenv("STUDYHUB_STAGING_READ_ONLY", "true")
+    res = cli("migrate", "up", "--profile", "staging")
+    assert res.exit_code != 0 and "profile staging is marked read-only" in res.stderr
+
+
 def test_bad_revision_is_one_clear_line(cli, profile, fresh_db):
     migrate.upgrade(profile, database=fresh_db)
     res = cli("migrate", "down", "--to", "zzzz", "--database", fresh_db, "--yes")
@@ -125,3 +152,10 @@ def test_bad_revision_is_one_clear_line(cli, profile, fresh_db):
     assert "not below the database's current revision" in res.stderr
     res = cli("migrate", "up", "--to", "nope", "--database", fresh_db)
     assert res.exit_code != 0 and len(res.stderr.strip().splitlines()) == 1
+    # any failed upgrade is audited (not only lock timeouts), without the error text
+    audit = [a for a in read_audit() if a["action"] == "migrate.up.failed"][-1]
+    assert audit["reason"] == "error" and audit["target"] == "nope"
+    assert audit["database"] == fresh_db and "nope" not in audit.get("error", "")
+    res = cli("migrate", "roundtrip", "--revision", "nosuch")
+    assert res.exit_code != 0
+    assert res.stderr.strip().splitlines() == ["error: no migration 'nosuch'"]

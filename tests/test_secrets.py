@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -58,11 +59,23 @@ class CmdlineWatcher:
         self._thread.join()
 
 
-def test_no_password_on_argv_during_basebackup():
+def test_no_password_on_argv_during_basebackup(monkeypatch):
+    # Secrets exported in the operator's shell must not travel into the servers' environment
+    # (the postgres OS user can read /proc/<pid>/environ of its own processes).
+    shell_secrets = {"STUDYHUB_PRODUCTION_PASSWORD": "shell-secret-pw-1",
+                     "DIGITALOCEAN_TOKEN": "shell-secret-token-2",
+                     "MY_API_KEY": "shell-secret-key-3"}
+    for name, value in shell_secrets.items():
+        monkeypatch.setenv(name, value)
     home = make_home("studyhub-argv-")
     cluster = LocalCluster(home)
     try:
         cluster.up()
+        postmaster = int((cluster.primary_dir / "postmaster.pid").read_text().split()[0])
+        environ = Path(f"/proc/{postmaster}/environ").read_bytes().decode(errors="replace")
+        assert "PATH=" in environ  # the ordinary environment is still there
+        assert not [v for v in shell_secrets.values() if v in environ]
+        assert "STUDYHUB_" not in environ
         # make the base backup take long enough to be observed
         with cluster.admin_connect("studyhub") as conn:
             conn.execute("CREATE TABLE ballast AS SELECT g, repeat('x', 500) AS pad "
@@ -86,3 +99,14 @@ def test_no_password_on_argv_during_psql(cluster, migrated):
     assert proc.returncode == 0, proc.stderr
     assert watch.seen_target > 0
     assert watch.leaks == []
+
+
+def test_children_inherit_no_secrets_from_the_shell(profile, monkeypatch):
+    from studyhub.connect import child_env
+
+    monkeypatch.setenv("STUDYHUB_STAGING_PASSWORD", "shell-secret-pw-4")
+    monkeypatch.setenv("GITHUB_TOKEN", "shell-secret-token-5")
+    monkeypatch.setenv("PGPASSWORD", "shell-secret-pw-6")
+    env = child_env(profile, "ops")
+    assert not {"shell-secret-pw-4", "shell-secret-token-5", "shell-secret-pw-6"} & set(env.values())
+    assert env["PGUSER"] == profile.users["ops"] and env["PATH"] == os.environ["PATH"]

@@ -7,12 +7,12 @@ Passwords travel in memory (psycopg keyword), in a child's environment (``PGPASS
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 
+from studyhub.environ import inherited_environ
 from studyhub.errors import StudyhubError
 from studyhub.profiles import Endpoint, Profile
 
@@ -104,8 +104,9 @@ def subprocess_env(profile: Profile, role: str = "app", database: str | None = N
 
 
 def child_env(profile: Profile, role: str = "app", database: str | None = None) -> dict[str, str]:
-    """``os.environ`` without any inherited PG* settings, plus this profile's."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    """The inherited environment without our settings or secrets (:mod:`studyhub.environ`),
+    plus this profile's PG* settings for ``role``."""
+    base = inherited_environ()
     base.update(subprocess_env(profile, role, database))
     return base
 

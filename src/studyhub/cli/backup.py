@@ -217,9 +217,6 @@ def render_erasures(erasures: ops.ErasureReapply | None) -> None:
                       f"(sources: {', '.join(f'{k}: {v}' for k, v in erasures.sources.items())})")
     elif erasures.status == "no-ledger":
         console.print("  erasure ledger: no erasures recorded")
-    else:
-        console.print("  [yellow]erasure ledger: the privacy module is not installed; erasures "
-                      "made after this backup were NOT re-applied[/]")
 
 
 @app.command("import")

@@ -156,6 +156,22 @@ def render_verification(v: ops.Verification | None) -> None:
         console.print(f"tables not in this database: {', '.join(v.missing_tables)}")
 
 
+def render_fork_erasures(e: ops.ForkErasures | None) -> None:
+    if e is None:
+        return
+    if e.status == "skipped":
+        console.print("  [bold red]erasure ledger: NOT re-applied (--no-reapply-erasures)[/]")
+    elif e.status == "no-ledger":
+        console.print("  erasure ledger: no erasures recorded")
+    else:
+        console.print(f"  erasure ledger: {e.ledger_entries} erased people, {e.reapplied} of them "
+                      f"were in the fork and were erased again ({e.rows_deleted:,} rows), "
+                      f"{e.already_absent} already absent; verified ({e.duration_s:.2f} s)")
+    if e.sources:
+        console.print("    sources: " + escape(", ".join(f"{k}: {v}"
+                                                         for k, v in e.sources.items())))
+
+
 # ------------------------------------------------------------------------- reads
 @app.command()
 def info(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
@@ -269,10 +285,15 @@ def fork(
     json_: JsonOpt = False,
     timeout: TimeoutOpt = 3600,
     poll_interval: PollOpt = 10,
+    no_reapply_erasures: Annotated[bool, typer.Option(
+        "--no-reapply-erasures", help="Do not erase again the people in the erasure ledger "
+        "(the fork then holds everyone erased after its point in time).")] = False,
 ) -> None:
     """Point-in-time recovery into a NEW cluster (the source is not touched); waits until it is
-    online, prints how to connect and verifies row counts and newest timestamps."""
+    online, prints how to connect, verifies row counts and newest timestamps, and erases again
+    everyone in the source's erasure ledger (GDPR art. 17: a fork must not bring them back)."""
     when = ops.parse_timestamp(at)
+    reapply = not no_reapply_erasures
 
     def run(backend: Any, plan: ops.Plan, progress: ops.Progress) -> Any:
         return backend.fork(plan, progress=progress, timeout_s=timeout,
@@ -285,16 +306,31 @@ def fork(
                       f"({f.provider}, {f.host}:{f.port}) after {r.duration_s:.1f} s")
         console.print(f"  requested point in time: {iso(f.target_time or when, 'milliseconds')}")
         if r.recovered_to or r.first_excluded_at:
-            console.print(f"  last transaction included: {iso(r.recovered_to, 'milliseconds')}; "
+            included = (iso(r.recovered_to, "milliseconds") if r.recovered_to else
+                        "none after the base backup (nothing committed between it and the "
+                        "target)")
+            console.print(f"  last transaction included: {included}; "
                           f"first left out: {iso(r.first_excluded_at, 'milliseconds')}")
         console.print(f"  connect: {escape(f.url or '-')}", soft_wrap=True)
         render_verification(r.verification)
+        render_fork_erasures(r.erasures)
 
-    _change(profile, lambda b, dry: b.fork_plan(when, name, offline=dry), run, dry_run=dry_run,
-            yes=yes, json_=json_, render=render,
-            audit=lambda plan, r: {"name": name, "at": iso(when, "milliseconds"),
-                                   "new_id": r.fork.id, "port": r.fork.port,
-                                   "base_backup": plan.params.get("base")})
+    def audit(plan: ops.Plan, r: ops.ForkResult) -> dict[str, Any]:
+        e = r.erasures
+        return {"name": name, "at": iso(when, "milliseconds"), "new_id": r.fork.id,
+                "port": r.fork.port, "base_backup": plan.params.get("base"),
+                "erasures": e.status if e else None,
+                "erasures_reapplied": e.reapplied if e else None,
+                "erasures_already_absent": e.already_absent if e else None}
+
+    _change(profile, lambda b, dry: b.fork_plan(when, name, offline=dry,
+                                                reapply_erasures=reapply),
+            run, dry_run=dry_run, yes=yes, json_=json_, render=render, audit=audit)
+    if no_reapply_erasures and not dry_run:
+        err_console.print(f"[bold red]! erasure ledger NOT re-applied (--no-reapply-erasures): "
+                          f"fork {escape(name)} may hold people erased after {iso(when)}; "
+                          f"before anyone uses it: studyhub privacy reapply-erasures --fork "
+                          f"{escape(name)}{' --profile ' + escape(profile) if profile else ''}[/]")
 
 
 @forks_app.command("list")

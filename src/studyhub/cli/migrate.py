@@ -66,6 +66,19 @@ def _describe_blocker(b) -> str:
             f"{b.state or '?'}{age}{held}){query}")
 
 
+def _audit_failure(action: str, prof, database: str | None, exc: BaseException,
+                   **fields) -> None:
+    """The audit line of a migration that failed: why (lock timeout, error class), the
+    attempts and the blocking pids — never the error text (it can quote rows or SQL)."""
+    extra: dict = {}
+    if isinstance(exc, ops.LockTimeoutError):
+        extra = {"reason": "lock_timeout", "attempts": len(exc.attempts),
+                 "blocking_pids": sorted({b.pid for a in exc.attempts for b in a.blockers})}
+    else:
+        extra = {"reason": "error", "error": type(exc).__name__}
+    write_audit(action, prof.name, database=database or prof.database, **fields, **extra)
+
+
 def _attempt_printer(json_: bool):
     def show(attempt: ops.Attempt) -> None:
         if json_ or attempt.outcome == "ok":
@@ -102,16 +115,16 @@ def up(
 ) -> None:
     """Upgrade the database to head (or --to REV). Each statement waits at most
     --lock-timeout for its lock; on a lock timeout the sessions that blocked it are shown and
-    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped."""
+    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped.
+    Refused on a read-only profile, and on production unless named with --profile."""
     prof = profile_from(profile)
+    refuse_unless_allowed(prof, f"upgrade to {to}")  # before connecting
     try:
         result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
                              retries=retries, backoff_s=retry_wait,
                              on_attempt=_attempt_printer(json_))
-    except ops.LockTimeoutError as exc:
-        write_audit("migrate.up.failed", prof.name, database=database or prof.database,
-                    reason="lock_timeout", attempts=len(exc.attempts),
-                    blocking_pids=sorted({b.pid for a in exc.attempts for b in a.blockers}))
+    except Exception as exc:
+        _audit_failure("migrate.up.failed", prof, database, exc, target=to)
         raise
     if result.from_revisions != result.to_revisions:
         write_audit("migrate.up", prof.name, database=result.database,
@@ -127,29 +140,38 @@ def up(
 
 @app.command()
 def down(
-    to: Annotated[str, typer.Option("--to", help="Target: a revision, -1 (one step) or base.")],
+    to: Annotated[str, typer.Option("--to", help="Target: a revision, -1 (one step; the default) or base.")] = "-1",
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
 ) -> None:
-    """Downgrade (undo migrations). Shows the SQL first; needs --yes or confirmation.
-    Production must be named with --profile production."""
+    """Downgrade (undo migrations). First shows each statement the downgrades run (rendered
+    offline), the lock it takes on which table, what that blocks and for how long, and lint's
+    findings on it; then needs --yes or confirmation. Production must be named with
+    --profile production."""
     prof = profile_from(profile)
     what = "downgrade to base (drops the whole schema)" if to == "base" else f"downgrade to {to}"
     refuse_unless_allowed(prof, what)  # before connecting: production must be named explicitly
-    cur = ops.current(prof, database)
-    plan = ops.downgrade_plan(cur, to)
-    if not plan:
-        console.print(f"nothing to undo: the database is at {', '.join(cur) or 'base'}")
+    planned = migrate_plan.plan_downgrade(prof, to, database=database)
+    if not planned.migrations:
+        console.print(f"nothing to undo: the database is at {', '.join(planned.current) or 'base'}")
         return
-    console.print(f"[bold]would undo[/] on {prof.name}: " + ", ".join(
-        f"{r.revision} ({r.message})" for r in plan))
+    undo = ops.downgrade_plan(planned.current, to)
+    console.print(f"[bold]would undo[/] on {prof.name}/{planned.database} "
+                  f"({', '.join(planned.current)} → {planned.target}): " + ", ".join(
+                      f"{r.revision} ({r.message.splitlines()[0] if r.message else ''})"
+                      for r in undo))
+    _render_planned(planned)
     if dry_run:
         return
     confirm_destructive(prof, what, yes=yes)
-    result = ops.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
+    try:
+        result = ops.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
+    except Exception as exc:
+        _audit_failure("migrate.down.failed", prof, database, exc, target=to)
+        raise
     write_audit("migrate.down", prof.name, database=result.database, target=to,
                 from_revisions=result.from_revisions, to_revisions=result.to_revisions)
     _show(result, "downgraded")
@@ -227,7 +249,8 @@ def _lint_dict(report: migrate_lint.LintReport) -> dict:
     from studyhub.cli.common import to_jsonable
 
     return {
-        "range": report.rev_range, "migrations": report.migrations, "ok": report.ok,
+        "range": report.rev_range, "direction": report.direction,
+        "migrations": report.migrations, "ok": report.ok,
         "errors": report.errors, "warnings": report.warnings,
         "acknowledged": report.acknowledged, "squawk": report.squawk,
         "sizes_from": report.sizes_from, "sizes_error": report.sizes_error,
@@ -245,10 +268,14 @@ def lint(
     database: DatabaseOpt = None,
     versions_dir: VersionsDirOpt = None,
     rules: Annotated[bool, typer.Option("--rules", help="List the rules and exit.")] = False,
+    downgrade: Annotated[bool, typer.Option(
+        "--downgrade", help="Lint the migrations' downgrades (newest first, as `migrate down` "
+        "runs them) instead of their upgrades; acknowledged in LINT_ACK_DOWNGRADE.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Lint the SQL each migration runs (pglast + squawk + schema-aware rules). Exit 1 when a
-    finding is an error that the migration does not acknowledge in LINT_ACK."""
+    finding is an error that the migration does not acknowledge in LINT_ACK (downgrades:
+    LINT_ACK_DOWNGRADE)."""
     if rules:
         if json_:
             print_json(migrate_lint.rules())
@@ -264,7 +291,7 @@ def lint(
         return
     prof = profile_from(profile) if profile else None
     report = migrate_lint.lint(rev_range, profile=prof, database=database,
-                               extra_versions=versions_dir or ())
+                               extra_versions=versions_dir or (), downgrade=downgrade)
     if json_:
         print_json(_lint_dict(report))
     else:
@@ -281,7 +308,8 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
             continue
         colour = "red" if f.severity == "error" else "yellow"
         where = f"statement {f.statement_number}, line {f.line}" if f.statement_number else "LINT_ACK"
-        console.print(f"[bold]{f.revision}[/] {escape(f.path)} ({where})")
+        direction = " downgrade" if f.direction == "downgrade" else ""
+        console.print(f"[bold]{f.revision}{direction}[/] {escape(f.path)} ({where})")
         table = f" on {f.table}{_table_note(f.table_rows, f.table_bytes)}" if f.table else ""
         console.print(f"  [{colour}]{f.severity.upper()}[/] {f.rule}{escape(table)}"
                       + (f" [dim](squawk)[/]" if f.source == "squawk" else ""))
@@ -298,7 +326,7 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
         if f.acknowledged:
             acked.setdefault((f.revision, f.rule), []).append(f)
     if acked:
-        console.print("acknowledged in LINT_ACK:")
+        console.print(f"acknowledged in {migrate_lint.ack_attribute(report.direction)}:")
         for (rev, rule), group in acked.items():
             tables = sorted({f.table for f in group if f.table})
             console.print(f"  {rev} {rule} ×{len(group)}"
@@ -306,8 +334,9 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
                           + f": {escape(group[0].acknowledged or '')}")
     colour = "green" if report.ok else "red"
     sizes = f"; sizes from {report.sizes_from}" if report.sizes_from else ""
+    what = "downgrade(s)" if report.direction == "downgrade" else "migration(s)"
     console.print(
-        f"[{colour}]{len(report.migrations)} migration(s) linted "
+        f"[{colour}]{len(report.migrations)} {what} linted "
         f"({', '.join(report.migrations)}): {report.errors} error(s), {report.warnings} "
         f"warning(s), {report.acknowledged} acknowledged[/] (squawk {report.squawk}{sizes})")
 
@@ -333,6 +362,11 @@ def plan(
         return
     console.print(f"{result.profile}/{result.database}: at {at}; would apply "
                   + ", ".join(m.revision for m in result.migrations))
+    _render_planned(result)
+
+
+def _render_planned(result: migrate_plan.MigrationPlan) -> None:
+    """Each planned statement with the locks it takes (plan and down share this)."""
     for m in result.migrations:
         console.print(f"\n[bold]{m.revision}[/] {escape(m.message)} [dim]({escape(m.path)})[/]")
         for st in m.statements:
@@ -349,7 +383,9 @@ def plan(
                               f"{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
                               f"{lk.blocks}; held until {st.held_until}")
             if st.lint:
-                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub migrate lint)")
+                how = "migrate lint --downgrade" if result.direction == "downgrade" \
+                    else "migrate lint"
+                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub {how})")
     if result.tables:
         console.print("tables touched: " + "; ".join(
             f"{t.table}{_table_note(t.rows_estimate, t.total_bytes)} strongest lock "
@@ -369,6 +405,7 @@ def roundtrip(
     comparing the full schema (columns, types, defaults, constraints, indexes, …) after each
     step. Exit 1 when a downgrade does not restore the schema exactly."""
     prof = profile_from(profile)
+    refuse_unless_allowed(prof, "run a migration roundtrip")
     result = migrate_roundtrip.roundtrip(prof, revision, all_revisions=all_,
                                          extra_versions=versions_dir or ())
     if json_:

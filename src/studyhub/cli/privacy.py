@@ -22,8 +22,10 @@ from studyhub.cli.common import (
     refuse_unless_allowed,
 )
 from studyhub.connect import connect
+from studyhub.errors import StudyhubError
 from studyhub.ops import anonymize as anon
 from studyhub.ops import privacy as ops
+from studyhub.ops.cluster import fork_target
 from studyhub.ops.pseudonym import generate_key_file, key_file, load_key
 
 app = typer.Typer(
@@ -190,22 +192,29 @@ def reapply_erasures(
     ledger_file: Annotated[Path | None, typer.Option(
         "--ledger-file", help="Ledger file to apply (default: the ledger of the profile's own "
         "database); the target database's own ledger is always applied too.")] = None,
+    fork: Annotated[str | None, typer.Option(
+        "--fork", help="Target a point-in-time fork of the profile's cluster (made with "
+        "`cluster fork`, on its own host/port) instead of --database.", show_default=False)
+    ] = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
     lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
 ) -> None:
-    """Erase again, in DATABASE (e.g. a restored backup), everyone in the erasure ledger who is
-    present there; one transaction, verified; safe to repeat."""
+    """Erase again, in DATABASE (e.g. a restored backup) or a FORK, everyone in the erasure
+    ledger who is present there; one transaction, verified; safe to repeat."""
     prof = profile_from(profile)
+    if fork and database:
+        raise StudyhubError("give either --fork or --database, not both")
     if not dry_run:
         refuse_unless_allowed(prof, "re-apply erasures")
+    target = fork_target(prof, fork) if fork else prof
     if ledger_file:
         source = ops.read_ledger_file(ledger_file)
     else:
         with connect(prof, "app", application_name="studyhub privacy") as conn:
             source = ops.erasure_ledger(conn)
-    with connect(prof, "app", database=database,
+    with connect(target, "app", database=database,
                  application_name="studyhub privacy reapply") as conn:
         entries = ops.merge_ledgers(source, ops.erasure_ledger(conn))
         plan = ops.reapply_erasures(conn, entries, dry_run=True, lock_timeout=lock_timeout)
@@ -217,7 +226,7 @@ def reapply_erasures(
         confirm_destructive(prof, f"erase again {plan.people_present} person(s) "
                             f"({plan.rows_total:,} rows) in {plan.database}", yes=yes)
         result = ops.reapply_erasures(conn, entries, lock_timeout=lock_timeout)
-    write_audit("privacy.reapply_erasures", prof.name, database=result.database,
+    write_audit("privacy.reapply_erasures", prof.name, database=result.database, fork=fork,
                 people=[p.pseudonym for p in result.people if p.present],
                 rows_total=result.rows_total, ledger_recorded=result.ledger_recorded,
                 duration_s=result.duration_s)
@@ -257,8 +266,8 @@ def anonymize(
         "--dataset", help=f"One of: {', '.join(anon.DATASETS)}.")] = "reviews",
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     min_group: Annotated[int, typer.Option(
-        "--min-group", help="Drop rows whose quasi-identifiers (year group, subject ...) are "
-        "shared by fewer students than this.")] = anon.DEFAULT_MIN_GROUP,
+        "--min-group", help="Drop rows whose quasi-identifiers (year group, subject ...; for "
+        "students every column but the pseudonym) are shared by fewer students than this.")] = anon.DEFAULT_MIN_GROUP,
     profile: ProfileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -282,6 +291,9 @@ def anonymize(
         f"wrote {result.rows_written:,} {dataset} rows to {result.path} ({fmt}, 0600); "
         f"suppressed {result.rows_suppressed:,} rows in {result.groups_suppressed} group(s) of "
         f"fewer than {min_group} students by {', '.join(result.quasi_identifiers)}")
+    if len(anon.DATASETS[dataset].levels) > 1:
+        console.print(f"generalised (level {result.level} of "
+                      f"{len(anon.DATASETS[dataset].levels) - 1}): {result.generalisation}")
 
 
 @app.command()

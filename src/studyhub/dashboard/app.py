@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable
 
 import psycopg
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -136,6 +136,14 @@ def create_dashboard(settings: DashboardSettings | None = None) -> FastAPI:
     @app.exception_handler(CsrfRefused)
     async def _csrf(request: Request, exc: CsrfRefused) -> Response:
         return csrf_refused_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        # a malformed query or form field: one line on the dashboard's own page, not JSON
+        names = sorted({".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+                        for e in exc.errors()})
+        return render(request, "error.html", status=400,
+                      error=f"invalid value for {', '.join(names)} (nothing was done)")
 
     # ------------------------------------------------------------------ login
     @app.get("/login", response_class=HTMLResponse)

@@ -105,9 +105,9 @@ class IndexJobs:
                         duration_s=round(result.duration_s, 2), via="dashboard",
                         client=job.client)
         except StudyhubError as exc:
-            job.state, job.error = "failed", str(exc)
+            job.state, job.phase, job.error = "failed", "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - shown on the job page, never lost
-            job.state, job.error = "failed", first_line(exc)
+            job.state, job.phase, job.error = "failed", "failed", first_line(exc)
         finally:
             job.finished_at = datetime.now(timezone.utc)
         if job.state == "failed":

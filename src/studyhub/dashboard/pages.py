@@ -174,12 +174,17 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
                              columns: str, index: str | None = None) -> Response:
         view = profile_view(name, settings)
         cols = [c.strip() for c in columns.split(",") if c.strip()]
-        schema, tname = indexes.split_table(table)
-        iname = index or indexes.index_name(tname, cols)
-        statement = indexes.create_index_sql(schema, tname, cols, iname).as_string(None) + ";"
-        return render(request, "confirm_index.html", view, page="indexes",
-                      table=f"{schema}.{tname}", columns=cols, index=iname, statement=statement,
-                      allowed=view.can_act, refused=view.actions_refused)
+
+        def build(conn: psycopg.Connection) -> dict[str, Any]:
+            # the same checks the build makes, before a "Yes, build" button is offered
+            schema, tname = indexes.check_index_target(conn, table, cols)
+            iname = index or indexes.index_name(tname, cols)
+            statement = indexes.create_index_sql(schema, tname, cols, iname).as_string(None)
+            return dict(page="indexes", table=f"{schema}.{tname}", columns=cols, index=iname,
+                        statement=statement + ";", allowed=view.can_act,
+                        refused=view.actions_refused)
+
+        return page(request, view, "confirm_index.html", build)
 
     @app.post("/p/{name}/indexes/create")
     async def create_index(request: Request, name: str) -> Response:

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from studyhub.environ import inherited_environ
 from studyhub.errors import LocalClusterError
 
 PG_MAJOR = 15
@@ -99,8 +100,7 @@ def run_server_cmd(
     what: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program as the server user; on failure raise with its last stderr line."""
-    full_env = dict(os.environ)
-    full_env.pop("PGPASSWORD", None)
+    full_env = inherited_environ()  # no secrets into the server user's processes
     if env:
         full_env.update(env)
     try:

@@ -8,6 +8,12 @@
 - Small groups are suppressed: a row is dropped when its combination of quasi-identifiers
   (year group, subject ...) is shared by fewer than ``min_group`` students (k-anonymity on
   those columns).
+- Per-student aggregates (the ``students`` dataset) are never exact: activity counts become
+  bands (0, 1-9, 10-49, 50-199, 200-999, 1000+) and, like the join date, are quasi-identifiers.
+  The dataset is generalised step by step (join month → quarter → year → none, bands → coarser
+  bands) until at most ``MAX_SUPPRESSED_FRACTION`` of the students fall in groups smaller than
+  ``min_group``; whatever is still in a small group is suppressed. Every released row of it is
+  then shared, on all its columns but the pseudonym, by at least ``min_group`` students.
 
 The output is still *pseudonymised personal data* (GDPR recital 26): rows of one student are
 linked by their pseudonym. docs/privacy.md says what remains personal and who may hold it.
@@ -31,8 +37,45 @@ from studyhub.ops.pseudonym import PseudonymKey
 from studyhub.ops.queries import load
 
 DEFAULT_MIN_GROUP = 5
+MAX_SUPPRESSED_FRACTION = 0.05  # generalise further while more students than this are dropped
 BATCH_ROWS = 20_000
 Format = Literal["csv", "parquet"]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One step of generalisation: the query's parameters and what they mean, in words."""
+
+    description: str
+    params: dict[str, Any]
+
+
+EXACT = (Level("as recorded (days)", {}),)
+FINE_BANDS = [0, 1, 10, 50, 200, 1000]  # 0, 1-9, 10-49, 50-199, 200-999, 1000+
+FINE_SUBJECTS = [0, 1, 3, 5]  # 0, 1-2, 3-4, 5+
+COARSE_BANDS = [0, 1, 50, 1000]  # 0, 1-49, 50-999, 1000+
+COARSE_SUBJECTS = [0, 1, 5]  # 0, 1-4, 5+
+
+
+def _students_level(joined: str, joined_format: str, bands: list[int],
+                    subjects: list[int]) -> Level:
+    def show(bounds: list[int]) -> str:
+        return ", ".join(f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
+                         for lo, hi in zip(bounds, [*bounds[1:], None]))
+
+    return Level(f"joined: {joined}; counts in bands {show(bands)}; subjects {show(subjects)}",
+                 {"joined_format": joined_format, "count_bounds": bands,
+                  "subject_bounds": subjects})
+
+
+STUDENT_LEVELS = (
+    _students_level("month", "YYYY-MM", FINE_BANDS, FINE_SUBJECTS),
+    _students_level("quarter", 'YYYY-"Q"Q', FINE_BANDS, FINE_SUBJECTS),
+    _students_level("year", "YYYY", FINE_BANDS, FINE_SUBJECTS),
+    _students_level("year", "YYYY", COARSE_BANDS, COARSE_SUBJECTS),
+    _students_level("not released", '"-"', COARSE_BANDS, COARSE_SUBJECTS),
+    _students_level("not released", '"-"', [0, 1, 1000], [0, 1]),
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +84,7 @@ class Dataset:
     pseudonyms: dict[str, tuple[str, str]]  # source column → (output column, pseudonym domain)
     quasi_identifiers: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]  # output column, arrow type
+    levels: tuple[Level, ...] = EXACT  # finest first
 
 
 DATASETS: dict[str, Dataset] = {
@@ -72,10 +116,12 @@ DATASETS: dict[str, Dataset] = {
     "students": Dataset(
         "get_analytics_students",
         {"student_id": ("student", "student")},
-        ("year_group", "joined_month"),
-        (("student", "string"), ("year_group", "int16"), ("joined_month", "string"),
-         ("subjects", "int64"), ("notes", "int64"), ("flashcards", "int64"),
-         ("reviews", "int64"), ("ai_interactions", "int64")),
+        ("year_group", "joined", "subjects_band", "notes_band", "flashcards_band",
+         "reviews_band", "ai_interactions_band"),
+        (("student", "string"), ("year_group", "int16"), ("joined", "string"),
+         ("subjects_band", "string"), ("notes_band", "string"), ("flashcards_band", "string"),
+         ("reviews_band", "string"), ("ai_interactions_band", "string")),
+        STUDENT_LEVELS,
     ),
 }
 
@@ -90,6 +136,8 @@ class AnonymizeResult:
     groups_suppressed: int
     min_group: int
     quasi_identifiers: list[str]
+    generalisation: str  # the level chosen (students: join date granularity and count bands)
+    level: int  # 0 = finest; len(levels) - 1 = coarsest
     key_source: str
     duration_s: float
 
@@ -98,12 +146,29 @@ def _dataset_sql(name: str) -> sql.SQL:
     return sql.SQL(load(name).strip().rstrip(";"))
 
 
-def _group_sizes(conn: psycopg.Connection, ds: Dataset) -> dict[tuple, int]:
+def _group_sizes(conn: psycopg.Connection, ds: Dataset, level: Level) -> dict[tuple, int]:
     qi = sql.SQL(", ").join(sql.Identifier(c) for c in ds.quasi_identifiers)
     query = sql.SQL(
         "SELECT {qi}, count(DISTINCT student_id) FROM ({base}) AS d GROUP BY {qi}"
     ).format(qi=qi, base=_dataset_sql(ds.query))
-    return {tuple(r[:-1]): r[-1] for r in conn.execute(query)}
+    return {tuple(r[:-1]): r[-1] for r in conn.execute(query, level.params or None)}
+
+
+def _choose_level(conn: psycopg.Connection, ds: Dataset, min_group: int
+                  ) -> tuple[int, set[tuple]]:
+    """The finest level at which at most MAX_SUPPRESSED_FRACTION of the students are in groups
+    smaller than ``min_group`` (else the level that suppresses fewest), and its small groups."""
+    best: tuple[int, int, set[tuple]] | None = None
+    for i, level in enumerate(ds.levels):
+        sizes = _group_sizes(conn, ds, level)
+        small = {g for g, n in sizes.items() if n < min_group}
+        dropped = sum(sizes[g] for g in small)
+        if dropped <= MAX_SUPPRESSED_FRACTION * sum(sizes.values()):
+            return i, small
+        if best is None or dropped < best[1]:
+            best = (i, dropped, small)
+    assert best is not None
+    return best[0], best[2]
 
 
 def anonymize(conn: psycopg.Connection, key: PseudonymKey, out: Path, *,
@@ -128,11 +193,10 @@ def anonymize(conn: psycopg.Connection, key: PseudonymKey, out: Path, *,
     try:
         with conn.transaction():
             conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
-            sizes = _group_sizes(conn, ds)
-            small = {g for g, n in sizes.items() if n < min_group}
+            level, small = _choose_level(conn, ds, min_group)
             cur = conn.cursor(name="studyhub_anonymize")
             cur.itersize = BATCH_ROWS
-            cur.execute(_dataset_sql(ds.query))
+            cur.execute(_dataset_sql(ds.query), ds.levels[level].params or None)
             names = [d.name for d in cur.description]
             qi_idx = [names.index(c) for c in ds.quasi_identifiers]
             ps_idx = {names.index(src): domain for src, (_, domain) in ds.pseudonyms.items()}
@@ -167,7 +231,8 @@ def anonymize(conn: psycopg.Connection, key: PseudonymKey, out: Path, *,
     finally:
         conn.isolation_level, conn.read_only = saved
     return AnonymizeResult(str(out), dataset, fmt, stats["written"], stats["suppressed"],
-                           len(small), min_group, list(ds.quasi_identifiers), key.source,
+                           len(small), min_group, list(ds.quasi_identifiers),
+                           ds.levels[level].description, level, key.source,
                            round(time.monotonic() - started, 3))
 
 

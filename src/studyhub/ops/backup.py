@@ -46,6 +46,7 @@ from studyhub import __version__ as tool_version
 from studyhub.connect import ConnectError, child_env, connect
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
+from studyhub.ops import privacy
 from studyhub.ops.backup_set import (
     DUMP_DIR,
     LEDGER_FILE,
@@ -150,7 +151,7 @@ class RestoreStep:
 
 @dataclass
 class ErasureReapply:
-    status: str  # reapplied | no-ledger | privacy-module-missing
+    status: str  # reapplied | no-ledger
     entries: int = 0
     sources: dict[str, int] = field(default_factory=dict)
     result: Any = None
@@ -484,61 +485,30 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
 
 
 # ----------------------------------------------------------------------- erasure ledger
-def _privacy_module():
-    """studyhub.ops.privacy when it provides the erasure-ledger API, else None."""
-    try:
-        from studyhub.ops import privacy  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    needed = ("erasure_ledger", "read_ledger_file", "write_ledger_file", "reapply_erasures")
-    return privacy if all(hasattr(privacy, n) for n in needed) else None
-
-
-def _ledger_key(entry: Any) -> str:
-    from studyhub.cli.common import to_jsonable  # pure function: dataclass → JSON-able
-
-    return json.dumps(to_jsonable(entry), sort_keys=True, default=str)
-
-
-def _union(*lists: list[Any]) -> list[Any]:
-    privacy = _privacy_module()
-    if privacy is not None and hasattr(privacy, "merge_ledgers"):
-        return list(privacy.merge_ledgers(*lists))  # one entry per person
-    seen: dict[str, Any] = {}
-    for entries in lists:
-        for e in entries:
-            seen.setdefault(_ledger_key(e), e)
-    return list(seen.values())
-
-
-def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int | None:
+def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int:
     """Keep the live erasure ledger in the backup directory too (so a restore re-applies
-    erasures even when the live database is gone). Returns the entry count, None without the
-    privacy module."""
-    privacy = _privacy_module()
-    if privacy is None:
-        return None
+    erasures even when the live database is gone). Returns the entry count."""
     path = backup_dir / LEDGER_FILE
     existing = privacy.read_ledger_file(path) if path.exists() else []
     live = privacy.erasure_ledger(conn)
-    merged = _union(existing, live)
+    merged = privacy.merge_ledgers(existing, live)
     if len(merged) != len(existing):
         privacy.write_ledger_file(merged, path)
     return len(merged)
 
 
 def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
-                           live_database: str | None) -> ErasureReapply:
+                           live_database: str | None, *,
+                           live_profile: Profile | None = None) -> ErasureReapply:
     """Union of the ledgers of the live database, the backup directory's file and the restored
-    database itself, re-applied to the restored database (idempotent, one transaction)."""
-    privacy = _privacy_module()
-    if privacy is None:
-        return ErasureReapply("privacy-module-missing")
+    database itself, re-applied to the restored database (idempotent, one transaction). The
+    live database is on ``live_profile`` when given (a point-in-time fork's source), else on
+    ``profile``."""
     sources: dict[str, int] = {}
     lists: list[list[Any]] = []
     if live_database:
         try:
-            with connect(profile, "app", database=live_database,
+            with connect(live_profile or profile, "app", database=live_database,
                          application_name="studyhub restore ledger") as live:
                 entries = privacy.erasure_ledger(live)
             sources[f"live database {live_database}"] = len(entries)
@@ -556,7 +526,7 @@ def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
         conn.commit()
         sources["restored database"] = len(own)
         lists.append(own)
-        merged = _union(*lists)
+        merged = privacy.merge_ledgers(*lists)  # one entry per person
         if not merged:
             return ErasureReapply("no-ledger", 0, sources)
         result = privacy.reapply_erasures(conn, merged)

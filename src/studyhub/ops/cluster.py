@@ -12,7 +12,8 @@ the CLI can show the plan, honour ``--dry-run`` and ask for confirmation in betw
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
@@ -217,12 +218,27 @@ class Plan:
 
 
 @dataclass
+class ForkErasures:
+    """The privacy erasure ledger re-applied to a fork: a fork is the database as it was at its
+    point in time, so everyone erased since is back in it until this has run."""
+
+    status: str  # reapplied | no-ledger | skipped (--no-reapply-erasures)
+    ledger_entries: int = 0  # people in the merged ledger (source database, file, fork's own)
+    reapplied: int = 0  # of them, present in the fork: erased again
+    already_absent: int = 0  # not in the fork (erased before its point in time, or never there)
+    rows_deleted: int = 0
+    sources: dict[str, int] = field(default_factory=dict)  # where the entries came from
+    duration_s: float = 0.0
+
+
+@dataclass
 class ForkResult:
     fork: Fork
     recovered_to: datetime | None  # last transaction the fork contains (local: from the log)
     first_excluded_at: datetime | None  # first commit it does not contain (local)
     duration_s: float
     verification: Verification | None
+    erasures: ForkErasures | None = None
 
 
 @dataclass
@@ -266,7 +282,8 @@ class ClusterBackend(Protocol):
     def info(self) -> ClusterInfo: ...
     def backups(self) -> Backups: ...
     def basebackup_plan(self, keep: int | None = None, *, offline: bool = False) -> Plan: ...
-    def fork_plan(self, at: datetime, name: str, *, offline: bool = False) -> Plan: ...
+    def fork_plan(self, at: datetime, name: str, *, offline: bool = False,
+                  reapply_erasures: bool = True) -> Plan: ...
     def fork(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
              poll_interval_s: float = 10) -> ForkResult: ...
     def forks(self) -> list[Fork]: ...
@@ -399,6 +416,71 @@ def verify_profile(profile: Profile) -> Verification:
         return Verification(profile.database, [], [], error=str(exc))
     except psycopg.Error as exc:
         return Verification(profile.database, [], [], error=first_line(exc))
+
+
+def fork_profile(source: Profile, name: str, host: str | None, port: int) -> Profile:
+    """How to reach a fork: the source profile's database, roles and TLS settings on the
+    fork's host and port (a fork has the source's roles and passwords)."""
+    return replace(source, name=name, host=host or source.host, port=port, pooler_port=None,
+                   replica_host=None, replica_port=None)
+
+
+def fork_target(profile: Profile, name: str) -> Profile:
+    """A running fork of the profile's cluster (``cluster forks list``), as a profile to
+    connect to with the source's roles."""
+    forks = backend_for(profile).forks()
+    match = [f for f in forks if f.name == name]
+    if not match:
+        known = ", ".join(f.name for f in forks) or "none"
+        raise ClusterOpError(f"no fork named {name!r} (forks: {known})")
+    fork = match[0]
+    if not fork.port or fork.status not in ("running", "online"):
+        raise ClusterOpError(f"fork {name} is {fork.status}; it must be running "
+                             f"(local: studyhub cluster forks start {name})")
+    return fork_profile(profile, f"fork {name}", fork.host, fork.port)
+
+
+def erasure_plan_line(reapply_erasures: bool) -> str:
+    if reapply_erasures:
+        return ("then erase again everyone in the erasure ledger (the source database's "
+                "ops.erasure_ledger + erasure-ledger.jsonl beside the backups) who is in the fork")
+    return ("NOT re-applying the erasure ledger (--no-reapply-erasures): people erased after the "
+            "point in time will be in the fork")
+
+
+def reapply_erasures_on_fork(source: Profile, fork: Profile, name: str) -> ForkErasures:
+    """Re-apply the source's erasure ledger (its database's ops.erasure_ledger merged with the
+    ledger file kept beside backups and the fork's own) to the fork, as the app role, in one
+    verified transaction (``backup.reapply_erasure_ledger``, as after a restore). Refuses with
+    a clear error when the source's ledger cannot be read: the fork would keep erased people."""
+    from studyhub.ops.backup import reapply_erasure_ledger
+    from studyhub.ops.backup_set import default_backup_dir
+
+    started = time.monotonic()
+    remedy = (f"fork {name} is up but may hold people erased after its point in time; remove "
+              f"it (studyhub cluster forks remove {name}) or re-apply the ledger before anyone "
+              f"uses it (studyhub privacy reapply-erasures --fork {name} --profile {source.name})")
+    try:
+        done = reapply_erasure_ledger(fork, fork.database, default_backup_dir(), source.database,
+                                      live_profile=source)
+    except ConnectError as exc:
+        raise ClusterOpError(f"cannot re-apply the erasure ledger: {exc}; {remedy}") from None
+    except StudyhubError as exc:
+        raise ClusterOpError(f"re-applying the erasure ledger failed: {first_line(exc)}; "
+                             f"{remedy}") from None
+    except psycopg.Error as exc:
+        raise ClusterOpError(f"re-applying the erasure ledger failed: {first_line(exc)}; "
+                             f"{remedy}") from None
+    if f"live database {source.database} (unreachable)" in done.sources:
+        raise ClusterOpError(f"cannot read the erasure ledger of the source database "
+                             f"{source.database} (profile {source.name}): {remedy}")
+    result = ForkErasures(done.status, done.entries, sources=dict(done.sources),
+                          duration_s=round(time.monotonic() - started, 3))
+    if done.result is not None:
+        result.reapplied = done.result.people_present
+        result.already_absent = len(done.result.people) - done.result.people_present
+        result.rows_deleted = done.result.rows_total
+    return result
 
 
 def streaming_clients(profile: Profile) -> tuple[list[StreamingClient], str | None]:

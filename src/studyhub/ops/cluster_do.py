@@ -19,7 +19,6 @@ import os
 import re
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
@@ -41,6 +40,7 @@ from studyhub.ops.cluster import (
     ClusterInfo,
     ClusterOpError,
     Fork,
+    ForkErasures,
     ForkResult,
     Node,
     Plan,
@@ -51,7 +51,10 @@ from studyhub.ops.cluster import (
     _noop,
     check_name,
     check_pool,
+    erasure_plan_line,
+    fork_profile,
     iso,
+    reapply_erasures_on_fork,
     refuse_outside,
     streaming_clients,
     verify_profile,
@@ -404,7 +407,8 @@ class DigitalOceanBackend:
         )
 
     # ------------------------------------------------------------------- forks
-    def fork_plan(self, at: datetime, name: str, *, offline: bool = False) -> Plan:
+    def fork_plan(self, at: datetime, name: str, *, offline: bool = False,
+                  reapply_erasures: bool = True) -> Plan:
         check_name(name, "fork")
         at_text = iso(at)
         tags = [FORK_TAG, "studyhub-at-" + at.strftime("%Y%m%dt%H%M%Sz")]
@@ -415,7 +419,8 @@ class DigitalOceanBackend:
                     "backup_restore": {"database_name": "<source name>",
                                        "backup_created_at": at_text}}
             summary = [f"create cluster {name} from cluster {self.cluster_id} as of {at_text}",
-                       "values in <…> are read from the source cluster when run"]
+                       "values in <…> are read from the source cluster when run",
+                       erasure_plan_line(reapply_erasures)]
         else:
             db = self._cluster()
             refuse_outside(self._backups_window(self._raw_backups().get("backups") or []), at)
@@ -433,12 +438,14 @@ class DigitalOceanBackend:
                 "a new cluster is billed like any other until removed "
                 f"(studyhub cluster forks remove {name}); prices: {PRICING_URL}",
                 "wait until it is online, then verify row counts and newest timestamps",
+                erasure_plan_line(reapply_erasures),
             ]
         requests = [ApiRequest("GET", self.base), ApiRequest("GET", f"{self.base}/backups"),
                     ApiRequest("POST", "/v2/databases", body),
                     ApiRequest("GET", "/v2/databases/<new id>")]
         return Plan("digitalocean", "fork", self.cluster_id, summary,
-                    params={"name": name, "at": at.isoformat(), "body": body},
+                    params={"name": name, "at": at.isoformat(), "body": body,
+                            "reapply_erasures": reapply_erasures},
                     requests=requests, offline=offline)
 
     def fork(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
@@ -460,12 +467,24 @@ class DigitalOceanBackend:
         self._wait(f"fork {name}", fetch, ("online",), progress, timeout_s, poll_interval_s)
         fork = self._fork(state["db"])
         verification = None
-        if fork.host and fork.port:
+        target = fork_profile(self.profile, f"fork {name}", fork.host, fork.port) \
+            if fork.host and fork.port else None
+        if target is not None:
             progress("verifying the fork")
-            verification = verify_profile(replace(
-                self.profile, name=f"fork {name}", host=fork.host, port=fork.port,
-                pooler_port=None, replica_host=None, replica_port=None))
-        return ForkResult(fork, None, None, round(time.monotonic() - started, 3), verification)
+            verification = verify_profile(target)
+        erasures = ForkErasures("skipped")
+        if plan.params.get("reapply_erasures", True):
+            if target is None:
+                raise ClusterOpError(
+                    f"fork {name} is online but the API gave no host and port for it, so the "
+                    f"erasure ledger was not re-applied; it may hold people erased after its "
+                    f"point in time: remove it (studyhub cluster forks remove {name}) or "
+                    f"re-apply once it is reachable (studyhub privacy reapply-erasures --fork "
+                    f"{name} --profile {self.profile.name})")
+            progress("re-applying the erasure ledger to the fork")
+            erasures = reapply_erasures_on_fork(self.profile, target, name)
+        return ForkResult(fork, None, None, round(time.monotonic() - started, 3), verification,
+                          erasures)
 
     def fork_remove_plan(self, name: str, *, offline: bool = False) -> Plan:
         requests = [ApiRequest("GET", f"/v2/databases?tag_name={FORK_TAG}")]

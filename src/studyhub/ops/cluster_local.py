@@ -19,7 +19,6 @@ import json
 import re
 import shutil
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from studyhub.ops.cluster import (
     ClusterInfo,
     ClusterOpError,
     Fork,
+    ForkErasures,
     ForkResult,
     Node,
     Plan,
@@ -57,7 +57,10 @@ from studyhub.ops.cluster import (
     _noop,
     check_name,
     check_pool,
+    erasure_plan_line,
+    fork_profile,
     iso,
+    reapply_erasures_on_fork,
     refuse_outside,
     streaming_clients,
     verify_profile,
@@ -141,8 +144,7 @@ class LocalBackend:
         return connect(self.profile, "ops", autocommit=True, application_name="studyhub cluster")
 
     def _fork_profile(self, port: int) -> Profile:
-        return replace(self.profile, name=f"fork:{port}", port=port, pooler_port=None,
-                       replica_host=None, replica_port=None)
+        return fork_profile(self.profile, f"fork:{port}", None, port)
 
     def _url(self, port: int) -> str:
         return Endpoint("127.0.0.1", port, APP_DATABASE, APP_ROLE, "disable",
@@ -358,7 +360,8 @@ class LocalBackend:
             "recovery_init_sync_method = syncfs",
         )
 
-    def fork_plan(self, at: datetime, name: str, *, offline: bool = False) -> Plan:
+    def fork_plan(self, at: datetime, name: str, *, offline: bool = False,
+                  reapply_erasures: bool = True) -> Plan:
         check_name(name, "fork")
         if (self.cluster.forks_dir / name).exists() or self._fork_meta_path(name).exists():
             raise ClusterOpError(
@@ -394,10 +397,11 @@ class LocalBackend:
         summary += [
             f"replay archived WAL up to {iso(at)}, then promote; a new port, archive_mode off",
             "verify: row counts and newest timestamps of the key tables",
+            erasure_plan_line(reapply_erasures),
         ]
         return Plan("local", "fork", "local", summary,
                     params={"name": name, "at": at.isoformat(), "base": base["label"],
-                            "switch_wal": switch},
+                            "switch_wal": switch, "reapply_erasures": reapply_erasures},
                     warnings=[] if not archive.archiver_failed_count else [
                         f"the archiver failed {archive.archiver_failed_count} time(s), last on "
                         f"{archive.last_failed_wal}"])
@@ -462,12 +466,17 @@ class LocalBackend:
         self._write_fork_meta(meta)
         progress("verifying the fork")
         verification = verify_profile(self._fork_profile(port))
+        erasures = ForkErasures("skipped")
+        if p.get("reapply_erasures", True):
+            progress("re-applying the erasure ledger to the fork")
+            erasures = reapply_erasures_on_fork(self.profile, self._fork_profile(port), name)
         return ForkResult(
             fork=self._fork(meta),
             recovered_to=recovered_to,
             first_excluded_at=first_excluded,
             duration_s=round(time.monotonic() - started, 3),
             verification=verification,
+            erasures=erasures,
         )
 
     @staticmethod

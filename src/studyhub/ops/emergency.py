@@ -123,8 +123,9 @@ def plan_signal(conn: psycopg.Connection, pids: list[int], *, other_databases: b
         if s.is_self:
             raise RefusedError(f"PID {pid} is this command's own session (nothing was changed)")
         if s.backend_type == "walsender" and not replication:
-            raise RefusedError(f"PID {pid} is a replication connection (walsender); add "
-                               "--replication to signal it anyway (nothing was changed)")
+            raise RefusedError(f"PID {pid} is a replication connection (walsender), spared "
+                               "unless replication is named explicitly (the CLI's "
+                               "--replication; the dashboard never does); nothing was changed")
         if s.backend_type not in ("client backend", "walsender"):
             raise RefusedError(f"PID {pid} is a server process ({s.backend_type}), not a client "
                                "session (nothing was changed)")

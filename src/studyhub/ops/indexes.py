@@ -337,6 +337,25 @@ def split_table(table: str) -> tuple[str, str]:
     return (schema or "public"), name
 
 
+def check_index_target(conn: psycopg.Connection, table: str,
+                       columns: list[str]) -> tuple[str, str]:
+    """(schema, table) when ``table`` exists and has every one of ``columns`` (at least one);
+    otherwise StudyhubError naming what is wrong (and the columns it does have)."""
+    if not columns or not all(c.strip() for c in columns):
+        raise StudyhubError("name at least one column to index")
+    schema, tname = split_table(table)
+    if not tname:
+        raise StudyhubError("name the table to index")
+    known = [r["column"] for r in _rows(conn, "get_table_columns", {"schema": schema, "table": tname})]
+    if not known:
+        raise StudyhubError(f"no table {schema}.{tname}")
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise StudyhubError(f"table {_display(schema, tname)} has no column(s) "
+                            f"{', '.join(unknown)}; it has {', '.join(known)}")
+    return schema, tname
+
+
 def ensure_outside_transaction(conn: psycopg.Connection, pooler_ports: set[int]) -> None:
     """CREATE INDEX CONCURRENTLY cannot run in a transaction block, and through a
     transaction-mode pooler its session-level lock_timeout and the build itself may land on
@@ -368,17 +387,8 @@ def create_index(
     (``retries`` times). ``monitor`` opens a second connection to report
     pg_stat_progress_create_index to ``progress``. Verifies indisvalid and indisready; when the
     build fails it drops the invalid index it left and raises with the reason."""
-    if not columns:
-        raise StudyhubError("name at least one column to index")
     ensure_outside_transaction(conn, set(pooler_ports))
-    schema, tname = split_table(table)
-    known = [r["column"] for r in _rows(conn, "get_table_columns", {"schema": schema, "table": tname})]
-    if not known:
-        raise StudyhubError(f"no table {schema}.{tname}")
-    unknown = [c for c in columns if c not in known]
-    if unknown:
-        raise StudyhubError(f"table {_display(schema, tname)} has no column(s) "
-                            f"{', '.join(unknown)}; it has {', '.join(known)}")
+    schema, tname = check_index_target(conn, table, columns)
     iname = name or index_name(tname, columns)
     stmt = create_index_sql(schema, tname, columns, iname)
     text = stmt.as_string(conn)

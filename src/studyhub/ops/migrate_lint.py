@@ -136,6 +136,35 @@ _RULES = [
          "Renaming a table the application uses",
          "Rename, then create a view with the old name (simple views are updatable) for the "
          "old release, and drop the view in a later migration."),
+    Rule("table-rewrite", ERROR,
+         "Statement that rewrites an existing table under ACCESS EXCLUSIVE (CLUSTER, VACUUM "
+         "FULL, SET LOGGED/UNLOGGED, SET TABLESPACE, SET ACCESS METHOD)",
+         "Do not rewrite a live table in a migration: reads and writes wait for the whole "
+         "copy. Rebuild it online with pg_repack (CLUSTER / VACUUM FULL / SET TABLESPACE "
+         "equivalents, brief locks only) outside the deploy; for LOGGED/UNLOGGED create a new "
+         "table, copy in batches (migration_helpers.backfill_in_batches pattern) and swap "
+         "names in a later migration. Plain VACUUM / ANALYZE block nobody."),
+    Rule("truncate-table", ERROR,
+         "TRUNCATE of an existing table",
+         "TRUNCATE takes ACCESS EXCLUSIVE until commit and deletes every row for good (the "
+         "downgrade cannot bring them back). Delete the rows that must go in batches outside "
+         "the transaction (DELETE … WHERE id IN (SELECT id … LIMIT n), one batch per "
+         "transaction), or stop using the table and drop it in a later release. TRUNCATE is "
+         "only fine on a table no release uses yet: acknowledge that in LINT_ACK."),
+    Rule("blocking-table-lock", ERROR,
+         "Statement that holds a lock blocking writes or reads (SHARE, SHARE ROW EXCLUSIVE, "
+         "EXCLUSIVE, ACCESS EXCLUSIVE) on an existing table, not judged by a specific rule",
+         "Do not take explicit table locks in a migration (LOCK TABLE): each statement takes "
+         "the lock it needs, for as short as it needs, and `migrate up` waits at most "
+         "lock_timeout for it. If the statement must run, keep it alone in its own short "
+         "transaction (no UPDATE or scan after it), check `studyhub migrate plan` for what it "
+         "blocks and for how long, and acknowledge it in LINT_ACK with the reason."),
+    Rule("procedural-code", WARNING,
+         "DO block, CALL or function call whose locks cannot be told from the SQL",
+         "Prefer plain statements (or the migration_helpers functions) so lint and `migrate "
+         "plan` can see each lock. If the code must stay procedural, read it for DDL and "
+         "table locks (or run it once on a copy and watch pg_locks), then acknowledge it in "
+         "LINT_ACK with what it does."),
     Rule("lock-timeout-missing", ERROR,
          "A statement that needs a table lock runs without lock_timeout",
          "Do not RESET or zero lock_timeout in a migration: `studyhub migrate up` sets it "
@@ -259,6 +288,7 @@ class Finding:
     table_bytes: int | None = None
     acknowledged: str | None = None  # the LINT_ACK reason
     places: int = 1  # squawk: how many places in the statement (e.g. columns) it flagged
+    direction: str = "upgrade"  # upgrade | downgrade: which function of the migration
 
     @property
     def blocking(self) -> bool:
@@ -282,6 +312,7 @@ class LintReport:
     sizes_from: str | None = None
     sizes_error: str | None = None
     squawk: str | None = None  # squawk's version
+    direction: str = "upgrade"  # upgrade | downgrade
 
     @property
     def errors(self) -> int:
@@ -366,6 +397,72 @@ def _not_null_check_column(con: ast.Constraint) -> str | None:
     return None
 
 
+@dataclass
+class _MigrationState:
+    """What the statements of one migration have established so far."""
+
+    created: set[str] = field(default_factory=set)  # tables this migration creates
+    lock_timeout_ms: int | None = None  # session setting
+    local_timeout_ms: int | None = None  # SET LOCAL, until the transaction ends
+    tx_locks: dict[str, str] = field(default_factory=dict)  # held until the next commit
+    dropped_in_tx: dict[int, set[str]] = field(default_factory=dict)  # transaction → tables
+
+
+# ALTER TABLE subcommands a specific rule judges, or brief catalog changes (no scan, no
+# rewrite; lock_timeout covers their wait). Any other subcommand that takes a strong lock on
+# an existing table falls to blocking-table-lock; the rewriting ones to table-rewrite.
+_AT = ms.AT
+_JUDGED_ALTER_CMDS = {
+    _AT.AT_AddColumn, _AT.AT_AddColumnToView, _AT.AT_ColumnDefault, _AT.AT_CookedColumnDefault,
+    _AT.AT_DropNotNull, _AT.AT_SetNotNull, _AT.AT_DropExpression, _AT.AT_SetStatistics,
+    _AT.AT_SetOptions, _AT.AT_ResetOptions, _AT.AT_SetStorage, _AT.AT_SetCompression,
+    _AT.AT_DropColumn, _AT.AT_AddConstraint, _AT.AT_AlterConstraint, _AT.AT_ValidateConstraint,
+    _AT.AT_AddIndexConstraint, _AT.AT_DropConstraint, _AT.AT_AlterColumnType, _AT.AT_ChangeOwner,
+    _AT.AT_ClusterOn, _AT.AT_DropCluster, _AT.AT_SetRelOptions, _AT.AT_ResetRelOptions,
+    _AT.AT_ReplaceRelOptions, _AT.AT_EnableTrig, _AT.AT_EnableAlwaysTrig,
+    _AT.AT_EnableReplicaTrig, _AT.AT_DisableTrig, _AT.AT_EnableTrigAll, _AT.AT_DisableTrigAll,
+    _AT.AT_EnableTrigUser, _AT.AT_DisableTrigUser, _AT.AT_ReplicaIdentity,
+    _AT.AT_EnableRowSecurity, _AT.AT_DisableRowSecurity, _AT.AT_ForceRowSecurity,
+    _AT.AT_NoForceRowSecurity, _AT.AT_AddIdentity, _AT.AT_SetIdentity, _AT.AT_DropIdentity,
+}
+_REWRITE_ALTER_CMDS = {
+    _AT.AT_SetLogged: "SET LOGGED", _AT.AT_SetUnLogged: "SET UNLOGGED",
+    _AT.AT_SetTableSpace: "SET TABLESPACE", _AT.AT_SetAccessMethod: "SET ACCESS METHOD",
+    _AT.AT_SetExpression: "SET EXPRESSION",
+}
+_JUDGED_NODES = (ast.CreateStmt, ast.IndexStmt, ast.ReindexStmt, ast.RenameStmt,
+                 ast.CreateTrigStmt, ast.TruncateStmt, ast.VacuumStmt, ast.ClusterStmt,
+                 ast.CommentStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+
+
+def _judged_by_a_specific_rule(node) -> bool:
+    if isinstance(node, _JUDGED_NODES):
+        return True
+    if isinstance(node, ast.DropStmt):
+        return node.removeType in (enums.ObjectType.OBJECT_INDEX, enums.ObjectType.OBJECT_TABLE)
+    if isinstance(node, ast.AlterTableStmt):
+        return all(cmd.subtype in _JUDGED_ALTER_CMDS or cmd.subtype in _REWRITE_ALTER_CMDS
+                   for cmd in node.cmds or ())
+    return False
+
+
+def _describe(node) -> str:
+    """A statement's verb, for messages: LOCK TABLE, ALTER TABLE … AddInherit, CALL f, …"""
+    if isinstance(node, ast.LockStmt):
+        return "LOCK TABLE"
+    if isinstance(node, ast.AlterTableStmt):
+        return "ALTER TABLE … " + ", ".join(
+            cmd.subtype.name.removeprefix("AT_") for cmd in node.cmds or ())
+    if isinstance(node, ast.CallStmt):
+        return "CALL " + ".".join(n.sval for n in node.funccall.funcname)
+    if isinstance(node, ast.SelectStmt):
+        names = sorted(_func_names(node))
+        return "SELECT " + ", ".join(f"{n}()" for n in names) if names else "SELECT"
+    if isinstance(node, ast.DropStmt):
+        return "DROP " + node.removeType.name.removeprefix("OBJECT_").replace("_", " ")
+    return type(node).__name__.removesuffix("Stmt")
+
+
 def _type_name(type_name: ast.TypeName | None) -> str:
     if type_name is None or not type_name.names:
         return ""
@@ -386,6 +483,9 @@ class _Analyzer:
         self.proven_not_null: set[tuple[str, str]] = set()
         self.findings: list[Finding] = []
         self.cleared: dict[tuple[str, int], dict[str, str]] = {}
+        # A downgrade undoes a release: the models then map columns it legitimately drops.
+        self.downgrade = False
+        self._dropping: set[str] = set()  # tables the current transaction drops
 
     # -- helpers
     def flag(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, table: str | None,
@@ -394,7 +494,7 @@ class _Analyzer:
         rows, size = self.sizes.get(table or "", (None, None))
         self.findings.append(Finding(
             m.revision, m.path, st.number, st.line, st.sql, rule, r.severity, table,
-            why, r.recipe, table_rows=rows, table_bytes=size))
+            why, r.recipe, table_rows=rows, table_bytes=size, direction=m.direction))
 
     def clear(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, reason: str) -> None:
         self.cleared.setdefault((m.revision, st.number), {})[rule] = reason
@@ -403,56 +503,92 @@ class _Analyzer:
     def migration(self, m: ms.RenderedMigration) -> None:
         if m.parse_error:
             self.findings.append(Finding(m.revision, m.path, 0, 0, "", "unparsable-sql", ERROR,
-                                         None, m.parse_error, RULES["unparsable-sql"].recipe))
+                                         None, m.parse_error, RULES["unparsable-sql"].recipe,
+                                         direction=m.direction))
             return
-        created: set[str] = set()
-        lock_timeout_ms: int | None = None  # session setting
-        local_timeout_ms: int | None = None  # SET LOCAL, until the transaction ends
-        tx_locks: dict[str, str] = {}
+        self.downgrade = m.direction == "downgrade"
+        state = _MigrationState()
+        for st in m.statements:  # tables each transaction drops (a downgrade's teardown)
+            if st.in_transaction and isinstance(st.node, ast.DropStmt) \
+                    and st.node.removeType == enums.ObjectType.OBJECT_TABLE:
+                for obj in st.node.objects or ():
+                    name = ".".join(p.sval for p in obj if p.sval != "public")
+                    state.dropped_in_tx.setdefault(st.transaction, set()).add(name)
         for st in m.statements:
             node = st.node
             if isinstance(node, ast.TransactionStmt):
                 if node.kind in (enums.TransactionStmtKind.TRANS_STMT_COMMIT,
                                  enums.TransactionStmtKind.TRANS_STMT_ROLLBACK):
-                    tx_locks = {}
-                    local_timeout_ms = None
+                    state.tx_locks = {}
+                    state.local_timeout_ms = None
                 continue
-            if isinstance(node, ast.VariableSetStmt) and node.name == "lock_timeout":
-                value = None
-                if node.kind == enums.VariableSetKind.VAR_SET_VALUE and node.args:
-                    const = node.args[0].val
-                    value = _parse_duration_ms(getattr(const, "ival", None)
-                                               if isinstance(const, ast.Integer)
-                                               else getattr(const, "sval", ""))
-                if node.is_local:
-                    local_timeout_ms = value
+            self._one(m, st, node, state)
+
+    def _one(self, m, st, node, state: "_MigrationState", inside: str | None = None) -> None:
+        """Judge one statement (``inside``: the DO block it sits in, if any)."""
+        settings = ms.timeout_settings(node)
+        if settings:
+            for name, value, is_local in settings:
+                if name != "lock_timeout":
+                    continue
+                ms_value = _parse_duration_ms(value) if value is not None else None
+                if is_local:
+                    state.local_timeout_ms = ms_value
                 else:
-                    lock_timeout_ms = value
-                continue
-            locks = ms.statement_locks(node, self.index_tables) or []
-            # lock_timeout: every lock on a table that existed before this migration
-            existing_locks = [lk for lk in locks if lk.table not in created]
-            effective = local_timeout_ms if local_timeout_ms is not None else lock_timeout_ms
-            if existing_locks and not isinstance(node, ast.CreateStmt):
-                strongest = max(existing_locks, key=lambda lk: ms.strength(lk.mode))
-                if ms.strength(strongest.mode) >= ms.strength("SHARE UPDATE EXCLUSIVE"):
-                    if not effective:
-                        self.flag(m, st, "lock-timeout-missing", strongest.table,
-                                  f"needs {strongest.mode} on {strongest.table} with no "
-                                  "lock_timeout in force: while it waits, every query on the "
-                                  f"table queues behind it")
-                    elif effective > MAX_LOCK_TIMEOUT_MS:
-                        self.flag(m, st, "lock-timeout-too-long", strongest.table,
-                                  f"lock_timeout is {effective / 1000:.0f} s: queries on "
-                                  f"{strongest.table} can queue that long behind this "
-                                  "statement")
-                    else:
-                        self.clear(m, st, "lock-timeout-missing",
-                                   f"lock_timeout {effective} ms is in force")
-            self._statement(m, st, node, created, tx_locks)
-            if st.in_transaction:
-                for lk in locks:
-                    tx_locks[lk.table] = ms._max(tx_locks.get(lk.table), lk.mode)
+                    state.lock_timeout_ms = ms_value
+            return
+        created = state.created
+        locks = ms.statement_locks(node, self.index_tables)
+        if isinstance(node, ast.DoStmt):
+            body = ms.procedural_statements(node)
+            if locks is None:
+                self.flag(m, st, "procedural-code", None,
+                          "PostgreSQL only learns what this DO block locks when it runs it: "
+                          + "; ".join(body.dynamic or ["a statement whose locks cannot be told"])
+                          + (" (its static statements are checked too)" if body.statements
+                             else ""))
+            for inner in body.statements:
+                self._one(m, st, inner, state, inside="DO block")
+            return
+        if locks is None:
+            self.flag(m, st, "procedural-code", None,
+                      f"{_describe(node)} runs code whose statements and locks PostgreSQL "
+                      "only learns when it runs (a function or procedure can run any DDL)")
+            locks = []
+        # lock_timeout: every lock on a table that existed before this migration
+        existing_locks = [lk for lk in locks if lk.table not in created]
+        effective = state.local_timeout_ms if state.local_timeout_ms is not None \
+            else state.lock_timeout_ms
+        strongest = max(existing_locks, key=lambda lk: ms.strength(lk.mode), default=None)
+        if strongest is not None and not isinstance(node, ast.CreateStmt):
+            if ms.strength(strongest.mode) >= ms.strength("SHARE UPDATE EXCLUSIVE"):
+                if not effective:
+                    self.flag(m, st, "lock-timeout-missing", strongest.table,
+                              f"needs {strongest.mode} on {strongest.table} with no "
+                              "lock_timeout in force: while it waits, every query on the "
+                              f"table queues behind it")
+                elif effective > MAX_LOCK_TIMEOUT_MS:
+                    self.flag(m, st, "lock-timeout-too-long", strongest.table,
+                              f"lock_timeout is {effective / 1000:.0f} s: queries on "
+                              f"{strongest.table} can queue that long behind this "
+                              "statement")
+                else:
+                    self.clear(m, st, "lock-timeout-missing",
+                               f"lock_timeout {effective} ms is in force")
+        self._dropping = state.dropped_in_tx.get(st.transaction, set()) \
+            if st.in_transaction else set()
+        self._statement(m, st, node, created, state.tx_locks)
+        if strongest is not None and ms.strength(strongest.mode) >= ms.strength("SHARE") \
+                and not _judged_by_a_specific_rule(node):
+            held = ("until the migration's transaction commits" if st.in_transaction
+                    else "for the whole statement")
+            where = f" (inside a {inside})" if inside else ""
+            self.flag(m, st, "blocking-table-lock", strongest.table,
+                      f"{_describe(node)}{where} takes {strongest.mode} on {strongest.table} "
+                      f"and holds it {held}: {ms.BLOCKS[strongest.mode]} wait meanwhile")
+        if st.in_transaction:
+            for lk in locks:
+                state.tx_locks[lk.table] = ms._max(state.tx_locks.get(lk.table), lk.mode)
 
     def _statement(self, m, st, node, created: set[str], tx_locks: dict[str, str]) -> None:
         if isinstance(node, ast.CreateStmt):
@@ -487,6 +623,35 @@ class _Analyzer:
                 self.flag(m, st, "reindex-not-concurrently", table,
                           f"REINDEX blocks writes to {table} (SHARE) and reads that use the "
                           "index (ACCESS EXCLUSIVE on it) for the whole rebuild")
+            return
+        if isinstance(node, ast.TruncateStmt):
+            for rv in node.relations or ():
+                table = ms.name_of(rv)
+                if table in created:
+                    continue
+                self.flag(m, st, "truncate-table", table,
+                          f"TRUNCATE takes ACCESS EXCLUSIVE on {table}"
+                          + (" until the migration's transaction commits" if st.in_transaction
+                             else "") + " and deletes all of its rows"
+                          + (" (and, CASCADE, those of every table referencing it)"
+                             if node.behavior == enums.DropBehavior.DROP_CASCADE else ""))
+            return
+        if isinstance(node, (ast.VacuumStmt, ast.ClusterStmt)):
+            full = isinstance(node, ast.ClusterStmt) or any(
+                getattr(o, "defname", "") == "full" for o in node.options or ())
+            rels = [node.relation] if isinstance(node, ast.ClusterStmt) else [
+                r.relation for r in node.rels or ()]
+            rels = [r for r in rels if r is not None]
+            verb = "CLUSTER" if isinstance(node, ast.ClusterStmt) else "VACUUM FULL"
+            for table in (ms.name_of(r) for r in rels):
+                if full and table and table not in created:
+                    self.flag(m, st, "table-rewrite", table,
+                              f"{verb} rewrites {table} (and rebuilds its indexes) under ACCESS "
+                              "EXCLUSIVE: every read and write waits for the whole copy")
+            if full and not rels:
+                self.flag(m, st, "table-rewrite", None,
+                          f"{verb} with no table rewrites every table it may, one after the "
+                          "other, each under ACCESS EXCLUSIVE")
             return
         if isinstance(node, ast.DropStmt):
             self._drop(m, st, node, created)
@@ -534,6 +699,10 @@ class _Analyzer:
                 elif table in created:
                     self.clear(m, st, "drop-index-not-concurrently",
                                f"{table} is created in this migration")
+                elif table in self._dropping:
+                    self.clear(m, st, "drop-index-not-concurrently",
+                               f"{table} itself is dropped in this transaction (the same "
+                               "ACCESS EXCLUSIVE lock, released at the same commit)")
                 else:
                     self.flag(m, st, "drop-index-not-concurrently", table,
                               f"DROP INDEX takes ACCESS EXCLUSIVE on {table or 'its table'}: "
@@ -542,7 +711,11 @@ class _Analyzer:
             elif rt == enums.ObjectType.OBJECT_TABLE:
                 if name in created:
                     continue
-                if name in self.mapped:
+                if self.downgrade:
+                    self.flag(m, st, "drop-table", name,
+                              f"the downgrade drops {name} and its data for good (upgrading "
+                              "again brings the table back empty)")
+                elif name in self.mapped:
                     self.flag(m, st, "drop-mapped-table", name,
                               f"the models still map {name}: the release being shipped reads "
                               "and writes it")
@@ -604,6 +777,12 @@ class _Analyzer:
                     self.flag(m, st, "set-not-null-scans-table", table,
                               f"SET NOT NULL on {table}.{cmd.name} scans the whole table under "
                               "ACCESS EXCLUSIVE: reads and writes wait for the scan")
+            elif sub in _REWRITE_ALTER_CMDS:
+                if not new:
+                    self.flag(m, st, "table-rewrite", table,
+                              f"ALTER TABLE {table} {_REWRITE_ALTER_CMDS[sub]} copies the whole "
+                              "table (and rebuilds its indexes) under ACCESS EXCLUSIVE: every "
+                              "read and write waits for the copy")
             elif sub == ms.AT.AT_AlterColumnType:
                 if not new:
                     self.flag(m, st, "column-type-rewrite", table,
@@ -613,7 +792,11 @@ class _Analyzer:
             elif sub == ms.AT.AT_DropColumn:
                 if new:
                     continue
-                if cmd.name in self.mapped.get(table or "", set()):
+                if self.downgrade:
+                    self.flag(m, st, "drop-column", table,
+                              f"the downgrade drops {table}.{cmd.name} and its data for good "
+                              "(upgrading again brings the column back empty)")
+                elif cmd.name in self.mapped.get(table or "", set()):
                     self.flag(m, st, "drop-mapped-column", table,
                               f"the models still map {table}.{cmd.name}: the release being "
                               "shipped selects and inserts it and fails once it is gone")
@@ -771,8 +954,13 @@ def _statement_at(m: ms.RenderedMigration, line0: int, col: int) -> ms.Statement
 
 
 # --------------------------------------------------------------------------- acks
-def _acks(module) -> dict[str, object]:
-    raw = getattr(module, "LINT_ACK", None) if module is not None else None
+def ack_attribute(direction: str) -> str:
+    """Where a migration acknowledges findings: LINT_ACK (upgrade), LINT_ACK_DOWNGRADE."""
+    return "LINT_ACK_DOWNGRADE" if direction == "downgrade" else "LINT_ACK"
+
+
+def _acks(module, direction: str = "upgrade") -> dict[str, object]:
+    raw = getattr(module, ack_attribute(direction), None) if module is not None else None
     return dict(raw) if isinstance(raw, dict) else {}
 
 
@@ -782,7 +970,8 @@ def _known_rule(rule: str) -> bool:
 
 def _apply_acks(report_findings: list[Finding], migrations: list[ms.RenderedMigration]) -> None:
     for m in migrations:
-        acks = _acks(m.module)
+        acks = _acks(m.module, m.direction)
+        attr = ack_attribute(m.direction)
         used: set[str] = set()
         for f in report_findings:
             if f.revision != m.revision:
@@ -797,18 +986,18 @@ def _apply_acks(report_findings: list[Finding], migrations: list[ms.RenderedMigr
             rule = str(key).split(":", 1)[0]
             if not _known_rule(rule):
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-unknown-rule", ERROR,
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-unknown-rule", ERROR,
                     None, f"{rule!r} is not a rule of studyhub or squawk",
-                    RULES["ack-unknown-rule"].recipe))
+                    RULES["ack-unknown-rule"].recipe, direction=m.direction))
             elif not isinstance(reason, str) or len(reason.strip()) < 10:
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-without-reason", ERROR,
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-without-reason", ERROR,
                     None, "an acknowledgement needs a reason of at least a few words",
-                    RULES["ack-without-reason"].recipe))
+                    RULES["ack-without-reason"].recipe, direction=m.direction))
             elif key not in used:
                 report_findings.append(Finding(
-                    m.revision, m.path, 0, 0, f"LINT_ACK[{key!r}]", "ack-unused", WARNING,
-                    None, f"no finding of {key} in this migration", RULES["ack-unused"].recipe))
+                    m.revision, m.path, 0, 0, f"{attr}[{key!r}]", "ack-unused", WARNING,
+                    None, f"no finding of {key} in this migration", RULES["ack-unused"].recipe, direction=m.direction))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -829,16 +1018,21 @@ def _database_facts(profile, database: str | None) -> tuple[dict[str, tuple[int,
 
 
 def lint(rev_range: str | None = None, *, profile=None, database: str | None = None,
-         extra_versions: migrate.ExtraVersions = (), use_squawk: bool = True) -> LintReport:
-    """Lint the upgrade SQL of every migration in ``rev_range`` (default: all of them).
+         extra_versions: migrate.ExtraVersions = (), use_squawk: bool = True,
+         downgrade: bool = False) -> LintReport:
+    """Lint the upgrade SQL of every migration in ``rev_range`` (default: all of them), or
+    with ``downgrade`` the SQL of their downgrades (newest first, the order they run).
 
     Earlier migrations are analysed too (what they established — validated checks, indexes —
-    matters) but only the range's findings are reported. With ``profile`` the findings carry
+    matters) but only the range's findings are reported; downgrades are judged from the
+    schema the upgrades up to the range's end built. With ``profile`` the findings carry
     table sizes and pg_proc decides which defaults are volatile."""
     everything = ms.render_migrations(None if rev_range is None else _upto(rev_range),
                                       extra_versions=extra_versions)
     wanted = {m.revision for m in (ms.render_migrations(rev_range, extra_versions=extra_versions)
                                    if rev_range else everything)}
+    downgrades = ms.render_migrations(rev_range, extra_versions=extra_versions,
+                                      downgrade=True) if downgrade else []
     sizes: dict[str, tuple[int, int]] = {}
     volatile = set(KNOWN_VOLATILE)
     sizes_from = sizes_error = None
@@ -852,8 +1046,14 @@ def lint(rev_range: str | None = None, *, profile=None, database: str | None = N
     analyzer = _Analyzer(volatile, sizes)
     for m in everything:
         analyzer.migration(m)
+    if downgrade:  # undo from the range's end, newest first, with what the upgrades built
+        analyzer.findings, analyzer.cleared = [], {}
+        for m in downgrades:
+            analyzer.migration(m)
+        reported = downgrades
+    else:
+        reported = [m for m in everything if m.revision in wanted]
     findings = [f for f in analyzer.findings if f.revision in wanted]
-    reported = [m for m in everything if m.revision in wanted]
     cleared: list[Cleared] = []
     version = None
     if use_squawk:
@@ -870,7 +1070,8 @@ def lint(rev_range: str | None = None, *, profile=None, database: str | None = N
     findings.sort(key=lambda f: ([m.revision for m in reported].index(f.revision)
                                  if f.revision in wanted else 0, f.statement_number))
     return LintReport(rev_range or "base:heads", [m.revision for m in reported], findings,
-                      cleared, sizes_from, sizes_error, version)
+                      cleared, sizes_from, sizes_error, version,
+                      "downgrade" if downgrade else "upgrade")
 
 
 def _upto(rev_range: str) -> str:
@@ -907,7 +1108,7 @@ def _merge_squawk(m, st, item, findings, analyzer: _Analyzer, cleared, sizes) ->
         m.revision, m.path, st.number, st.line, st.sql, rule,
         ERROR if rule in SQUAWK_ERRORS else WARNING, table,
         (item.get("message") or "").strip(), help_text or "see squawk's documentation",
-        source="squawk", table_rows=rows, table_bytes=size))
+        source="squawk", table_rows=rows, table_bytes=size, direction=m.direction))
 
 
 def rules() -> list[Rule]:

@@ -65,6 +65,7 @@ class MigrationPlan:
     target: str
     migrations: list[PlannedMigration]
     tables: list[PlannedTable]
+    direction: str = "upgrade"  # upgrade | downgrade (what `migrate down` would run)
 
 
 def _index_tables_in_db(conn) -> dict[str, str]:
@@ -79,6 +80,20 @@ def _index_tables_in_db(conn) -> dict[str, str]:
     return dict(rows)
 
 
+def _target_facts(profile: Profile, database: str | None):
+    """(table → (rows, bytes), index → table, database name) of the target database."""
+    with connect(profile, "app", database=database, autocommit=True,
+                 application_name="studyhub migrate plan") as conn:
+        space = table_sizes(conn)
+        index_tables = ms.index_tables_from_models() | _index_tables_in_db(conn)
+        dbname = conn.info.dbname
+    sizes = {}
+    for t in space.tables:
+        sizes[t.table if t.schema == "public" else f"{t.schema}.{t.table}"] = (
+            t.row_estimate, t.total_bytes)
+    return sizes, index_tables, dbname
+
+
 def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
          extra_versions: migrate.ExtraVersions = ()) -> MigrationPlan:
     current = migrate.current(profile, database)
@@ -90,21 +105,45 @@ def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
         migrations: list[ms.RenderedMigration] = []
     else:
         migrations = ms.render_migrations(f"{start}:{to}", extra_versions=extra_versions)
-    with connect(profile, "app", database=database, autocommit=True,
-                 application_name="studyhub migrate plan") as conn:
-        space = table_sizes(conn)
-        index_tables = ms.index_tables_from_models() | _index_tables_in_db(conn)
-        dbname = conn.info.dbname
-    sizes = {}
-    for t in space.tables:
-        sizes[t.table if t.schema == "public" else f"{t.schema}.{t.table}"] = (
-            t.row_estimate, t.total_bytes)
+    sizes, index_tables, dbname = _target_facts(profile, database)
+    flagged = _lint_flags(f"{start}:{to}", migrations, extra_versions, downgrade=False)
+    planned, tables = _plan_statements(migrations, sizes, index_tables, flagged)
+    return MigrationPlan(profile.name, dbname, current, ",".join(target_heads), planned, tables,
+                         "upgrade")
+
+
+def plan_downgrade(profile: Profile, to: str, *, database: str | None = None,
+                   extra_versions: migrate.ExtraVersions = ()) -> MigrationPlan:
+    """What ``migrate down --to`` would run: each undone migration's downgrade SQL (newest
+    first), the locks each statement takes, how long they are held, the tables' sizes."""
+    current = migrate.current(profile, database)
+    undo = migrate.downgrade_plan(current, to)
+    migrations: list[ms.RenderedMigration] = []
+    rev_range = None
+    if undo:
+        rev_range = f"{undo[-1].down_revision or 'base'}:{undo[0].revision}"
+        migrations = ms.render_migrations(rev_range, extra_versions=extra_versions,
+                                          downgrade=True)
+    sizes, index_tables, dbname = _target_facts(profile, database)
+    flagged = _lint_flags(rev_range, migrations, extra_versions, downgrade=True)
+    planned, tables = _plan_statements(migrations, sizes, index_tables, flagged)
+    target = (undo[-1].down_revision or "base") if undo else (",".join(current) or "base")
+    return MigrationPlan(profile.name, dbname, current, target, planned, tables, "downgrade")
+
+
+def _lint_flags(rev_range, migrations, extra_versions, *, downgrade: bool):
+    """(revision, statement number) → the rule ids lint raises there (unacknowledged)."""
     flagged: dict[tuple[str, int], list[str]] = {}
     if migrations:
-        report = lint_mod.lint(f"{start}:{to}", extra_versions=extra_versions, use_squawk=False)
+        report = lint_mod.lint(rev_range, extra_versions=extra_versions, use_squawk=False,
+                               downgrade=downgrade)
         for f in report.findings:
             if not f.acknowledged:
                 flagged.setdefault((f.revision, f.statement_number), []).append(f.rule)
+    return flagged
+
+
+def _plan_statements(migrations, sizes, index_tables, flagged):
     planned: list[PlannedMigration] = []
     strongest: dict[str, str] = {}
     for m in migrations:
@@ -140,4 +179,4 @@ def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
         planned.append(PlannedMigration(m.revision, m.message, m.path, out))
     tables = [PlannedTable(t, mode, *sizes.get(t, (None, None)))
               for t, mode in sorted(strongest.items(), key=lambda kv: -ms.strength(kv[1]))]
-    return MigrationPlan(profile.name, dbname, current, ",".join(target_heads), planned, tables)
+    return planned, tables

@@ -96,7 +96,11 @@ def roundtrip(profile: Profile, revision: str = "head", *, all_revisions: bool =
     if all_revisions:
         targets = [r for r in reversed(list(script.walk_revisions()))]
     else:
-        target = script.get_revision(revision if revision != "head" else script.get_current_head())
+        try:
+            target = script.get_revision(revision if revision != "head"
+                                         else script.get_current_head())
+        except Exception:  # alembic's CommandError / ResolutionError: unknown or ambiguous
+            target = None
         if target is None:
             raise migrate.MigrationError(f"no migration {revision!r}")
         targets = [target]

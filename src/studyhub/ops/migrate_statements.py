@@ -94,6 +94,7 @@ class RenderedMigration:
     statements: list[Statement]
     module: Any = field(repr=False, compare=False, default=None)
     parse_error: str | None = None
+    direction: str = "upgrade"  # upgrade | downgrade (the migration's downgrade())
 
 
 class RenderError(migrate.MigrationError):
@@ -130,17 +131,22 @@ def _revisions_in(rev_range: str | None, extra_versions: migrate.ExtraVersions):
 
 def render_migrations(rev_range: str | None = None, *,
                       extra_versions: migrate.ExtraVersions = (),
-                      lock_timeout: str = migrate.DEFAULT_LOCK_TIMEOUT) -> list[RenderedMigration]:
-    """Each migration of the range rendered alone and parsed, oldest first."""
+                      lock_timeout: str = migrate.DEFAULT_LOCK_TIMEOUT,
+                      downgrade: bool = False) -> list[RenderedMigration]:
+    """Each migration of the range rendered alone and parsed, oldest first; with
+    ``downgrade``, each one's downgrade instead, newest first (the order they would run)."""
     script, revs = _revisions_in(rev_range, extra_versions)
+    if downgrade:
+        revs = list(reversed(revs))
     out = []
     for rev in revs:
         down = rev.down_revision
         if isinstance(down, (tuple, list)):
             down = down[0] if down else None
         text = _render_one(rev.revision, down, tuple(str(p) for p in extra_versions),
-                           lock_timeout, Path(rev.path).stat().st_mtime_ns)
+                           lock_timeout, Path(rev.path).stat().st_mtime_ns, downgrade)
         rendered = parse_migration(rev.revision, text)
+        rendered.direction = "downgrade" if downgrade else "upgrade"
         rendered.down_revision = down
         rendered.message = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
         rendered.path = migrate._display_path(rev.path)
@@ -151,15 +157,19 @@ def render_migrations(rev_range: str | None = None, *,
 
 @lru_cache(maxsize=256)
 def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_timeout: str,
-                _mtime: int) -> str:
+                _mtime: int, downgrade: bool = False) -> str:
     cfg = migrate.alembic_config(extra, lock_timeout=lock_timeout)
     buf = io.StringIO()
     cfg.output_buffer = buf
     try:
-        command.upgrade(cfg, f"{down}:{revision}" if down else revision, sql=True)
+        if downgrade:
+            command.downgrade(cfg, f"{revision}:{down or 'base'}", sql=True)
+        else:
+            command.upgrade(cfg, f"{down}:{revision}" if down else revision, sql=True)
     except Exception as exc:
         raise RenderError(
-            f"cannot render migration {revision} offline: {migrate.first_line(exc)} "
+            f"cannot render the {'downgrade' if downgrade else 'upgrade'} of migration "
+            f"{revision} offline: {migrate.first_line(exc)} "
             "(a migration that reads the database must skip that in offline mode: "
             "op.get_context().as_sql)"
         ) from None
@@ -318,12 +328,137 @@ def statement_locks(node, index_tables: dict[str, str] | None = None) -> list[Ta
         mode = LOCK_MODES[node.mode - 1] if 1 <= node.mode <= 8 else "ACCESS EXCLUSIVE"
         for rv in node.relations or ():
             add(name_of(rv), mode)
-    elif isinstance(node, (ast.DoStmt, ast.CallStmt)):
+    elif isinstance(node, ast.CallStmt):
+        return None
+    elif isinstance(node, ast.DoStmt):
+        body = procedural_statements(node)
+        if body.dynamic:
+            return None
+        for inner in body.statements:
+            inner_locks = statement_locks(inner, index_tables)
+            if inner_locks is None:
+                return None
+            for lk in inner_locks:
+                add(lk.table, lk.mode)
+    elif isinstance(node, ast.SelectStmt) and _calls_unknown_function(node):
         return None
     # Data-modifying CTEs (WITH … UPDATE …) inside any statement
     for cte_target in _modifying_ctes(node):
         add(cte_target, "ROW EXCLUSIVE")
     return [TableLock(t, m) for t, m in locks.items()]
+
+
+@dataclass
+class ProceduralBody:
+    """What a DO block runs: its static SQL statements (parsed; an IF branch counts as run)
+    and the parts whose SQL is only known at run time (EXECUTE of a string, CALL, another
+    language)."""
+
+    statements: list[Any]
+    dynamic: list[str]
+
+
+def procedural_statements(node: ast.DoStmt) -> ProceduralBody:
+    language, body = "plpgsql", None
+    for arg in node.args or ():
+        if arg.defname == "language":
+            language = arg.arg.sval.lower()
+        elif arg.defname == "as":
+            body = arg.arg.sval
+    if language != "plpgsql" or body is None:
+        return ProceduralBody([], [f"a DO block in {language}"])
+    tag = "$studyhub$"
+    while tag in body:
+        tag = tag[:-1] + "x$"
+    try:
+        tree = pglast.parse_plpgsql(f"DO {tag}{body}{tag}")
+    except Exception:
+        return ProceduralBody([], ["PL/pgSQL that does not parse"])
+    out = ProceduralBody([], [])
+
+    def walk(item) -> None:
+        if isinstance(item, list):
+            for x in item:
+                walk(x)
+            return
+        if not isinstance(item, dict):
+            return
+        for key, value in item.items():
+            if key == "PLpgSQL_stmt_dynexecute":
+                out.dynamic.append("EXECUTE of a string built at run time")
+                continue
+            if key == "PLpgSQL_stmt_call":
+                out.dynamic.append(value.get("expr", {}).get("PLpgSQL_expr", {}).get(
+                    "query", "CALL"))
+                continue
+            if key in ("PLpgSQL_stmt_execsql", "PLpgSQL_stmt_perform"):
+                expr = value.get("sqlstmt") or value.get("expr") or {}
+                query = expr.get("PLpgSQL_expr", {}).get("query", "")
+                try:
+                    out.statements.extend(r.stmt for r in pglast.parse_sql(query))
+                except pglast.parser.ParseError:
+                    out.dynamic.append(query)
+            walk(value)
+
+    walk(tree)
+    return out
+
+
+# Functions a ``SELECT f(…)`` statement may call without making its locks unknown: settings,
+# advisory locks, sequences, clocks. Any other function may run DDL.
+KNOWN_CALLS = {
+    "set_config", "current_setting", "pg_advisory_lock", "pg_advisory_xact_lock",
+    "pg_advisory_unlock", "pg_advisory_unlock_all", "pg_try_advisory_lock",
+    "pg_try_advisory_xact_lock", "pg_advisory_lock_shared", "pg_advisory_xact_lock_shared",
+    "pg_sleep", "pg_notify", "nextval", "setval", "currval", "now", "clock_timestamp",
+    "version", "count",
+}
+
+
+def _calls_unknown_function(node: ast.SelectStmt) -> bool:
+    """``SELECT f(…)`` with no FROM, calling a function that may run DDL (a function call
+    as a statement is how a migration runs a stored procedure's DDL)."""
+    if node.fromClause or node.targetList is None:
+        return False
+    for target in node.targetList:
+        val = getattr(target, "val", None)
+        if isinstance(val, ast.FuncCall):
+            names = [n.sval.lower() for n in val.funcname]
+            if names[-1] not in KNOWN_CALLS and names[:-1] != ["pg_catalog"]:
+                return True
+    return False
+
+
+def timeout_settings(node) -> list[tuple[str, object, bool]]:
+    """(setting, value, is_local) for each lock_timeout/statement_timeout a statement sets:
+    ``SET [LOCAL]``, ``RESET`` (value None) and ``SELECT set_config(name, value, is_local)``
+    (value None when it is not a constant)."""
+    wanted = ("lock_timeout", "statement_timeout")
+    if isinstance(node, ast.VariableSetStmt):
+        if node.name not in wanted:
+            return []
+        value = None
+        if node.kind == enums.VariableSetKind.VAR_SET_VALUE and node.args:
+            const = node.args[0].val
+            value = const.ival if isinstance(const, ast.Integer) else getattr(const, "sval", None)
+        return [(node.name, value, bool(node.is_local))]
+    out = []
+    if isinstance(node, ast.SelectStmt) and not node.fromClause:
+        for target in node.targetList or ():
+            call = getattr(target, "val", None)
+            if not isinstance(call, ast.FuncCall) or call.funcname[-1].sval.lower() != "set_config":
+                continue
+            args = [getattr(a, "val", None) if isinstance(a, ast.A_Const) else None
+                    for a in call.args or ()]
+            name = getattr(args[0], "sval", None) if args else None
+            if name not in wanted:
+                continue
+            value = args[1] if len(args) > 1 else None
+            value = value.ival if isinstance(value, ast.Integer) else getattr(value, "sval", None)
+            local = args[2] if len(args) > 2 else None
+            is_local = bool(getattr(local, "boolval", False)) if local is not None else False
+            out.append((name, value, is_local))
+    return out
 
 
 def _modifying_ctes(node) -> list[str]:

@@ -25,6 +25,11 @@ LINT_ACK = {
     "latency_ms, review_duration_ms, cards_reviewed), not keys or sequences; they stay far "
     "below 2^31",
 }
+LINT_ACK_DOWNGRADE = {
+    "drop-table": "undoing the initial schema removes the whole app: only for a throwaway or "
+    "development database (`migrate down --to base` asks for confirmation and refuses "
+    "production unless it is named)",
+}
 
 
 def upgrade() -> None:

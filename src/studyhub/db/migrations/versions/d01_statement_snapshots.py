@@ -21,6 +21,10 @@ down_revision: str | Sequence[str] | None = "m01"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+LINT_ACK_DOWNGRADE = {
+    "drop-table": "the toolkit's own pg_stat_statements history, no app data; diag slow-queries collects it again after re-upgrading",
+}
+
 
 def upgrade() -> None:
     op.create_table(
