@@ -423,3 +423,19 @@ def test_a_malformed_query_parameter_renders_the_error_page(client, migrated):
     res = client().get("/p/local/queries", params={"limit": "abc"})
     assert res.status_code == 400 and "text/html" in res.headers["content-type"]
     assert "invalid value for limit" in res.text
+
+
+def test_activity_pages_name_the_missing_grant_instead_of_looking_empty(
+        client, env, cluster, profile, migrated, tmp_path):
+    from tests.diag_helpers import TemporaryRole, remote_profile_env
+
+    c = client()
+    remote_profile_env(env, cluster, "staging", database="studyhub")
+    assert c.get("/p/staging/live").status_code == 200  # the real ops role has pg_monitor
+    with TemporaryRole(profile, "studyhub") as role:  # CONNECT only
+        remote_profile_env(env, cluster, "staging", database="studyhub", ops_user=role.name,
+                           ops_password=role.password)
+        for path in ("/p/staging/live", "/p/staging/queries"):
+            res = c.get(path)
+            assert res.status_code == 400 and f"GRANT pg_monitor TO {role.name};" in res.text
+            assert 'class="grid sessions"' not in res.text

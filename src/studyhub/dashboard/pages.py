@@ -48,7 +48,16 @@ def _window(value: str | None, default: str) -> tuple[str, timedelta]:
 def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa: ANN001, C901
     from studyhub.dashboard.app import profile_view, run_page
 
-    def page(request: Request, view: ProfileView, template: str, build, role: str = "ops"):
+    def page(request: Request, view: ProfileView, template: str, build, role: str = "ops",
+             monitor: str | None = None):
+        """``monitor``: the page reads other roles' activity or statements, which without
+        pg_monitor would look empty (all clear); it then shows the GRANT instead."""
+        if monitor:
+            inner = build
+
+            def build(conn: psycopg.Connection) -> dict[str, Any]:
+                activity.require_monitor(conn, monitor)
+                return inner(conn)
         return run_page(request, view, template, build, role=role, settings=settings)
 
     # ------------------------------------------------------------------ overview
@@ -88,7 +97,7 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
                     "windows": TABLE_WINDOWS, "limit": limit, "page": "queries",
                     "chart_window": chart_key, "latest": statements.latest_snapshot_at(conn)}
 
-        return page(request, view, "queries.html", build)
+        return page(request, view, "queries.html", build, monitor="the queries page")
 
     @app.get("/p/{name}/queries/{queryid}", response_class=HTMLResponse)
     def query_detail(request: Request, name: str, queryid: int, role: str | None = None,
@@ -116,7 +125,7 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
                                     if p.mean_ms is not None],
                     "page": "queries"}
 
-        return page(request, view, "query.html", build)
+        return page(request, view, "query.html", build, monitor="the query page")
 
     @app.get("/p/{name}/queries/{queryid}/explain", response_class=HTMLResponse)
     def query_explain(request: Request, name: str, queryid: int,
@@ -240,7 +249,7 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
                     "filter": filter or "", "idle": idle, "by": by,
                     "groupings": tuple(activity.GROUP_KEYS), "page": "live"}
 
-        return page(request, view, "live.html", build)
+        return page(request, view, "live.html", build, monitor="the live activity page")
 
     @app.get("/p/{name}/live/{action}/{pid}", response_class=HTMLResponse)
     def signal_confirm(request: Request, name: str, action: str, pid: int) -> Response:
@@ -255,7 +264,8 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
             return {"action": action, "target": targets[0], "session": session,
                     "allowed": view.can_act, "refused": view.actions_refused, "page": "live"}
 
-        return page(request, view, "confirm_signal.html", build)
+        return page(request, view, "confirm_signal.html", build,
+                    monitor="cancel or terminate")
 
     @app.post("/p/{name}/live/{action}/{pid}")
     async def signal(request: Request, name: str, action: str, pid: int) -> Response:
