@@ -47,7 +47,9 @@ from studyhub.connect import ConnectError, child_env, connect
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
 from studyhub.ops.backup_set import (
+    DATA_DIR,
     DUMP_DIR,
+    FORMAT_VERSION,
     LEDGER_FILE,
     PARTIAL_PREFIX,
     VERIFIED,
@@ -57,6 +59,7 @@ from studyhub.ops.backup_set import (
     Manifest,
     Problem,
     TableChecksum,
+    TableFile,
     check_files,
     default_backup_dir,
     fsync_tree,
@@ -406,12 +409,13 @@ class _StreamCompressor(threading.Thread):
 
 def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
                  compression: Compression, n_tables: int, progress: ProgressFn,
-                 lock_wait_timeout: str) -> tuple[dict[str, FileEntry], dict[str, float]]:
+                 lock_wait_timeout: str, extra_args: list[str] | None = None,
+                 ) -> tuple[dict[str, FileEntry], dict[str, float]]:
     """pg_dump -Fd from ``snapshot``; with zstd, each table file is compressed while pg_dump
     writes it. Returns the files written by us (with hashes) and timings."""
     argv = [str(pg_program("pg_dump")), "--format=directory", f"--jobs={jobs}",
             f"--snapshot={snapshot}", f"--file={dump_dir}", "--verbose", "--no-sync",
-            f"--lock-wait-timeout={lock_wait_timeout}"]
+            f"--lock-wait-timeout={lock_wait_timeout}", *(extra_args or [])]
     gz = compression.level if compression.method == "gzip" else 0
     argv.append(f"--compress={gz}")
     env = child_env(profile, "app")
@@ -481,6 +485,173 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
         written[rel] = FileEntry(rel, s.out.bytes, s.out.sha.hexdigest())  # type: ignore[union-attr]
     return written, {"dump": round(dump_s, 3),
                      "compress_tail": round(time.monotonic() - t0 - dump_s, 3)}
+
+
+# ------------------------------------------------------------- format 2: binary table data
+DATA_SUFFIX = {"zstd": ".bin.zst", "gzip": ".bin.gz", "none": ".bin"}
+
+
+def _pattern_literal(schema: str, table: str) -> str:
+    """A pg_dump name pattern matching exactly ``schema.table``: inside double quotes every
+    character is literal (no ``*``/``?`` wildcards, no case folding)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table))
+
+
+def _data_file_names(tables: list[tuple[str, str]], method: str) -> dict[tuple[str, str], str]:
+    """``data/<schema>.<table>.bin.zst``; characters unsafe in a file name become ``_`` (and a
+    number keeps two tables apart if that makes their names collide)."""
+    names: dict[tuple[str, str], str] = {}
+    used: set[str] = set()
+    for i, (schema, table) in enumerate(tables):
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{schema}.{table}")
+        if base.lower() in used:
+            base = f"{base}-{i}"
+        used.add(base.lower())
+        names[(schema, table)] = f"{DATA_DIR}/{base}{DATA_SUFFIX[method]}"
+    return names
+
+
+class _CompressedFile:
+    """A file written through zstd, gzip or nothing, hashed (sha256) as it is written."""
+
+    def __init__(self, path: Path, compression: Compression):
+        self.fh = open(path, "wb")
+        self.out = _HashingWriter(self.fh)
+        self.method = compression.method
+        self.raw_bytes = 0
+        if self.method == "zstd":
+            import zstandard
+
+            self.w: Any = zstandard.ZstdCompressor(level=compression.level or 1).stream_writer(
+                self.out, closefd=False)
+        elif self.method == "gzip":
+            self.w = gzip.GzipFile(fileobj=self.out, mode="wb",  # type: ignore[arg-type]
+                                   compresslevel=compression.level or 1, mtime=0)
+        else:
+            self.w = self.out
+
+    def write(self, data: bytes) -> None:
+        self.raw_bytes += len(data)
+        self.w.write(data)
+
+    def close(self) -> None:
+        import zstandard
+
+        if self.method == "zstd":
+            self.w.flush(zstandard.FLUSH_FRAME)
+        elif self.method == "gzip":
+            self.w.close()
+        self.fh.close()
+
+    def discard(self) -> None:
+        self.fh.close()
+
+
+def _dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Path,
+                       compression: Compression, encoding: str,
+                       procs: list[subprocess.Popen], abort: threading.Event) -> _CompressedFile:
+    """One table's rows, ``COPY … TO STDOUT (FORMAT binary)`` in a transaction that imported
+    ``snapshot``, run by psql (its C client writes the stream; Python only moves 1 MB chunks
+    into the compressor, which releases the GIL). Credentials come from the environment."""
+    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+            "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            f"--command=SET TRANSACTION SNAPSHOT {_quote_literal(snapshot)}",
+            f"--command={copy_sql}", "--command=COMMIT"]
+    env = child_env(profile, "app")
+    env["PGAPPNAME"] = "studyhub backup data"
+    env["PGCLIENTENCODING"] = encoding  # text values travel in the client encoding
+    out = _CompressedFile(path, compression)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd="/")
+    procs.append(proc)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr.read().splitlines()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 20):
+            if abort.is_set():
+                break
+            out.write(chunk)
+        rc = proc.wait()
+        reader.join()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        out.discard()
+        raise
+    if abort.is_set() and rc == 0:
+        rc = -9
+    if rc != 0:
+        out.discard()
+        msgs = [e.decode(errors="replace") for e in err]
+        reason = f"killed by signal {-rc}" if rc < 0 else _stderr_tail(msgs)
+        raise BackupError(f"dumping {path.name} failed ({reason}); no backup set was written")
+    out.close()
+    return out
+
+
+def _dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: str,
+                        tables: list[tuple[str, str]], columns: dict[tuple[str, str], list[str]],
+                        set_dir: Path, jobs: int, compression: Compression, encoding: str,
+                        progress: ProgressFn) -> tuple[list[FileEntry], list[TableFile], float]:
+    """Every table's data file, ``jobs`` at a time, biggest first (``tables`` is ordered)."""
+    (set_dir / DATA_DIR).mkdir()
+    names = _data_file_names(tables, compression.method)
+    queue = list(tables)
+    lock = threading.Lock()
+    abort = threading.Event()
+    procs: list[subprocess.Popen] = []
+    errors: list[BaseException] = []
+    done: dict[tuple[str, str], tuple[FileEntry, TableFile]] = {}
+    written = [0]
+    copy_sql = {
+        t: sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
+            sql.Identifier(*t), sql.SQL(", ").join(map(sql.Identifier, columns[t]))).as_string(conn)
+        for t in tables}
+    t0 = time.monotonic()
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    if not queue or errors or abort.is_set():
+                        return
+                    t = queue.pop(0)
+                rel = names[t]
+                f = _dump_table_binary(profile, snapshot, copy_sql[t], set_dir / rel,
+                                       compression, encoding, procs, abort)
+                with lock:
+                    done[t] = (FileEntry(rel, f.out.bytes, f.out.sha.hexdigest()),
+                               TableFile(t[0], t[1], rel, columns[t], f.raw_bytes))
+                    written[0] += f.out.bytes
+                    progress(ProgressEvent("dump", len(done), len(tables), written[0],
+                                           f"{t[0]}.{t[1]}"))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            abort.set()
+            for p in list(procs):
+                if p.poll() is None:
+                    p.kill()
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(max(1, min(jobs, len(tables))))]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    except BaseException:
+        abort.set()
+        for p in list(procs):
+            if p.poll() is None:
+                p.kill()
+        raise
+    if errors:
+        raise errors[0]
+    entries = [done[t] for t in tables]
+    return [e[0] for e in entries], [e[1] for e in entries], round(time.monotonic() - t0, 3)
 
 
 # ----------------------------------------------------------------------- erasure ledger
@@ -564,6 +735,55 @@ def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
     return ErasureReapply("reapplied", len(merged), sources, result)
 
 
+def _major(server_version: str) -> int:
+    """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
+    m = re.match(r"(\d+)", server_version)
+    if not m:
+        raise BackupError(f"cannot read a major version from server version {server_version!r}")
+    return int(m.group(1))
+
+
+def _create_v2_parts(profile: Profile, conn: psycopg.Connection, snapshot: str,
+                     tables: list[tuple[str, str]], partial: Path, jobs: int,
+                     compression: Compression, encoding: str, lock_wait_timeout: str,
+                     progress: ProgressFn, durations: dict[str, float],
+                     ) -> tuple[dict[str, FileEntry], list[TableFile]]:
+    """Format 2: schema and sequence values by ``pg_dump --snapshot`` with every table's data
+    excluded (by exact name: a pattern would also drop SEQUENCE SET), beside it every table's
+    rows as binary COPY from the same snapshot. The snapshot's own transaction holds ACCESS
+    SHARE locks on every table until the end, as pg_dump does (no DROP/ALTER meanwhile)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_timeout)))
+    if tables:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+            sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(*t)) for t in tables)))
+    columns = {(r[0], r[1]): list(r[2])
+               for r in conn.execute(load("get_backup_table_columns")).fetchall()}
+    schema_result: dict[str, Any] = {}
+
+    def run_schema() -> None:
+        try:
+            schema_result["ok"] = _run_pg_dump(
+                profile, snapshot, partial / DUMP_DIR, 1, Compression("none"), 0, _no_progress,
+                lock_wait_timeout,
+                [f"--exclude-table-data={_pattern_literal(*t)}" for t in tables])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            schema_result["error"] = exc
+
+    schema = threading.Thread(target=run_schema, daemon=True)
+    schema.start()
+    try:
+        entries, table_files, data_s = _dump_tables_binary(
+            profile, conn, snapshot, tables, columns, partial, jobs, compression, encoding,
+            progress)
+    finally:
+        schema.join()
+    if "error" in schema_result:
+        raise schema_result["error"]
+    durations["schema (pg_dump)"] = schema_result["ok"][1]["dump"]
+    durations["data (binary COPY)"] = data_s
+    return {e.path: e for e in entries}, table_files
+
+
 # ----------------------------------------------------------------------------- create
 def create_backup(
     profile: Profile,
@@ -573,8 +793,13 @@ def create_backup(
     compression: Compression = DEFAULT_COMPRESSION,
     lock_wait_timeout: str = "60s",
     progress: ProgressFn = _no_progress,
+    format_version: int = FORMAT_VERSION,
 ) -> BackupResult:
-    """Write one verified backup set of the profile's app database (see module docstring)."""
+    """Write one verified backup set of the profile's app database (see module docstring).
+    ``format_version=1`` writes the previous format (pg_dump's own text-format table data),
+    kept so that sets of that format stay tested."""
+    if format_version not in (1, 2):
+        raise BackupError(f"cannot write backup set format {format_version} (1 or 2)")
     if jobs < 1:
         raise BackupError("--jobs must be at least 1")
     refuse_pooler(profile)
@@ -620,10 +845,16 @@ def create_backup(
 
             checker = threading.Thread(target=run_checksums, daemon=True)
             checker.start()
-            written, dump_times = _run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
-                                               compression, len(tables), progress,
-                                               lock_wait_timeout)
-            durations.update(dump_times)
+            table_files: list[TableFile] = []
+            if format_version == 1:
+                written, dump_times = _run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
+                                                   compression, len(tables), progress,
+                                                   lock_wait_timeout)
+                durations.update(dump_times)
+            else:
+                written, table_files = _create_v2_parts(
+                    profile, conn, snapshot, tables, partial, jobs, compression, encoding,
+                    lock_wait_timeout, progress, durations)
             checker.join()
         except psycopg.Error as exc:
             raise BackupError(f"backup failed: {str(exc).strip().splitlines()[0]}") from None
@@ -641,15 +872,18 @@ def create_backup(
                        key=lambda f: f.path)
         finished = datetime.now(timezone.utc)
         manifest = Manifest(
-            format_version=1, tool="studyhub", tool_version=tool_version,
+            format_version=format_version, tool="studyhub", tool_version=tool_version,
             pg_dump_version=pg_dump_version, server_version=server_version,
             profile=profile.name, host=ep.host, port=ep.port, database=database,
             encoding=encoding, direct=not ep.via_pooler, alembic_revision=revision,
             started_at=started.isoformat(timespec="seconds"),
             finished_at=finished.isoformat(timespec="seconds"), snapshot=snapshot,
-            compression=compression, jobs=jobs, dump_format="directory",
+            compression=compression, jobs=jobs,
+            dump_format="directory" if format_version == 1 else "directory without table data + binary COPY per table",
             extensions=extensions, tables=sums["tables"], files=files,
             durations_s=durations, erasure_ledger_entries=ledger_entries,
+            server_major=_major(server_version) if format_version == 2 else None,
+            table_files=table_files,
         )
         write_json_atomic(partial / "manifest.json", manifest.to_dict())
         f0 = time.monotonic()
@@ -925,6 +1159,106 @@ def _write_list(path: Path, entries: list[TocEntry]) -> Path:
     return path
 
 
+def _data_chunks(path: Path, method: str) -> Iterator[bytes]:
+    """The decompressed bytes of one data file, in chunks of about 1 MB in. A zstd frame that
+    does not end (a truncated file) is an error, not a silent short read."""
+    with open(path, "rb") as fh:
+        if method == "zstd":
+            import zstandard
+
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            while chunk := fh.read(1 << 20):
+                out = dobj.decompress(chunk)
+                if out:
+                    yield out
+            if not dobj.eof:
+                raise BackupError(f"{path.name} ends in the middle of its zstd frame (truncated)")
+        elif method == "gzip":
+            with gzip.GzipFile(fileobj=fh) as gz:
+                while chunk := gz.read(1 << 20):
+                    yield chunk
+        else:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+
+def _load_tables_binary(profile: Profile, database: str, set_dir: Path, manifest: Manifest,
+                        jobs: int, settings: dict[str, str], progress: ProgressFn,
+                        ) -> list[RestoreStep]:
+    """Format 2's data: ``jobs`` connections, biggest table first, each table in one
+    transaction ``TRUNCATE ONLY t; COPY t (cols) FROM STDIN (FORMAT binary, FREEZE)`` fed by
+    streaming decompression. One transaction per table: a table with rows is complete, so a
+    resumed restore skips it (and reloading one would replace, never duplicate)."""
+    sizes = {f.path: f.bytes for f in manifest.files}
+    expected = {t.qualified: t.rows for t in manifest.tables}
+    queue = sorted(manifest.table_files, key=lambda f: -sizes.get(f.path, 0))
+    with connect(profile, "app", database=database, autocommit=True,
+                 application_name="studyhub restore") as conn:
+        queue = [f for f in queue if expected.get(f.qualified, 0) > 0 and not conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
+                sql.Identifier(f.schema, f.table))).fetchone()[0]]
+    total = len(queue)
+    lock = threading.Lock()
+    steps: list[RestoreStep] = []
+    errors: list[BaseException] = []
+    loaded = [0]
+
+    def load_one(conn: psycopg.Connection, f: TableFile) -> None:
+        table = sql.Identifier(f.schema, f.table)
+        cols = sql.SQL(", ").join(map(sql.Identifier, f.columns))
+        s0 = time.monotonic()
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+                with conn.cursor().copy(sql.SQL(
+                        "COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)) as cp:
+                    for chunk in _data_chunks(set_dir / f.path, manifest.compression.method):
+                        cp.write(chunk)
+                        with lock:
+                            loaded[0] += len(chunk)
+        except psycopg.Error as exc:
+            raise BackupError(f"loading {f.path} into {f.qualified} failed: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+        except (OSError, EOFError, BackupError) as exc:
+            raise BackupError(f"cannot read {f.path}: {exc}") from None
+        except Exception as exc:  # zstandard.ZstdError and other decoder errors
+            raise BackupError(f"cannot read {f.path}: {exc.__class__.__name__}: {exc}") from None
+        with lock:
+            steps.append(RestoreStep(f"table data {f.qualified}", "data",
+                                     round(time.monotonic() - s0, 3)))
+            progress(ProgressEvent("data", len(steps), total, loaded[0], f.qualified))
+
+    def worker() -> None:
+        try:
+            with connect(profile, "app", database=database, autocommit=True,
+                         application_name="studyhub restore data") as conn:
+                conn.execute("SELECT set_config('client_encoding', %s, false)",
+                             (manifest.encoding,))
+                for k, v in settings.items():
+                    conn.execute("SELECT set_config(%s, %s, false)", (k, v))
+                while True:
+                    with lock:
+                        if not queue or errors:
+                            return
+                        f = queue.pop(0)
+                    load_one(conn, f)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    progress(ProgressEvent("data", 0, total))
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, total)))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, psycopg.Error):
+            raise BackupError(f"loading table data failed: {str(exc).strip().splitlines()[0]}") from None
+        raise exc
+    return steps
+
+
 def restore_backup(
     set_dir: Path,
     profile: Profile,
@@ -959,6 +1293,13 @@ def restore_backup(
     with _admin(profile) as admin:
         if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
             settings.setdefault("default_toast_compression", "lz4")
+        if manifest.server_major:
+            here = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
+            if here < manifest.server_major:
+                raise RefusedError(
+                    f"backup set {set_dir.name} holds binary COPY data from PostgreSQL "
+                    f"{manifest.server_major}; it restores onto PostgreSQL "
+                    f"{manifest.server_major} or newer, and {profile.name} runs {here}")
         if _db_exists(admin, database) and not database_is_empty(profile, database) and not replace:
             raise RefusedError(
                 f"database {database} exists and is not empty; restore into a new name, or "
@@ -984,6 +1325,7 @@ def restore_backup(
     keep = [e for e in keep if not (e.desc == "SCHEMA" and e.tag in ext_schemas)]
     work = Path(tempfile.mkdtemp(prefix="studyhub-restore-list-"))
     items: dict[int, _Item] = {}
+    data_steps: list[RestoreStep] = []
     try:
         if not resumed:
             p0 = time.monotonic()
@@ -1005,9 +1347,15 @@ def restore_backup(
         else:
             with connect(profile, "app", database=staging, application_name="studyhub restore") as conn:
                 todo = _remaining_items(conn, keep, manifest)
+        if manifest.format_version >= 2:
+            p0 = time.monotonic()
+            data_steps = _load_tables_binary(profile, staging, set_dir, manifest, jobs,
+                                             settings, progress)
+            phases["data (wall)"] = round(time.monotonic() - p0, 3)
         p0 = time.monotonic()
         n_items = len([e for e in todo if e.desc not in ("COMMENT", "ACL")])
-        feeder = _FifoFeeder(archive) if manifest.compression.method == "zstd" else None
+        feeder = (_FifoFeeder(archive) if manifest.compression.method == "zstd"
+                  and manifest.format_version == 1 else None)
         try:
             if feeder:
                 feeder.start()
@@ -1017,13 +1365,16 @@ def restore_backup(
         finally:
             if feeder:
                 feeder.close()
-        phases["data + indexes + constraints (wall)"] = round(time.monotonic() - p0, 3)
+        phases["data + indexes + constraints (wall)" if manifest.format_version == 1
+               else "sequences + indexes + constraints (wall)"] = round(time.monotonic() - p0, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    steps = [RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
+                         round((i.end or i.start) - i.start, 3)) for i in items.values()]
+    steps += data_steps
     for label, kind in (("data (busy)", "data"), ("indexes (busy)", "index"),
                         ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk")):
-        busy = sum((i.end or i.start) - i.start for i in items.values()
-                   if TocEntry(0, i.desc, "", "", "").kind == kind)
+        busy = sum(st.duration_s for st in steps if st.kind == kind)
         if busy:
             phases[label] = round(busy, 3)
     # verify every table against the manifest; ANALYZE each on the way (fresh statistics)
@@ -1054,10 +1405,7 @@ def restore_backup(
     p0 = time.monotonic()
     replaced = _swap_in(profile, staging, database)
     phases["rename"] = round(time.monotonic() - p0, 3)
-    slowest = sorted(
-        (RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
-                     round((i.end or i.start) - i.start, 3)) for i in items.values()),
-        key=lambda s: -s.duration_s)[:8]
+    slowest = sorted(steps, key=lambda s: -s.duration_s)[:8]
     return RestoreResult(
         set_dir.name, profile.name, database, replaced, resumed, len(manifest.tables),
         manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,
