@@ -1182,26 +1182,136 @@ def _data_chunks(path: Path, method: str) -> Iterator[bytes]:
                 yield chunk
 
 
-def _load_tables_binary(profile: Profile, database: str, set_dir: Path, manifest: Manifest,
-                        jobs: int, settings: dict[str, str], progress: ProgressFn,
-                        ) -> list[RestoreStep]:
-    """Format 2's data: ``jobs`` connections, biggest table first, each table in one
-    transaction ``TRUNCATE ONLY t; COPY t (cols) FROM STDIN (FORMAT binary, FREEZE)`` fed by
-    streaming decompression. One transaction per table: a table with rows is complete, so a
-    resumed restore skips it (and reloading one would replace, never duplicate)."""
+_POST_HEADER_RE = re.compile(
+    r"^--\n-- Name: (?P<name>.*); Type: (?P<desc>[A-Z ]+); Schema: (?P<schema>[^;]*); "
+    r"Owner: [^\n]*\n--\n", re.M)
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_ON_TABLE_RE = re.compile(
+    r"^(?:ALTER TABLE ONLY|CREATE (?:UNIQUE )?INDEX " + _IDENT + r" ON(?: ONLY)?) "
+    r"(?P<qual>" + _IDENT + r"\." + _IDENT + r")", re.M)
+_SESSION_LINE_RE = re.compile(r"^(SET |SELECT pg_catalog\.set_config\(|\\)")
+
+
+def _unquote_qualified(text: str) -> tuple[str, str]:
+    parts = re.findall(_IDENT, text)
+    return tuple(p[1:-1].replace('""', '"') if p.startswith('"') else p  # type: ignore[return-value]
+                 for p in parts[:2])
+
+
+@dataclass
+class _PostItem:
+    entry: TocEntry
+    table: tuple[str, str]
+    statement: str
+
+
+def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
+                          ) -> tuple[list[_PostItem], list[str]]:
+    """The SQL of each index and (non-foreign-key) constraint among ``entries``, and the table
+    it builds on, from ``pg_restore -f -`` (no database involved): these are run by our own
+    scheduler as soon as their table is loaded. Also returns the session settings pg_restore
+    would send (the same for every item: no tablespaces or table access methods other than
+    the default are supported here). Items whose SQL or table cannot be told are left out
+    (they go to the final pg_restore with everything else)."""
+    wanted = [e for e in entries if e.desc in ("INDEX", "CONSTRAINT")]
+    if not wanted:
+        return [], []
+    out = subprocess.run([str(pg_program("pg_restore")), "--no-owner", "--no-acl", "--file=-",
+                          f"--use-list={_write_list(work / 'post.list', wanted)}", str(archive)],
+                         capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        raise BackupError(f"pg_restore cannot read {archive}: {_stderr_tail(out.stderr.splitlines())}")
+    text = out.stdout
+    by_key = {(e.desc, e.schema, e.tag): e for e in wanted}
+    session: list[str] = []
+    items: list[_PostItem] = []
+    heads = list(_POST_HEADER_RE.finditer(text))
+    for i, h in enumerate(heads):
+        body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        lines = []
+        for line in body.splitlines():
+            if _SESSION_LINE_RE.match(line):
+                if line.startswith(("SET ", "SELECT")) and line not in session:
+                    session.append(line)
+            elif line.strip() and not line.startswith("--"):
+                lines.append(line)
+        entry = by_key.get((h.group("desc"), h.group("schema"), h.group("name")))
+        statement = "\n".join(lines).strip()
+        m = _ON_TABLE_RE.search(statement)
+        if entry is None or not m or statement.count(";") != 1:
+            continue
+        items.append(_PostItem(entry, _unquote_qualified(m.group("qual")), statement))
+    for line in text[: heads[0].start() if heads else len(text)].splitlines():
+        if line.startswith(("SET ", "SELECT pg_catalog.set_config(")) and line not in session:
+            session.append(line)
+    return items, session
+
+
+def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifest: Manifest,
+                         post: list[_PostItem], session: list[str], jobs: int,
+                         settings: dict[str, str], progress: ProgressFn,
+                         ) -> tuple[list[RestoreStep], float]:
+    """Format 2's data, and the index and constraint builds, on ``jobs`` connections.
+
+    Data: biggest table first, each table in one transaction ``TRUNCATE ONLY t; COPY t (cols)
+    FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression. A table with rows is
+    complete, so a resumed restore skips it (and reloading one replaces, never duplicates).
+    Builds: an index or primary/unique key starts as soon as its table is loaded and a
+    connection is free (data first: loads unblock builds), biggest table first; never a key
+    beside another build on the same table (ALTER TABLE's lock would only make one wait).
+    There is no barrier between the two phases: a connection that runs out of tables to load
+    builds the indexes of the tables already loaded. Returns the steps and the time the data
+    was all loaded."""
     sizes = {f.path: f.bytes for f in manifest.files}
     expected = {t.qualified: t.rows for t in manifest.tables}
-    queue = sorted(manifest.table_files, key=lambda f: -sizes.get(f.path, 0))
+    raw = {(f.schema, f.table): f.raw_bytes or sizes.get(f.path, 0) for f in manifest.table_files}
+    data_queue = sorted(manifest.table_files, key=lambda f: -raw[(f.schema, f.table)])
     with connect(profile, "app", database=database, autocommit=True,
                  application_name="studyhub restore") as conn:
-        queue = [f for f in queue if expected.get(f.qualified, 0) > 0 and not conn.execute(
+        data_queue = [f for f in data_queue if expected.get(f.qualified, 0) > 0 and not conn.execute(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
                 sql.Identifier(f.schema, f.table))).fetchone()[0]]
-    total = len(queue)
-    lock = threading.Lock()
+    pending_tables = {(f.schema, f.table) for f in data_queue}
+    post_queue = sorted(post, key=lambda p: -raw.get(p.table, 0))
+    total = len(data_queue) + len(post_queue)
+    cond = threading.Condition()
+    running: dict[tuple[str, str], list[str]] = {}
     steps: list[RestoreStep] = []
     errors: list[BaseException] = []
     loaded = [0]
+    t0 = time.monotonic()
+    data_done_at = [t0]
+
+    def pick() -> TableFile | _PostItem | None:
+        with cond:
+            while True:
+                if errors:
+                    return None
+                if data_queue:
+                    return data_queue.pop(0)
+                for i, p in enumerate(post_queue):
+                    busy = running.get(p.table, [])
+                    if p.table in pending_tables or (busy and (
+                            p.entry.desc == "CONSTRAINT" or "CONSTRAINT" in busy)):
+                        continue
+                    running.setdefault(p.table, []).append(p.entry.desc)
+                    return post_queue.pop(i)
+                if not post_queue:
+                    return None
+                cond.wait()
+
+    def finished(step: RestoreStep, table: tuple[str, str], desc: str | None) -> None:
+        with cond:
+            steps.append(step)
+            if desc is None:
+                pending_tables.discard(table)
+                if not pending_tables:
+                    data_done_at[0] = time.monotonic()
+            else:
+                running[table].remove(desc)
+            progress(ProgressEvent("data" if desc is None else "post-data", len(steps), total,
+                                   loaded[0], step.name))
+            cond.notify_all()
 
     def load_one(conn: psycopg.Connection, f: TableFile) -> None:
         table = sql.Identifier(f.schema, f.table)
@@ -1214,8 +1324,7 @@ def _load_tables_binary(profile: Profile, database: str, set_dir: Path, manifest
                         "COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)) as cp:
                     for chunk in _data_chunks(set_dir / f.path, manifest.compression.method):
                         cp.write(chunk)
-                        with lock:
-                            loaded[0] += len(chunk)
+                        loaded[0] += len(chunk)
         except psycopg.Error as exc:
             raise BackupError(f"loading {f.path} into {f.qualified} failed: "
                               f"{str(exc).strip().splitlines()[0]}") from None
@@ -1223,27 +1332,40 @@ def _load_tables_binary(profile: Profile, database: str, set_dir: Path, manifest
             raise BackupError(f"cannot read {f.path}: {exc}") from None
         except Exception as exc:  # zstandard.ZstdError and other decoder errors
             raise BackupError(f"cannot read {f.path}: {exc.__class__.__name__}: {exc}") from None
-        with lock:
-            steps.append(RestoreStep(f"table data {f.qualified}", "data",
-                                     round(time.monotonic() - s0, 3)))
-            progress(ProgressEvent("data", len(steps), total, loaded[0], f.qualified))
+        finished(RestoreStep(f"table data {f.qualified}", "data", round(time.monotonic() - s0, 3)),
+                 (f.schema, f.table), None)
+
+    def build_one(conn: psycopg.Connection, p: _PostItem) -> None:
+        s0 = time.monotonic()
+        try:
+            conn.execute(p.statement)  # one statement, written by pg_restore
+        except psycopg.Error as exc:
+            with cond:
+                running[p.table].remove(p.entry.desc)
+            raise BackupError(f"building {p.entry.desc.lower()} {p.entry.tag} failed: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+        finished(RestoreStep(f"{p.entry.desc.lower()} {p.entry.tag}", p.entry.kind,
+                             round(time.monotonic() - s0, 3)), p.table, p.entry.desc)
 
     def worker() -> None:
         try:
             with connect(profile, "app", database=database, autocommit=True,
                          application_name="studyhub restore data") as conn:
+                for line in session:
+                    conn.execute(line)
                 conn.execute("SELECT set_config('client_encoding', %s, false)",
                              (manifest.encoding,))
                 for k, v in settings.items():
                     conn.execute("SELECT set_config(%s, %s, false)", (k, v))
-                while True:
-                    with lock:
-                        if not queue or errors:
-                            return
-                        f = queue.pop(0)
-                    load_one(conn, f)
+                while (task := pick()) is not None:
+                    if isinstance(task, TableFile):
+                        load_one(conn, task)
+                    else:
+                        build_one(conn, task)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
+            with cond:
+                errors.append(exc)
+                cond.notify_all()
 
     progress(ProgressEvent("data", 0, total))
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, total)))]
@@ -1254,10 +1376,9 @@ def _load_tables_binary(profile: Profile, database: str, set_dir: Path, manifest
     if errors:
         exc = errors[0]
         if isinstance(exc, psycopg.Error):
-            raise BackupError(f"loading table data failed: {str(exc).strip().splitlines()[0]}") from None
+            raise BackupError(f"restoring table data failed: {str(exc).strip().splitlines()[0]}") from None
         raise exc
-    return steps
-
+    return steps, round(data_done_at[0] - t0, 3)
 
 def restore_backup(
     set_dir: Path,
@@ -1349,9 +1470,13 @@ def restore_backup(
                 todo = _remaining_items(conn, keep, manifest)
         if manifest.format_version >= 2:
             p0 = time.monotonic()
-            data_steps = _load_tables_binary(profile, staging, set_dir, manifest, jobs,
-                                             settings, progress)
-            phases["data (wall)"] = round(time.monotonic() - p0, 3)
+            post, session = _post_data_statements(archive, todo, work)
+            data_steps, data_s = _restore_v2_parallel(profile, staging, set_dir, manifest, post,
+                                                      session, jobs, settings, progress)
+            phases["data, then indexes and keys (wall)"] = round(time.monotonic() - p0, 3)
+            phases["  of which until all data was loaded"] = data_s
+            done_ids = {p.entry.dump_id for p in post}
+            todo = [e for e in todo if e.dump_id not in done_ids]
         p0 = time.monotonic()
         n_items = len([e for e in todo if e.desc not in ("COMMENT", "ACL")])
         feeder = (_FifoFeeder(archive) if manifest.compression.method == "zstd"
@@ -1366,7 +1491,7 @@ def restore_backup(
             if feeder:
                 feeder.close()
         phases["data + indexes + constraints (wall)" if manifest.format_version == 1
-               else "sequences + indexes + constraints (wall)"] = round(time.monotonic() - p0, 3)
+               else "foreign keys, sequences, rest (wall)"] = round(time.monotonic() - p0, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steps = [RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
@@ -1389,6 +1514,9 @@ def restore_backup(
                              methods={t.qualified: t.method for t in manifest.tables})
     phases["verify + analyze"] = round(time.monotonic() - p0, 3)
     problems = compare_tables(manifest.tables, actual)
+    files_of = {f.qualified: f.path for f in manifest.table_files}
+    problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
+                for p in problems]
     if problems:
         raise BackupError(
             f"restored database {staging} does not match the backup: {problems[0]}"
