@@ -1198,22 +1198,78 @@ def _unquote_qualified(text: str) -> tuple[str, str]:
                  for p in parts[:2])
 
 
+_REFERENCES_RE = re.compile(r"\bREFERENCES (?P<qual>" + _IDENT + r"\." + _IDENT + r")\(")
+
+
+# The table lock each scheduled task takes, and which modes conflict (PostgreSQL's table-level
+# lock matrix): two tasks whose locks conflict never run at once on a table, because one
+# would only wait for the other with a connection held idle.
+_TASK_LOCK = {"INDEX": "SHARE", "KEY INDEX": "SHARE", "KEY ATTACH": "ACCESS EXCLUSIVE",
+              "CONSTRAINT": "ACCESS EXCLUSIVE",
+              "FK CONSTRAINT": "SHARE ROW EXCLUSIVE", "CHECKSUM": "ACCESS SHARE",
+              "ANALYZE": "SHARE UPDATE EXCLUSIVE"}
+_LOCK_CONFLICTS = {
+    "ACCESS SHARE": {"ACCESS EXCLUSIVE"},
+    "SHARE UPDATE EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                               "ACCESS EXCLUSIVE"},
+    "SHARE": {"SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE ROW EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                            "ACCESS EXCLUSIVE"},
+    "ACCESS EXCLUSIVE": {"ACCESS SHARE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                         "SHARE ROW EXCLUSIVE", "ACCESS EXCLUSIVE"},
+}
+
+
 @dataclass
 class _PostItem:
     entry: TocEntry
     table: tuple[str, str]
     statement: str
+    references: tuple[str, str] | None = None  # FK CONSTRAINT: the referenced table
+    after: "_PostItem | None" = None  # runs only once that item is done
+    done: bool = False
+    index: str | None = None  # KEY INDEX: the name of the unique index it builds
+
+
+_SIMPLE_KEY_RE = re.compile(
+    r"^ALTER TABLE ONLY (?P<qual>" + _IDENT + r"\." + _IDENT + r")\s+ADD CONSTRAINT "
+    r"(?P<name>" + _IDENT + r") (?P<kind>PRIMARY KEY|UNIQUE) \((?P<cols>[^()]*)\);$")
+
+
+def _split_keys(items: list[_PostItem], tables: set[tuple[str, str]]) -> list[_PostItem]:
+    """A plain primary key or unique constraint becomes two steps: ``CREATE UNIQUE INDEX`` (a
+    SHARE lock: it builds beside the table's other indexes) and ``ADD CONSTRAINT … USING
+    INDEX`` (instant), the same catalog result as ``ADD CONSTRAINT … (cols)`` whose ACCESS
+    EXCLUSIVE lock would keep the table's other builds waiting. Anything less plain
+    (DEFERRABLE, INCLUDE, NULLS NOT DISTINCT, partitioned tables) stays one step."""
+    out: list[_PostItem] = []
+    for p in items:
+        m = _SIMPLE_KEY_RE.match(p.statement) if p.entry.desc == "CONSTRAINT" else None
+        if not m or p.table not in tables:
+            out.append(p)
+            continue
+        build = _PostItem(TocEntry(p.entry.dump_id, "KEY INDEX", p.entry.schema, p.entry.tag,
+                                   p.entry.line), p.table,
+                          f"CREATE UNIQUE INDEX {m.group('name')} ON {m.group('qual')} "
+                          f"USING btree ({m.group('cols')});",
+                          index=re.sub(r'^"|"$', "", m.group("name")).replace('""', '"'))
+        attach = _PostItem(TocEntry(p.entry.dump_id, "KEY ATTACH", p.entry.schema, p.entry.tag,
+                                    p.entry.line), p.table,
+                           f"ALTER TABLE ONLY {m.group('qual')} ADD CONSTRAINT {m.group('name')} "
+                           f"{m.group('kind')} USING INDEX {m.group('name')};", after=build)
+        out += [build, attach]
+    return out
 
 
 def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
                           ) -> tuple[list[_PostItem], list[str]]:
-    """The SQL of each index and (non-foreign-key) constraint among ``entries``, and the table
-    it builds on, from ``pg_restore -f -`` (no database involved): these are run by our own
-    scheduler as soon as their table is loaded. Also returns the session settings pg_restore
-    would send (the same for every item: no tablespaces or table access methods other than
-    the default are supported here). Items whose SQL or table cannot be told are left out
-    (they go to the final pg_restore with everything else)."""
-    wanted = [e for e in entries if e.desc in ("INDEX", "CONSTRAINT")]
+    """The SQL of each index, key and foreign key among ``entries``, with the table it is on
+    (and the table a foreign key references), from ``pg_restore -f -`` (no database
+    involved): our scheduler runs these as soon as their tables are ready. Also returns the
+    session settings pg_restore would send (the same for every item: tablespaces and table
+    access methods other than the default are not carried over). Items whose SQL or tables
+    cannot be told are left out: they go to the final pg_restore with everything else."""
+    wanted = [e for e in entries if e.desc in ("INDEX", "CONSTRAINT", "FK CONSTRAINT")]
     if not wanted:
         return [], []
     out = subprocess.run([str(pg_program("pg_restore")), "--no-owner", "--no-acl", "--file=-",
@@ -1226,6 +1282,9 @@ def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
     session: list[str] = []
     items: list[_PostItem] = []
     heads = list(_POST_HEADER_RE.finditer(text))
+    for line in text[: heads[0].start() if heads else len(text)].splitlines():
+        if line.startswith(("SET ", "SELECT pg_catalog.set_config(")) and line not in session:
+            session.append(line)
     for i, h in enumerate(heads):
         body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
         lines = []
@@ -1240,47 +1299,94 @@ def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
         m = _ON_TABLE_RE.search(statement)
         if entry is None or not m or statement.count(";") != 1:
             continue
-        items.append(_PostItem(entry, _unquote_qualified(m.group("qual")), statement))
-    for line in text[: heads[0].start() if heads else len(text)].splitlines():
-        if line.startswith(("SET ", "SELECT pg_catalog.set_config(")) and line not in session:
-            session.append(line)
+        refs = None
+        if entry.desc == "FK CONSTRAINT":
+            r = _REFERENCES_RE.search(statement)
+            if not r:
+                continue
+            refs = _unquote_qualified(r.group("qual"))
+        items.append(_PostItem(entry, _unquote_qualified(m.group("qual")), statement, refs))
     return items, session
 
 
 def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifest: Manifest,
                          post: list[_PostItem], session: list[str], jobs: int,
                          settings: dict[str, str], progress: ProgressFn,
-                         ) -> tuple[list[RestoreStep], float]:
-    """Format 2's data, and the index and constraint builds, on ``jobs`` connections.
+                         ) -> tuple[list[RestoreStep], list[TableChecksum], float]:
+    """Format 2's data, index/key/foreign-key builds and verification on ``jobs`` connections,
+    each task started as soon as what it needs is done (no barrier between phases):
 
-    Data: biggest table first, each table in one transaction ``TRUNCATE ONLY t; COPY t (cols)
-    FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression. A table with rows is
-    complete, so a resumed restore skips it (and reloading one replaces, never duplicates).
-    Builds: an index or primary/unique key starts as soon as its table is loaded and a
-    connection is free (data first: loads unblock builds), biggest table first; never a key
-    beside another build on the same table (ALTER TABLE's lock would only make one wait).
-    There is no barrier between the two phases: a connection that runs out of tables to load
-    builds the indexes of the tables already loaded. Returns the steps and the time the data
-    was all loaded."""
+    * data, biggest table first: one transaction per table, ``TRUNCATE ONLY t; COPY t (cols)
+      FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression. A table with rows is
+      complete, so a resumed restore skips it (reloading one would replace, not duplicate);
+    * an index or primary/unique key: once its table is loaded;
+    * a foreign key: once both tables are loaded and the referenced table's keys and indexes
+      are built;
+    * verify: once the table is loaded, its row count and checksum (compared with the
+      manifest by the caller); ANALYZE once its indexes and keys are built too.
+
+    Loads go first (they unblock everything else), then the ready task on the biggest table
+    (keys, then indexes, checksum, foreign keys, ANALYZE). Tasks whose table locks conflict
+    never run at once (one would only wait for the other). Returns the steps, every
+    table's checksum, and when the last table was loaded."""
     sizes = {f.path: f.bytes for f in manifest.files}
     expected = {t.qualified: t.rows for t in manifest.tables}
     raw = {(f.schema, f.table): f.raw_bytes or sizes.get(f.path, 0) for f in manifest.table_files}
-    data_queue = sorted(manifest.table_files, key=lambda f: -raw[(f.schema, f.table)])
+    post = _split_keys(post, set(raw))
+    # the work a table brings, in rough seconds: loading its bytes, then reading its rows
+    # once per index, key and foreign key (and checksum). The table with the most goes first:
+    # it is the critical path (the biggest table with the most indexes, not the widest rows)
+    n_items: dict[tuple[str, str], int] = {}
+    for p in post:
+        n_items[p.table] = n_items.get(p.table, 0) + 1
+    rows = {(t.schema, t.table): t.rows for t in manifest.tables}
+
+    def work(t: tuple[str, str]) -> float:
+        return raw.get(t, 0) / 100e6 + (n_items.get(t, 0) + 1) * rows.get(t, 0) / 1.5e6
+
+    data_queue = sorted(manifest.table_files, key=lambda f: -work((f.schema, f.table)))
     with connect(profile, "app", database=database, autocommit=True,
                  application_name="studyhub restore") as conn:
         data_queue = [f for f in data_queue if expected.get(f.qualified, 0) > 0 and not conn.execute(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
                 sql.Identifier(f.schema, f.table))).fetchone()[0]]
-    pending_tables = {(f.schema, f.table) for f in data_queue}
-    post_queue = sorted(post, key=lambda p: -raw.get(p.table, 0))
-    total = len(data_queue) + len(post_queue)
+    verify_items = [_PostItem(TocEntry(0, kind, t.schema, t.table, ""), (t.schema, t.table), "")
+                    for t in manifest.tables for kind in ("CHECKSUM", "ANALYZE")]
+    order = {"CONSTRAINT": 0, "KEY INDEX": 1, "INDEX": 1, "KEY ATTACH": 2, "CHECKSUM": 3,
+             "FK CONSTRAINT": 4, "ANALYZE": 5}
+    queue = sorted(post + verify_items, key=lambda p: (-work(p.table), order[p.entry.desc]))
+    not_loaded = {(f.schema, f.table) for f in data_queue}
+    builds = ("INDEX", "CONSTRAINT", "KEY INDEX", "KEY ATTACH")
+    unbuilt: dict[tuple[str, str], int] = {}  # table → its index/key builds not yet done
+    for p in post:
+        if p.entry.desc in builds:
+            unbuilt[p.table] = unbuilt.get(p.table, 0) + 1
+    total = len(data_queue) + len(queue)
     cond = threading.Condition()
     running: dict[tuple[str, str], list[str]] = {}
     steps: list[RestoreStep] = []
+    sums: dict[str, TableChecksum] = {}
+    methods = {t.qualified: t.method for t in manifest.tables}
     errors: list[BaseException] = []
     loaded = [0]
     t0 = time.monotonic()
     data_done_at = [t0]
+
+    def tables_of(p: _PostItem) -> list[tuple[str, str]]:
+        return [p.table] + ([p.references] if p.references and p.references != p.table else [])
+
+    def ready(p: _PostItem) -> bool:
+        if any(t in not_loaded for t in tables_of(p)):
+            return False
+        if p.entry.desc == "FK CONSTRAINT" and unbuilt.get(p.references, 0):  # type: ignore[arg-type]
+            return False
+        if p.entry.desc == "ANALYZE" and unbuilt.get(p.table, 0):  # statistics of every index
+            return False
+        if p.after is not None and not p.after.done:
+            return False
+        mine = _TASK_LOCK[p.entry.desc]
+        return not any(_LOCK_CONFLICTS[mine] & {_TASK_LOCK[d] for d in running.get(t, [])}
+                       for t in tables_of(p))
 
     def pick() -> TableFile | _PostItem | None:
         with cond:
@@ -1289,28 +1395,31 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
                     return None
                 if data_queue:
                     return data_queue.pop(0)
-                for i, p in enumerate(post_queue):
-                    busy = running.get(p.table, [])
-                    if p.table in pending_tables or (busy and (
-                            p.entry.desc == "CONSTRAINT" or "CONSTRAINT" in busy)):
-                        continue
-                    running.setdefault(p.table, []).append(p.entry.desc)
-                    return post_queue.pop(i)
-                if not post_queue:
+                for i, p in enumerate(queue):
+                    if ready(p):
+                        for t in tables_of(p):
+                            running.setdefault(t, []).append(p.entry.desc)
+                        return queue.pop(i)
+                if not queue:
                     return None
                 cond.wait()
 
-    def finished(step: RestoreStep, table: tuple[str, str], desc: str | None) -> None:
+    def finished(step: RestoreStep | None, p: TableFile | _PostItem, ok: bool = True) -> None:
         with cond:
-            steps.append(step)
-            if desc is None:
-                pending_tables.discard(table)
-                if not pending_tables:
+            if isinstance(p, TableFile):
+                not_loaded.discard((p.schema, p.table))
+                if not not_loaded:
                     data_done_at[0] = time.monotonic()
             else:
-                running[table].remove(desc)
-            progress(ProgressEvent("data" if desc is None else "post-data", len(steps), total,
-                                   loaded[0], step.name))
+                for t in tables_of(p):
+                    running[t].remove(p.entry.desc)
+                p.done = ok
+                if ok and p.entry.desc in builds:
+                    unbuilt[p.table] -= 1
+            if step:
+                steps.append(step)
+                progress(ProgressEvent("data" if step.kind == "data" else "post-data",
+                                       len(steps), total, loaded[0], step.name))
             cond.notify_all()
 
     def load_one(conn: psycopg.Connection, f: TableFile) -> None:
@@ -1332,20 +1441,38 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
             raise BackupError(f"cannot read {f.path}: {exc}") from None
         except Exception as exc:  # zstandard.ZstdError and other decoder errors
             raise BackupError(f"cannot read {f.path}: {exc.__class__.__name__}: {exc}") from None
-        finished(RestoreStep(f"table data {f.qualified}", "data", round(time.monotonic() - s0, 3)),
-                 (f.schema, f.table), None)
+        finished(RestoreStep(f"table data {f.qualified}", "data", round(time.monotonic() - s0, 3)), f)
 
-    def build_one(conn: psycopg.Connection, p: _PostItem) -> None:
+    def run_one(conn: psycopg.Connection, p: _PostItem) -> None:
         s0 = time.monotonic()
         try:
-            conn.execute(p.statement)  # one statement, written by pg_restore
+            if p.entry.desc == "CHECKSUM":
+                sums[f"{p.table[0]}.{p.table[1]}"] = _checksum_one(
+                    conn, p.table[0], p.table[1], methods.get(f"{p.table[0]}.{p.table[1]}"))
+                step = RestoreStep(f"checksum {p.table[0]}.{p.table[1]}", "verify",
+                                   round(time.monotonic() - s0, 3))
+            elif p.entry.desc == "ANALYZE":
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*p.table)))
+                step = RestoreStep(f"analyze {p.table[0]}.{p.table[1]}", "verify",
+                                   round(time.monotonic() - s0, 3))
+            else:
+                exists = p.entry.desc == "KEY INDEX" and conn.execute(  # built by a failed run
+                    "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(
+                        p.table[0], p.index or "").as_string(conn),)).fetchone()[0]
+                if not exists:
+                    conn.execute(p.statement)  # one statement, written by pg_restore
+                label = {"KEY INDEX": "constraint", "KEY ATTACH": "constraint (attach)"}.get(
+                    p.entry.desc, p.entry.desc.lower())
+                step = RestoreStep(f"{label} {p.entry.tag}", "constraint" if p.entry.desc
+                                   .startswith("KEY") else p.entry.kind,
+                                   round(time.monotonic() - s0, 3))
         except psycopg.Error as exc:
-            with cond:
-                running[p.table].remove(p.entry.desc)
-            raise BackupError(f"building {p.entry.desc.lower()} {p.entry.tag} failed: "
+            finished(None, p, ok=False)
+            what = {"CHECKSUM": "checksumming", "ANALYZE": "analyzing"}.get(
+                p.entry.desc, "building " + p.entry.desc.lower())
+            raise BackupError(f"{what} {p.entry.tag} failed: "
                               f"{str(exc).strip().splitlines()[0]}") from None
-        finished(RestoreStep(f"{p.entry.desc.lower()} {p.entry.tag}", p.entry.kind,
-                             round(time.monotonic() - s0, 3)), p.table, p.entry.desc)
+        finished(step, p)
 
     def worker() -> None:
         try:
@@ -1353,6 +1480,7 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
                          application_name="studyhub restore data") as conn:
                 for line in session:
                     conn.execute(line)
+                _session(conn)  # the text checksum's settings (binary COPY ignores them)
                 conn.execute("SELECT set_config('client_encoding', %s, false)",
                              (manifest.encoding,))
                 for k, v in settings.items():
@@ -1361,7 +1489,7 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
                     if isinstance(task, TableFile):
                         load_one(conn, task)
                     else:
-                        build_one(conn, task)
+                        run_one(conn, task)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             with cond:
                 errors.append(exc)
@@ -1378,7 +1506,7 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
         if isinstance(exc, psycopg.Error):
             raise BackupError(f"restoring table data failed: {str(exc).strip().splitlines()[0]}") from None
         raise exc
-    return steps, round(data_done_at[0] - t0, 3)
+    return steps, [sums[t.qualified] for t in manifest.tables], round(data_done_at[0] - t0, 3)
 
 def restore_backup(
     set_dir: Path,
@@ -1447,6 +1575,7 @@ def restore_backup(
     work = Path(tempfile.mkdtemp(prefix="studyhub-restore-list-"))
     items: dict[int, _Item] = {}
     data_steps: list[RestoreStep] = []
+    actual: list[TableChecksum] = []
     try:
         if not resumed:
             p0 = time.monotonic()
@@ -1471,9 +1600,9 @@ def restore_backup(
         if manifest.format_version >= 2:
             p0 = time.monotonic()
             post, session = _post_data_statements(archive, todo, work)
-            data_steps, data_s = _restore_v2_parallel(profile, staging, set_dir, manifest, post,
-                                                      session, jobs, settings, progress)
-            phases["data, then indexes and keys (wall)"] = round(time.monotonic() - p0, 3)
+            data_steps, actual, data_s = _restore_v2_parallel(
+                profile, staging, set_dir, manifest, post, session, jobs, settings, progress)
+            phases["data, indexes, keys, FKs, verify (wall)"] = round(time.monotonic() - p0, 3)
             phases["  of which until all data was loaded"] = data_s
             done_ids = {p.entry.dump_id for p in post}
             todo = [e for e in todo if e.dump_id not in done_ids]
@@ -1491,28 +1620,31 @@ def restore_backup(
             if feeder:
                 feeder.close()
         phases["data + indexes + constraints (wall)" if manifest.format_version == 1
-               else "foreign keys, sequences, rest (wall)"] = round(time.monotonic() - p0, 3)
+               else "sequences and the rest (wall)"] = round(time.monotonic() - p0, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steps = [RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
                          round((i.end or i.start) - i.start, 3)) for i in items.values()]
     steps += data_steps
     for label, kind in (("data (busy)", "data"), ("indexes (busy)", "index"),
-                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk")):
+                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk"),
+                        ("verify + analyze (busy)", "verify")):
         busy = sum(st.duration_s for st in steps if st.kind == kind)
         if busy:
             phases[label] = round(busy, 3)
-    # verify every table against the manifest; ANALYZE each on the way (fresh statistics)
-    p0 = time.monotonic()
-    tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
+    # verify every table against the manifest; ANALYZE each on the way (fresh statistics).
+    # Format 2 did both in its scheduler, as soon as each table was complete.
+    if manifest.format_version == 1:
+        p0 = time.monotonic()
+        tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
 
-    def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
-    actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
-                             after_each=analyze,
-                             methods={t.qualified: t.method for t in manifest.tables})
-    phases["verify + analyze"] = round(time.monotonic() - p0, 3)
+        actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
+                                 after_each=analyze,
+                                 methods={t.qualified: t.method for t in manifest.tables})
+        phases["verify + analyze"] = round(time.monotonic() - p0, 3)
     problems = compare_tables(manifest.tables, actual)
     files_of = {f.qualified: f.path for f in manifest.table_files}
     problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
