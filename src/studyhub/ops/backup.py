@@ -1,24 +1,30 @@
 """Verified logical backups and restores (the runbook's "Manual Backup" and "Restore from
 Backup", made trustworthy). The on-disk format lives in ``ops/backup_set.py``.
 
-create
-    One REPEATABLE READ transaction exports its snapshot; ``pg_dump -Fd -j N --snapshot`` dumps
-    from it while other connections, importing the same snapshot, count every table's rows and
-    checksum its content. pg_dump writes uncompressed table files (``-Z0``) which are compressed
-    with zstd as each one finishes (PostgreSQL 15's pg_dump only knows gzip, which is 5-10x
-    slower per core). The set is written under a ``.partial-`` name, fsynced, checked against
-    its manifest and renamed only then.
+create (format 2)
+    One REPEATABLE READ transaction exports its snapshot and holds ACCESS SHARE locks on every
+    table. From that snapshot: ``pg_dump -Fd --snapshot`` with every table's data excluded (by
+    exact name) writes the schema and sequence values; one ``psql`` per table, ``--jobs`` at a
+    time, biggest first, runs ``COPY … TO STDOUT (FORMAT binary)`` and a thread streams its
+    output through zstd (or gzip, or nothing) into ``data/<schema>.<table>.bin.zst``; another
+    connection counts every table's rows and checksums its content. The set is written under a
+    ``.partial-`` name, fsynced, checked against its manifest and renamed only then.
+    ``format_version=1`` still writes the previous format (pg_dump's own text-format data).
 restore
     Always into a new (staging) database, renamed to its final name only after the restore has
-    been verified: schema (pre-data) in one transaction, then data and indexes/constraints with
-    ``pg_restore -j N --exit-on-error`` under session settings made for bulk builds, then every
-    table's count and checksum compared with the manifest, then the privacy erasure ledger
-    re-applied. A restore that failed part-way resumes where it stopped when run again.
+    been verified: schema (pre-data) by pg_restore in one transaction; then, for format 2, one
+    scheduler on ``--jobs`` connections loads each table (``TRUNCATE; COPY … FROM STDIN
+    (FORMAT binary, FREEZE)`` in one transaction), builds its indexes and keys as soon as it is
+    loaded, its foreign keys once the tables they join are ready, checksums and ANALYZEs it;
+    sequence values and the rest by ``pg_restore -j N``. Format 1 sets go through ``pg_restore
+    -j N`` for data and post-data as before. Then every table's count and checksum is compared
+    with the manifest and the privacy erasure ledger re-applied. A restore that failed part-way
+    resumes where it stopped when run again.
 import
     A runbook-style plain ``.sql[.gz]`` dump fed to ``psql --single-transaction`` from Python.
 
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
-flags and paths. Dumps never go through the transaction pooler.
+flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
 """
 
 from __future__ import annotations
