@@ -88,10 +88,13 @@ CHECKSUM_SETTINGS = (
 DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
-# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit;
+# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit,
+# no parallel workers for index builds (the restore already keeps --jobs builds running; workers
+# split the sort memory into external sorts and only contend: docs/backup.md has the numbers);
 # plus default_toast_compression = lz4 where the server has it (COPY recompresses long values).
 RESTORE_SETTINGS = {
     "maintenance_work_mem": "512MB",
+    "max_parallel_maintenance_workers": "0",
     "work_mem": "256MB",
     "synchronous_commit": "off",
 }
