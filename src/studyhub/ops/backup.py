@@ -581,6 +581,7 @@ def _dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Pat
         assert proc.stdout is not None
         while chunk := proc.stdout.read(1 << 20):
             if abort.is_set():
+                proc.kill()  # started after another table failed: stop it (nobody reads on)
                 break
             out.write(chunk)
         rc = proc.wait()
@@ -1315,6 +1316,11 @@ def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
                 continue
             refs = _unquote_qualified(r.group("qual"))
         items.append(_PostItem(entry, _unquote_qualified(m.group("qual")), statement, refs))
+    if len([i for i in items if i.references is None]) < len(
+            [e for e in wanted if e.desc != "FK CONSTRAINT"]):
+        # an index or key we could not read goes to the final pg_restore; a foreign key may
+        # need it, so every foreign key goes there too (pg_restore orders them after it)
+        items = [i for i in items if i.references is None]
     return items, session
 
 
