@@ -92,6 +92,22 @@ def table_rows(profile: Profile, database: str) -> dict[str, int]:
                 for s, t in tables}
 
 
+def schema_facts(profile: Profile, database: str) -> dict[str, list[tuple]]:
+    """Keys, foreign keys and indexes as the server describes them."""
+    with connect_as(profile, "app", database) as conn:
+        return {
+            "constraints": conn.execute(
+                "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid), "
+                "convalidated, conindid::regclass::text FROM pg_constraint "
+                "WHERE connamespace::regnamespace::text IN ('public', 'ops') AND contype <> 'c' "
+                "ORDER BY 1, 2").fetchall(),
+            "indexes": conn.execute(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisprimary, "
+                "i.indisunique, i.indimmediate FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                "WHERE c.relnamespace::regnamespace::text IN ('public', 'ops') ORDER BY 1").fetchall(),
+        }
+
+
 def drop(cluster: LocalCluster, *names: str) -> None:
     for n in names:
         cluster.drop_database(n)
@@ -164,6 +180,9 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
             assert conn.execute("SELECT pg_column_compression(body) FROM notes "
                                 "WHERE body <> '' LIMIT 1").fetchone()[0] == "lz4"
         assert "Zoë Ñandú 漢字 🙂" in name
+        # keys built as unique index + ADD CONSTRAINT USING INDEX, foreign keys and indexes
+        # scheduled by us: the same catalog as the source
+        assert schema_facts(source, target) == schema_facts(source, source.database)
         assert odd == ({"k": "ü", "n": [1, 2.5]}, b"\x00\xff\x10", "12345678901234567890.123456789",
                        ["a", None, 'c"d'])
         assert result.erasures is not None
