@@ -6,8 +6,9 @@ Backup:  `studyhub backup create` vs the runbook's `pg_dump | gzip > backup.sql.
          faster, file no larger) and vs `pg_dump -Fc -Z0 > /dev/null`, the cost of reading the
          data at all (aim: within 1.5x).
 Restore: `studyhub backup restore` (verified, analyzed) vs the runbook's `gunzip -c | psql`
-         (aim: >= 2x faster), with plain `pg_restore -j N` of the same archive for reference,
-         and where the time goes.
+         (aim: >= 2x faster), with plain `pg_restore -j N` for reference (of an archive made
+         here by `pg_dump -Fd -j N -Z1`: our sets' pg_dump part holds no table data), and
+         where the time goes.
 
 The data: `studyhub seed --students N` when the seeder is installed, else bench/dataset.py's
 in-server generator (same shape). It is made once per --home and reused by later runs.
@@ -171,8 +172,11 @@ def main() -> None:
         print("  inside ours: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.durations_s.items()))
 
         # ----------------------------------------------------------------- restore
-        gz_set = ops.create_backup(prof, out_dir=work, jobs=args.jobs,
-                                   compression=ops.parse_compression("gzip:1"))
+        # plain pg_restore's archive: pg_dump's own directory format with table data (a
+        # format 2 set's pg_dump part has none), gzip level 1, made here in parallel
+        plain_archive = work / "plain-Fd"
+        subprocess.run([str(pg_program("pg_dump")), "-Fd", f"-j{args.jobs}", "-Z1",
+                        f"--file={plain_archive}"], env=child_env(prof, "app"), check=True)
 
         def dropping(fn, *dbs):
             def run():
@@ -183,7 +187,7 @@ def main() -> None:
         r = best_of({
             "runbook": dropping(lambda: runbook_restore(cluster, prof, runbook_file, "bench_runbook"),
                                 "bench_runbook"),
-            "plain": dropping(lambda: plain_pg_restore(cluster, prof, Path(gz_set.path) / "dump",
+            "plain": dropping(lambda: plain_pg_restore(cluster, prof, plain_archive,
                                                        "bench_plain", args.jobs), "bench_plain"),
             "ours": dropping(lambda: ops.restore_backup(Path(result.path), prof, "bench_ours",
                                                         jobs=args.jobs, reapply_erasures=False),

@@ -92,6 +92,22 @@ def table_rows(profile: Profile, database: str) -> dict[str, int]:
                 for s, t in tables}
 
 
+def schema_facts(profile: Profile, database: str) -> dict[str, list[tuple]]:
+    """Keys, foreign keys and indexes as the server describes them."""
+    with connect_as(profile, "app", database) as conn:
+        return {
+            "constraints": conn.execute(
+                "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid), "
+                "convalidated, conindid::regclass::text FROM pg_constraint "
+                "WHERE connamespace::regnamespace::text IN ('public', 'ops') AND contype <> 'c' "
+                "ORDER BY 1, 2").fetchall(),
+            "indexes": conn.execute(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisprimary, "
+                "i.indisunique, i.indimmediate FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                "WHERE c.relnamespace::regnamespace::text IN ('public', 'ops') ORDER BY 1").fetchall(),
+        }
+
+
 def drop(cluster: LocalCluster, *names: str) -> None:
     for n in names:
         cluster.drop_database(n)
@@ -135,7 +151,13 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
     assert all(f.sha256 and f.bytes > 0 for f in manifest.files)
     methods = {t.qualified: t.method for t in manifest.tables}
     assert methods["ops.unhashable"] == "text-hash" and methods["public.notes"] == "record-hash"
-    assert any(f.path.endswith(".dat.zst") for f in manifest.files)
+    assert manifest.format_version == fmt.FORMAT_VERSION == 2
+    assert manifest.server_major == 15
+    data_files = {f.qualified: f.path for f in manifest.table_files}
+    assert set(data_files) == set(expected)  # every table's rows in a binary COPY file
+    assert data_files["public.notes"] == "data/public.notes.bin.zst"
+    assert {f.path for f in manifest.files} >= set(data_files.values())
+    assert [f.path for f in manifest.files if f.path.startswith("dump/")] == ["dump/toc.dat"]  # no table data
 
     res = cli("backup", "verify", set_dir, "--restore", "--json")
     assert res.exit_code == 0, res.stdout + res.stderr
@@ -158,6 +180,9 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
             assert conn.execute("SELECT pg_column_compression(body) FROM notes "
                                 "WHERE body <> '' LIMIT 1").fetchone()[0] == "lz4"
         assert "Zoë Ñandú 漢字 🙂" in name
+        # keys built as unique index + ADD CONSTRAINT USING INDEX, foreign keys and indexes
+        # scheduled by us: the same catalog as the source
+        assert schema_facts(source, target) == schema_facts(source, source.database)
         assert odd == ({"k": "ü", "n": [1, 2.5]}, b"\x00\xff\x10", "12345678901234567890.123456789",
                        ["a", None, 'c"d'])
         assert result.erasures is not None
@@ -186,6 +211,8 @@ def test_gzip_and_uncompressed_sets_restore_too(cluster, source, backup_dir):
     for compression in ("gzip:1", "none"):
         res = ops.create_backup(source, out_dir=backup_dir, jobs=1,
                                 compression=ops.parse_compression(compression))
+        suffix = {"gzip:1": ".bin.gz", "none": ".bin"}[compression]
+        assert all(f.path.endswith(suffix) for f in fmt.read_manifest(Path(res.path)).table_files)
         target = f"bk_gz_{uuid.uuid4().hex[:8]}"
         try:
             ops.restore_backup(Path(res.path), source, target, jobs=1, reapply_erasures=False)
@@ -195,6 +222,39 @@ def test_gzip_and_uncompressed_sets_restore_too(cluster, source, backup_dir):
         import shutil
 
         shutil.rmtree(res.path)
+
+
+def test_format_1_set_still_restores(cluster, source, backup_dir):
+    """Sets written before format 2 (pg_dump's own text-format table data) restore through
+    the pg_restore path they were made for."""
+    res = ops.create_backup(source, out_dir=backup_dir, jobs=2, format_version=1)
+    manifest = fmt.read_manifest(Path(res.path))
+    assert manifest.format_version == 1 and manifest.table_files == []
+    assert any(f.path.endswith(".dat.zst") for f in manifest.files)
+    target = f"bk_v1_{uuid.uuid4().hex[:8]}"
+    try:
+        result = ops.restore_backup(Path(res.path), source, target, jobs=2, reapply_erasures=False)
+        assert "data (busy)" in result.phases_s
+        assert table_rows(source, target) == table_rows(source, source.database)
+    finally:
+        drop(cluster, target)
+        import shutil
+
+        shutil.rmtree(res.path)
+
+
+def test_restore_refuses_an_older_server_than_the_dump(source, backup, tmp_path):
+    """Binary COPY data needs the same column types: it restores onto the dump's major
+    version or newer, and says so otherwise (nothing is created)."""
+    import shutil
+
+    copy = tmp_path / Path(backup.path).name
+    shutil.copytree(backup.path, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["server_major"] = 99
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(RefusedError, match="PostgreSQL 99 or newer"):
+        ops.restore_backup(copy, source, "bk_never_made", reapply_erasures=False)
 
 
 # ------------------------------------------------------------------------------ damage
@@ -218,6 +278,90 @@ def test_corrupted_file_makes_verify_fail_naming_the_file(cli, backup, backup_di
         assert res.exit_code != 0 and "damaged" in res.stderr
     finally:
         shutil.rmtree(copy)
+
+
+def _rewrite_data_file(set_dir: Path, table: str, damage) -> str:
+    """Replace ``table``'s data file by ``damage(decompressed bytes)`` recompressed (or, with
+    ``damage`` returning None, cut the compressed file), and make the manifest agree: a set
+    whose sha256 checks pass but whose data is bad."""
+    import zstandard
+
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    rel = next(f["path"] for f in manifest["table_files"] if f"{f['schema']}.{f['table']}" == table)
+    path = set_dir / rel
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    bad = damage(raw)
+    path.write_bytes(zstandard.ZstdCompressor().compress(bad) if bad is not None
+                     else path.read_bytes()[: path.stat().st_size // 2])
+    for f in manifest["files"]:
+        if f["path"] == rel:
+            f["bytes"], f["sha256"] = path.stat().st_size, fmt.sha256_file(path)
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+    return rel
+
+
+@pytest.mark.parametrize("damage", ["truncated rows", "garbled rows", "cut zstd frame"])
+def test_bad_data_file_fails_the_restore_naming_it_target_untouched(cluster, source, backup,
+                                                                     tmp_path, damage):
+    import shutil
+
+    copy = tmp_path / Path(backup.path).name
+    shutil.copytree(backup.path, copy)
+    how = {"truncated rows": lambda raw: raw[: len(raw) // 2],
+           "garbled rows": lambda raw: raw[:4000] + bytes(b ^ 0x5A for b in raw[4000:4400]) + raw[4400:],
+           "cut zstd frame": lambda raw: None}[damage]
+    rel = _rewrite_data_file(copy, "public.notes", how)
+    assert ops.verify_backup(copy).ok  # the files match the (rewritten) manifest
+    target = f"bk_bad_{uuid.uuid4().hex[:8]}"
+    cluster.create_database(target)
+    try:
+        with connect_as(source, "app", target) as conn:
+            conn.execute("CREATE TABLE precious (v text)")
+            conn.execute("INSERT INTO precious VALUES ('keep me')")
+        with pytest.raises(fmt.BackupError) as err:
+            ops.restore_backup(copy, source, target, jobs=2, replace=True, reapply_erasures=False)
+        assert rel in str(err.value)
+        with connect_as(source, "app", target) as conn:  # the target was not touched
+            assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
+            assert conn.execute("SELECT to_regclass('public.notes')").fetchone()[0] is None
+    finally:
+        drop(cluster, target, target + "_restoring")
+
+
+def test_restore_killed_in_the_data_phase_resumes(cluster, source, backup):
+    """The restore's data connections die after the first table is loaded (as when the server
+    restarts): the restore fails; run again, it resumes, does not load that table again, and
+    ends equal to the source."""
+    target = f"bk_res_{uuid.uuid4().hex[:8]}"
+    staging = target + "_restoring"
+    first: list[str] = []
+
+    def kill_after_first_table(ev: ops.ProgressEvent) -> None:
+        if ev.phase == "data" and ev.done == 1 and not first:
+            first.append(ev.message)
+            with cluster.admin_connect() as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                              "datname = %s AND application_name = 'studyhub restore data'",
+                              (staging,))
+
+    try:
+        with pytest.raises(fmt.BackupError):
+            ops.restore_backup(Path(backup.path), source, target, jobs=2, reapply_erasures=False,
+                               progress=kill_after_first_table)
+        assert first and first[0].startswith("table data ")
+        loaded_first = first[0].removeprefix("table data ")
+        with cluster.admin_connect() as admin:
+            assert not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
+        seen: list[str] = []
+        result = ops.restore_backup(Path(backup.path), source, target, jobs=2,
+                                    reapply_erasures=False,
+                                    progress=lambda ev: seen.append(ev.message))
+        assert result.resumed
+        assert f"table data {loaded_first}" not in seen  # complete tables are not loaded again
+        assert any(m.startswith("table data ") for m in seen)  # the others were
+        assert table_rows(source, target) == table_rows(source, source.database)
+    finally:
+        drop(cluster, target, staging)
 
 
 # ------------------------------------------------------------------------- interrupted
@@ -266,6 +410,25 @@ def test_killed_pg_dump_leaves_nothing_that_looks_complete(cluster, migrated, tm
         assert killed
         assert [s for s in fmt.list_sets(out) if s.status == "complete"] == []
         assert list(out.iterdir()) == []  # the partial set was removed
+
+        # the same for a killed per-table data dump (format 2: psql COPY … TO STDOUT)
+        killed.clear()
+
+        def psql_killer():
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not killed:
+                for pid in _children_named("psql"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                time.sleep(0.002)
+
+        t = threading.Thread(target=psql_killer)
+        t.start()
+        with pytest.raises(fmt.BackupError, match=r"dumping .*\.bin\.zst failed \(killed by signal 9\)"):
+            ops.create_backup(prof, out_dir=out, jobs=2)
+        t.join()
+        assert killed
+        assert list(out.iterdir()) == []
 
         # a whole `backup create` process killed: its leftover is listed as incomplete
         env = {**os.environ, "STUDYHUB_BACKUP_DIR": str(out)}
@@ -316,7 +479,9 @@ def test_server_stopped_mid_dump_leaves_no_complete_set():
             ops.create_backup(prof, out_dir=out, jobs=2)
         t.join()
         assert stopped
-        assert "pg_dump failed" in str(err.value) or "checksum" in str(err.value)
+        msg = str(err.value)
+        assert "pg_dump failed" in msg or "checksum" in msg or (
+            "dumping public.ballast.bin.zst failed" in msg and "no backup set was written" in msg)
         assert [s for s in fmt.list_sets(out) if s.status == "complete"] == []
     finally:
         own.destroy()
@@ -472,9 +637,11 @@ def test_prune_never_deletes_the_only_good_backup(tmp_path):
 def test_no_password_on_argv_while_backup_and_restore_run(cluster, source, backup_dir):
     target = f"bk_argv_{uuid.uuid4().hex[:8]}"
     try:
-        with CmdlineWatcher(_passwords(cluster), "pg_dump") as watch:
+        with CmdlineWatcher(_passwords(cluster), "pg_dump") as watch, \
+                CmdlineWatcher(_passwords(cluster), "SET TRANSACTION SNAPSHOT") as psql_watch:
             res = ops.create_backup(source, out_dir=backup_dir)
         assert watch.seen_target > 0 and watch.leaks == []
+        assert psql_watch.seen_target > 0 and psql_watch.leaks == []  # the per-table psql children
         with CmdlineWatcher(_passwords(cluster), "pg_restore") as watch:
             ops.restore_backup(Path(res.path), source, target, reapply_erasures=False)
         assert watch.seen_target > 0 and watch.leaks == []

@@ -33,7 +33,7 @@ app = typer.Typer(help="Verified backups: create, list, verify, restore, import,
 DirOpt = Annotated[Path | None, typer.Option(
     "--dir", help="Backup directory (default $STUDYHUB_BACKUP_DIR or $STUDYHUB_HOME/backups).",
     show_default=False)]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Parallel pg_dump/pg_restore jobs.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Parallel connections (table dumps; table loads and index builds).")]
 SetArg = Annotated[str, typer.Argument(help="A backup set: its name (see backup list) or path.")]
 
 
@@ -69,9 +69,10 @@ def create(
     compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(ops.DEFAULT_COMPRESSION),
     json_: JsonOpt = False,
 ) -> None:
-    """Write one backup set: a parallel pg_dump from an exported snapshot, per-table row counts
-    and checksums from the same snapshot, a manifest with sha256 of every file. Written under a
-    temporary name and renamed only once fsynced and verified."""
+    """Write one backup set from one exported snapshot: the schema by pg_dump, every table's
+    rows as binary COPY (parallel, compressed as they stream), per-table row counts and
+    checksums, a manifest with sha256 of every file. Written under a temporary name and
+    renamed only once fsynced and verified."""
     prof = profile_from(profile)
     compression = ops.parse_compression(compress)
     with progress_bar(not json_) as update:
@@ -164,8 +165,9 @@ def restore(
     json_: JsonOpt = False,
 ) -> None:
     """Restore a set into a new database: verified files, schema in one transaction, parallel
-    data and index builds, every table compared with the manifest, erasures re-applied, then
-    renamed into place. A failed restore resumes where it stopped when run again."""
+    data loads with each table's index builds as soon as it is loaded, every table compared
+    with the manifest, erasures re-applied, then renamed into place. A failed restore resumes
+    where it stopped when run again."""
     prof = profile_from(profile)
     path = fmt.resolve_set(set_, dir_)
     manifest = fmt.read_manifest(path)

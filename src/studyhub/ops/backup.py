@@ -1,24 +1,30 @@
 """Verified logical backups and restores (the runbook's "Manual Backup" and "Restore from
 Backup", made trustworthy). The on-disk format lives in ``ops/backup_set.py``.
 
-create
-    One REPEATABLE READ transaction exports its snapshot; ``pg_dump -Fd -j N --snapshot`` dumps
-    from it while other connections, importing the same snapshot, count every table's rows and
-    checksum its content. pg_dump writes uncompressed table files (``-Z0``) which are compressed
-    with zstd as each one finishes (PostgreSQL 15's pg_dump only knows gzip, which is 5-10x
-    slower per core). The set is written under a ``.partial-`` name, fsynced, checked against
-    its manifest and renamed only then.
+create (format 2)
+    One REPEATABLE READ transaction exports its snapshot and holds ACCESS SHARE locks on every
+    table. From that snapshot: ``pg_dump -Fd --snapshot`` with every table's data excluded (by
+    exact name) writes the schema and sequence values; one ``psql`` per table, ``--jobs`` at a
+    time, biggest first, runs ``COPY … TO STDOUT (FORMAT binary)`` and a thread streams its
+    output through zstd (or gzip, or nothing) into ``data/<schema>.<table>.bin.zst``; another
+    connection counts every table's rows and checksums its content. The set is written under a
+    ``.partial-`` name, fsynced, checked against its manifest and renamed only then.
+    ``format_version=1`` still writes the previous format (pg_dump's own text-format data).
 restore
     Always into a new (staging) database, renamed to its final name only after the restore has
-    been verified: schema (pre-data) in one transaction, then data and indexes/constraints with
-    ``pg_restore -j N --exit-on-error`` under session settings made for bulk builds, then every
-    table's count and checksum compared with the manifest, then the privacy erasure ledger
-    re-applied. A restore that failed part-way resumes where it stopped when run again.
+    been verified: schema (pre-data) by pg_restore in one transaction; then, for format 2, one
+    scheduler on ``--jobs`` connections loads each table (``TRUNCATE; COPY … FROM STDIN
+    (FORMAT binary, FREEZE)`` in one transaction), builds its indexes and keys as soon as it is
+    loaded, its foreign keys once the tables they join are ready, checksums and ANALYZEs it;
+    sequence values and the rest by ``pg_restore -j N``. Format 1 sets go through ``pg_restore
+    -j N`` for data and post-data as before. Then every table's count and checksum is compared
+    with the manifest and the privacy erasure ledger re-applied. A restore that failed part-way
+    resumes where it stopped when run again.
 import
     A runbook-style plain ``.sql[.gz]`` dump fed to ``psql --single-transaction`` from Python.
 
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
-flags and paths. Dumps never go through the transaction pooler.
+flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
 from studyhub.ops import privacy
 from studyhub.ops.backup_set import (
+    DATA_DIR,
     DUMP_DIR,
+    FORMAT_VERSION,
     LEDGER_FILE,
     PARTIAL_PREFIX,
     VERIFIED,
@@ -58,6 +66,7 @@ from studyhub.ops.backup_set import (
     Manifest,
     Problem,
     TableChecksum,
+    TableFile,
     check_files,
     default_backup_dir,
     fsync_tree,
@@ -80,10 +89,13 @@ CHECKSUM_SETTINGS = (
 DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
 DEFAULT_JOBS = 2
 # Session settings for the restore's bulk work (PGOPTIONS of pg_restore): big sort memory for
-# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit;
+# index builds, hash joins in memory for the foreign-key checks, no wait for WAL flush at commit,
+# no parallel workers for index builds (the restore already keeps --jobs builds running; workers
+# split the sort memory into external sorts and only contend: docs/backup.md has the numbers);
 # plus default_toast_compression = lz4 where the server has it (COPY recompresses long values).
 RESTORE_SETTINGS = {
     "maintenance_work_mem": "512MB",
+    "max_parallel_maintenance_workers": "0",
     "work_mem": "256MB",
     "synchronous_commit": "off",
 }
@@ -407,12 +419,13 @@ class _StreamCompressor(threading.Thread):
 
 def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
                  compression: Compression, n_tables: int, progress: ProgressFn,
-                 lock_wait_timeout: str) -> tuple[dict[str, FileEntry], dict[str, float]]:
+                 lock_wait_timeout: str, extra_args: list[str] | None = None,
+                 ) -> tuple[dict[str, FileEntry], dict[str, float]]:
     """pg_dump -Fd from ``snapshot``; with zstd, each table file is compressed while pg_dump
     writes it. Returns the files written by us (with hashes) and timings."""
     argv = [str(pg_program("pg_dump")), "--format=directory", f"--jobs={jobs}",
             f"--snapshot={snapshot}", f"--file={dump_dir}", "--verbose", "--no-sync",
-            f"--lock-wait-timeout={lock_wait_timeout}"]
+            f"--lock-wait-timeout={lock_wait_timeout}", *(extra_args or [])]
     gz = compression.level if compression.method == "gzip" else 0
     argv.append(f"--compress={gz}")
     env = child_env(profile, "app")
@@ -484,6 +497,174 @@ def _run_pg_dump(profile: Profile, snapshot: str, dump_dir: Path, jobs: int,
                      "compress_tail": round(time.monotonic() - t0 - dump_s, 3)}
 
 
+# ------------------------------------------------------------- format 2: binary table data
+DATA_SUFFIX = {"zstd": ".bin.zst", "gzip": ".bin.gz", "none": ".bin"}
+
+
+def _pattern_literal(schema: str, table: str) -> str:
+    """A pg_dump name pattern matching exactly ``schema.table``: inside double quotes every
+    character is literal (no ``*``/``?`` wildcards, no case folding)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table))
+
+
+def _data_file_names(tables: list[tuple[str, str]], method: str) -> dict[tuple[str, str], str]:
+    """``data/<schema>.<table>.bin.zst``; characters unsafe in a file name become ``_`` (and a
+    number keeps two tables apart if that makes their names collide)."""
+    names: dict[tuple[str, str], str] = {}
+    used: set[str] = set()
+    for i, (schema, table) in enumerate(tables):
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{schema}.{table}")
+        if base.lower() in used:
+            base = f"{base}-{i}"
+        used.add(base.lower())
+        names[(schema, table)] = f"{DATA_DIR}/{base}{DATA_SUFFIX[method]}"
+    return names
+
+
+class _CompressedFile:
+    """A file written through zstd, gzip or nothing, hashed (sha256) as it is written."""
+
+    def __init__(self, path: Path, compression: Compression):
+        self.fh = open(path, "wb")
+        self.out = _HashingWriter(self.fh)
+        self.method = compression.method
+        self.raw_bytes = 0
+        if self.method == "zstd":
+            import zstandard
+
+            self.w: Any = zstandard.ZstdCompressor(level=compression.level or 1).stream_writer(
+                self.out, closefd=False)
+        elif self.method == "gzip":
+            self.w = gzip.GzipFile(fileobj=self.out, mode="wb",  # type: ignore[arg-type]
+                                   compresslevel=compression.level or 1, mtime=0)
+        else:
+            self.w = self.out
+
+    def write(self, data: bytes) -> None:
+        self.raw_bytes += len(data)
+        self.w.write(data)
+
+    def close(self) -> None:
+        import zstandard
+
+        if self.method == "zstd":
+            self.w.flush(zstandard.FLUSH_FRAME)
+        elif self.method == "gzip":
+            self.w.close()
+        self.fh.close()
+
+    def discard(self) -> None:
+        self.fh.close()
+
+
+def _dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Path,
+                       compression: Compression, encoding: str,
+                       procs: list[subprocess.Popen], abort: threading.Event) -> _CompressedFile:
+    """One table's rows, ``COPY … TO STDOUT (FORMAT binary)`` in a transaction that imported
+    ``snapshot``, run by psql (its C client writes the stream; Python only moves 1 MB chunks
+    into the compressor, which releases the GIL). Credentials come from the environment."""
+    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+            "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            f"--command=SET TRANSACTION SNAPSHOT {_quote_literal(snapshot)}",
+            f"--command={copy_sql}", "--command=COMMIT"]
+    env = child_env(profile, "app")
+    env["PGAPPNAME"] = "studyhub backup data"
+    env["PGCLIENTENCODING"] = encoding  # text values travel in the client encoding
+    out = _CompressedFile(path, compression)
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd="/")
+    procs.append(proc)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr.read().splitlines()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 20):
+            if abort.is_set():
+                proc.kill()  # started after another table failed: stop it (nobody reads on)
+                break
+            out.write(chunk)
+        rc = proc.wait()
+        reader.join()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        out.discard()
+        raise
+    if abort.is_set() and rc == 0:
+        rc = -9
+    if rc != 0:
+        out.discard()
+        msgs = [e.decode(errors="replace") for e in err]
+        reason = f"killed by signal {-rc}" if rc < 0 else _stderr_tail(msgs)
+        raise BackupError(f"dumping {path.name} failed ({reason}); no backup set was written")
+    out.close()
+    return out
+
+
+def _dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: str,
+                        tables: list[tuple[str, str]], columns: dict[tuple[str, str], list[str]],
+                        set_dir: Path, jobs: int, compression: Compression, encoding: str,
+                        progress: ProgressFn) -> tuple[list[FileEntry], list[TableFile], float]:
+    """Every table's data file, ``jobs`` at a time, biggest first (``tables`` is ordered)."""
+    (set_dir / DATA_DIR).mkdir()
+    names = _data_file_names(tables, compression.method)
+    queue = list(tables)
+    lock = threading.Lock()
+    abort = threading.Event()
+    procs: list[subprocess.Popen] = []
+    errors: list[BaseException] = []
+    done: dict[tuple[str, str], tuple[FileEntry, TableFile]] = {}
+    written = [0]
+    copy_sql = {
+        t: sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
+            sql.Identifier(*t), sql.SQL(", ").join(map(sql.Identifier, columns[t]))).as_string(conn)
+        for t in tables}
+    t0 = time.monotonic()
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    if not queue or errors or abort.is_set():
+                        return
+                    t = queue.pop(0)
+                rel = names[t]
+                f = _dump_table_binary(profile, snapshot, copy_sql[t], set_dir / rel,
+                                       compression, encoding, procs, abort)
+                with lock:
+                    done[t] = (FileEntry(rel, f.out.bytes, f.out.sha.hexdigest()),
+                               TableFile(t[0], t[1], rel, columns[t], f.raw_bytes))
+                    written[0] += f.out.bytes
+                    progress(ProgressEvent("dump", len(done), len(tables), written[0],
+                                           f"{t[0]}.{t[1]}"))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            abort.set()
+            for p in list(procs):
+                if p.poll() is None:
+                    p.kill()
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(max(1, min(jobs, len(tables))))]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    except BaseException:
+        abort.set()
+        for p in list(procs):
+            if p.poll() is None:
+                p.kill()
+        raise
+    if errors:
+        raise errors[0]
+    entries = [done[t] for t in tables]
+    return [e[0] for e in entries], [e[1] for e in entries], round(time.monotonic() - t0, 3)
+
+
 # ----------------------------------------------------------------------- erasure ledger
 def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int:
     """Keep the live erasure ledger in the backup directory too (so a restore re-applies
@@ -534,6 +715,55 @@ def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
     return ErasureReapply("reapplied", len(merged), sources, result)
 
 
+def _major(server_version: str) -> int:
+    """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
+    m = re.match(r"(\d+)", server_version)
+    if not m:
+        raise BackupError(f"cannot read a major version from server version {server_version!r}")
+    return int(m.group(1))
+
+
+def _create_v2_parts(profile: Profile, conn: psycopg.Connection, snapshot: str,
+                     tables: list[tuple[str, str]], partial: Path, jobs: int,
+                     compression: Compression, encoding: str, lock_wait_timeout: str,
+                     progress: ProgressFn, durations: dict[str, float],
+                     ) -> tuple[dict[str, FileEntry], list[TableFile]]:
+    """Format 2: schema and sequence values by ``pg_dump --snapshot`` with every table's data
+    excluded (by exact name: a pattern would also drop SEQUENCE SET), beside it every table's
+    rows as binary COPY from the same snapshot. The snapshot's own transaction holds ACCESS
+    SHARE locks on every table until the end, as pg_dump does (no DROP/ALTER meanwhile)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_timeout)))
+    if tables:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+            sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(*t)) for t in tables)))
+    columns = {(r[0], r[1]): list(r[2])
+               for r in conn.execute(load("get_backup_table_columns")).fetchall()}
+    schema_result: dict[str, Any] = {}
+
+    def run_schema() -> None:
+        try:
+            schema_result["ok"] = _run_pg_dump(
+                profile, snapshot, partial / DUMP_DIR, 1, Compression("none"), 0, _no_progress,
+                lock_wait_timeout,
+                [f"--exclude-table-data={_pattern_literal(*t)}" for t in tables])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            schema_result["error"] = exc
+
+    schema = threading.Thread(target=run_schema, daemon=True)
+    schema.start()
+    try:
+        entries, table_files, data_s = _dump_tables_binary(
+            profile, conn, snapshot, tables, columns, partial, jobs, compression, encoding,
+            progress)
+    finally:
+        schema.join()
+    if "error" in schema_result:
+        raise schema_result["error"]
+    durations["schema (pg_dump)"] = schema_result["ok"][1]["dump"]
+    durations["data (binary COPY)"] = data_s
+    return {e.path: e for e in entries}, table_files
+
+
 # ----------------------------------------------------------------------------- create
 def create_backup(
     profile: Profile,
@@ -543,8 +773,13 @@ def create_backup(
     compression: Compression = DEFAULT_COMPRESSION,
     lock_wait_timeout: str = "60s",
     progress: ProgressFn = _no_progress,
+    format_version: int = FORMAT_VERSION,
 ) -> BackupResult:
-    """Write one verified backup set of the profile's app database (see module docstring)."""
+    """Write one verified backup set of the profile's app database (see module docstring).
+    ``format_version=1`` writes the previous format (pg_dump's own text-format table data),
+    kept so that sets of that format stay tested."""
+    if format_version not in (1, 2):
+        raise BackupError(f"cannot write backup set format {format_version} (1 or 2)")
     if jobs < 1:
         raise BackupError("--jobs must be at least 1")
     refuse_pooler(profile)
@@ -590,10 +825,16 @@ def create_backup(
 
             checker = threading.Thread(target=run_checksums, daemon=True)
             checker.start()
-            written, dump_times = _run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
-                                               compression, len(tables), progress,
-                                               lock_wait_timeout)
-            durations.update(dump_times)
+            table_files: list[TableFile] = []
+            if format_version == 1:
+                written, dump_times = _run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
+                                                   compression, len(tables), progress,
+                                                   lock_wait_timeout)
+                durations.update(dump_times)
+            else:
+                written, table_files = _create_v2_parts(
+                    profile, conn, snapshot, tables, partial, jobs, compression, encoding,
+                    lock_wait_timeout, progress, durations)
             checker.join()
         except psycopg.Error as exc:
             raise BackupError(f"backup failed: {str(exc).strip().splitlines()[0]}") from None
@@ -611,15 +852,18 @@ def create_backup(
                        key=lambda f: f.path)
         finished = datetime.now(timezone.utc)
         manifest = Manifest(
-            format_version=1, tool="studyhub", tool_version=tool_version,
+            format_version=format_version, tool="studyhub", tool_version=tool_version,
             pg_dump_version=pg_dump_version, server_version=server_version,
             profile=profile.name, host=ep.host, port=ep.port, database=database,
             encoding=encoding, direct=not ep.via_pooler, alembic_revision=revision,
             started_at=started.isoformat(timespec="seconds"),
             finished_at=finished.isoformat(timespec="seconds"), snapshot=snapshot,
-            compression=compression, jobs=jobs, dump_format="directory",
+            compression=compression, jobs=jobs,
+            dump_format="directory" if format_version == 1 else "directory without table data + binary COPY per table",
             extensions=extensions, tables=sums["tables"], files=files,
             durations_s=durations, erasure_ledger_entries=ledger_entries,
+            server_major=_major(server_version) if format_version == 2 else None,
+            table_files=table_files,
         )
         write_json_atomic(partial / "manifest.json", manifest.to_dict())
         f0 = time.monotonic()
@@ -895,6 +1139,360 @@ def _write_list(path: Path, entries: list[TocEntry]) -> Path:
     return path
 
 
+def _data_chunks(path: Path, method: str) -> Iterator[bytes]:
+    """The decompressed bytes of one data file, in chunks of about 1 MB in. A zstd frame that
+    does not end (a truncated file) is an error, not a silent short read."""
+    with open(path, "rb") as fh:
+        if method == "zstd":
+            import zstandard
+
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            while chunk := fh.read(1 << 20):
+                out = dobj.decompress(chunk)
+                if out:
+                    yield out
+            if not dobj.eof:
+                raise BackupError(f"{path.name} ends in the middle of its zstd frame (truncated)")
+        elif method == "gzip":
+            with gzip.GzipFile(fileobj=fh) as gz:
+                while chunk := gz.read(1 << 20):
+                    yield chunk
+        else:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+
+_POST_HEADER_RE = re.compile(
+    r"^--\n-- Name: (?P<name>.*); Type: (?P<desc>[A-Z ]+); Schema: (?P<schema>[^;]*); "
+    r"Owner: [^\n]*\n--\n", re.M)
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_ON_TABLE_RE = re.compile(
+    r"^(?:ALTER TABLE ONLY|CREATE (?:UNIQUE )?INDEX " + _IDENT + r" ON(?: ONLY)?) "
+    r"(?P<qual>" + _IDENT + r"\." + _IDENT + r")", re.M)
+_SESSION_LINE_RE = re.compile(r"^(SET |SELECT pg_catalog\.set_config\(|\\)")
+
+
+def _unquote_qualified(text: str) -> tuple[str, str]:
+    parts = re.findall(_IDENT, text)
+    return tuple(p[1:-1].replace('""', '"') if p.startswith('"') else p  # type: ignore[return-value]
+                 for p in parts[:2])
+
+
+_REFERENCES_RE = re.compile(r"\bREFERENCES (?P<qual>" + _IDENT + r"\." + _IDENT + r")\(")
+
+
+# The table lock each scheduled task takes, and which modes conflict (PostgreSQL's table-level
+# lock matrix): two tasks whose locks conflict never run at once on a table, because one
+# would only wait for the other with a connection held idle.
+_TASK_LOCK = {"INDEX": "SHARE", "KEY INDEX": "SHARE", "KEY ATTACH": "ACCESS EXCLUSIVE",
+              "CONSTRAINT": "ACCESS EXCLUSIVE",
+              "FK CONSTRAINT": "SHARE ROW EXCLUSIVE", "CHECKSUM": "ACCESS SHARE",
+              "ANALYZE": "SHARE UPDATE EXCLUSIVE"}
+_LOCK_CONFLICTS = {
+    "ACCESS SHARE": {"ACCESS EXCLUSIVE"},
+    "SHARE UPDATE EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                               "ACCESS EXCLUSIVE"},
+    "SHARE": {"SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE ROW EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                            "ACCESS EXCLUSIVE"},
+    "ACCESS EXCLUSIVE": {"ACCESS SHARE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                         "SHARE ROW EXCLUSIVE", "ACCESS EXCLUSIVE"},
+}
+
+
+@dataclass
+class _PostItem:
+    entry: TocEntry
+    table: tuple[str, str]
+    statement: str
+    references: tuple[str, str] | None = None  # FK CONSTRAINT: the referenced table
+    after: "_PostItem | None" = None  # runs only once that item is done
+    done: bool = False
+    index: str | None = None  # KEY INDEX: the name of the unique index it builds
+
+
+_SIMPLE_KEY_RE = re.compile(
+    r"^ALTER TABLE ONLY (?P<qual>" + _IDENT + r"\." + _IDENT + r")\s+ADD CONSTRAINT "
+    r"(?P<name>" + _IDENT + r") (?P<kind>PRIMARY KEY|UNIQUE) \((?P<cols>[^()]*)\);$")
+
+
+def _split_keys(items: list[_PostItem], tables: set[tuple[str, str]]) -> list[_PostItem]:
+    """A plain primary key or unique constraint becomes two steps: ``CREATE UNIQUE INDEX`` (a
+    SHARE lock: it builds beside the table's other indexes) and ``ADD CONSTRAINT … USING
+    INDEX`` (instant), the same catalog result as ``ADD CONSTRAINT … (cols)`` whose ACCESS
+    EXCLUSIVE lock would keep the table's other builds waiting. Anything less plain
+    (DEFERRABLE, INCLUDE, NULLS NOT DISTINCT, partitioned tables) stays one step."""
+    out: list[_PostItem] = []
+    for p in items:
+        m = _SIMPLE_KEY_RE.match(p.statement) if p.entry.desc == "CONSTRAINT" else None
+        if not m or p.table not in tables:
+            out.append(p)
+            continue
+        build = _PostItem(TocEntry(p.entry.dump_id, "KEY INDEX", p.entry.schema, p.entry.tag,
+                                   p.entry.line), p.table,
+                          f"CREATE UNIQUE INDEX {m.group('name')} ON {m.group('qual')} "
+                          f"USING btree ({m.group('cols')});",
+                          index=re.sub(r'^"|"$', "", m.group("name")).replace('""', '"'))
+        attach = _PostItem(TocEntry(p.entry.dump_id, "KEY ATTACH", p.entry.schema, p.entry.tag,
+                                    p.entry.line), p.table,
+                           f"ALTER TABLE ONLY {m.group('qual')} ADD CONSTRAINT {m.group('name')} "
+                           f"{m.group('kind')} USING INDEX {m.group('name')};", after=build)
+        out += [build, attach]
+    return out
+
+
+def _post_data_statements(archive: Path, entries: list[TocEntry], work: Path,
+                          ) -> tuple[list[_PostItem], list[str]]:
+    """The SQL of each index, key and foreign key among ``entries``, with the table it is on
+    (and the table a foreign key references), from ``pg_restore -f -`` (no database
+    involved): our scheduler runs these as soon as their tables are ready. Also returns the
+    session settings pg_restore would send (the same for every item: tablespaces and table
+    access methods other than the default are not carried over). Items whose SQL or tables
+    cannot be told are left out: they go to the final pg_restore with everything else."""
+    wanted = [e for e in entries if e.desc in ("INDEX", "CONSTRAINT", "FK CONSTRAINT")]
+    if not wanted:
+        return [], []
+    out = subprocess.run([str(pg_program("pg_restore")), "--no-owner", "--no-acl", "--file=-",
+                          f"--use-list={_write_list(work / 'post.list', wanted)}", str(archive)],
+                         capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        raise BackupError(f"pg_restore cannot read {archive}: {_stderr_tail(out.stderr.splitlines())}")
+    text = out.stdout
+    by_key = {(e.desc, e.schema, e.tag): e for e in wanted}
+    session: list[str] = []
+    items: list[_PostItem] = []
+    heads = list(_POST_HEADER_RE.finditer(text))
+    for line in text[: heads[0].start() if heads else len(text)].splitlines():
+        if line.startswith(("SET ", "SELECT pg_catalog.set_config(")) and line not in session:
+            session.append(line)
+    for i, h in enumerate(heads):
+        body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        lines = []
+        for line in body.splitlines():
+            if _SESSION_LINE_RE.match(line):
+                if line.startswith(("SET ", "SELECT")) and line not in session:
+                    session.append(line)
+            elif line.strip() and not line.startswith("--"):
+                lines.append(line)
+        entry = by_key.get((h.group("desc"), h.group("schema"), h.group("name")))
+        statement = "\n".join(lines).strip()
+        m = _ON_TABLE_RE.search(statement)
+        if entry is None or not m or statement.count(";") != 1:
+            continue
+        refs = None
+        if entry.desc == "FK CONSTRAINT":
+            r = _REFERENCES_RE.search(statement)
+            if not r:
+                continue
+            refs = _unquote_qualified(r.group("qual"))
+        items.append(_PostItem(entry, _unquote_qualified(m.group("qual")), statement, refs))
+    if len([i for i in items if i.references is None]) < len(
+            [e for e in wanted if e.desc != "FK CONSTRAINT"]):
+        # an index or key we could not read goes to the final pg_restore; a foreign key may
+        # need it, so every foreign key goes there too (pg_restore orders them after it)
+        items = [i for i in items if i.references is None]
+    return items, session
+
+
+def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifest: Manifest,
+                         post: list[_PostItem], session: list[str], jobs: int,
+                         settings: dict[str, str], progress: ProgressFn,
+                         ) -> tuple[list[RestoreStep], list[TableChecksum], float]:
+    """Format 2's data, index/key/foreign-key builds and verification on ``jobs`` connections,
+    each task started as soon as what it needs is done (no barrier between phases):
+
+    * data, biggest table first: one transaction per table, ``TRUNCATE ONLY t; COPY t (cols)
+      FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression. A table with rows is
+      complete, so a resumed restore skips it (reloading one would replace, not duplicate);
+    * an index or primary/unique key: once its table is loaded;
+    * a foreign key: once both tables are loaded and the referenced table's keys and indexes
+      are built;
+    * verify: once the table is loaded, its row count and checksum (compared with the
+      manifest by the caller); ANALYZE once its indexes and keys are built too.
+
+    Loads go first (they unblock everything else), then the ready task on the biggest table
+    (keys, then indexes, checksum, foreign keys, ANALYZE). Tasks whose table locks conflict
+    never run at once (one would only wait for the other). Returns the steps, every
+    table's checksum, and when the last table was loaded."""
+    sizes = {f.path: f.bytes for f in manifest.files}
+    expected = {t.qualified: t.rows for t in manifest.tables}
+    raw = {(f.schema, f.table): f.raw_bytes or sizes.get(f.path, 0) for f in manifest.table_files}
+    post = _split_keys(post, set(raw))
+    # the work a table brings, in rough seconds: loading its bytes, then reading its rows
+    # once per index, key and foreign key (and checksum). The table with the most goes first:
+    # it is the critical path (the biggest table with the most indexes, not the widest rows)
+    n_items: dict[tuple[str, str], int] = {}
+    for p in post:
+        n_items[p.table] = n_items.get(p.table, 0) + 1
+    rows = {(t.schema, t.table): t.rows for t in manifest.tables}
+
+    def work(t: tuple[str, str]) -> float:
+        return raw.get(t, 0) / 100e6 + (n_items.get(t, 0) + 1) * rows.get(t, 0) / 1.5e6
+
+    data_queue = sorted(manifest.table_files, key=lambda f: -work((f.schema, f.table)))
+    with connect(profile, "app", database=database, autocommit=True,
+                 application_name="studyhub restore") as conn:
+        data_queue = [f for f in data_queue if expected.get(f.qualified, 0) > 0 and not conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
+                sql.Identifier(f.schema, f.table))).fetchone()[0]]
+    verify_items = [_PostItem(TocEntry(0, kind, t.schema, t.table, ""), (t.schema, t.table), "")
+                    for t in manifest.tables for kind in ("CHECKSUM", "ANALYZE")]
+    order = {"CONSTRAINT": 0, "KEY INDEX": 1, "INDEX": 1, "KEY ATTACH": 2, "CHECKSUM": 3,
+             "FK CONSTRAINT": 4, "ANALYZE": 5}
+    queue = sorted(post + verify_items, key=lambda p: (-work(p.table), order[p.entry.desc]))
+    not_loaded = {(f.schema, f.table) for f in data_queue}
+    builds = ("INDEX", "CONSTRAINT", "KEY INDEX", "KEY ATTACH")
+    unbuilt: dict[tuple[str, str], int] = {}  # table → its index/key builds not yet done
+    for p in post:
+        if p.entry.desc in builds:
+            unbuilt[p.table] = unbuilt.get(p.table, 0) + 1
+    total = len(data_queue) + len(queue)
+    cond = threading.Condition()
+    running: dict[tuple[str, str], list[str]] = {}
+    steps: list[RestoreStep] = []
+    sums: dict[str, TableChecksum] = {}
+    methods = {t.qualified: t.method for t in manifest.tables}
+    errors: list[BaseException] = []
+    loaded = [0]
+    t0 = time.monotonic()
+    data_done_at = [t0]
+
+    def tables_of(p: _PostItem) -> list[tuple[str, str]]:
+        return [p.table] + ([p.references] if p.references and p.references != p.table else [])
+
+    def ready(p: _PostItem) -> bool:
+        if any(t in not_loaded for t in tables_of(p)):
+            return False
+        if p.entry.desc == "FK CONSTRAINT" and unbuilt.get(p.references, 0):  # type: ignore[arg-type]
+            return False
+        if p.entry.desc == "ANALYZE" and unbuilt.get(p.table, 0):  # statistics of every index
+            return False
+        if p.after is not None and not p.after.done:
+            return False
+        mine = _TASK_LOCK[p.entry.desc]
+        return not any(_LOCK_CONFLICTS[mine] & {_TASK_LOCK[d] for d in running.get(t, [])}
+                       for t in tables_of(p))
+
+    def pick() -> TableFile | _PostItem | None:
+        with cond:
+            while True:
+                if errors:
+                    return None
+                if data_queue:
+                    return data_queue.pop(0)
+                for i, p in enumerate(queue):
+                    if ready(p):
+                        for t in tables_of(p):
+                            running.setdefault(t, []).append(p.entry.desc)
+                        return queue.pop(i)
+                if not queue:
+                    return None
+                cond.wait()
+
+    def finished(step: RestoreStep | None, p: TableFile | _PostItem, ok: bool = True) -> None:
+        with cond:
+            if isinstance(p, TableFile):
+                not_loaded.discard((p.schema, p.table))
+                if not not_loaded:
+                    data_done_at[0] = time.monotonic()
+            else:
+                for t in tables_of(p):
+                    running[t].remove(p.entry.desc)
+                p.done = ok
+                if ok and p.entry.desc in builds:
+                    unbuilt[p.table] -= 1
+            if step:
+                steps.append(step)
+                progress(ProgressEvent("data" if step.kind == "data" else "post-data",
+                                       len(steps), total, loaded[0], step.name))
+            cond.notify_all()
+
+    def load_one(conn: psycopg.Connection, f: TableFile) -> None:
+        table = sql.Identifier(f.schema, f.table)
+        cols = sql.SQL(", ").join(map(sql.Identifier, f.columns))
+        s0 = time.monotonic()
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+                with conn.cursor().copy(sql.SQL(
+                        "COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)) as cp:
+                    for chunk in _data_chunks(set_dir / f.path, manifest.compression.method):
+                        cp.write(chunk)
+                        loaded[0] += len(chunk)
+        except psycopg.Error as exc:
+            raise BackupError(f"loading {f.path} into {f.qualified} failed: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+        except (OSError, EOFError, BackupError) as exc:
+            raise BackupError(f"cannot read {f.path}: {exc}") from None
+        except Exception as exc:  # zstandard.ZstdError and other decoder errors
+            raise BackupError(f"cannot read {f.path}: {exc.__class__.__name__}: {exc}") from None
+        finished(RestoreStep(f"table data {f.qualified}", "data", round(time.monotonic() - s0, 3)), f)
+
+    def run_one(conn: psycopg.Connection, p: _PostItem) -> None:
+        s0 = time.monotonic()
+        try:
+            if p.entry.desc == "CHECKSUM":
+                sums[f"{p.table[0]}.{p.table[1]}"] = _checksum_one(
+                    conn, p.table[0], p.table[1], methods.get(f"{p.table[0]}.{p.table[1]}"))
+                step = RestoreStep(f"checksum {p.table[0]}.{p.table[1]}", "verify",
+                                   round(time.monotonic() - s0, 3))
+            elif p.entry.desc == "ANALYZE":
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*p.table)))
+                step = RestoreStep(f"analyze {p.table[0]}.{p.table[1]}", "verify",
+                                   round(time.monotonic() - s0, 3))
+            else:
+                exists = p.entry.desc == "KEY INDEX" and conn.execute(  # built by a failed run
+                    "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(
+                        p.table[0], p.index or "").as_string(conn),)).fetchone()[0]
+                if not exists:
+                    conn.execute(p.statement)  # one statement, written by pg_restore
+                label = {"KEY INDEX": "constraint", "KEY ATTACH": "constraint (attach)"}.get(
+                    p.entry.desc, p.entry.desc.lower())
+                step = RestoreStep(f"{label} {p.entry.tag}", "constraint" if p.entry.desc
+                                   .startswith("KEY") else p.entry.kind,
+                                   round(time.monotonic() - s0, 3))
+        except psycopg.Error as exc:
+            finished(None, p, ok=False)
+            what = {"CHECKSUM": "checksumming", "ANALYZE": "analyzing"}.get(
+                p.entry.desc, "building " + p.entry.desc.lower())
+            raise BackupError(f"{what} {p.entry.tag} failed: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
+        finished(step, p)
+
+    def worker() -> None:
+        try:
+            with connect(profile, "app", database=database, autocommit=True,
+                         application_name="studyhub restore data") as conn:
+                for line in session:
+                    conn.execute(line)
+                _session(conn)  # the text checksum's settings (binary COPY ignores them)
+                conn.execute("SELECT set_config('client_encoding', %s, false)",
+                             (manifest.encoding,))
+                for k, v in settings.items():
+                    conn.execute("SELECT set_config(%s, %s, false)", (k, v))
+                while (task := pick()) is not None:
+                    if isinstance(task, TableFile):
+                        load_one(conn, task)
+                    else:
+                        run_one(conn, task)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            with cond:
+                errors.append(exc)
+                cond.notify_all()
+
+    progress(ProgressEvent("data", 0, total))
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, total)))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, psycopg.Error):
+            raise BackupError(f"restoring table data failed: {str(exc).strip().splitlines()[0]}") from None
+        raise exc
+    return steps, [sums[t.qualified] for t in manifest.tables], round(data_done_at[0] - t0, 3)
+
 def restore_backup(
     set_dir: Path,
     profile: Profile,
@@ -929,6 +1527,13 @@ def restore_backup(
     with _admin(profile) as admin:
         if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
             settings.setdefault("default_toast_compression", "lz4")
+        if manifest.server_major:
+            here = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
+            if here < manifest.server_major:
+                raise RefusedError(
+                    f"backup set {set_dir.name} holds binary COPY data from PostgreSQL "
+                    f"{manifest.server_major}; it restores onto PostgreSQL "
+                    f"{manifest.server_major} or newer, and {profile.name} runs {here}")
         if _db_exists(admin, database) and not database_is_empty(profile, database) and not replace:
             raise RefusedError(
                 f"database {database} exists and is not empty; restore into a new name, or "
@@ -954,6 +1559,8 @@ def restore_backup(
     keep = [e for e in keep if not (e.desc == "SCHEMA" and e.tag in ext_schemas)]
     work = Path(tempfile.mkdtemp(prefix="studyhub-restore-list-"))
     items: dict[int, _Item] = {}
+    data_steps: list[RestoreStep] = []
+    actual: list[TableChecksum] = []
     try:
         if not resumed:
             p0 = time.monotonic()
@@ -975,9 +1582,19 @@ def restore_backup(
         else:
             with connect(profile, "app", database=staging, application_name="studyhub restore") as conn:
                 todo = _remaining_items(conn, keep, manifest)
+        if manifest.format_version >= 2:
+            p0 = time.monotonic()
+            post, session = _post_data_statements(archive, todo, work)
+            data_steps, actual, data_s = _restore_v2_parallel(
+                profile, staging, set_dir, manifest, post, session, jobs, settings, progress)
+            phases["data, indexes, keys, FKs, verify (wall)"] = round(time.monotonic() - p0, 3)
+            phases["  of which until all data was loaded"] = data_s
+            done_ids = {p.entry.dump_id for p in post}
+            todo = [e for e in todo if e.dump_id not in done_ids]
         p0 = time.monotonic()
         n_items = len([e for e in todo if e.desc not in ("COMMENT", "ACL")])
-        feeder = _FifoFeeder(archive) if manifest.compression.method == "zstd" else None
+        feeder = (_FifoFeeder(archive) if manifest.compression.method == "zstd"
+                  and manifest.format_version == 1 else None)
         try:
             if feeder:
                 feeder.start()
@@ -987,27 +1604,36 @@ def restore_backup(
         finally:
             if feeder:
                 feeder.close()
-        phases["data + indexes + constraints (wall)"] = round(time.monotonic() - p0, 3)
+        phases["data + indexes + constraints (wall)" if manifest.format_version == 1
+               else "sequences and the rest (wall)"] = round(time.monotonic() - p0, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    steps = [RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
+                         round((i.end or i.start) - i.start, 3)) for i in items.values()]
+    steps += data_steps
     for label, kind in (("data (busy)", "data"), ("indexes (busy)", "index"),
-                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk")):
-        busy = sum((i.end or i.start) - i.start for i in items.values()
-                   if TocEntry(0, i.desc, "", "", "").kind == kind)
+                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk"),
+                        ("verify + analyze (busy)", "verify")):
+        busy = sum(st.duration_s for st in steps if st.kind == kind)
         if busy:
             phases[label] = round(busy, 3)
-    # verify every table against the manifest; ANALYZE each on the way (fresh statistics)
-    p0 = time.monotonic()
-    tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
+    # verify every table against the manifest; ANALYZE each on the way (fresh statistics).
+    # Format 2 did both in its scheduler, as soon as each table was complete.
+    if manifest.format_version == 1:
+        p0 = time.monotonic()
+        tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
 
-    def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
-    actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
-                             after_each=analyze,
-                             methods={t.qualified: t.method for t in manifest.tables})
-    phases["verify + analyze"] = round(time.monotonic() - p0, 3)
+        actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
+                                 after_each=analyze,
+                                 methods={t.qualified: t.method for t in manifest.tables})
+        phases["verify + analyze"] = round(time.monotonic() - p0, 3)
     problems = compare_tables(manifest.tables, actual)
+    files_of = {f.qualified: f.path for f in manifest.table_files}
+    problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
+                for p in problems]
     if problems:
         raise BackupError(
             f"restored database {staging} does not match the backup: {problems[0]}"
@@ -1024,10 +1650,7 @@ def restore_backup(
     p0 = time.monotonic()
     replaced = _swap_in(profile, staging, database)
     phases["rename"] = round(time.monotonic() - p0, 3)
-    slowest = sorted(
-        (RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
-                     round((i.end or i.start) - i.start, 3)) for i in items.values()),
-        key=lambda s: -s.duration_s)[:8]
+    slowest = sorted(steps, key=lambda s: -s.duration_s)[:8]
     return RestoreResult(
         set_dir.name, profile.name, database, replaced, resumed, len(manifest.tables),
         manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,

@@ -1,11 +1,18 @@
 """The on-disk backup set: layout, manifest, checksums, verification and retention.
 
-A backup set is one directory, named ``{profile}-{database}-{YYYYmmddTHHMMSSZ}``::
+A backup set is one directory, named ``{profile}-{database}-{YYYYmmddTHHMMSSZ}``.
+Format 2 (written by ``backup create``)::
 
-    manifest.json      what the set is: versions, revision, tables (rows + checksum), files
-    dump/              a pg_dump directory-format archive: toc.dat and one file per table
-                       (``NNNN.dat.zst`` with zstd, ``NNNN.dat.gz`` with gzip, ``NNNN.dat``)
+    manifest.json      what the set is: versions, revision, tables (rows + checksum), files,
+                       and which data file holds which table (with its column list)
+    dump/              a pg_dump directory-format archive without table data: schema,
+                       sequence values (SEQUENCE SET), indexes, constraints (toc.dat)
+    data/              one file per table: its rows as ``COPY ... (FORMAT binary)``,
+                       ``<schema>.<table>.bin.zst`` (``.bin.gz`` with gzip, ``.bin`` with none)
     verified.json      written by ``backup verify`` (the only file not in the manifest)
+
+Format 1 (still restored): ``dump/`` is a complete pg_dump directory archive, with one
+``NNNN.dat[.zst|.gz]`` text-format COPY file per table, and there is no ``data/``.
 
 It is written under ``.partial-{name}-{pid}`` in the same directory, fsynced, checked against
 its manifest and only then renamed: a directory without a manifest, or under a ``.partial-``
@@ -28,9 +35,11 @@ from typing import Any, Iterable
 from studyhub.errors import StudyhubError
 from studyhub.paths import studyhub_home
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 DUMP_DIR = "dump"
+DATA_DIR = "data"
 VERIFIED = "verified.json"
 PARTIAL_PREFIX = ".partial-"
 LEDGER_FILE = "erasure-ledger.jsonl"  # the privacy erasure ledger kept beside the sets
@@ -61,6 +70,21 @@ class FileEntry:
     path: str  # relative to the set directory
     bytes: int
     sha256: str
+
+
+@dataclass
+class TableFile:
+    """Format 2: the data file holding one table's rows (binary COPY of ``columns``)."""
+
+    schema: str
+    table: str
+    path: str  # relative to the set directory
+    columns: list[str]
+    raw_bytes: int = 0  # size of the binary COPY stream before compression
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
 
 
 @dataclass
@@ -97,6 +121,8 @@ class Manifest:
     files: list[FileEntry]
     durations_s: dict[str, float] = field(default_factory=dict)
     erasure_ledger_entries: int | None = None  # entries kept beside the sets at backup time
+    server_major: int | None = None  # format 2: binary COPY restores onto this major or newer
+    table_files: list[TableFile] = field(default_factory=list)  # format 2
 
     @property
     def total_rows(self) -> int:
@@ -115,6 +141,7 @@ class Manifest:
         data["compression"] = Compression(**data["compression"])
         data["tables"] = [TableChecksum(**t) for t in data["tables"]]
         data["files"] = [FileEntry(**f) for f in data["files"]]
+        data["table_files"] = [TableFile(**f) for f in data.get("table_files") or []]
         return cls(**data)
 
 
@@ -231,10 +258,11 @@ def read_manifest(set_dir: Path) -> Manifest:
         raise BackupError(f"{set_dir.name}: {MANIFEST} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BackupError(f"{set_dir.name}: {MANIFEST} is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    if not isinstance(data, dict) or data.get("format_version") not in READABLE_FORMATS:
         raise BackupError(
             f"{set_dir.name}: unsupported manifest format "
-            f"{data.get('format_version') if isinstance(data, dict) else '?'} (expected {FORMAT_VERSION})"
+            f"{data.get('format_version') if isinstance(data, dict) else '?'} (this version "
+            f"reads formats {', '.join(map(str, READABLE_FORMATS))})"
         )
     try:
         return Manifest.from_dict(data)
