@@ -78,12 +78,13 @@ ServerWideDatabaseOpt = Annotated[str | None, typer.Option(
 
 
 def ops_connection(profile: str | None, database: str | None = None, role: str = "ops", *,
-                   sees_activity: str | None = None):
+                   sees_activity: str | None = None, application_name: str = APP_NAME):
     """The ops role's connection. ``sees_activity`` names what the command shows of other
     roles' sessions or statements: without pg_read_all_stats (pg_monitor) those are hidden, so
     the command stops with the GRANT instead of reporting all clear."""
     prof = profile_from(profile)
-    conn = connect(prof, role, database=database, autocommit=True, application_name=APP_NAME)
+    conn = connect(prof, role, database=database, autocommit=True,
+                   application_name=application_name)
     if sees_activity:
         try:
             activity.require_monitor(conn, sees_activity)

@@ -24,8 +24,7 @@ from studyhub.cli.common import (
     profile_from,
     refuse_unless_allowed,
 )
-from studyhub.cli.diag import human_s, short
-from studyhub.connect import connect
+from studyhub.cli.diag import human_s, ops_connection, short
 from studyhub.errors import RefusedError
 from studyhub.ops import activity, emergency
 from studyhub.ops.statements import parse_duration
@@ -48,14 +47,8 @@ DatabaseOpt = Annotated[str | None, typer.Option(
 def _ops(profile: str | None, database: str | None = None, *, sees_activity: str):
     """The ops role's connection; stops with the GRANT when the role cannot see other roles'
     sessions (``sees_activity``: what would otherwise look all clear)."""
-    prof = profile_from(profile)
-    conn = connect(prof, "ops", database=database, autocommit=True, application_name=APP_NAME)
-    try:
-        activity.require_monitor(conn, sees_activity)
-    except BaseException:
-        conn.close()
-        raise
-    return prof, conn
+    return ops_connection(profile, database, sees_activity=sees_activity,
+                          application_name=APP_NAME)
 
 
 @app.command()
