@@ -394,15 +394,15 @@ def test_killed_pg_dump_leaves_nothing_that_looks_complete(cluster, migrated, tm
             _ballast(conn)
         killed: list[int] = []
 
-        def killer():
+        def killer(program: str) -> None:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not killed:
-                for pid in _children_named("pg_dump"):
+                for pid in _children_named(program):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                 time.sleep(0.002)
 
-        t = threading.Thread(target=killer)
+        t = threading.Thread(target=killer, args=("pg_dump",))
         t.start()
         with pytest.raises(fmt.BackupError, match="pg_dump failed"):
             ops.create_backup(prof, out_dir=out, jobs=2)
@@ -413,16 +413,7 @@ def test_killed_pg_dump_leaves_nothing_that_looks_complete(cluster, migrated, tm
 
         # the same for a killed per-table data dump (format 2: psql COPY … TO STDOUT)
         killed.clear()
-
-        def psql_killer():
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not killed:
-                for pid in _children_named("psql"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                time.sleep(0.002)
-
-        t = threading.Thread(target=psql_killer)
+        t = threading.Thread(target=killer, args=("psql",))
         t.start()
         with pytest.raises(fmt.BackupError, match=r"dumping .*\.bin\.zst failed \(killed by signal 9\)"):
             ops.create_backup(prof, out_dir=out, jobs=2)
