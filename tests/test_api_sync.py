@@ -3,6 +3,7 @@ cursor, never skipping a review whose transaction committed after a later one.""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -46,6 +47,17 @@ def _sync(s, cursor: str | None = None, limit: int = 100) -> dict:
     return r.json()
 
 
+def _sync_settled(s, cursor: str | None = None, *, want: int, limit: int = 100) -> dict:
+    """The feed once ``want`` rows are out: another app transaction that happened to be open
+    (a probe, another test's session) holds the horizon back for as long as it runs."""
+    deadline = time.monotonic() + 20
+    while True:
+        got = _sync(s, cursor, limit)
+        if len(got["items"]) >= want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 def test_sync_pages_in_recorded_order_including_late_offline_reviews(api: RunningApi,
                                                                      full_profile):
     subject = make_subject(full_profile)
@@ -56,16 +68,16 @@ def test_sync_pages_in_recorded_order_including_late_offline_reviews(api: Runnin
     offline = _review(ada, c2, datetime.now(timezone.utc) - timedelta(days=3))
     _review(bob, _card(bob, subject, "bob's"))
 
-    page1 = _sync(ada, limit=2)
+    page1 = _sync_settled(ada, want=2, limit=2)
     assert [r["id"] for r in page1["items"]] == [first, second] and page1["more"] is True
-    page2 = _sync(ada, page1["next_cursor"], limit=2)
+    page2 = _sync_settled(ada, page1["next_cursor"], want=1, limit=2)
     assert [r["id"] for r in page2["items"]] == [offline] and page2["more"] is False
     assert page2["items"][0]["reviewed_at"] < page1["items"][0]["reviewed_at"]
     empty = _sync(ada, page2["next_cursor"])
     assert empty["items"] == [] and empty["next_cursor"] == page2["next_cursor"]
     assert ada.get("/reviews/sync", params={"cursor": "nonsense"}).status_code == 422
-    assert [r["id"] for r in _sync(bob)["items"]] != [] and \
-        {r["id"] for r in _sync(bob)["items"]}.isdisjoint({first, second, offline})
+    bobs = _sync_settled(bob, want=1)["items"]
+    assert bobs != [] and {r["id"] for r in bobs}.isdisjoint({first, second, offline})
 
 
 def test_a_review_committed_late_is_not_skipped_by_the_cursor(api: RunningApi, full_profile):
@@ -73,7 +85,7 @@ def test_a_review_committed_late_is_not_skipped_by_the_cursor(api: RunningApi, f
     s = register(api)
     card, other = _card(s, subject, "race"), _card(s, subject, "other")
     seed = _review(s, other)  # the slow writer copies this row (its FK locks card "other")
-    cursor = _sync(s)["next_cursor"]
+    cursor = _sync_settled(s, want=1)["next_cursor"]
     slow = connect_as(full_profile, "app", autocommit=False)
     try:
         # A writer that started first and commits last: its recorded_at is older than the
@@ -88,6 +100,6 @@ def test_a_review_committed_late_is_not_skipped_by_the_cursor(api: RunningApi, f
         slow.commit()
     finally:
         slow.close()
-    got = _sync(s, cursor)
+    got = _sync_settled(s, cursor, want=2)
     assert [r["id"] for r in got["items"]] == [str(slow_id), fast]
     assert got["items"][0]["recorded_at"] < got["items"][1]["recorded_at"]
