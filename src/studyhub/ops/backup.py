@@ -32,7 +32,6 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -248,6 +247,25 @@ def _session(conn: psycopg.Connection) -> None:
         conn.execute(stmt)
 
 
+def _run_threads(target: Callable[[], None], n: int) -> None:
+    """Run ``target`` on ``n`` (at least one) threads and wait for all of them; workers put
+    their exceptions in a shared list for :func:`_raise_first`."""
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(max(1, n))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _raise_first(errors: list[BaseException], what: str) -> None:
+    """Re-raise the first worker error in the caller's thread (a server error as one line)."""
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, psycopg.Error):
+            raise BackupError(f"{what} failed: {str(exc).strip().splitlines()[0]}") from None
+        raise exc
+
+
 def list_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(s, t) for s, t in conn.execute(load("get_backup_tables")).fetchall()]
 
@@ -317,16 +335,8 @@ def table_checksums(
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(tables))))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, psycopg.Error):
-            raise BackupError(f"checksum query failed: {str(exc).splitlines()[0]}") from None
-        raise exc
+    _run_threads(worker, min(jobs, len(tables)))
+    _raise_first(errors, "checksum query")
     return [results[t] for t in tables]
 
 
@@ -646,21 +656,15 @@ def _dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: st
                 if p.poll() is None:
                     p.kill()
 
-    threads = [threading.Thread(target=worker, daemon=True)
-               for _ in range(max(1, min(jobs, len(tables))))]
     try:
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _run_threads(worker, min(jobs, len(tables)))
     except BaseException:
         abort.set()
         for p in list(procs):
             if p.poll() is None:
                 p.kill()
         raise
-    if errors:
-        raise errors[0]
+    _raise_first(errors, "dumping table data")
     entries = [done[t] for t in tables]
     return [e[0] for e in entries], [e[1] for e in entries], round(time.monotonic() - t0, 3)
 
@@ -1481,16 +1485,8 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
                 cond.notify_all()
 
     progress(ProgressEvent("data", 0, total))
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, total)))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, psycopg.Error):
-            raise BackupError(f"restoring table data failed: {str(exc).strip().splitlines()[0]}") from None
-        raise exc
+    _run_threads(worker, min(jobs, total))
+    _raise_first(errors, "restoring table data")
     return steps, [sums[t.qualified] for t in manifest.tables], round(data_done_at[0] - t0, 3)
 
 def restore_backup(
