@@ -99,7 +99,7 @@ def main() -> None:
         reapply_s.append(last.erasures.duration_s)
     e = last.erasures
     plain, full, reapply = (statistics.median(x) for x in (plain_s, full_s, reapply_s))
-    print(f"\n1. fork at a point in time (restore + verify + replay + promote + verification)")
+    print("\n1. fork at a point in time (restore + verify + replay + promote + verification)")
     print(f"   without the ledger (--no-reapply-erasures)  {plain:6.2f} s")
     print(f"   with the ledger re-applied (default)        {full:6.2f} s   of which re-apply "
           f"{reapply:.2f} s")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from studyhub.audit import read_audit
-from studyhub.dashboard import charts, optional
+from studyhub.dashboard import charts
 from studyhub.dashboard.capture import capture_profile
 from studyhub.dashboard.context import view_profile
 from studyhub.dashboard.settings import DashboardSettings

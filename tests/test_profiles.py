@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from studyhub.errors import ConfigError
 from studyhub.profiles import read_secrets_file, resolve_profile
-from tests.conftest import make_home
 
 
 @pytest.fixture

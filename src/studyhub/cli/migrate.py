@@ -312,7 +312,7 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
         console.print(f"[bold]{f.revision}{direction}[/] {escape(f.path)} ({where})")
         table = f" on {f.table}{_table_note(f.table_rows, f.table_bytes)}" if f.table else ""
         console.print(f"  [{colour}]{f.severity.upper()}[/] {f.rule}{escape(table)}"
-                      + (f" [dim](squawk)[/]" if f.source == "squawk" else ""))
+                      + (" [dim](squawk)[/]" if f.source == "squawk" else ""))
         if f.statement:
             text = f.statement if len(f.statement) <= 200 else f.statement[:197] + "…"
             console.print(f"  [dim]{escape(text)}[/]")
