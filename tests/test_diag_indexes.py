@@ -4,6 +4,7 @@ CREATE INDEX CONCURRENTLY that cleans up after itself."""
 from __future__ import annotations
 
 import pytest
+from psycopg.rows import dict_row
 
 from studyhub.ops import indexes
 from tests.conftest import connect_as
@@ -175,16 +176,82 @@ def test_create_index_refuses_a_transaction_and_the_pooler(with_pooler, orders_d
             indexes.create_index(pooled, "orders", ["status"], pooler_ports={profile.pooler_port})
 
 
+# pg_stat_progress_create_index's phases of CREATE INDEX CONCURRENTLY, in the order they run
+CONCURRENT_BUILD_PHASES = (
+    "initializing", "waiting for writers before build", "building index",
+    "waiting for writers before validation", "index validation: scanning index",
+    "index validation: sorting tuples", "index validation: scanning table",
+    "waiting for old snapshots",
+)
+
+
+def _phase_rank(phase: str) -> int:
+    # "building index: scanning table", "building index: sorting live tuples", ... (per access method)
+    return CONCURRENT_BUILD_PHASES.index("building index" if phase.startswith("building index")
+                                         else phase)
+
+
 def test_create_index_reports_progress(profile, orders_db):
-    seen = []
-    with connect_as(profile, "app", orders_db) as conn:
-        result = indexes.create_index(
-            conn, "orders", ["note", "status"],
-            monitor=lambda: connect_as(profile, "ops", orders_db),
-            progress=seen.append, poll_s=0.01)
-    assert result.is_valid
-    # the build may be too quick to sample on a fast machine; when sampled, phases are real
-    assert all(p.phase for p in seen)
+    """The build is held in two of its waiting phases by real sessions (a writer still in its
+    transaction, a reader with its snapshot open) until the progress callback has reported each:
+    no race with a build that may finish before the first poll."""
+    import threading
+
+    seen: list[indexes.BuildProgress] = []
+    outcome: dict[str, object] = {}
+    writer = connect_as(profile, "app", orders_db, autocommit=False)
+    reader = connect_as(profile, "app", orders_db, autocommit=False)
+    builder = connect_as(profile, "app", orders_db)
+    build_pid = builder.info.backend_pid
+
+    def build() -> None:
+        try:
+            outcome["result"] = indexes.create_index(
+                builder, "orders", ["note", "status"], lock_timeout="300s", retries=0,
+                monitor=lambda: connect_as(profile, "ops", orders_db),
+                progress=seen.append, poll_s=0.01)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            outcome["error"] = exc
+
+    def reported(phase: str) -> bool:
+        return any(p.phase == phase for p in seen)
+
+    thread = threading.Thread(target=build, daemon=True)
+    try:
+        # a writer: the build waits for its transaction before it starts
+        writer.execute("INSERT INTO orders VALUES (999997, 1, 1, 'still open')")
+        # a snapshot older than the build's: it waits for that before marking the index valid
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM customers")
+        thread.start()
+        # the upper bounds only guard against hanging; each phase lasts until it is released
+        wait_for(lambda: reported("waiting for writers before build"), timeout=60,
+                 what="progress to report the wait for the open writer")
+        writer.commit()
+        wait_for(lambda: reported("waiting for old snapshots"), timeout=60,
+                 what="progress to report the wait for the old snapshot")
+        # what was reported is what the server shows for the build while it is held there
+        with connect_as(profile, "admin", orders_db, row_factory=dict_row) as c:
+            server = c.execute(
+                "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
+                "FROM pg_stat_progress_create_index WHERE pid = %s", (build_pid,)).fetchone()
+        assert server is not None and server["phase"] == "waiting for old snapshots"
+        assert seen[-1] == indexes.BuildProgress(**server)
+    finally:
+        writer.rollback()
+        reader.rollback()  # releases the build
+        if thread.is_alive():
+            thread.join(60)
+        for c in (writer, reader, builder):
+            c.close()
+    assert not thread.is_alive(), "the build did not finish once its waits were released"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    result = outcome["result"]
+    assert result.is_valid and result.is_ready and not result.already_existed
+    # every report is a real phase of a concurrent build, in the order the server runs them
+    ranks = [_phase_rank(p.phase) for p in seen]
+    assert ranks == sorted(ranks), [p.phase for p in seen]
 
 
 def test_index_bloat_is_estimated_after_mass_deletes(profile, fresh_db):
