@@ -3,6 +3,7 @@ real dashboard server on a free loopback port, and the browser's launch settings
 
 from __future__ import annotations
 
+import os
 import threading
 
 import psycopg
@@ -52,7 +53,9 @@ class Workload:
 
 
 # ------------------------------------------------------------------ a real server, a real browser
-CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium (scripts/bootstrap.sh --tests installs it); STUDYHUB_TEST_CHROMIUM points
+# the tests at another build (tests/test_needs.py points it at nothing)
+CHROMIUM = os.environ.get("STUDYHUB_TEST_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -166,7 +166,7 @@ def test_exhausted_port_range_is_one_clear_error(own_cluster, monkeypatch):
             own_cluster.up()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs a separate server user (root only)")
+@pytest.mark.needs(os.geteuid() == 0, "needs a separate server user (root only)")
 def test_unreachable_home_is_explained(monkeypatch):
     parent = make_home("studyhub-closed-")
     try:
