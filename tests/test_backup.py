@@ -148,7 +148,7 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
     assert {t.qualified: t.rows for t in manifest.tables} == expected
     assert manifest.alembic_revision == migrate.heads()
     assert manifest.direct and manifest.compression.method == "zstd"
-    assert all(f.sha256 and f.bytes > 0 for f in manifest.files)
+    assert manifest.files and all(f.sha256 and f.bytes > 0 for f in manifest.files)
     methods = {t.qualified: t.method for t in manifest.tables}
     assert methods["ops.unhashable"] == "text-hash" and methods["public.notes"] == "record-hash"
     assert manifest.format_version == fmt.FORMAT_VERSION == 2
@@ -212,7 +212,8 @@ def test_gzip_and_uncompressed_sets_restore_too(cluster, source, backup_dir):
         res = ops.create_backup(source, out_dir=backup_dir, jobs=1,
                                 compression=ops.parse_compression(compression))
         suffix = {"gzip:1": ".bin.gz", "none": ".bin"}[compression]
-        assert all(f.path.endswith(suffix) for f in fmt.read_manifest(Path(res.path)).table_files)
+        table_files = fmt.read_manifest(Path(res.path)).table_files
+        assert table_files and all(f.path.endswith(suffix) for f in table_files)
         target = f"bk_gz_{uuid.uuid4().hex[:8]}"
         try:
             ops.restore_backup(Path(res.path), source, target, jobs=1, reapply_erasures=False)

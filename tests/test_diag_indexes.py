@@ -186,7 +186,7 @@ CONCURRENT_BUILD_PHASES = (
 
 
 def _phase_rank(phase: str) -> int:
-    # "building index: scanning table", "building index: sorting live tuples", ... (per access method)
+    # "building index: scanning table", "building index: sorting live tuples", ... (per method)
     return CONCURRENT_BUILD_PHASES.index("building index" if phase.startswith("building index")
                                          else phase)
 

@@ -139,7 +139,8 @@ def test_export_holds_every_row_of_the_person_and_nothing_of_others(migrated, pd
     with connect_as(migrated, "app", pdb) as conn:
         expected = {t: person_rows(conn, t, me) for t in PERSONAL_TABLES}
         student_tables = tables_with_student_id(conn)
-    assert set(student_tables) <= set(PERSONAL_TABLES)  # every table that points at students
+    # every table that points at students
+    assert student_tables and set(student_tables) <= set(PERSONAL_TABLES)
     assert all(n > 0 for n in expected.values())
     assert result.rows_by_table == expected
 
@@ -150,6 +151,7 @@ def test_export_holds_every_row_of_the_person_and_nothing_of_others(migrated, pd
         assert {f"csv/{t}.csv" for t in PERSONAL_TABLES} <= names
         blob = b"".join(zf.read(n) for n in names if n != "README.txt")
         manifest = json.loads(zf.read("manifest.json"))
+        assert {f["name"] for f in manifest["files"]} == names - {"manifest.json"}
         for f in manifest["files"]:
             data = zf.read(f["name"])
             assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["bytes"]

@@ -264,7 +264,8 @@ def test_seeding_an_empty_database_rebuilds_keys_exactly_and_freezes_rows(profil
     assert report.differences == [] and not report.drift
     untouched = make_db()
     assert keys_and_indexes(profile, db) == keys_and_indexes(profile, untouched)
-    assert all(validated is not False for *_, validated in keys_and_indexes(profile, db))
+    keys = keys_and_indexes(profile, db)
+    assert keys and all(validated is not False for *_, validated in keys)
     # COPY FREEZE into the truncated tables leaves every page all-visible
     pages = query(profile, db, "SELECT relpages, relallvisible FROM pg_class"
                                " WHERE relname = 'flashcard_reviews'")[0]
@@ -435,5 +436,6 @@ def test_the_seeder_sets_every_column_of_the_models():
     from studyhub.db.models import Base
     from studyhub.ops.seed_rows import TABLE_COLUMNS
 
+    assert set(TABLE_COLUMNS) == set(SEEDED_TABLES)  # every seeded table is checked
     for table, columns in TABLE_COLUMNS.items():
         assert set(columns) == set(Base.metadata.tables[table].columns.keys()), table
