@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 
 PG_SIZES = ["db-s-1vcpu-1gb", "db-s-1vcpu-2gb", "db-s-2vcpu-4gb", "db-s-4vcpu-8gb",
             "db-s-6vcpu-16gb", "db-s-8vcpu-32gb"]
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")  # whole names: fullmatch
 ERROR_IDS = {401: "unauthorized", 404: "not_found", 422: "unprocessable_entity",
              429: "too_many_requests", 500: "server_error", 502: "bad_gateway",
              503: "service_unavailable", 504: "gateway_timeout"}
@@ -240,7 +240,7 @@ class FakeDigitalOcean:
                 if key not in body:
                     return fake._error(422, f"{key} is required")
             name = body["name"]
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 return fake._error(422, "name must be 3-63 lowercase letters, digits, hyphens")
             if any(c["name"] == name for c in fake.clusters.values()):
                 return fake._error(422, "cluster name is already in use")
@@ -327,7 +327,7 @@ class FakeDigitalOcean:
                 return c
             body = await request.json()
             name = body.get("name", "")
-            if not NAME_RE.match(name) or "size" not in body:
+            if not NAME_RE.fullmatch(name) or "size" not in body:
                 return fake._error(422, "name (3-63 lowercase) and size are required")
             if name in fake.replicas[cid]:
                 return fake._error(422, "replica name is already in use")

@@ -394,3 +394,18 @@ def test_a_fork_that_cannot_be_reached_for_the_erasure_ledger_fails_loudly(cli, 
               "--poll-interval", "0", "--no-reapply-erasures")
     assert res.exit_code == 0, res.stderr
     assert "erasure ledger NOT re-applied" in res.stderr
+
+
+@pytest.mark.parametrize("args,refusal", [
+    (["fork", "--at", "now", "--name", "staging-restore\n", "--poll-interval", "0.01"],
+     "invalid fork name"),
+    (["replica", "add", "--name", "staging-replica\n", "--poll-interval", "0.01"],
+     "invalid replica name"),
+    (["pool", "add", "--name", "backend-pool\n"], "invalid pool name"),
+], ids=["fork", "replica", "pool"])
+def test_a_name_with_a_trailing_newline_is_refused_before_any_change(cli, do, args, refusal):
+    """Names are checked whole (re.fullmatch): "$" would let a trailing newline through."""
+    res = run(cli, *args, "--yes")
+    assert res.exit_code == 1, res.stdout
+    assert refusal in res.stderr
+    assert do.fake.sent("POST") == []

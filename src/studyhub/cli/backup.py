@@ -9,6 +9,7 @@ from typing import Annotated, Iterator
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.audit import write_audit
 from studyhub.cli.common import (
@@ -43,8 +44,8 @@ def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn]:
     if not enabled:
         yield lambda _event: None
         return
-    columns = (TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-               TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<14}", markup=False), BarColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -83,7 +84,7 @@ def create(
     if json_:
         print_json(result)
         return
-    console.print(f"[green]backup set complete[/] {result.path}")
+    console.print(Text.assemble(("backup set complete", "green"), f" {result.path}"))
     console.print(f"  {result.tables} tables, {result.rows:,} rows, {human_bytes(result.bytes)} "
                   f"({result.compression}, {result.jobs} jobs) in {result.duration_s:.1f} s")
     console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.durations_s.items()))
@@ -106,21 +107,22 @@ def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
         table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left",
                          no_wrap=col in ("status", "verified"))
     for s in sets:
-        status = "[green]complete[/]" if s.status == "complete" else f"[yellow]{s.status}[/]"
-        verified = "-"
+        status = Text(s.status, style="green" if s.status == "complete" else "yellow")
+        verified = Text("-")
         if s.verified:
-            verified = ("[green]ok[/]" if s.verified.get("ok") else "[red]FAILED[/]") + \
-                (" (restored)" if s.verified.get("restored") else " (files)")
+            verified = Text.assemble(
+                ("ok", "green") if s.verified.get("ok") else ("FAILED", "red"),
+                " (restored)" if s.verified.get("restored") else " (files)")
         table.add_row(s.name, status, ", ".join(s.alembic_revision or []),
                       str(s.tables or ""), f"{s.rows:,}" if s.rows is not None else "",
                       human_bytes(s.bytes), s.compression or "", verified)
     console.print(table)
     for s in sets:
         if s.status != "complete":
-            console.print(f"[yellow]{s.name}[/]: {s.problem}", markup=True)
+            console.print(Text.assemble((s.name, "yellow"), f": {s.problem}"))
     if any(s.status == "incomplete" for s in sets):
-        console.print("[yellow]incomplete entries are leftovers of interrupted backups; "
-                      "`studyhub backup prune` removes them[/]")
+        console.print(Text("incomplete entries are leftovers of interrupted backups; "
+                           "`studyhub backup prune` removes them", style="yellow"))
 
 
 @app.command()
@@ -143,11 +145,12 @@ def verify(
         what = f"{result.files_checked} files ({human_bytes(result.bytes_checked)}) match the manifest"
         if result.restored:
             what += f"; restored and all {result.tables_checked} tables match rows and checksums"
-        console.print(f"[green]ok[/] {result.name}: {what} ({result.duration_s:.1f} s)")
+        console.print(Text.assemble(("ok", "green"),
+                                    f" {result.name}: {what} ({result.duration_s:.1f} s)"))
     else:
-        console.print(f"[red]FAILED[/] {result.name}:")
+        console.print(Text.assemble(("FAILED", "red"), f" {result.name}:"))
         for p in result.problems:
-            console.print(f"  {p}", markup=False)
+            console.print(f"  {p}")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -174,9 +177,11 @@ def restore(
     action = (f"restore {path.name} into {database}"
               + (" replacing the existing database (kept, renamed)" if replace else ""))
     refuse_unless_allowed(prof, action)
-    (err_console if json_ else console).print(f"[bold]would restore[/] {path.name} ({len(manifest.tables)} tables, "
-                  f"{manifest.total_rows:,} rows, revision {', '.join(manifest.alembic_revision) or '-'}) "
-                  f"into {prof.name}/{database}" + (" [bold red]replacing it[/]" if replace else ""))
+    (err_console if json_ else console).print(Text.assemble(
+        ("would restore", "bold"),
+        f" {path.name} ({len(manifest.tables)} tables, {manifest.total_rows:,} rows, revision "
+        f"{', '.join(manifest.alembic_revision) or '-'}) into {prof.name}/{database}",
+        (" replacing it", "bold red") if replace else ""))
     if dry_run:
         return
     confirm_destructive(prof, action, yes=yes)
@@ -193,12 +198,15 @@ def restore(
 
 
 def render_restore(result: ops.RestoreResult) -> None:
-    console.print(f"[green]restored[/] {result.set_name} into {result.profile}/{result.database}: "
-                  f"{result.tables} tables, {result.rows:,} rows, all verified "
-                  f"in {result.duration_s:.1f} s" + (" (resumed)" if result.resumed else ""))
+    console.print(Text.assemble(
+        ("restored", "green"),
+        f" {result.set_name} into {result.profile}/{result.database}: {result.tables} tables, "
+        f"{result.rows:,} rows, all verified in {result.duration_s:.1f} s"
+        + (" (resumed)" if result.resumed else "")))
     if result.replaced:
-        console.print(f"  the previous database is kept as [bold]{result.replaced}[/] "
-                      "(drop it once you are satisfied)")
+        console.print(Text.assemble("  the previous database is kept as ",
+                                    (result.replaced, "bold"),
+                                    " (drop it once you are satisfied)"))
     table = Table(title="where the time went", title_justify="left")
     table.add_column("phase")
     table.add_column("seconds", justify="right")
@@ -207,7 +215,7 @@ def render_restore(result: ops.RestoreResult) -> None:
     console.print(table)
     if result.slowest_steps:
         console.print("  slowest steps: " + ", ".join(
-            f"{s.name} {s.duration_s:.1f} s" for s in result.slowest_steps[:5]), markup=False)
+            f"{s.name} {s.duration_s:.1f} s" for s in result.slowest_steps[:5]))
     render_erasures(result.erasures)
 
 
@@ -235,8 +243,9 @@ def import_(
     prof = profile_from(profile)
     action = f"import {file.name} into a new database {database}"
     refuse_unless_allowed(prof, action)
-    (err_console if json_ else console).print(f"[bold]would import[/] {file} ({human_bytes(file.stat().st_size) if file.exists() else 'missing'}) "
-                  f"into {prof.name}/{database}")
+    size = human_bytes(file.stat().st_size) if file.exists() else "missing"
+    (err_console if json_ else console).print(Text.assemble(
+        ("would import", "bold"), f" {file} ({size}) into {prof.name}/{database}"))
     if dry_run:
         return
     confirm_destructive(prof, action, yes=yes)
@@ -247,8 +256,9 @@ def import_(
     if json_:
         print_json(result)
         return
-    console.print(f"[green]imported[/] {file.name} into {prof.name}/{database}: {result.tables} "
-                  f"tables, {result.rows:,} rows in {result.duration_s:.1f} s")
+    console.print(Text.assemble(("imported", "green"),
+                                f" {file.name} into {prof.name}/{database}: {result.tables} "
+                                f"tables, {result.rows:,} rows in {result.duration_s:.1f} s"))
     if result.skipped_statements:
         console.print("  left out: " + ", ".join(f"{n} {k}" for k, n in result.skipped_statements.items()))
     table = Table(title_justify="left")
@@ -282,7 +292,8 @@ def prune(
             table.add_column(col)
         for d in plan.decisions:
             table.add_row(d.name, (d.created_at or "")[:19],
-                          "[green]keep[/]" if d.keep else "[red]delete[/]", "; ".join(d.reasons))
+                          Text("keep", style="green") if d.keep else Text("delete", style="red"),
+                          "; ".join(d.reasons))
         console.print(table)
         console.print(f"{len(plan.to_delete)} to delete, {human_bytes(plan.freed_bytes)} freed")
     if dry_run or not plan.to_delete:

@@ -13,8 +13,8 @@ import json
 from typing import Annotated, Any, Callable
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.audit import write_audit
 from studyhub.errors import StudyhubError
@@ -56,16 +56,16 @@ PollOpt = Annotated[float, typer.Option("--poll-interval",
 # ------------------------------------------------------------------------ rendering
 def render_plan(plan: ops.Plan, *, dry_run: bool) -> None:
     where = "local cluster" if plan.provider == "local" else f"DigitalOcean cluster {plan.cluster}"
-    console.print(f"[bold]{escape(plan.action)}[/] on {escape(where)}:")
+    console.print(Text.assemble((plan.action, "bold"), f" on {where}:"))
     for line in plan.summary:
-        console.print(f"  • {escape(line)}")
+        console.print(f"  • {line}")
     for line in plan.warnings:
-        console.print(f"  [yellow]! {escape(line)}[/]")
+        console.print(Text(f"  ! {line}", style="yellow"))
     if plan.requests:
         console.print("  API requests:" if not dry_run else "  API requests it would send:")
         for r in plan.requests:
             body = f" {json.dumps(r.body, separators=(',', ':'))}" if r.body is not None else ""
-            console.print(f"    {r.method} {escape(r.path)}{escape(body)}", soft_wrap=True)
+            console.print(f"    {r.method} {r.path}{body}", soft_wrap=True)
     if dry_run:
         console.print("dry run: nothing was sent or changed"
                       if plan.provider != "local" else "dry run: nothing was changed")
@@ -99,8 +99,9 @@ def _change(
         confirm_destructive(prof, f"cluster {plan.action}", yes=yes)
     action = f"cluster.{plan.action.replace(' ', '.')}"
     try:
-        with err_console.status(f"{plan.action}…") as spinner:
-            result = run_fn(backend, plan, lambda msg: spinner.update(escape(msg)))
+        # a spinner's text is parsed as markup unless it is a Text
+        with err_console.status(Text(f"{plan.action}…")) as spinner:
+            result = run_fn(backend, plan, lambda msg: spinner.update(Text(msg)))
     except BaseException as exc:
         # The change may have been sent before it failed (a fork created, then the wait timed
         # out): the attempt is on record either way. Our errors carry no secrets; others are
@@ -138,7 +139,7 @@ def render_forks(forks: list[ops.Fork]) -> None:
     t = _table("forks", "name", "status", "as of", "where", "connect (no password)")
     for f in forks:
         where = f"{f.host}:{f.port}" if f.host else "-"
-        t.add_row(f.name, f.status, iso(f.target_time), where, escape(f.url or "-"))
+        t.add_row(f.name, f.status, iso(f.target_time), where, f.url or "-")
     console.print(t)
 
 
@@ -146,7 +147,7 @@ def render_verification(v: ops.Verification | None) -> None:
     if v is None:
         return
     if v.error:
-        console.print(f"[yellow]verification skipped: {escape(v.error)}[/]")
+        console.print(Text(f"verification skipped: {v.error}", style="yellow"))
         return
     t = _table(f"verification · database {v.database}", "table", "rows", "newest", "column")
     for c in v.tables:
@@ -160,7 +161,8 @@ def render_fork_erasures(e: ops.ForkErasures | None) -> None:
     if e is None:
         return
     if e.status == "skipped":
-        console.print("  [bold red]erasure ledger: NOT re-applied (--no-reapply-erasures)[/]")
+        console.print(Text("  erasure ledger: NOT re-applied (--no-reapply-erasures)",
+                           style="bold red"))
     elif e.status == "no-ledger":
         console.print("  erasure ledger: no erasures recorded")
     else:
@@ -168,8 +170,7 @@ def render_fork_erasures(e: ops.ForkErasures | None) -> None:
                       f"were in the fork and were erased again ({e.rows_deleted:,} rows), "
                       f"{e.already_absent} already absent; verified ({e.duration_s:.2f} s)")
     if e.sources:
-        console.print("    sources: " + escape(", ".join(f"{k}: {v}"
-                                                         for k, v in e.sources.items())))
+        console.print("    sources: " + ", ".join(f"{k}: {v}" for k, v in e.sources.items()))
 
 
 # ------------------------------------------------------------------------- reads
@@ -182,9 +183,10 @@ def info(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
         print_json(result)
         return
     head = f"{result.provider} cluster {result.name}" + (f" ({result.id})" if result.id else "")
-    console.print(f"[bold]{escape(head)}[/]: {result.status}, PostgreSQL {result.version or '-'}")
+    console.print(Text.assemble((head, "bold"),
+                                f": {result.status}, PostgreSQL {result.version or '-'}"))
     if result.size:
-        console.print(f"  size: {escape(result.size)}"
+        console.print(f"  size: {result.size}"
                       + (f", {result.num_nodes} node(s)" if result.provider != "local" else "")
                       + (f", {result.region}" if result.region else ""))
     if result.maintenance_window:
@@ -193,7 +195,7 @@ def info(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     t = _table("nodes", "role", "name", "host:port", "status", "detail")
     for n in result.nodes:
         t.add_row(n.role, n.name, f"{n.host}:{n.port}" if n.host else "-", n.status,
-                  escape(n.detail or ""))
+                  n.detail or "")
     console.print(t)
     if result.replicas:
         _render_replicas(result.replicas)
@@ -208,11 +210,11 @@ def info(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     if result.pools:
         _render_pools(result.pools)
     console.print(f"  backups: {result.backups_count}, latest {iso(result.latest_backup_at)}; "
-                  f"recoverable window: {escape(render_window(result.window))}")
+                  f"recoverable window: {render_window(result.window)}")
     if result.forks:
         render_forks(result.forks)
     for note in result.notes:
-        console.print(f"  [yellow]! {escape(note)}[/]")
+        console.print(Text(f"  ! {note}", style="yellow"))
 
 
 @app.command()
@@ -230,20 +232,20 @@ def backups(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
                   b.label or "")
     console.print(t)
     if result.schedule:
-        console.print(f"schedule: {escape(result.schedule)}")
+        console.print(f"schedule: {result.schedule}")
     if result.in_progress:
         console.print(f"backup in progress: {result.in_progress}")
     a = result.wal_archive
     if a is not None:
-        console.print(f"WAL archive {escape(a.directory)}: {a.segments} segment(s), "
+        console.print(f"WAL archive {a.directory}: {a.segments} segment(s), "
                       f"{human_bytes(a.total_bytes)}, {a.first_segment or '-'} … "
                       f"{a.last_segment or '-'}; newest transaction {iso(a.last_commit_at)}")
         if a.archiver_failed_count:
-            console.print(f"[red]archiving failed {a.archiver_failed_count} time(s), last "
-                          f"{a.last_failed_wal} at {iso(a.last_failed_at)}[/]")
+            console.print(Text(f"archiving failed {a.archiver_failed_count} time(s), last "
+                               f"{a.last_failed_wal} at {iso(a.last_failed_at)}", style="red"))
         if a.gaps:
-            console.print(f"[red]missing WAL segments: {', '.join(a.gaps)}[/]")
-    console.print(f"recoverable window: {escape(render_window(result.window))}")
+            console.print(Text(f"missing WAL segments: {', '.join(a.gaps)}", style="red"))
+    console.print(f"recoverable window: {render_window(result.window)}")
 
 
 # ------------------------------------------------------------------- base backup
@@ -265,7 +267,7 @@ def basebackup(
 
     def render(b: ops.Backup) -> None:
         console.print(f"base backup {b.label}: {human_bytes(b.size_bytes)}, "
-                      f"{iso(b.created_at)} … {iso(b.finished_at)}, in {escape(b.path or '')}")
+                      f"{iso(b.created_at)} … {iso(b.finished_at)}, in {b.path or ''}")
 
     _change(profile, lambda b, dry: b.basebackup_plan(keep, offline=dry), run, dry_run=dry_run,
             yes=yes, json_=json_, render=render,
@@ -302,8 +304,9 @@ def fork(
 
     def render(r: ops.ForkResult) -> None:
         f = r.fork
-        console.print(f"[green]fork {escape(f.name)} is {f.status}[/] "
-                      f"({f.provider}, {f.host}:{f.port}) after {r.duration_s:.1f} s")
+        console.print(Text.assemble((f"fork {f.name} is {f.status}", "green"),
+                                    f" ({f.provider}, {f.host}:{f.port}) after "
+                                    f"{r.duration_s:.1f} s"))
         console.print(f"  requested point in time: {iso(f.target_time or when, 'milliseconds')}")
         if r.recovered_to or r.first_excluded_at:
             included = (iso(r.recovered_to, "milliseconds") if r.recovered_to else
@@ -311,7 +314,7 @@ def fork(
                         "target)")
             console.print(f"  last transaction included: {included}; "
                           f"first left out: {iso(r.first_excluded_at, 'milliseconds')}")
-        console.print(f"  connect: {escape(f.url or '-')}", soft_wrap=True)
+        console.print(f"  connect: {f.url or '-'}", soft_wrap=True)
         render_verification(r.verification)
         render_fork_erasures(r.erasures)
 
@@ -327,10 +330,11 @@ def fork(
                                                 reapply_erasures=reapply),
             run, dry_run=dry_run, yes=yes, json_=json_, render=render, audit=audit)
     if no_reapply_erasures and not dry_run:
-        err_console.print(f"[bold red]! erasure ledger NOT re-applied (--no-reapply-erasures): "
-                          f"fork {escape(name)} may hold people erased after {iso(when)}; "
-                          f"before anyone uses it: studyhub privacy reapply-erasures --fork "
-                          f"{escape(name)}{' --profile ' + escape(profile) if profile else ''}[/]")
+        err_console.print(Text(
+            f"! erasure ledger NOT re-applied (--no-reapply-erasures): fork {name} may hold "
+            f"people erased after {iso(when)}; before anyone uses it: studyhub privacy "
+            f"reapply-erasures --fork {name}{' --profile ' + profile if profile else ''}",
+            style="bold red"))
 
 
 @forks_app.command("list")
@@ -352,7 +356,7 @@ def forks_remove(
     _change(profile, lambda b, dry: b.fork_remove_plan(name, offline=dry),
             lambda b, plan, progress: b.fork_remove(plan), dry_run=dry_run, yes=yes,
             json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"fork {escape(name)}: {r.status}"))
+            render=lambda r: console.print(f"fork {name}: {r.status}"))
 
 
 @forks_app.command("stop")
@@ -435,7 +439,7 @@ def replica_remove(
     _change(profile, lambda b, dry: b.replica_remove_plan(name, offline=dry),
             lambda b, plan, progress: b.replica_remove(plan), dry_run=dry_run, yes=yes,
             json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"replica {escape(name)}: {r.status}"))
+            render=lambda r: console.print(f"replica {name}: {r.status}"))
 
 
 # ------------------------------------------------------------------------ resize
@@ -477,7 +481,7 @@ def _render_pools(pools: list[ops.Pool]) -> None:
 
 @pool_app.command("list")
 def pool_list(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
-    """Connection pools (local: PgBouncer [databases] entries)."""
+    r"""Connection pools (local: PgBouncer \[databases] entries)."""  # \[: literal in --help
     result = ops.backend_for(profile_from(profile)).pools()
     if json_:
         print_json(result)
@@ -523,4 +527,4 @@ def pool_remove(
     _change(profile, lambda b, dry: b.pool_remove_plan(name, offline=dry),
             lambda b, plan, progress: b.pool_remove(plan), dry_run=dry_run, yes=yes,
             json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"pool {escape(name)}: {r.status}"))
+            render=lambda r: console.print(f"pool {name}: {r.status}"))

@@ -18,8 +18,12 @@ from rich.console import Console
 from studyhub.errors import RefusedError
 from studyhub.profiles import Profile, resolve_profile
 
-console = Console()
-err_console = Console(stderr=True)
+# Text reaches these consoles verbatim: no Rich markup ("[red]", "[/]", "[link=…]") and no
+# emoji codes (":warning:") are interpreted, so names, ids, SQL, paths and error messages that
+# come from a person, a database, a file or a server print literally and cannot break or
+# restyle the output. Style on purpose with rich.text.Text (Text.assemble, Text(..., style=)).
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 ProfileOpt = Annotated[
     str | None,

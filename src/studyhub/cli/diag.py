@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -102,7 +101,7 @@ def doctor(
     json_: JsonOpt = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a threshold, e.g. --set long_queries.warn_s=30 (repeatable; "
-                      "defaults and [doctor] in studyhub.toml: docs/diag.md).")] = None,
+                      r"defaults and \[doctor] in studyhub.toml: docs/diag.md).")] = None,
     check: Annotated[list[str] | None, typer.Option(
         "--check", help="Run only this check (repeatable).")] = None,
     no_fail: Annotated[bool, typer.Option(
@@ -117,8 +116,8 @@ def doctor(
     if json_:
         print_json(report)
     else:
-        table = Table(title=f"doctor · {prof.name}/{report.database}: "
-                            f"[{STATUS_STYLE[report.status]}]{report.status}[/]",
+        table = Table(title=Text.assemble(f"doctor · {prof.name}/{report.database}: ",
+                                          (report.status, STATUS_STYLE[report.status])),
                       title_justify="left")
         table.add_column("status", no_wrap=True)
         table.add_column("check", ratio=2)
@@ -199,7 +198,7 @@ def slow_queries(
             f"I/O {human_s(s['io_ms'] / 1000)} · {s['role']} · queryid {s['queryid']}"))
         console.print(Text("       " + short(s["query"], 300), style="dim"))
     for note in report.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}")
+        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"))
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -234,12 +233,11 @@ def indexes_cmd(
     rows = [*report.invalid, *report.duplicate, *report.missing, *report.bloat, *report.unused]
     for f in rows:
         fix = f.fix_sql or f.details.get("hint", "")
-        table.add_row(f.kind, f.table, f.index or "-", human_bytes(f.size_bytes),
-                      escape(f.reason), escape(fix))
+        table.add_row(f.kind, f.table, f.index or "-", human_bytes(f.size_bytes), f.reason, fix)
     for fk in report.foreign_keys_without_index:
         table.add_row("fk without index", fk.table, "-", human_bytes(fk.table_bytes),
-                      escape(f"{fk.constraint} ({', '.join(fk.columns)}) → {fk.referenced_table}"),
-                      escape(fk.fix_sql))
+                      f"{fk.constraint} ({', '.join(fk.columns)}) → {fk.referenced_table}",
+                      fk.fix_sql)
     if not rows and not report.foreign_keys_without_index:
         console.print(f"indexes · {prof.name}/{report.database}: nothing to fix")
         return
@@ -283,7 +281,8 @@ def build_index(prof, table, columns, *, name=None, lock_timeout="5s", retries=3
     pooler_ports = {prof.pooler_port} if prof.pooler_port else set()
     with connect(prof, "app", database=database, autocommit=True,
                  application_name="studyhub create-index") as conn:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                      TaskProgressColumn(),
                       TimeElapsedColumn(), console=err_console, transient=True,
                       disable=quiet) as bar:
             task = bar.add_task(f"CREATE INDEX CONCURRENTLY {iname}", total=None)
@@ -336,7 +335,7 @@ def connections(
     for col in (by, "total", "active", "idle", "idle in xact", "other", "ssl"):
         table.add_column(col, justify="left" if col == by else "right")
     for g in report.groups:
-        table.add_row(escape(g.key), str(g.total), str(g.active), str(g.idle),
+        table.add_row(g.key, str(g.total), str(g.active), str(g.idle),
                       str(g.idle_in_transaction), str(g.other), str(g.ssl))
     console.print(table)
     if report.pools is not None:
@@ -350,7 +349,7 @@ def connections(
                           human_s(p.max_wait_s))
         console.print(pools)
     if report.pooler_note:
-        err_console.print(f"[yellow]note:[/] {escape(report.pooler_note)}")
+        err_console.print(Text.assemble(("note:", "yellow"), f" {report.pooler_note}"))
 
 
 @app.command()
@@ -370,18 +369,18 @@ def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
         return
     tree = Tree(f"locks · {prof.name}: {sum(1 + r.count() for r in roots)} sessions involved")
 
-    def label(n: activity.LockNode) -> str:
-        head = f"[bold]{n.pid}[/] {escape(n.role or '?')}@{escape(n.database or '?')} " \
-               f"{escape(n.application)} [{n.state}]"
+    def label(n: activity.LockNode) -> Text:
+        head = Text.assemble((str(n.pid), "bold"),
+                             f" {n.role or '?'}@{n.database or '?'} {n.application} [{n.state}]")
         if n.waiting:
-            head += f" [yellow]waits {human_s(n.wait_s)} for {n.waiting_mode} on " \
-                    f"{escape(n.locked_object or '?')}[/]"
+            head.append(f" waits {human_s(n.wait_s)} for {n.waiting_mode} on "
+                        f"{n.locked_object or '?'}", style="yellow")
         if n.held_mode:
-            head += f" holds {n.held_mode} on {escape(n.held_object or '?')}"
+            head.append(f" holds {n.held_mode} on {n.held_object or '?'}")
         if not n.waiting:
-            head += f" [red]root blocker, transaction {human_s(n.xact_age_s)} old, blocks " \
-                    f"{n.count()}[/]"
-        return head + f"\n[dim]{escape(short(n.query, 100))}[/]"
+            head.append(f" root blocker, transaction {human_s(n.xact_age_s)} old, blocks "
+                        f"{n.count()}", style="red")
+        return head.append("\n").append(short(n.query, 100), style="dim")
 
     def add(branch, n):
         sub = branch.add(label(n))
@@ -423,7 +422,7 @@ def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = No
             slots.add_column(col)
         for s in report.slots:
             slots.add_row(s.slot_name, s.slot_type,
-                          "[green]yes[/]" if s.active else "[red]NO[/]",
+                          Text("yes", style="green") if s.active else Text("NO", style="red"),
                           str(s.active_pid or "-"), s.wal_status or "-",
                           human_bytes(s.retained_bytes))
         console.print(slots)
@@ -436,7 +435,7 @@ def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = No
             f"{human_bytes(rs.receive_replay_gap_bytes)}"
             + (f", last replayed transaction {human_s(rs.last_replay_age_s)} ago" if behind else ""))
     if report.replica_note:
-        err_console.print(f"[yellow]note:[/] {escape(report.replica_note)}")
+        err_console.print(Text.assemble(("note:", "yellow"), f" {report.replica_note}"))
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -496,7 +495,8 @@ def explain(
         effects = ops_explain.analyze_effects(conn, statement) if analyze else None
         if effects is not None and not effects.plain_select:
             for reason in effects.reasons:
-                err_console.print(f"[yellow]--analyze runs it for real:[/] {escape(reason)}")
+                err_console.print(Text.assemble(("--analyze runs it for real:", "yellow"),
+                                                f" {reason}"))
             confirm_destructive(prof, f"run this {effects.kind} for real under EXPLAIN ANALYZE "
                                       "(rolled back afterwards)", yes=yes)
             write_audit("diag.explain.analyze", prof.name, database=conn.info.dbname,
@@ -589,4 +589,4 @@ def _render_advice(profile: str, report) -> None:
                 console.print(Text(f"     {st.cost_before:,.0f} → {st.cost_after:,.0f}  "
                                    f"{st.calls:,} calls  {short(st.query, 100)}", style="dim"))
     for note in report.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}")
+        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"))

@@ -9,8 +9,8 @@ import time
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.cli.common import (
     DryRunOpt,
@@ -84,9 +84,9 @@ def queries(
     for s in found:
         table.add_row(str(s.pid), human_s(s.age_s),
                       s.state.replace("idle in transaction", "idle in xact"), s.role or "",
-                      escape(s.application),
+                      s.application,
                       s.database or "", f"{s.wait_event_type or ''}:{s.wait_event or ''}".strip(":"),
-                      ",".join(map(str, s.blocked_by)), escape(short(s.query, 120)))
+                      ",".join(map(str, s.blocked_by)), short(s.query, 120))
     console.print(table)
 
 
@@ -123,7 +123,7 @@ def _show_targets(title: str, targets: list[emergency.Target]) -> None:
     for col in ("database", "role", "app", "type", "state", "age", "fingerprint"):
         table.add_column(col, overflow="fold")
     for t in targets:
-        table.add_row(str(t.pid), t.database or "-", t.role or "-", escape(t.application),
+        table.add_row(str(t.pid), t.database or "-", t.role or "-", t.application,
                       t.backend_type, t.state, human_s(t.age_s), t.fingerprint or "-")
     err_console.print(table)
 
@@ -133,8 +133,8 @@ def _show_outcomes(outcomes: list[emergency.Outcome], json_: bool) -> None:
         print_json(outcomes)
         return
     for o in outcomes:
-        mark = "[green]ok[/]" if o.ok else "[red]FAILED[/]"
-        console.print(f"{mark} {o.action} {o.pid}: {escape(o.result)}")
+        mark = ("ok", "green") if o.ok else ("FAILED", "red")
+        console.print(Text.assemble(mark, f" {o.action} {o.pid}: {o.result}"))
 
 
 @app.command()
@@ -200,8 +200,10 @@ def kill_all(
                 raise typer.Exit(1)
             return
         with emergency.new_connections_blocked(prof, db) as state:
-            err_console.print(f"[yellow]new connections to {db} blocked[/] ({state.statement}); "
-                              f"undo if this run dies: studyhub emergency unblock -d {db}")
+            err_console.print(Text.assemble(
+                (f"new connections to {db} blocked", "yellow"),
+                f" ({state.statement}); undo if this run dies: studyhub emergency unblock "
+                f"-d {db}"))
             # re-plan: sessions that connected before the block took effect are included
             plan = emergency.plan_kill_all(conn, db, ops_role=prof.users["ops"],
                                            include_ops=include_ops,
@@ -214,7 +216,8 @@ def kill_all(
             else:
                 typer.prompt("maintenance window open; press Enter to re-allow connections",
                              default="", show_default=False, err=True)
-        err_console.print(f"[green]new connections to {db} allowed again[/] (limit restored)")
+        err_console.print(Text.assemble((f"new connections to {db} allowed again", "green"),
+                                        " (limit restored)"))
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
 
@@ -226,12 +229,12 @@ def _show_plan(plan: emergency.KillAllPlan, block_new: bool) -> None:
     for col in ("action", "role", "app", "type", "state", "age", "why"):
         table.add_column(col, overflow="fold")
     for t in plan.targets:
-        table.add_row(str(t.pid), "[red]terminate[/]", t.role or "-", escape(t.application),
+        table.add_row(str(t.pid), Text("terminate", style="red"), t.role or "-", t.application,
                       t.backend_type, t.state, human_s(t.age_s), "")
     for s in plan.spared:
         t = s.target
-        table.add_row(str(t.pid), "[green]spare[/]", t.role or "-", escape(t.application),
-                      t.backend_type, t.state, human_s(t.age_s), escape(s.reason))
+        table.add_row(str(t.pid), Text("spare", style="green"), t.role or "-", t.application,
+                      t.backend_type, t.state, human_s(t.age_s), s.reason)
     err_console.print(table)
     if block_new:
         err_console.print(f"new connections to {plan.database} will be blocked first "

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.audit import write_audit
 from studyhub.cli.common import JsonOpt, YesOpt, DryRunOpt, console, err_console, print_json
@@ -31,8 +32,8 @@ def render_status(status: ClusterStatus) -> None:
     for col in ("node", "port", "state", "pid", "detail"):
         table.add_column(col)
 
-    def state(running: bool) -> str:
-        return "[green]running[/]" if running else "[red]stopped[/]"
+    def state(running: bool) -> Text:
+        return Text("running", style="green") if running else Text("stopped", style="red")
 
     p = status.primary
     table.add_row("primary", str(p.port or "-"), state(p.running), str(p.pid or "-"),
@@ -59,8 +60,9 @@ def up(
     """Create (first time) and start the local cluster. Safe to repeat; recovers after a crash."""
     cluster = LocalCluster()
     with err_console.status("starting local cluster") as spinner:
+        # a spinner's text is parsed as markup unless it is a Text
         status = cluster.up(replica=replica, pooler=pooler,
-                            progress=lambda msg: spinner.update(msg))
+                            progress=lambda msg: spinner.update(Text(msg)))
     if json_:
         print_json(status)
     else:
@@ -92,7 +94,7 @@ def destroy(yes: YesOpt = False, dry_run: DryRunOpt = False) -> None:
     if not plan:
         console.print(f"nothing to destroy under {cluster.home}")
         return
-    console.print("[bold]would remove:[/]" if (dry_run or not yes) else "[bold]removing:[/]")
+    console.print(Text("would remove:" if (dry_run or not yes) else "removing:", style="bold"))
     for path in plan:
         console.print(f"  {path}")
     if dry_run:

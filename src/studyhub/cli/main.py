@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
+        err_console.print(Text("interrupted", style="bold red"))
         return 130
     return 0
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.audit import write_audit
 from studyhub.cli.common import (
@@ -84,12 +84,11 @@ def _attempt_printer(json_: bool):
         if json_ or attempt.outcome == "ok":
             return
         what = "lock timeout" if attempt.outcome == "lock_timeout" else "failed"
-        console.print(f"[yellow]attempt {attempt.number}: {what} after "
-                      f"{attempt.duration_s:.1f} s[/]" + (f": {escape(attempt.error)}"
-                                                         if attempt.outcome != "lock_timeout"
-                                                         else ""))
+        console.print(Text.assemble(
+            (f"attempt {attempt.number}: {what} after {attempt.duration_s:.1f} s", "yellow"),
+            f": {attempt.error}" if attempt.outcome != "lock_timeout" else ""))
         for b in attempt.blockers:
-            console.print(f"    blocked by {escape(_describe_blocker(b))}")
+            console.print(f"    blocked by {_describe_blocker(b)}")
         if attempt.outcome == "lock_timeout" and not attempt.blockers:
             console.print("    (the blocking session ended before it could be seen)")
         for index in attempt.dropped_invalid_indexes:
@@ -134,7 +133,7 @@ def up(
         print_json(result)
         return
     for note in result.notes:
-        console.print(f"  {escape(note)}")
+        console.print(f"  {note}")
     _show(result, "upgraded")
 
 
@@ -159,10 +158,11 @@ def down(
         console.print(f"nothing to undo: the database is at {', '.join(planned.current) or 'base'}")
         return
     undo = ops.downgrade_plan(planned.current, to)
-    console.print(f"[bold]would undo[/] on {prof.name}/{planned.database} "
-                  f"({', '.join(planned.current)} → {planned.target}): " + ", ".join(
-                      f"{r.revision} ({r.message.splitlines()[0] if r.message else ''})"
-                      for r in undo))
+    console.print(Text.assemble(
+        ("would undo", "bold"),
+        f" on {prof.name}/{planned.database} ({', '.join(planned.current)} → "
+        f"{planned.target}): " + ", ".join(
+            f"{r.revision} ({r.message.splitlines()[0] if r.message else ''})" for r in undo)))
     _render_planned(planned)
     if dry_run:
         return
@@ -231,10 +231,10 @@ def check(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: JsonO
             console.print(f"{prof.name}/{report.database}: models and migrations agree")
         else:
             if sorted(report.current) != sorted(report.head):
-                console.print(f"[yellow]database at {', '.join(report.current) or 'base'}, "
-                              f"head is {', '.join(report.head)}[/]")
+                console.print(Text(f"database at {', '.join(report.current) or 'base'}, "
+                                   f"head is {', '.join(report.head)}", style="yellow"))
             for d in report.differences:
-                console.print(f"[red]drift:[/] {d}")
+                console.print(Text.assemble(("drift:", "red"), f" {d}"))
     if report.drift:
         raise typer.Exit(1)
 
@@ -302,22 +302,22 @@ def lint(
 
 def _render_lint(report: migrate_lint.LintReport) -> None:
     if report.sizes_error:
-        console.print(f"[yellow]table sizes unavailable: {escape(report.sizes_error)}[/]")
+        console.print(Text(f"table sizes unavailable: {report.sizes_error}", style="yellow"))
     for f in report.findings:
         if f.acknowledged:
             continue
         colour = "red" if f.severity == "error" else "yellow"
         where = f"statement {f.statement_number}, line {f.line}" if f.statement_number else "LINT_ACK"
         direction = " downgrade" if f.direction == "downgrade" else ""
-        console.print(f"[bold]{f.revision}{direction}[/] {escape(f.path)} ({where})")
+        console.print(Text.assemble((f"{f.revision}{direction}", "bold"), f" {f.path} ({where})"))
         table = f" on {f.table}{_table_note(f.table_rows, f.table_bytes)}" if f.table else ""
-        console.print(f"  [{colour}]{f.severity.upper()}[/] {f.rule}{escape(table)}"
-                      + (" [dim](squawk)[/]" if f.source == "squawk" else ""))
+        console.print(Text.assemble("  ", (f.severity.upper(), colour), f" {f.rule}{table}",
+                                    (" (squawk)", "dim") if f.source == "squawk" else ""))
         if f.statement:
             text = f.statement if len(f.statement) <= 200 else f.statement[:197] + "…"
-            console.print(f"  [dim]{escape(text)}[/]")
-        console.print(f"  why: {escape(f.why)}")
-        console.print(f"  fix: {escape(f.recipe)}")
+            console.print(Text(f"  {text}", style="dim"))
+        console.print(f"  why: {f.why}")
+        console.print(f"  fix: {f.recipe}")
         if f.also_flagged_by:
             console.print(f"  also flagged by {', '.join(f.also_flagged_by)}")
         console.print()
@@ -331,14 +331,15 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
             tables = sorted({f.table for f in group if f.table})
             console.print(f"  {rev} {rule} ×{len(group)}"
                           + (f" ({', '.join(tables)})" if tables else "")
-                          + f": {escape(group[0].acknowledged or '')}")
+                          + f": {group[0].acknowledged or ''}")
     colour = "green" if report.ok else "red"
     sizes = f"; sizes from {report.sizes_from}" if report.sizes_from else ""
     what = "downgrade(s)" if report.direction == "downgrade" else "migration(s)"
-    console.print(
-        f"[{colour}]{len(report.migrations)} {what} linted "
-        f"({', '.join(report.migrations)}): {report.errors} error(s), {report.warnings} "
-        f"warning(s), {report.acknowledged} acknowledged[/] (squawk {report.squawk}{sizes})")
+    console.print(Text.assemble(
+        (f"{len(report.migrations)} {what} linted ({', '.join(report.migrations)}): "
+         f"{report.errors} error(s), {report.warnings} warning(s), {report.acknowledged} "
+         "acknowledged", colour),
+        f" (squawk {report.squawk}{sizes})"))
 
 
 # --------------------------------------------------------------------------- plan
@@ -368,24 +369,28 @@ def plan(
 def _render_planned(result: migrate_plan.MigrationPlan) -> None:
     """Each planned statement with the locks it takes (plan and down share this)."""
     for m in result.migrations:
-        console.print(f"\n[bold]{m.revision}[/] {escape(m.message)} [dim]({escape(m.path)})[/]")
+        console.print(Text.assemble("\n", (m.revision, "bold"), f" {m.message} ",
+                                    (f"({m.path})", "dim")))
         for st in m.statements:
             text = st.sql if len(st.sql) <= 160 else st.sql[:157] + "…"
             prefix = "in transaction" if st.in_transaction else "autocommit"
-            console.print(f"  {st.number:>3}  {escape(text)}  [dim]({prefix})[/]")
+            console.print(Text.assemble(f"  {st.number:>3}  {text}  ", (f"({prefix})", "dim")))
             if st.locks is None:
-                console.print("       [yellow]locks unknown (procedural code): review by hand[/]")
+                console.print(Text("       locks unknown (procedural code): review by hand",
+                                   style="yellow"))
             for lk in st.locks or ():
                 colour = "red" if lk.mode == "ACCESS EXCLUSIVE" else (
                     "yellow" if migrate_statements.strength(lk.mode) >=
                     migrate_statements.strength("SHARE") else "green")
-                console.print(f"       [{colour}]{lk.mode}[/] on {lk.table}"
-                              f"{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
-                              f"{lk.blocks}; held until {st.held_until}")
+                console.print(Text.assemble(
+                    "       ", (lk.mode, colour),
+                    f" on {lk.table}{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
+                    f"{lk.blocks}; held until {st.held_until}"))
             if st.lint:
                 how = "migrate lint --downgrade" if result.direction == "downgrade" \
                     else "migrate lint"
-                console.print(f"       [red]lint: {', '.join(st.lint)}[/] (studyhub {how})")
+                console.print(Text.assemble("       ", (f"lint: {', '.join(st.lint)}", "red"),
+                                            f" (studyhub {how})"))
     if result.tables:
         console.print("tables touched: " + "; ".join(
             f"{t.table}{_table_note(t.rows_estimate, t.total_bytes)} strongest lock "
@@ -419,20 +424,21 @@ def roundtrip(
         for s in result.steps:
             label = f"{s.revision}: up → down to {s.down_revision or 'base'} → up"
             if s.ok:
-                console.print(f"  [green]ok[/] {label}: schema restored exactly "
-                              f"({s.duration_s:.1f} s)")
+                console.print(Text.assemble("  ", ("ok", "green"),
+                                            f" {label}: schema restored exactly "
+                                            f"({s.duration_s:.1f} s)"))
                 continue
-            console.print(f"  [red]FAILED[/] {label}")
+            console.print(Text.assemble("  ", ("FAILED", "red"), f" {label}"))
             if s.error:
-                console.print(f"    {escape(s.error)}")
+                console.print(f"    {s.error}")
             if s.downgrade_differences:
                 console.print("    the downgrade did not restore the previous schema:")
                 for d in s.downgrade_differences:
-                    console.print(f"      {escape(d.describe())}")
+                    console.print(f"      {d.describe()}")
             if s.reupgrade_differences:
                 console.print("    upgrading again did not rebuild the same schema:")
                 for d in s.reupgrade_differences:
-                    console.print(f"      {escape(d.describe())}")
+                    console.print(f"      {d.describe()}")
         console.print(f"{result.objects_compared} schema objects compared")
     if not result.ok:
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.audit import write_audit
 from studyhub.cli.common import (
@@ -49,7 +50,7 @@ def _counts_table(counts: dict[str, int], header: str) -> Table:
     table.add_column(header, justify="right")
     for name, n in counts.items():
         table.add_row(name, f"{n:,}")
-    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values()):,}[/]")
+    table.add_row(Text("total", style="bold"), Text(f"{sum(counts.values()):,}", style="bold"))
     return table
 
 
@@ -70,12 +71,12 @@ def policy(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
         colour = {"erase": "", "keep": "dim", "unclassified": "bold red", "absent": "yellow"}
         for row in report.tables:
             style = colour.get(row.status, "")
-            table.add_row(row.table, f"[{style}]{row.status}[/]" if style else row.status,
+            table.add_row(row.table, Text(row.status, style=style),
                           "yes" if row.exported else "no", row.selects)
         console.print(table)
         console.print(f"erase order: {' → '.join(report.erase_order)}")
         for p in report.problems:
-            console.print(f"[bold red]problem:[/] {p}")
+            console.print(Text.assemble(("problem:", "bold red"), f" {p}"))
     if not report.complete:
         raise typer.Exit(1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from studyhub.cli.common import JsonOpt, console, print_json
 from studyhub.profiles import list_profiles
@@ -20,7 +21,7 @@ def profiles(json_: JsonOpt = False) -> None:
     for row in rows:
         name = row["name"] + (" *" if row.get("default") else "")
         if row.get("error"):
-            table.add_row(name, "-", "-", "-", f"[yellow]{row['error']}[/]")
+            table.add_row(name, "-", "-", "-", Text(row["error"], style="yellow"))
             continue
         target = f"{row['users']['app']}@{row['host']}:{row['port']}/{row['database']}"
         notes = []

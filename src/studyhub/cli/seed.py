@@ -79,12 +79,12 @@ def _summary(result: SeedResult) -> None:
     table.add_column("rows", justify="right")
     for name, rows in result.rows.items():
         table.add_row(name, f"{rows:,}")
-    table.add_row("[bold]total[/]", f"[bold]{result.total_rows:,}[/]")
+    table.add_row(Text("total", style="bold"), Text(f"{result.total_rows:,}", style="bold"))
     console.print(table)
     how = ("keys and indexes dropped and rebuilt" if result.strategy == "rebuild"
            else f"loaded with keys and indexes in place: {result.strategy_reason}")
-    console.print(f"{result.total_rows:,} rows in {result.duration_s:.1f} s: "
-                  f"[bold]{result.rows_per_s:,.0f} rows/s[/] ({how})")
+    console.print(Text.assemble(f"{result.total_rows:,} rows in {result.duration_s:.1f} s: ",
+                                (f"{result.rows_per_s:,.0f} rows/s", "bold"), f" ({how})"))
     if result.heavy_student_id:
         console.print(f"heavy student: {result.heavy_student_id}")
 
@@ -112,7 +112,7 @@ def seed(
     prof = profile_from(profile)
     check_seed_allowed(prof)
     with Progress(
-        TextColumn("{task.description}",
+        TextColumn("{task.description}", markup=False,
                    table_column=Column(width=28, no_wrap=True, overflow="ellipsis")),
         BarColumn(bar_width=20),
         _RowsColumn(table_column=Column(no_wrap=True)),

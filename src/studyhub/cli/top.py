@@ -22,7 +22,6 @@ from typing import Annotated, Iterator
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -121,9 +120,9 @@ def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session
         if i == selected:
             style = (style + " reverse").strip()
         wait = f"{s.wait_event_type}:{s.wait_event}" if s.wait_event_type else ""
-        table.add_row(str(s.pid), s.database or "", s.role or "", escape(s.application),
+        table.add_row(str(s.pid), s.database or "", s.role or "", s.application,
                       s.state.replace("idle in transaction", "idle in xact"), human_s(s.age_s), wait, ",".join(map(str, s.blocked_by)),
-                      escape(short(s.query, 300)), style=style)
+                      short(s.query, 300), style=style)
     footer = Text(message or "↑/↓ select  s sort  i idle  / filter  c cancel  t terminate  "
                              "p pause  +/- interval  q quit", style="dim")
     return Group(header, sub, table, footer)

@@ -1216,8 +1216,8 @@ class _PostItem:
 
 
 _SIMPLE_KEY_RE = re.compile(
-    r"^ALTER TABLE ONLY (?P<qual>" + _IDENT + r"\." + _IDENT + r")\s+ADD CONSTRAINT "
-    r"(?P<name>" + _IDENT + r") (?P<kind>PRIMARY KEY|UNIQUE) \((?P<cols>[^()]*)\);$")
+    r"ALTER TABLE ONLY (?P<qual>" + _IDENT + r"\." + _IDENT + r")\s+ADD CONSTRAINT "
+    r"(?P<name>" + _IDENT + r") (?P<kind>PRIMARY KEY|UNIQUE) \((?P<cols>[^()]*)\);")  # fullmatch
 
 
 def _split_keys(items: list[_PostItem], tables: set[tuple[str, str]]) -> list[_PostItem]:
@@ -1228,7 +1228,7 @@ def _split_keys(items: list[_PostItem], tables: set[tuple[str, str]]) -> list[_P
     (DEFERRABLE, INCLUDE, NULLS NOT DISTINCT, partitioned tables) stays one step."""
     out: list[_PostItem] = []
     for p in items:
-        m = _SIMPLE_KEY_RE.match(p.statement) if p.entry.desc == "CONSTRAINT" else None
+        m = _SIMPLE_KEY_RE.fullmatch(p.statement) if p.entry.desc == "CONSTRAINT" else None
         if not m or p.table not in tables:
             out.append(p)
             continue

@@ -43,7 +43,7 @@ DATA_DIR = "data"
 VERIFIED = "verified.json"
 PARTIAL_PREFIX = ".partial-"
 LEDGER_FILE = "erasure-ledger.jsonl"  # the privacy erasure ledger kept beside the sets
-NAME_RE = re.compile(r"^(?P<profile>[a-z]+)-(?P<database>.+)-(?P<stamp>\d{8}T\d{6}Z)$")
+NAME_RE = re.compile(r"(?P<profile>[a-z]+)-(?P<database>.+)-(?P<stamp>\d{8}T\d{6}Z)")  # fullmatch
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 CHUNK = 1 << 20
 
@@ -320,7 +320,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def partial_writer_pid(name: str) -> int | None:
-    m = re.search(r"-(\d+)$", name)
+    m = re.search(r"-(\d+)\Z", name)  # \Z: "$" would also match before a trailing newline
     return int(m.group(1)) if m else None
 
 
@@ -344,7 +344,7 @@ def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
                 problem="being written" if running else "creation did not finish",
             ))
             continue
-        if not NAME_RE.match(entry.name) and not (entry / MANIFEST).exists():
+        if not NAME_RE.fullmatch(entry.name) and not (entry / MANIFEST).exists():
             continue  # not ours
         try:
             m = read_manifest(entry)

@@ -42,8 +42,9 @@ KEY_TABLES: tuple[tuple[str, str], ...] = (
 
 # DigitalOcean's rule for cluster (and so fork and replica) names; local forks follow it too so a
 # rehearsal uses names that will work on the managed service.
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
-POOL_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,59}$")
+# Whole names, matched with fullmatch: a "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")
+POOL_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{2,59}")
 POOL_MODES = ("transaction", "session", "statement")
 
 
@@ -353,7 +354,7 @@ def parse_timestamp(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def check_name(name: str, what: str = "cluster") -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ClusterOpError(
             f"invalid {what} name {name!r}: 3-63 characters, lowercase letters, digits and "
             f"hyphens, starting with a letter (DigitalOcean's rule)"
@@ -362,7 +363,7 @@ def check_name(name: str, what: str = "cluster") -> str:
 
 
 def check_pool(name: str, mode: str, size: int) -> None:
-    if not POOL_NAME_RE.match(name):
+    if not POOL_NAME_RE.fullmatch(name):
         raise ClusterOpError(
             f"invalid pool name {name!r}: 3-60 characters, lowercase letters, digits, '_' and "
             f"'-', starting with a letter"

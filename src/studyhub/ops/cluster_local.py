@@ -68,7 +68,7 @@ from studyhub.ops.cluster import (
 from studyhub.ops.queries import load
 from studyhub.profiles import Endpoint, Profile
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+SEGMENT_RE = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")  # a whole name: fullmatch
 SEGMENTS_PER_XLOGID = 0x100000000 // (16 * 1024 * 1024)  # 16 MB segments (initdb default)
 BACKUP_META = "backup.json"
 WALDUMP_SEGMENTS = 16  # how many of the newest segments to search for the last transaction
@@ -97,7 +97,7 @@ def _parse_pg_time(text: str) -> datetime | None:
 
 def _segment_number(name: str) -> tuple[int, int]:
     """(timeline, absolute segment number) of a WAL file name."""
-    m = SEGMENT_RE.match(name)
+    m = SEGMENT_RE.fullmatch(name)
     assert m
     return int(m[1], 16), int(m[2], 16) * SEGMENTS_PER_XLOGID + int(m[3], 16)
 
@@ -278,7 +278,7 @@ class LocalBackend:
 
     def wal_archive(self) -> WalArchive:
         d = self.cluster.wal_archive_dir
-        files = sorted(p for p in d.iterdir() if SEGMENT_RE.match(p.name)) if d.is_dir() else []
+        files = sorted(p for p in d.iterdir() if SEGMENT_RE.fullmatch(p.name)) if d.is_dir() else []
         gaps: list[str] = []
         if files:
             newest_tli = _segment_number(files[-1].name)[0]
