@@ -59,6 +59,22 @@ def statement_kind(node: ast.Node) -> str:
     return " ".join(words).upper()
 
 
+class SQLParseError(StudyhubError):
+    """PostgreSQL's parser cannot read the text; ``parser_message`` is its own message."""
+
+    def __init__(self, parser_message: str) -> None:
+        super().__init__(f"PostgreSQL's parser cannot read that SQL: {parser_message} "
+                         "(nothing was run)")
+        self.parser_message = parser_message
+
+    @property
+    def incomplete(self) -> bool:
+        """The text ends inside a statement (an open string, comment or body), rather than
+        being wrong where it stops."""
+        return self.parser_message.startswith("unterminated") or \
+            self.parser_message.endswith("at end of input")
+
+
 class _Params(Visitor):
     def __init__(self) -> None:
         self.found = False
@@ -74,6 +90,7 @@ class Statement:
     text: str  # its own text: no surrounding whitespace, no trailing semicolon
     node: ast.Node  # its parse tree (pglast)
     kind: str  # see statement_kind
+    terminated: bool = True  # ended by a semicolon (the last one of a text may not be)
 
     @property
     def has_placeholders(self) -> bool:
@@ -93,8 +110,7 @@ def parse_statements(text: str) -> list[Statement]:
     except UnicodeEncodeError:
         raise StudyhubError("the SQL text is not valid UTF-8 (nothing was run)") from None
     except pglast.parser.ParseError as exc:
-        raise StudyhubError(f"PostgreSQL's parser cannot read that SQL: {exc.args[0]} "
-                            "(nothing was run)") from None
+        raise SQLParseError(exc.args[0]) from None
     out = []
     for raw in raws:
         # libpg_query reports stmt_location/stmt_len as byte offsets into the UTF-8 text;
@@ -103,7 +119,8 @@ def parse_statements(text: str) -> list[Statement]:
         # "to the end"; the slice never includes the terminating semicolon.
         start = raw.stmt_location
         end = start + raw.stmt_len if raw.stmt_len else len(text)
-        out.append(Statement(text[start:end].strip(), raw.stmt, statement_kind(raw.stmt)))
+        out.append(Statement(text[start:end].strip(), raw.stmt, statement_kind(raw.stmt),
+                             terminated=bool(raw.stmt_len)))
     return out
 
 
