@@ -21,7 +21,9 @@ restore
     with the manifest and the privacy erasure ledger re-applied. A restore that failed part-way
     resumes where it stopped when run again.
 import
-    A runbook-style plain ``.sql[.gz]`` dump fed to ``psql --single-transaction`` from Python.
+    A runbook-style plain ``.sql[.gz]`` dump, read statement by statement with PostgreSQL's own
+    parser (``ops/plain_dump.py``) and run in one transaction as the app role, each statement on
+    the extended protocol; no psql, so no meta-commands, and nothing beyond the new database.
 
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
 flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
