@@ -580,13 +580,15 @@ def test_import_of_a_runbook_sql_gz(cli, cluster, source, tmp_path):
 # (DROP DATABASE of one the app role owns, like the live one; ALTER ROLE), or read strings
 # differently from how they were checked (standard_conforming_strings off: the server itself
 # refuses the second command it then sees, as each statement goes on the extended protocol).
-_HIDDEN_DROP = "SELECT 'a\\' AS q, ' ; COMMIT ; DROP DATABASE {victim} ; SELECT ' AS x -- ' AS y\n;\n"
+_HIDDEN_DROP = ("SELECT 'a\\' AS q, ' ; COMMIT ; DROP DATABASE {victim} ; SELECT ' AS x -- ' "
+                "AS y\n;\n")
 IMPORT_ATTACKS = {
     "psql-shell": ("CREATE TABLE t (a int);\n\\! touch {marker}\nINSERT INTO t VALUES (1);\n",
                    "psql meta-command \\! is not SQL"),
     "commit-then-drop-database": ("CREATE TABLE t (a int);\nCOMMIT;\nDROP DATABASE {victim};\n",
                                   "DROP DATABASE acts beyond the new database"),
-    "alter-role": ("CREATE TABLE t (a int);\nALTER ROLE CURRENT_USER SET lock_timeout = '1234ms';\n",
+    "alter-role": ("CREATE TABLE t (a int);\n"
+                   "ALTER ROLE CURRENT_USER SET lock_timeout = '1234ms';\n",
                    "ALTER ROLE SET acts beyond the new database"),
     "strings-read-differently": ("SET standard_conforming_strings = off;\n" + _HIDDEN_DROP,
                                  "standard_conforming_strings must stay on"),

@@ -33,7 +33,8 @@ def _still_there(profile, db) -> bool:
 
 def test_statements_are_what_postgresqls_parser_reads_with_their_own_text():
     # non-ASCII before and inside statements: pglast's offsets are character indexes here
-    found = parse_statements("/* ü */ select 'üüü' as a;select 'éé' as b ;\n select 3 -- ö\n")
+    found = parse_statements("/* ü */ select 'üüü' as a;select 'éé' as b ;\n"
+                             " select 3 -- ö\n")
     assert [s.text for s in found] == ["select 'üüü' as a", "select 'éé' as b",
                                        "select 3 -- ö"]
     assert [s.kind for s in parse_statements(ATTACK)] == ["SELECT", "COMMIT", "DROP TABLE",
