@@ -576,6 +576,53 @@ def test_import_of_a_runbook_sql_gz(cli, cluster, source, tmp_path):
         drop(cluster, target, target + "_restoring")
 
 
+# A dump is a program. What one may not do on import, each refused with nothing kept: run a psql
+# meta-command (\! is a shell), end the import's transaction and act beyond the new database
+# (DROP DATABASE of one the app role owns, like the live one; ALTER ROLE), or read strings
+# differently from how they were checked (standard_conforming_strings off: the server itself
+# refuses the second command it then sees, as each statement goes on the extended protocol).
+_HIDDEN_DROP = ("SELECT 'a\\' AS q, ' ; COMMIT ; DROP DATABASE {victim} ; SELECT ' AS x -- ' "
+                "AS y\n;\n")
+IMPORT_ATTACKS = {
+    "psql-shell": ("CREATE TABLE t (a int);\n\\! touch {marker}\nINSERT INTO t VALUES (1);\n",
+                   "psql meta-command \\! is not SQL"),
+    "commit-then-drop-database": ("CREATE TABLE t (a int);\nCOMMIT;\nDROP DATABASE {victim};\n",
+                                  "DROP DATABASE acts beyond the new database"),
+    "alter-role": ("CREATE TABLE t (a int);\n"
+                   "ALTER ROLE CURRENT_USER SET lock_timeout = '1234ms';\n",
+                   "ALTER ROLE SET acts beyond the new database"),
+    "strings-read-differently": ("SET standard_conforming_strings = off;\n" + _HIDDEN_DROP,
+                                 "standard_conforming_strings must stay on"),
+    "strings-read-differently-by-function": (
+        "SELECT set_config('standard_conforming_strings', 'off', false);\n" + _HIDDEN_DROP,
+        "cannot insert multiple commands into a prepared statement"),
+}
+
+
+@pytest.mark.parametrize("case", IMPORT_ATTACKS)
+def test_import_runs_only_sql_and_only_inside_the_new_database(cli, cluster, fresh_db, tmp_path,
+                                                              case):
+    victim, marker = fresh_db, tmp_path / "shell-ran"  # victim: owned by the app role
+    text, why = IMPORT_ATTACKS[case]
+    dump = tmp_path / f"{case}.sql"
+    dump.write_text(text.format(victim=victim, marker=marker))
+    target = f"bk_atk_{uuid.uuid4().hex[:8]}"
+    try:
+        res = cli("backup", "import", dump, "--database", target, "--yes")
+        assert res.exit_code != 0 and why in res.stderr, res.stderr
+        assert not marker.exists()
+        with cluster.admin_connect() as admin:
+            names = {r[0] for r in admin.execute("SELECT datname FROM pg_database")}
+            assert victim in names and target not in names
+            assert admin.execute(
+                "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE r.rolname = 'studyhub_app'").fetchone()[0] == 0
+    finally:
+        with cluster.admin_connect() as admin:
+            admin.execute("ALTER ROLE studyhub_app RESET ALL")
+        drop(cluster, target, target + "_restoring")
+
+
 # -------------------------------------------------------------------------- retention
 def _fake_set(root: Path, when: datetime, profile: str = "local", database: str = "studyhub") -> str:
     name = fmt.set_name(profile, database, when)

@@ -407,6 +407,27 @@ def test_statement_text_is_escaped_not_executed_in_the_page(client, migrated, pr
     assert "<script>alert" not in page
 
 
+def test_the_explain_page_reads_the_statement_with_postgresqls_parser(client, migrated, profile):
+    """One statement to PostgreSQL is explained (a $ inside an identifier is no dollar quote);
+    what EXPLAIN cannot take is refused by kind, not sent. Several statements never reach the
+    server either (tests/test_sqltext.py calls explain_statement as this page does)."""
+    with connect_as(profile, "app") as c:
+        # statement shapes no other test runs: pg_stat_statements keeps the first text seen
+        c.execute("SELECT count(*) AS n$a$ FROM notes WHERE length(body) > 7 /* $a$; */")
+        c.execute("CREATE FUNCTION pg_temp.sqltext_probe() RETURNS int LANGUAGE sql "
+                  "BEGIN ATOMIC SELECT 1; SELECT 2; END")
+    with connect_as(profile, "admin") as c:
+        def queryid(pattern: str) -> int:
+            return c.execute("SELECT queryid FROM pg_stat_statements WHERE query LIKE %s "
+                             "LIMIT 1", (pattern,)).fetchone()[0]
+        one, function = queryid("%AS n$a$ FROM notes%"), queryid("%sqltext_probe%")
+    http = client()
+    page = http.get(f"/p/local/queries/{one}/explain")
+    assert page.status_code == 200 and "Aggregate" in page.text, page.text[:500]
+    res = http.get(f"/p/local/queries/{function}/explain")
+    assert res.status_code == 403 and "EXPLAIN cannot take CREATE FUNCTION" in res.text
+
+
 def test_create_index_confirmation_checks_the_table_and_columns_first(client, migrated):
     c = client()
     ok = c.get("/p/local/indexes/create", params={"table": "notes", "columns": "subject_id"})

@@ -149,3 +149,89 @@ def test_explain_analyze_of_anything_but_a_plain_select_needs_confirmation(
     assert [a["statement_kind"] for a in audit_lines("diag.explain")[before:]] == ["DELETE"]
     with connect_as(profile, "app", app_db) as c:
         assert c.execute("SELECT count(*) FROM widgets").fetchone()[0] == 100
+
+
+# --------------------------------------------------------------- explain: one statement only
+# Texts PostgreSQL's parser reads as several statements where a hand-written splitter saw one
+# ($ is legal inside identifiers; E'' strings escape quotes with a backslash): the commit ends
+# the rolled-back transaction, and what follows would run for real.
+HIDDEN_COMMIT = (
+    "select 1 as x$a$; commit; drop table widgets; select 1 as y$a$",  # the security issue's
+    r"select E'\'' as a; commit; drop table widgets; select ''",
+)
+
+
+def _widgets(profile, db) -> int | None:
+    with connect_as(profile, "app", db) as c:
+        if c.execute("SELECT to_regclass('widgets')").fetchone()[0] is None:
+            return None
+        return c.execute("SELECT count(*) FROM widgets").fetchone()[0]
+
+
+@pytest.mark.parametrize("text", HIDDEN_COMMIT, ids=["dollar-in-identifier", "E-string"])
+def test_explain_refuses_a_commit_hidden_in_the_text_and_runs_nothing(profile, app_db, cli, text):
+    res = cli("diag", "explain", "-d", app_db, text)
+    assert res.exit_code == 1, res.stdout
+    assert "refusing 4 statements (SELECT, COMMIT, DROP TABLE, SELECT): give exactly one" \
+        in res.stderr
+    assert "Traceback" not in res.stderr
+    assert _widgets(profile, app_db) == 100  # the table is still there
+
+
+def test_explain_analyze_judges_every_statement_and_a_hidden_delete_gets_no_way_through(
+        profile, app_db, cli):
+    from studyhub.ops import explain as ops_explain
+    from tests.diag_helpers import audit_lines
+
+    hidden = "select 1 as x$a$; commit; delete from widgets; select 1 as y$a$"
+    before = len(audit_lines("diag.explain"))
+    for extra in ((), ("--yes",)):  # refused outright: no confirmation to give or bypass
+        res = cli("diag", "explain", "-d", app_db, "--analyze", *extra, hidden)
+        assert res.exit_code == 1 and "give exactly one" in res.stderr, res.stderr
+        assert "--analyze runs it for real" not in res.stderr  # no prompt was reached
+    assert _widgets(profile, app_db) == 100
+    assert len(audit_lines("diag.explain")) == before
+    # analyze_effects itself judges every statement the parser finds, not only the first
+    with connect_as(profile, "app", app_db) as c:
+        effects = ops_explain.analyze_effects(c, hidden)
+    assert not effects.plain_select
+    assert any(r.startswith("DELETE is not a plain SELECT") for r in effects.reasons)
+    assert effects.kind == "SELECT; COMMIT; DELETE; SELECT"
+
+
+def test_one_statement_with_semicolon_comments_dollars_and_escapes_is_explained(
+        profile, app_db, cli):
+    for text in ("SELECT count(*) AS n$a$ FROM widgets /* $a$; */ ;",  # $ in an identifier
+                 r"SELECT count(*) FROM widgets WHERE colour <> E'it\'s; red'; -- done",
+                 "/* leading; */ SELECT count(*) FROM widgets WHERE colour = 'rød' ;  "):
+        res = cli("diag", "explain", "-d", app_db, "--json", text)
+        assert res.exit_code == 0, (text, res.stderr)
+        out = as_json(res)
+        assert out["plan"][0]["Plan"]["Node Type"] == "Aggregate", text
+        assert not out["statement"].endswith(";")
+    res = cli("diag", "explain", "-d", app_db, "--analyze", "--json",
+              "SELECT count(*) AS n$a$ FROM widgets /* $a$; */;")
+    assert res.exit_code == 0 and as_json(res)["actual_ms"] is not None, res.stderr
+
+
+def test_explain_refuses_what_explain_cannot_take_before_confirming_or_auditing(
+        profile, app_db, cli):
+    from tests.diag_helpers import audit_lines
+
+    before = len(audit_lines("diag.explain"))
+    for text, kind in (("commit", "COMMIT"), ("drop table widgets", "DROP TABLE"),
+                       ("vacuum widgets", "VACUUM"), ("truncate widgets", "TRUNCATE")):
+        for args in ((), ("--analyze", "--yes")):
+            res = cli("diag", "explain", "-d", app_db, *args, text)
+            assert res.exit_code == 1, (text, args)
+            assert f"EXPLAIN cannot take {kind}: give one SELECT, VALUES, TABLE, INSERT" \
+                in res.stderr, (text, res.stderr)
+    res = cli("diag", "explain", "-d", app_db, "EXPLAIN ANALYZE DELETE FROM widgets")
+    assert res.exit_code == 1 and "without EXPLAIN" in res.stderr
+    res = cli("diag", "explain", "-d", app_db, "SELEC 1")
+    assert res.exit_code == 1 and "PostgreSQL's parser cannot read that SQL: syntax error at " \
+        'or near "SELEC"' in res.stderr
+    res = cli("diag", "explain", "-d", app_db, "  -- nothing\n ; ")
+    assert res.exit_code == 1 and "no SQL statement given" in res.stderr
+    assert _widgets(profile, app_db) == 100
+    assert len(audit_lines("diag.explain")) == before  # nothing was confirmed or audited

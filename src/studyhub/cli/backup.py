@@ -239,7 +239,10 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Import a runbook-style .sql or .sql.gz dump into a new database in one transaction
-    (stops at the first error), then count every table and re-apply erasures."""
+    (stops at the first error), as the app role, then count every table and re-apply
+    erasures. Each statement is read by PostgreSQL's parser and sent on its own; no psql:
+    meta-commands (\\!) and statements that leave its transaction or database (ROLLBACK,
+    ALTER ROLE, DROP DATABASE …) refuse the import; its own BEGIN/COMMIT are left out."""
     prof = profile_from(profile)
     action = f"import {file.name} into a new database {database}"
     refuse_unless_allowed(prof, action)

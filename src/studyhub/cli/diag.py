@@ -486,13 +486,19 @@ def explain(
     json_: JsonOpt = False,
 ) -> None:
     """EXPLAIN one statement inside a transaction that is always rolled back, with a
-    statement_timeout; refuses several statements. $n placeholders get a generic plan. Runs as
+    statement_timeout and lock_timeout. The text is read by PostgreSQL's own parser: exactly
+    one SELECT, VALUES, TABLE, INSERT, UPDATE, DELETE, MERGE, EXECUTE, DECLARE or CREATE
+    TABLE/MATERIALIZED VIEW AS is accepted; anything else (several statements, COMMIT, DROP,
+    VACUUM …) is refused before anything runs. $n placeholders get a generic plan. Runs as
     the app role (planning needs SELECT on the tables)."""
     from studyhub.ops import explain as ops_explain
 
     prof = profile_from(profile)
+    # Refused here — before connecting, confirming or auditing — unless it is exactly one
+    # statement EXPLAIN takes, as PostgreSQL's own parser reads it.
+    stmt = ops_explain.explainable(statement, analyze=analyze)
     with connect(prof, "app", database=database, application_name=APP_NAME) as conn:
-        effects = ops_explain.analyze_effects(conn, statement) if analyze else None
+        effects = ops_explain.analyze_effects(conn, stmt.text) if analyze else None
         if effects is not None and not effects.plain_select:
             for reason in effects.reasons:
                 err_console.print(Text.assemble(("--analyze runs it for real:", "yellow"),
@@ -501,7 +507,7 @@ def explain(
                                       "(rolled back afterwards)", yes=yes)
             write_audit("diag.explain.analyze", prof.name, database=conn.info.dbname,
                         statement_kind=effects.kind, effects=len(effects.reasons))
-        result = ops_explain.explain_statement(conn, statement, analyze=analyze, timeout=timeout,
+        result = ops_explain.explain_statement(conn, stmt.text, analyze=analyze, timeout=timeout,
                                                as_json=json_, allow_effects=True)
     if json_:
         print_json(result)

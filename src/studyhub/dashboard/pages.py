@@ -131,7 +131,9 @@ def install(app: FastAPI, settings: DashboardSettings, render) -> None:  # noqa:
     def query_explain(request: Request, name: str, queryid: int,
                       role: str | None = None) -> Response:
         """EXPLAIN (estimate only) of a statement known to pg_stat_statements — never of text
-        sent by the browser: rolled back, with a statement_timeout, as the app role."""
+        sent by the browser: rolled back, with a statement_timeout, as the app role. The text
+        must be one statement EXPLAIN takes, as PostgreSQL's parser reads it (refused
+        otherwise), and goes over the extended protocol (``explain.explain_statement``)."""
         view = profile_view(name, settings)
         if not view.ok:
             return page(request, view, "explain.html", lambda conn: {})

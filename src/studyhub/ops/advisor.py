@@ -31,16 +31,18 @@ from itertools import permutations
 from typing import Any
 
 import psycopg
+from pglast import ast
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from studyhub.connect import first_line
+from studyhub.errors import StudyhubError
 from studyhub.ops import indexes
-from studyhub.ops.explain import generic_plan, split_statements
+from studyhub.ops.explain import generic_plan
 from studyhub.ops.extensions import require_extension
 from studyhub.ops.queries import load
+from studyhub.ops.sqltext import Statement, one_statement
 
-PLANNABLE = re.compile(r"^\s*(select|with|update|delete)\b", re.I)
 NOT_APP = re.compile(r"\b(pg_catalog|information_schema|pg_stat\w*|pg_class|pg_index|pg_namespace|"
                      r"pg_attribute|pg_database|pg_roles|pg_locks|pg_extension|hypopg\w*|ops\.)\b",
                      re.I)
@@ -109,10 +111,28 @@ def _options(verbose: bool = True) -> sql.Composable:
     return sql.SQL("FORMAT JSON, VERBOSE") if verbose else sql.SQL("FORMAT JSON")
 
 
+def plannable(query: str) -> Statement | None:
+    """The statement of a pg_stat_statements text, if it is one the advisor plans: exactly one
+    statement, as PostgreSQL's own parser reads it, that is a SELECT (not SELECT INTO), UPDATE
+    or DELETE (also with WITH)."""
+    try:
+        stmt = one_statement(query)
+    except StudyhubError:  # several statements, none, or unparseable: never planned
+        return None
+    node = stmt.node
+    if isinstance(node, ast.SelectStmt) and not node.intoClause or \
+            isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
+        return stmt
+    return None
+
+
 def plan(conn: psycopg.Connection, query: str) -> dict[str, Any]:
-    """Generic plan of one statement (JSON, VERBOSE), inside a savepoint."""
+    """Generic plan of one statement (JSON, VERBOSE), inside a savepoint. Anything but exactly
+    one statement is refused (``sqltext.one_statement``) and PREPARE goes over the extended
+    protocol, so a pg_stat_statements text never runs more than that one statement."""
+    stmt = one_statement(query)
     with conn.transaction():
-        return generic_plan(conn, query, _options(), name="studyhub_advise")[0]["Plan"]
+        return generic_plan(conn, stmt, _options(), name="studyhub_advise")[0]["Plan"]
 
 
 def _walk(node: dict[str, Any]):
@@ -210,7 +230,7 @@ def advise(conn: psycopg.Connection, *, limit: int = 50, min_calls: int = DEFAUL
             if len(analysed) >= limit:
                 break
             q = r["query"]
-            if not PLANNABLE.match(q) or NOT_APP.search(q) or len(split_statements(q)) != 1:
+            if plannable(q) is None or NOT_APP.search(q):
                 continue
             st = StatementAdvice(r["queryid"], r["calls"], r["total_exec_ms"], q, None)
             if r["calls"] < min_calls:

@@ -21,7 +21,9 @@ restore
     with the manifest and the privacy erasure ledger re-applied. A restore that failed part-way
     resumes where it stopped when run again.
 import
-    A runbook-style plain ``.sql[.gz]`` dump fed to ``psql --single-transaction`` from Python.
+    A runbook-style plain ``.sql[.gz]`` dump, read statement by statement with PostgreSQL's own
+    parser (``ops/plain_dump.py``) and run in one transaction as the app role, each statement on
+    the extended protocol; no psql, so no meta-commands, and nothing beyond the new database.
 
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
 flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
@@ -39,19 +41,21 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 import psycopg
+from pglast import ast as pglast_ast
 from psycopg import sql
 
 from studyhub import __version__ as tool_version
-from studyhub.connect import ConnectError, child_env, connect
+from studyhub.connect import ConnectError, child_env, connect, first_line
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
-from studyhub.ops import privacy
+from studyhub.ops import plain_dump, privacy
 from studyhub.ops.backup_set import (
     DATA_DIR,
     DUMP_DIR,
@@ -75,6 +79,7 @@ from studyhub.ops.backup_set import (
     write_json_atomic,
 )
 from studyhub.ops.queries import load
+from studyhub.ops.sqltext import execute_extended
 from studyhub.profiles import Profile
 
 # Row text (and so the checksum) depends on these; both sides of a comparison pin them.
@@ -1449,7 +1454,8 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
                     "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(
                         p.table[0], p.index or "").as_string(conn),)).fetchone()[0]
                 if not exists:
-                    conn.execute(p.statement)  # one statement, written by pg_restore
+                    # one statement, written by pg_restore: the server refuses a second
+                    execute_extended(conn, p.statement)
                 label = {"KEY INDEX": "constraint", "KEY ATTACH": "constraint (attach)"}.get(
                     p.entry.desc, p.entry.desc.lower())
                 step = RestoreStep(f"{label} {p.entry.tag}", "constraint" if p.entry.desc
@@ -1467,8 +1473,8 @@ def _restore_v2_parallel(profile: Profile, database: str, set_dir: Path, manifes
         try:
             with connect(profile, "app", database=database, autocommit=True,
                          application_name="studyhub restore data") as conn:
-                for line in session:
-                    conn.execute(line)
+                for line in session:  # SET … lines pg_restore wrote, one statement each
+                    execute_extended(conn, line)
                 _session(conn)  # the text checksum's settings (binary COPY ignores them)
                 conn.execute("SELECT set_config('client_encoding', %s, false)",
                              (manifest.encoding,))
@@ -1739,16 +1745,6 @@ def verify_backup(set_dir: Path, *, restore: bool = False, local_profile: Profil
 
 
 # ------------------------------------------------------------------------------ import
-_SKIP_PATTERNS = {
-    "extension (created by the admin role)": re.compile(
-        rb"^(CREATE EXTENSION|COMMENT ON EXTENSION) "),
-    "ownership (like --no-owner)": re.compile(rb"^ALTER [A-Z ]+ OWNER TO .*;\s*$"),
-    "privileges (like --no-acl)": re.compile(rb"^(GRANT|REVOKE) .*;\s*$"),
-}
-_CREATE_EXT_RE = re.compile(
-    rb'^CREATE EXTENSION (?:IF NOT EXISTS )?("?[\w-]+"?)(?: WITH SCHEMA ("?\w+"?))?')
-
-
 def _open_dump(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     """(raw file, decompressed stream); gzip recognised by its magic bytes."""
     raw = open(path, "rb")
@@ -1757,65 +1753,24 @@ def _open_dump(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     return raw, (gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
 
 
-def _plain_dump_chunks(stream: IO[bytes], on_skip: Callable[[str, bytes], None]) -> Iterator[bytes]:
-    """The dump's bytes with single-line ownership, privilege and extension statements left out
-    (only at statement starts, never inside COPY data)."""
-    buf = b""
-    in_copy = False
-    at_start = True
-    eof = False
-    while True:
-        if not eof:
-            chunk = stream.read(1 << 20)
-            if chunk:
-                buf += chunk
-            else:
-                eof = True
-        out: list[bytes] = []
-        while buf:
-            if in_copy:
-                if buf.startswith(b"\\.\n"):
-                    end = 3
-                else:
-                    i = buf.find(b"\n\\.\n")
-                    end = i + 4 if i >= 0 else -1
-                if end < 0:
-                    if eof:
-                        out.append(buf)
-                        buf = b""
-                    elif len(buf) > 3:
-                        out.append(buf[:-3])
-                        buf = buf[-3:]
-                    break
-                out.append(buf[:end])
-                buf = buf[end:]
-                in_copy = False
-                at_start = True
-                continue
-            i = buf.find(b"\n")
-            if i < 0:
-                if eof:
-                    out.append(buf)
-                    buf = b""
-                break
-            line, buf = buf[: i + 1], buf[i + 1 :]
-            skipped = False
-            if at_start:
-                for reason, pattern in _SKIP_PATTERNS.items():
-                    if pattern.match(line):
-                        on_skip(reason, line)
-                        skipped = True
-                        break
-            if not skipped:
-                out.append(line)
-                if at_start and line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
-                    in_copy = True
-            stripped = line.strip()
-            at_start = (not stripped or stripped.startswith(b"--") or stripped.endswith(b";"))
-        if out:
-            yield b"".join(out)
-        if eof and not buf:
-            return
+def _create_extension_sql(node: "pglast_ast.CreateExtensionStmt") -> sql.Composed:
+    """The dump's CREATE EXTENSION, for the admin role: its name and schema only, from the
+    parse tree."""
+    q = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(node.extname))
+    schema = next((o.arg.sval for o in node.options or () if o.defname == "schema"), None)
+    if schema:
+        q += sql.SQL(" WITH SCHEMA {}").format(sql.Identifier(schema))
+    return q
+
+
+def _copy_from_stdin_sql(node: "pglast_ast.CopyStmt") -> sql.Composed:
+    """The dump's ``COPY table (columns) FROM stdin``, composed from its parse tree."""
+    rel = node.relation
+    target = sql.Identifier(*[p for p in (rel.catalogname, rel.schemaname, rel.relname) if p])
+    if not node.attlist:
+        return sql.SQL("COPY {} FROM STDIN").format(target)
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target, sql.SQL(", ").join(sql.Identifier(c.sval) for c in node.attlist))
 
 
 def import_sql(
@@ -1826,9 +1781,13 @@ def import_sql(
     progress: ProgressFn = _no_progress,
     reapply_erasures: bool = True,
 ) -> ImportResult:
-    """Load a runbook-style plain SQL dump (``pg_dump URL | gzip``) into a new database:
-    ``psql -v ON_ERROR_STOP=1 --single-transaction`` fed from here, then counts, ANALYZE and
-    the erasure ledger; the database gets its name only when all of that succeeded."""
+    """Load a runbook-style plain SQL dump (``pg_dump URL | gzip``) into a new database, then
+    counts, ANALYZE and the erasure ledger; the database gets its name only when all of that
+    succeeded. The dump runs as the app role, in one transaction that stops at the first
+    error, statement by statement: each read by PostgreSQL's own parser, judged
+    (``plain_dump.judge``: nothing that leaves that transaction or database) and sent on the
+    extended protocol (one statement per message), COPY rows as they are. No psql: a dump's
+    meta-commands (``\\!`` runs a shell command) are refused, never run."""
     from studyhub.ops.space import table_sizes
 
     t0 = time.monotonic()
@@ -1850,56 +1809,56 @@ def import_sql(
             sql.Identifier(staging), sql.Identifier(profile.users["app"])))
         _set_comment(admin, staging, f"{marker}: in progress")
     skipped: dict[str, int] = {}
-    ext_conn = connect(profile, "admin", database=staging, autocommit=True,
-                       application_name="studyhub import")
-
-    def on_skip(reason: str, line: bytes) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-        m = _CREATE_EXT_RE.match(line)
-        if m:
-            stmt = b"CREATE EXTENSION IF NOT EXISTS " + m.group(1)
-            if m.group(2):
-                stmt += b" WITH SCHEMA " + m.group(2)
-            ext_conn.execute(stmt.decode())
-
-    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
-            "--single-transaction", "--file=-"]
-    env = child_env(profile, "app", staging)
-    env["PGAPPNAME"] = "studyhub import"
-    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in RESTORE_SETTINGS.items())
     size = path.stat().st_size
     raw, stream = _open_dump(path)
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd="/")
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.extend(proc.stderr.read().splitlines()),  # type: ignore[union-attr]
-                              daemon=True)
-    reader.start()
+    dump = plain_dump.PlainDump(
+        stream, on_read=lambda: progress(ProgressEvent("import", raw.tell(), size, raw.tell())))
+    line = 0
     try:
-        assert proc.stdin is not None
-        try:
-            for chunk in _plain_dump_chunks(stream, on_skip):
-                proc.stdin.write(chunk)
-                progress(ProgressEvent("import", raw.tell(), size, raw.tell()))
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # psql stopped at an error; its message follows
-        except (OSError, EOFError) as exc:  # truncated or corrupt gzip
-            proc.kill()
-            raise BackupError(f"cannot read {path.name}: {exc}") from None
-        rc = proc.wait()
-        reader.join()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+        with connect(profile, "admin", database=staging, autocommit=True,
+                     application_name="studyhub import") as ext_conn, \
+                connect(profile, "app", database=staging, autocommit=True,
+                        application_name="studyhub import") as conn:
+            for k, v in RESTORE_SETTINGS.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (k, v))
+            with conn.transaction():
+                for item in dump.items():
+                    line = item.line
+                    if item.statement is None:  # a psql meta-command line
+                        if not plain_dump.RESTRICT_LINE.fullmatch(item.meta or ""):
+                            raise RefusedError(
+                                f"psql meta-command {(item.meta or '').split()[0]} is not SQL; "
+                                "only SQL statements and COPY rows are imported, nothing else "
+                                "is run")
+                        skipped[plain_dump.SKIP_RESTRICT] = \
+                            skipped.get(plain_dump.SKIP_RESTRICT, 0) + 1
+                        continue
+                    node = item.statement.node
+                    reason = plain_dump.judge(item.statement)  # RefusedError: refuse it all
+                    if reason is not None:
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                        if isinstance(node, pglast_ast.CreateExtensionStmt):
+                            ext_conn.execute(_create_extension_sql(node))
+                    elif isinstance(node, pglast_ast.CopyStmt):  # FROM stdin: judge said so
+                        with conn.cursor() as cur, cur.copy(_copy_from_stdin_sql(node)) as cp:
+                            for chunk in dump.copy_data():
+                                cp.write(chunk)
+                    else:  # one statement per message: the server refuses a second one
+                        execute_extended(conn, item.statement.text)
+    except RefusedError as exc:
+        raise RefusedError(f"refusing to import {path.name}: line {line}: {exc} (nothing was "
+                           f"kept in {database})") from None
+    except plain_dump.DumpError as exc:
+        raise BackupError(f"cannot import {path.name}: {exc} (nothing was kept in "
+                          f"{database})") from None
+    except psycopg.Error as exc:
+        raise BackupError(f"import stopped at the first error, nothing was kept in {database}: "
+                          f"line {line}: {first_line(exc)} (the partial import is in "
+                          f"{staging})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
+        raise BackupError(f"cannot read {path.name}: {exc}") from None
     finally:
         raw.close()
-        ext_conn.close()
-    if rc != 0:
-        msgs = [e.decode(errors="replace") for e in errors]
-        raise BackupError(f"import stopped at the first error, nothing was kept in {database}: "
-                          f"{_stderr_tail(msgs, 2)} (the partial import is in {staging})")
     with connect(profile, "app", database=staging, autocommit=True,
                  application_name="studyhub import") as conn:
         conn.execute("ANALYZE")

@@ -1,16 +1,16 @@
 """``diag explain``: the plan of one statement, run safely (PgHero-style): inside a transaction
-that is always rolled back, with a statement_timeout and lock_timeout, one statement only.
+that is always rolled back, with a statement_timeout and lock_timeout, one statement only —
+read by PostgreSQL's own parser (``sqltext.one_statement``) and sent on the extended query
+protocol (``sqltext.execute_extended``), so the server itself refuses a second one.
 Statements with ``$n`` placeholders (as pg_stat_statements shows them) get a generic plan
 (PREPARE + plan_cache_mode=force_generic_plan + EXPLAIN EXECUTE with NULL arguments).
 Runs as the app role: planning a query needs SELECT on its tables."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import pglast
 import psycopg
 from pglast import ast
 from pglast.visitors import Visitor
@@ -20,83 +20,40 @@ from studyhub.connect import first_line
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.queries import load
+from studyhub.ops.sqltext import Statement, execute_extended, one_statement, parse_statements
 
-_PARAM = re.compile(r"\$\d+")
-
-
-def _end_of_quoted(text: str, i: int) -> int:
-    """Index just past the quoted literal or identifier starting at ``i`` ('' and "" escape)."""
-    quote, j = text[i], i + 1
-    while j < len(text):
-        if text[j] == quote:
-            if text[j + 1:j + 2] == quote:
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    return len(text)
+# What EXPLAIN takes on PostgreSQL 15 (its grammar's ExplainableStmt, less REFRESH MATERIALIZED
+# VIEW, which has no plan): SELECT (also VALUES, TABLE, SELECT INTO), INSERT, UPDATE, DELETE,
+# MERGE, EXECUTE, DECLARE, CREATE TABLE AS and CREATE MATERIALIZED VIEW AS.
+EXPLAINABLE = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt,
+               ast.ExecuteStmt, ast.DeclareCursorStmt, ast.CreateTableAsStmt)
+EXPLAINABLE_NAMES = ("SELECT, VALUES, TABLE, INSERT, UPDATE, DELETE, MERGE, EXECUTE, DECLARE, "
+                     "CREATE TABLE AS or CREATE MATERIALIZED VIEW AS")
+# What PREPARE takes (its grammar's PreparableStmt): the generic plan of $n statements.
+PREPARABLE = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 
 
-def _end_of_block_comment(text: str, i: int) -> int:
-    depth, j = 1, i + 2  # block comments nest in PostgreSQL
-    while j < len(text) and depth:
-        if text.startswith("/*", j):
-            depth, j = depth + 1, j + 2
-        elif text.startswith("*/", j):
-            depth, j = depth - 1, j + 2
-        else:
-            j += 1
-    return j
-
-
-def _skip(text: str, i: int) -> int | None:
-    """If a quoted string, comment or dollar-quoted body starts at ``i``, the index past it."""
-    c = text[i]
-    if c in ("'", '"'):
-        return _end_of_quoted(text, i)
-    if text.startswith("--", i):
-        end = text.find("\n", i)
-        return len(text) if end < 0 else end
-    if text.startswith("/*", i):
-        return _end_of_block_comment(text, i)
-    if c == "$":
-        m = re.match(r"\$([A-Za-z_]\w*)?\$", text[i:])
-        if m:
-            end = text.find(m.group(0), i + len(m.group(0)))
-            return len(text) if end < 0 else end + len(m.group(0))
-    return None
-
-
-def _meaningful(sql_text: str) -> bool:
-    stripped = re.sub(r"--[^\n]*", "", sql_text)
-    stripped = re.sub(r"/\*.*?\*/", "", stripped, flags=re.S)
-    return bool(stripped.strip())
-
-
-def split_statements(text: str) -> list[str]:
-    """Split SQL on top-level semicolons, honouring quotes, comments and dollar quoting."""
-    parts, start, i = [], 0, 0
-    while i < len(text):
-        past = _skip(text, i)
-        if past is not None:
-            i = past
-        elif text[i] == ";":
-            parts.append(text[start:i])
-            start = i = i + 1
-        else:
-            i += 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if _meaningful(p)]
-
-
-def one_statement(text: str) -> str:
-    parts = split_statements(text)
-    if not parts:
-        raise StudyhubError("no SQL statement given")
-    if len(parts) > 1:
-        raise RefusedError(f"refusing to explain {len(parts)} statements: give exactly one "
+def explainable(text: str, *, analyze: bool = False) -> Statement:
+    """The one statement of ``text`` that EXPLAIN can take, or a refusal (nothing is run):
+    several statements, none, unparseable text, a statement EXPLAIN does not take (COMMIT,
+    DROP, VACUUM …), EXPLAIN itself, and ``$n`` placeholders where PREPARE cannot take them or
+    with ``analyze`` (that needs real values)."""
+    stmt = one_statement(text)
+    if isinstance(stmt.node, ast.ExplainStmt):
+        raise RefusedError("give the statement without EXPLAIN: it is added here (with "
+                           "ANALYZE for --analyze) (nothing was run)")
+    if not isinstance(stmt.node, EXPLAINABLE):
+        raise RefusedError(f"EXPLAIN cannot take {stmt.kind}: give one {EXPLAINABLE_NAMES} "
                            "(nothing was run)")
-    return parts[0]
+    if stmt.has_placeholders:
+        if analyze:
+            raise RefusedError("EXPLAIN ANALYZE needs real values; replace the $n placeholders "
+                               "(nothing was run)")
+        if not isinstance(stmt.node, PREPARABLE):
+            raise RefusedError(f"$n placeholders get a generic plan through PREPARE, which "
+                               f"takes SELECT, INSERT, UPDATE, DELETE or MERGE, not {stmt.kind} "
+                               "(nothing was run)")
+    return stmt
 
 
 @dataclass
@@ -150,30 +107,36 @@ class _Walk(Visitor):
 
 def analyze_effects(conn: psycopg.Connection, statement: str) -> AnalyzeEffects:
     """Is ``statement`` a plain SELECT, safe to run for real? Parsed with PostgreSQL's own
-    parser (pglast): DML (also inside WITH), FOR UPDATE/SHARE, SELECT INTO, and calls to
-    VOLATILE functions (nextval, pg_terminate_backend, dblink, user functions …) are effects
-    that a rollback does not fully undo (row locks are held while it runs; sequences, signals
-    and remote writes stay)."""
-    text = one_statement(statement)
+    parser (pglast), and every statement the parser finds is judged (several are refused
+    before anything runs anyway): DML (also inside WITH), FOR UPDATE/SHARE, SELECT INTO, and
+    calls to VOLATILE functions (nextval, pg_terminate_backend, dblink, user functions …) are
+    effects that a rollback does not fully undo (row locks are held while it runs; sequences,
+    signals and remote writes stay)."""
     try:
-        stmt = pglast.parse_sql(text)[0].stmt
-    except pglast.parser.ParseError as exc:
+        found = parse_statements(statement)
+    except StudyhubError as exc:
         return AnalyzeEffects("?", [f"cannot be parsed ({exc}), so it may change data"])
-    kind = re.sub(r"Stmt$", "", type(stmt).__name__).upper()
-    walk = _Walk()
-    walk(stmt)
     reasons = []
-    if not isinstance(stmt, ast.SelectStmt):
-        reasons.append(f"{kind} is not a plain SELECT: it runs for real and holds its row "
-                       "locks until the rollback")
-    elif walk.dml:
-        reasons.append(f"a data-modifying WITH ({', '.join(sorted(walk.dml))}) runs for real "
-                       "and holds its row locks until the rollback")
-    if walk.locking:
-        reasons.append("FOR UPDATE/SHARE locks the rows it reads until the rollback")
-    if walk.into:
-        reasons.append("SELECT INTO creates a table (rolled back)")
-    names = sorted(walk.functions - HARMLESS_VOLATILE)
+    if len(found) > 1:
+        reasons.append(f"{len(found)} statements: every one of them would run")
+    functions: set[str] = set()
+    for stmt in found:
+        walk = _Walk()
+        walk(stmt.node)
+        functions |= walk.functions
+        if type(stmt.node) in _DML:
+            reasons.append(f"{stmt.kind} is not a plain SELECT: it runs for real and holds "
+                           "its row locks until the rollback")
+        elif not isinstance(stmt.node, ast.SelectStmt):
+            reasons.append(f"{stmt.kind} is not a plain SELECT: it runs for real")
+        elif walk.dml:
+            reasons.append(f"a data-modifying WITH ({', '.join(sorted(walk.dml))}) runs for "
+                           "real and holds its row locks until the rollback")
+        if walk.locking:
+            reasons.append("FOR UPDATE/SHARE locks the rows it reads until the rollback")
+        if walk.into:
+            reasons.append("SELECT INTO / CREATE … AS creates a table (rolled back)")
+    names = sorted(functions - HARMLESS_VOLATILE)
     if names:
         volatile = [r[0] for r in conn.execute(load("get_volatile_functions"),
                                                {"names": names}).fetchall()]
@@ -182,6 +145,7 @@ def analyze_effects(conn: psycopg.Connection, statement: str) -> AnalyzeEffects:
         if volatile:
             reasons.append(f"calls volatile function(s) {', '.join(volatile)}: what they do "
                            "(sequence values, signals, remote writes) is not rolled back")
+    kind = "; ".join(s.kind for s in found) or "?"
     return AnalyzeEffects(kind, reasons)
 
 
@@ -195,12 +159,9 @@ def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool
     """EXPLAIN (optionally ANALYZE, BUFFERS) ``statement`` in a transaction that is rolled back
     whatever happens. ANALYZE of anything but a plain SELECT (see ``analyze_effects``) is
     refused unless ``allow_effects`` (the caller confirmed it)."""
-    text = one_statement(statement)
-    generic = bool(_PARAM.search(text))
-    if generic and analyze:
-        raise RefusedError("EXPLAIN ANALYZE needs real values; replace the $n placeholders")
+    stmt = explainable(statement, analyze=analyze)
     if analyze and not allow_effects:
-        effects = analyze_effects(conn, text)
+        effects = analyze_effects(conn, stmt.text)
         if not effects.plain_select:
             raise RefusedError(f"refusing EXPLAIN ANALYZE without confirmation: "
                                f"{'; '.join(effects.reasons)} (nothing was run)")
@@ -213,11 +174,12 @@ def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool
                 sql.Literal(_interval(timeout))))
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                 sql.Literal(_interval(lock_timeout))))
-            if generic:
-                plan_json = generic_plan(conn, text, options)
+            if stmt.has_placeholders:
+                plan_json = generic_plan(conn, stmt, options)
             else:
-                plan_json = conn.execute(
-                    sql.SQL("EXPLAIN ({}) ").format(options) + sql.SQL(text)).fetchone()[0]
+                plan_json = execute_extended(
+                    conn, sql.SQL("EXPLAIN ({}) ").format(options) + sql.SQL(stmt.text)
+                ).fetchone()[0]
     except psycopg.errors.QueryCanceled:
         raise StudyhubError(f"the statement ran longer than {timeout} (statement_timeout); "
                             "nothing was changed") from None
@@ -228,19 +190,20 @@ def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool
     top = plan_json[0]
     node = top["Plan"]
     return ExplainResult(
-        statement=text, analyze=analyze, generic=generic,
+        statement=stmt.text, analyze=analyze, generic=stmt.has_placeholders,
         total_cost=node.get("Total Cost"),
         actual_ms=top.get("Execution Time"),
         plan=plan_json if as_json else render_text(plan_json))
 
 
-def generic_plan(conn: psycopg.Connection, text: str, options: sql.Composable,
+def generic_plan(conn: psycopg.Connection, stmt: Statement, options: sql.Composable,
                  name: str = "studyhub_explain") -> Any:
-    """Plan a statement with $n placeholders generically: PREPARE it, force the generic plan,
-    EXPLAIN EXECUTE with NULL for every parameter. Call inside a transaction."""
+    """Plan a statement with $n placeholders generically: PREPARE it (on the extended protocol:
+    one statement only), force the generic plan, EXPLAIN EXECUTE with NULL for every
+    parameter. Call inside a transaction."""
     conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
     ident = sql.Identifier(name)
-    conn.execute(sql.SQL("PREPARE {} AS ").format(ident) + sql.SQL(text))
+    execute_extended(conn, sql.SQL("PREPARE {} AS ").format(ident) + sql.SQL(stmt.text))
     try:
         nparams = conn.execute(
             "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = %s",
