@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from fsrs import Scheduler
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studyhub.api.auth import Passwords, TokenService, load_token_secret
 from studyhub.api.db import Databases, choose_topology
-from studyhub.api.errors import install_error_handlers
+from studyhub.api.errors import document_errors, install_error_handlers
 from studyhub.api.read_marks import ReadMarks
 from studyhub.api.routers import (
     accounts,
@@ -147,6 +147,18 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    generated_openapi = app.openapi
+    documented: dict[str, Any] | None = None
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema (cached; generated anew when routes are added) with our errors."""
+        nonlocal documented
+        schema = generated_openapi()
+        if schema is not documented:
+            documented = document_errors(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension point
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
