@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import schemathesis
