@@ -6,7 +6,7 @@ requests use about half the time) and once with no token at all.
 Checks on every response: no 5xx (nor an exception escaping the app), the status code is one
 the schema documents for that operation, and the body and content type match the documented
 response. Generation is derandomized (the same cases every run, no example database) and
-bounded per operation and mode, so CI is not flaky: about a minute on two busy cores, hence
+bounded per operation and mode, so CI is not flaky: about 40 s on two busy cores, hence
 ``slow``. What it found is pinned by ordinary tests in test_api_input.py, so it stays fixed
 even if a change of schemathesis stops generating those cases.
 """
