@@ -69,18 +69,20 @@ def free_port() -> int:
 
 
 class DashboardServer:
-    """``create_dashboard(settings)`` served by uvicorn in a thread on a free loopback port."""
+    """``create_dashboard(settings)`` served by uvicorn in a thread on a free loopback port,
+    with the options `studyhub dashboard` uses."""
 
     def __init__(self, settings) -> None:
         import uvicorn
 
-        from studyhub.dashboard.app import create_dashboard
+        from studyhub.dashboard.app import UVICORN_OPTIONS, create_dashboard
 
         self.app = create_dashboard(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+            self.app, host="127.0.0.1", port=self.port, log_level="warning",
+            **UVICORN_OPTIONS))  # as `studyhub dashboard` runs it
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "DashboardServer":

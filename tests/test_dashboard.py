@@ -16,6 +16,7 @@ from studyhub.audit import read_audit
 from studyhub.dashboard import charts
 from studyhub.dashboard.capture import capture_profile
 from studyhub.dashboard.context import view_profile
+from studyhub.dashboard.forwarded import ForwardedError, ProxyTrust
 from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import ConfigError
 from studyhub.ops import migrate, space, statements
@@ -208,6 +209,136 @@ def test_with_a_token_every_page_needs_a_login_compared_in_constant_time(client,
     fields = form_fields(other.get("/login").text)
     res = other.post("/login", data={**fields, "token": TOKEN, "next": "//evil.example/"})
     assert res.status_code == 303 and res.headers["location"] == "/"
+
+
+# ------------------------------------------------------------------ login lockout
+WRONG = "not-the-dashboard-token-000"
+
+
+def browser(c: httpx.Client, headers: dict[str, str] | None = None
+            ) -> tuple[httpx.Client, dict[str, str]]:
+    """Another browser on ``c``'s dashboard (its own cookie jar, so its own session), with the
+    hidden fields of its login form."""
+    b = httpx.Client(base_url=c.base_url, timeout=30, follow_redirects=False,
+                     headers=headers or {})
+    return b, form_fields(b.get("/login").text)
+
+
+def fail_logins(b: httpx.Client, fields: dict[str, str], times: int) -> None:
+    for _ in range(times):
+        assert b.post("/login", data={**fields, "token": WRONG}).status_code == 401
+
+
+def test_failed_logins_lock_that_session_not_everyone_behind_the_same_address(client, env,
+                                                                              migrated):
+    from pydantic import SecretStr
+
+    c = client(token=SecretStr(TOKEN))
+    mallory, fields = browser(c)  # every browser here comes from 127.0.0.1, as behind a proxy
+    fail_logins(mallory, fields, 10)
+    res = mallory.post("/login", data={**fields, "token": TOKEN})
+    assert res.status_code == 429 and "too many failed attempts" in res.text
+    alice, fields = browser(c)
+    res = alice.post("/login", data={**fields, "token": TOKEN})
+    assert res.status_code == 303 and alice.get("/p/local/backups").status_code == 200
+    # A client without the session cookie cannot try the token at all (no CSRF token of its
+    # own), so dropping the cookie gives no extra tries.
+    with httpx.Client(base_url=c.base_url, timeout=30) as bare:
+        csrf = form_fields(mallory.get("/login").text)["csrf_token"]
+        assert bare.post("/login", data={"csrf_token": csrf, "token": TOKEN}).status_code == 403
+
+
+def test_without_trusted_proxies_forwarded_headers_are_ignored(client, env, migrated):
+    from pydantic import SecretStr
+
+    c = client(token=SecretStr(TOKEN))
+    for times in (4, 3, 3):  # ten failures "from 203.0.113.7", none of the sessions locked
+        b, fields = browser(c, {"X-Forwarded-For": "203.0.113.7", "Forwarded": "for=203.0.113.7"})
+        fail_logins(b, fields, times)
+    b, fields = browser(c, {"X-Forwarded-For": "203.0.113.7", "Forwarded": "for=203.0.113.7"})
+    assert b.post("/login", data={**fields, "token": TOKEN}).status_code == 303
+
+
+@pytest.mark.parametrize("header, hops", [
+    ("X-Forwarded-For", "{forged}, {client}, 10.1.2.3"),
+    ("Forwarded", 'for="{forged}";proto=http, for={client};proto=https, for="10.1.2.3:443"'),
+])
+def test_behind_trusted_proxies_failed_logins_also_lock_the_forwarded_address(
+        client, env, migrated, header, hops):
+    """The proxies 127.0.0.1 (the peer) and 10.0.0.0/8 (the one before it) are trusted; the
+    client's address is the right-most hop that is not one of them, whatever the client put
+    to its left."""
+    from pydantic import SecretStr
+
+    c = client(token=SecretStr(TOKEN), trusted_proxies=("127.0.0.1", "10.0.0.0/8"),
+               forwarded_header=header)
+
+    def via(client_address: str, forged: str) -> dict[str, str]:
+        return {header: hops.format(client=client_address, forged=forged)}
+
+    for i, times in enumerate((4, 3, 3)):  # ten failures over three sessions, each forging
+        b, fields = browser(c, via("203.0.113.7", f"198.51.100.{i}"))
+        fail_logins(b, fields, times)
+    b, fields = browser(c, via("203.0.113.7", "192.0.2.1"))
+    res = b.post("/login", data={**fields, "token": TOKEN})
+    assert res.status_code == 429, res.text
+    b, fields = browser(c, via("203.0.113.8", "203.0.113.7"))  # another address logs in
+    assert b.post("/login", data={**fields, "token": TOKEN}).status_code == 303
+    b, fields = browser(c)  # the proxy itself (no header) is never locked as an address
+    assert b.post("/login", data={**fields, "token": TOKEN}).status_code == 303
+    # A header the trusted proxy passes on that cannot be read: the token is not tried.
+    b, fields = browser(c, {header: 'for="203.0.113.9, for=' if header == "Forwarded"
+                            else "203.0.113.9, not-an-address"})
+    res = b.post("/login", data={**fields, "token": TOKEN})
+    assert res.status_code == 400 and "the token was not tried" in res.text
+
+
+def test_audit_lines_name_the_forwarded_client_behind_trusted_proxies(client, env, migrated,
+                                                                     profile):
+    sleeper = Background(profile, "SELECT pg_sleep(60) /* behind a proxy */")
+    try:
+        wait_for(lambda: is_running(profile, sleeper.pid, "pg_sleep"), what="the sleeper")
+        c = client(trusted_proxies=("127.0.0.1",))
+        hops = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+        page = c.get(f"/p/local/live/cancel/{sleeper.pid}", headers=hops)
+        res = c.post(f"/p/local/live/cancel/{sleeper.pid}", data=form_fields(page.text),
+                     headers=hops)
+        assert res.status_code == 303
+        wait_for(lambda: not is_running(profile, sleeper.pid, "pg_sleep"), what="the cancel")
+        line = [a for a in read_audit() if a["action"] == "emergency.cancel"][-1]
+        assert line["pid"] == sleeper.pid and line["client"] == "203.0.113.7"
+    finally:
+        sleeper.close()
+
+
+def test_forwarded_client_addresses_are_read_only_from_trusted_proxies():
+    trust = ProxyTrust.configure(["127.0.0.1", "10.0.0.0/8", "2001:db8:1::/48"], "Forwarded")
+    assert trust.client_address("192.0.2.5", ["for=203.0.113.7"]) == "192.0.2.5"  # not a proxy
+    assert trust.client_address("127.0.0.1", []) is None  # the proxy's own request
+    got = trust.client_address("127.0.0.1", [
+        'for="_forged;, for=1.1.1.1"', 'For="[2001:DB8:CAFE::17]:4711";proto=https',
+        'for="10.0.0.9:8080";by=_edge, for="[2001:db8:1::1]"'])
+    assert got == "2001:db8:cafe::17"
+    assert trust.client_address("127.0.0.1", ["for=_hidden42, for=10.0.0.1"]) == "_hidden42"
+    assert trust.client_address("127.0.0.1", ["for=unknown, for=10.0.0.1"]) is None
+    assert trust.client_address("127.0.0.1", ["for=10.0.0.1"]) is None  # only proxies
+    with pytest.raises(ForwardedError, match="unreadable"):
+        trust.client_address("127.0.0.1", ['for="203.0.113.9, for=10.0.0.1'])
+    with pytest.raises(ForwardedError, match="unreadable"):  # a port must be quoted
+        trust.client_address("127.0.0.1", ["for=203.0.113.9:80"])
+    with pytest.raises(ForwardedError, match="twice"):
+        trust.client_address("127.0.0.1", ["for=203.0.113.9;for=10.0.0.1"])
+    xff = ProxyTrust.configure(["127.0.0.1"], "x-forwarded-for")
+    assert xff.client_address("127.0.0.1", ["6.6.6.6, 203.0.113.7:5123", "127.0.0.1"]) \
+        == "203.0.113.7"
+    assert xff.client_address("127.0.0.1", ["2001:db8::5"]) == "2001:db8::5"
+    with pytest.raises(ForwardedError, match="empty hop"):
+        xff.client_address("127.0.0.1", ["203.0.113.7,"])
+    assert ProxyTrust().client_address("127.0.0.1", ["203.0.113.7"]) == "127.0.0.1"
+    with pytest.raises(ConfigError, match="not an IP address or network"):
+        DashboardSettings(trusted_proxies=("proxy.example",))
+    with pytest.raises(ConfigError, match="choose X-Forwarded-For or Forwarded"):
+        DashboardSettings(trusted_proxies=("127.0.0.1",), forwarded_header="X-Real-IP")
 
 
 def test_without_a_token_only_loopback_host_names_are_answered(client, env, migrated):

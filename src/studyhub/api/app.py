@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from fsrs import Scheduler
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studyhub.api.auth import Passwords, TokenService, load_token_secret
 from studyhub.api.db import Databases, choose_topology
-from studyhub.api.errors import install_error_handlers
+from studyhub.api.errors import document_errors, install_error_handlers
 from studyhub.api.read_marks import ReadMarks
 from studyhub.api.routers import (
     accounts,
@@ -40,13 +41,24 @@ ROUTERS = (health.router, accounts.router, subjects.router, notes.router, flashc
            sessions.router, ai.router, reviews.router)
 
 
-class BodyTooLarge(Exception):
-    pass
+def too_large_detail(max_bytes: int) -> str:
+    return f"request body larger than {max_bytes} bytes"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive()`` once the body passes the limit. It is an HTTPException on
+    purpose: FastAPI's body parsing passes those on (any other exception raised while it reads
+    the body becomes a 400 "There was an error parsing the body"), so the app's own handler
+    answers 413 with the JSON ``detail``, on every route, however the body arrives."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, too_large_detail(max_bytes))
 
 
 class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, before they are parsed (whether or not
-    the client sent Content-Length)."""
+    """Refuse request bodies over ``max_bytes`` with 413: a declared Content-Length over the
+    limit before the app runs (so no route acts on the request), a body without one (chunked)
+    as soon as the bytes received pass the limit, before it is parsed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -65,11 +77,13 @@ class BodySizeLimit:
 
         async def limited_receive() -> Message:
             nonlocal seen
+            if seen > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -81,11 +95,13 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            # read outside the app's exception handlers (none of our routes do): answer here
+            if started:
+                raise
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        body = json.dumps({"detail": too_large_detail(self.max_bytes)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -131,6 +147,18 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    generated_openapi = app.openapi
+    documented: dict[str, Any] | None = None
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema (cached; generated anew when routes are added) with our errors."""
+        nonlocal documented
+        schema = generated_openapi()
+        if schema is not documented:
+            documented = document_errors(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension point
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -1,5 +1,12 @@
 """Errors as HTTP answers: one clear ``detail`` line, never the client's input echoed back
-(it may be a password or a 100 kB note), never SQL or its parameters."""
+(it may be a password or a 100 kB note), never SQL or its parameters — and documented in the
+OpenAPI schema as they are answered (``ErrorOut``, ``ValidationErrorOut``).
+
+What every operation of a kind can answer is added to the schema here (``document_errors``):
+401 where a bearer token is needed, 400 (FastAPI's answer to a body it cannot decode) and 413
+where a body is read, 422 (our shape, not FastAPI's)
+where FastAPI validates input, 503 where the database is used. What only some routes answer
+(404, 409) is declared on those routes with ``error_responses``."""
 
 from __future__ import annotations
 
@@ -9,12 +16,79 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studyhub.api.db import DatabaseUnavailable
 
 log = logging.getLogger("studyhub.api")
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong, in one line.")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query, path or header, then the field.")
+    msg: str
+    type: str | None = None
+
+
+class ValidationErrorOut(ErrorOut):
+    errors: list[FieldError] = Field(
+        default_factory=list,
+        description="Every invalid field, when the request failed validation (the input is not "
+                    "echoed); absent when the problem was found later (an unknown subject, a "
+                    "cursor this API did not return).")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The request body could not be read (not UTF-8, or not the declared content type).",
+    401: "Missing, invalid or expired bearer token.",
+    404: "Not found (another student's rows are not found either).",
+    409: "Conflicts with the current state.",
+    413: "Request body larger than the limit (1 MiB by default).",
+    422: "Invalid input: the first problem in `detail`, every one in `errors`.",
+    503: "Database unavailable, try again shortly (see Retry-After).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route or router: these error statuses, with our body."""
+    return {status: {"model": ValidationErrorOut if status == 422 else ErrorOut,
+                     "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add to a generated OpenAPI schema (in place) the errors every operation of a kind can
+    answer, and replace FastAPI's 422 body (a list of errors in ``detail``) with ours."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorOut, ValidationErrorOut):
+        definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definition.pop("$defs", {}))
+        components[model.__name__] = definition
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+    def response(status: int) -> dict[str, Any]:
+        model = ValidationErrorOut if status == 422 else ErrorOut
+        return {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = response(422)
+            if operation.get("security"):
+                responses.setdefault("401", response(401))
+            if "requestBody" in operation:
+                responses.setdefault("400", response(400))
+                responses.setdefault("413", response(413))
+                responses.setdefault("422", response(422))
+            responses.setdefault("503", response(503))
+    return schema
 
 
 class ApiError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
@@ -24,8 +24,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ts = datetime.fromisoformat(ts_text)
         if ts.tzinfo is None:
             raise ValueError
-        return ts, uuid.UUID(id_text)
-    except (ValueError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        # Ours are UTC; another offset may leave the range of dates (year 0 or 10000 in UTC).
+        return ts.astimezone(timezone.utc), uuid.UUID(id_text)
+    except (ValueError, TypeError, OverflowError, json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(422, "invalid input: cursor: not a cursor this API returned") from None
 
 

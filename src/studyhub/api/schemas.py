@@ -39,6 +39,19 @@ class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class In(BaseModel):
+    """A request body. No string in it may hold NUL (U+0000): PostgreSQL text cannot store it
+    (the insert would fail), and no field has a use for it, so it is refused with the field's
+    name before anything reaches the database."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def no_nul(cls, v: object) -> object:
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        return v
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(
@@ -47,7 +60,7 @@ class Page(BaseModel, Generic[T]):
 
 
 # ------------------------------------------------------------------- accounts
-class RegisterIn(BaseModel):
+class RegisterIn(In):
     email: Email
     password: str = Field(min_length=8, max_length=128)
     full_name: str = Field(min_length=1, max_length=200)
@@ -65,7 +78,7 @@ class RegisterIn(BaseModel):
         return v
 
 
-class LoginIn(BaseModel):
+class LoginIn(In):
     email: Email
     password: str = Field(min_length=1, max_length=128)
 
@@ -97,7 +110,7 @@ class SubjectOut(Out):
     name: str
 
 
-class EnrolIn(BaseModel):
+class EnrolIn(In):
     target_grade: str | None = Field(None, max_length=10)
 
 
@@ -110,13 +123,13 @@ class EnrolmentOut(Out):
 
 
 # ------------------------------------------------------------------- notes
-class NoteIn(BaseModel):
+class NoteIn(In):
     subject_id: uuid.UUID
     title: Title
     body: NoteBody = ""
 
 
-class NotePatch(BaseModel):
+class NotePatch(In):
     subject_id: uuid.UUID | None = None
     title: Title | None = None
     body: NoteBody | None = None
@@ -141,14 +154,14 @@ class NoteOut(Out):
 
 
 # --------------------------------------------------------------- flashcards
-class FlashcardIn(BaseModel):
+class FlashcardIn(In):
     subject_id: uuid.UUID
     note_id: uuid.UUID | None = None
     front: CardSide
     back: CardSide
 
 
-class FlashcardPatch(BaseModel):
+class FlashcardPatch(In):
     subject_id: uuid.UUID | None = None
     note_id: uuid.UUID | None = None
     front: CardSide | None = None
@@ -178,7 +191,7 @@ class FlashcardOut(Out):
         return STATE_NAMES.get(v, v) if isinstance(v, int) else v
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(In):
     rating: int = Field(ge=1, le=4, description="1 again, 2 hard, 3 good, 4 easy")
     reviewed_at: AwareDatetime | None = Field(
         None, description="When the card was reviewed (default: now); not in the future."
@@ -189,7 +202,10 @@ class ReviewIn(BaseModel):
     @field_validator("reviewed_at")
     @classmethod
     def to_utc(cls, v: datetime | None) -> datetime | None:
-        return v.astimezone(timezone.utc) if v is not None else None
+        try:
+            return v.astimezone(timezone.utc) if v is not None else None
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+            raise ValueError("out of range") from None
 
 
 class ReviewOut(Out):
@@ -229,7 +245,7 @@ class ReviewResult(BaseModel):
 
 
 # --------------------------------------------------------- revision sessions
-class SessionIn(BaseModel):
+class SessionIn(In):
     subject_id: uuid.UUID | None = None
 
 
@@ -242,7 +258,7 @@ class SessionOut(Out):
 
 
 # ---------------------------------------------------------- AI interactions
-class AIInteractionIn(BaseModel):
+class AIInteractionIn(In):
     subject_id: uuid.UUID | None = None
     note_id: uuid.UUID | None = None
     model: str = Field(min_length=1, max_length=100)

@@ -30,6 +30,15 @@ def dashboard(
              "and growth charts); 0 to turn off.")] = "5m",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request.")] = False,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy",
+        help="Address or network of a reverse proxy in front (repeatable): only then is the "
+             "client's address read from --forwarded-header, and failed logins also counted "
+             "per address.")] = None,
+    forwarded_header: Annotated[str, typer.Option(
+        "--forwarded-header",
+        help="The header the trusted proxies set: X-Forwarded-For or Forwarded.")]
+        = "X-Forwarded-For",
 ) -> None:
     """Serve the operations dashboard: health, queries (with history and EXPLAIN), indexes
     (advice, create concurrently), live activity (cancel, terminate), space and growth,
@@ -38,7 +47,7 @@ def dashboard(
     enables actions on it. Read-only profiles never act."""
     import uvicorn
 
-    from studyhub.dashboard.app import create_dashboard
+    from studyhub.dashboard.app import UVICORN_OPTIONS, create_dashboard
     from studyhub.dashboard.settings import DashboardSettings, load_token
     from studyhub.profiles import load_settings
 
@@ -48,14 +57,18 @@ def dashboard(
     explicit = set(allow_actions or []) | ({profile} if profile else set())
     settings = DashboardSettings(default_profile=default, explicit_profiles=frozenset(explicit),
                                  database=database, host=host, token=load_token(),
-                                 capture_every_s=every)
+                                 capture_every_s=every,
+                                 trusted_proxies=tuple(trusted_proxy or ()),
+                                 forwarded_header=forwarded_header)
     app = create_dashboard(settings)
     shown = f"[{host}]" if ":" in host else host
     console.print(
         f"StudyHub ops dashboard on http://{shown}:{port}/p/{default}/ · "
         + ("access token required" if settings.token else "loopback only, no token")
         + (f" · actions enabled on protected: {', '.join(sorted(explicit))}" if explicit else "")
-        + (f" · history captured every {capture_every}" if every else " · no history capture"),
+        + (f" · history captured every {capture_every}" if every else " · no history capture")
+        + (f" · client addresses from {settings.proxy_trust().describe()}"
+           if settings.trusted_proxies else ""),
         highlight=False)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                lifespan="on", server_header=False)
+                **UVICORN_OPTIONS)

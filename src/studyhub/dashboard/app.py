@@ -28,6 +28,7 @@ from studyhub.connect import ConnectError, first_line
 from studyhub.dashboard import charts, jobs, pages
 from studyhub.dashboard.capture import CaptureLoop
 from studyhub.dashboard.context import ProfileView, all_profiles, connection, view_profile
+from studyhub.dashboard.forwarded import ForwardedError
 from studyhub.dashboard.security import (
     AccessMiddleware,
     CsrfRefused,
@@ -35,6 +36,7 @@ from studyhub.dashboard.security import (
     constant_time_equal,
     csrf_guard,
     csrf_refused_response,
+    login_address,
     safe_next,
     session_of,
 )
@@ -44,6 +46,11 @@ from studyhub.ops import health
 from studyhub.profiles import PROFILE_NAMES
 
 HERE = Path(__file__).resolve().parent
+# How `studyhub dashboard` (and the tests) run uvicorn. No proxy headers: uvicorn would otherwise
+# take the client address from X-Forwarded-For whenever the peer is 127.0.0.1, which anyone on
+# the machine can send; the dashboard reads that header itself, and only from the proxies the
+# operator named (DashboardSettings.trusted_proxies).
+UVICORN_OPTIONS = {"proxy_headers": False, "server_header": False, "lifespan": "on"}
 PAGES = (("overview", "Overview", ""), ("queries", "Queries", "queries"),
          ("indexes", "Indexes", "indexes"), ("live", "Live", "live"),
          ("space", "Space", "space"), ("backups", "Backups", "backups"),
@@ -119,6 +126,7 @@ def create_dashboard(settings: DashboardSettings | None = None) -> FastAPI:
                   openapi_url=None)
     store = SessionStore(settings.max_sessions)
     app.state.settings = settings
+    app.state.proxy_trust = settings.proxy_trust()
     app.state.sessions = store
     app.state.capture = capture
     app.state.jobs = jobs.IndexJobs()
@@ -157,18 +165,22 @@ def create_dashboard(settings: DashboardSettings | None = None) -> FastAPI:
         if settings.token is None:
             return RedirectResponse("/", status_code=303)
         form = await request.form()
-        client = request.client.host if request.client else "?"
         target = safe_next(str(form.get("next") or "/"))
-        if store.login_blocked(client):
+        session = session_of(request)
+        try:
+            address = login_address(request)
+        except ForwardedError as exc:
+            return render(request, "login.html", next=target, status=400,
+                          error=f"cannot tell your address ({exc}); the token was not tried")
+        if store.login_blocked(session, address):
             return render(request, "login.html", next=target, status=429,
                           error="too many failed attempts; wait a few minutes")
         given = str(form.get("token") or "")
         if not constant_time_equal(given, settings.token.get_secret_value()):
-            store.login_failed(client)
+            store.login_failed(session, address)
             return render(request, "login.html", next=target, status=401,
                           error="wrong token")
-        old = session_of(request)
-        store.drop(old.id)
+        store.drop(session.id)
         request.state.session = store.new(authenticated=True)  # a new id: no fixation
         return RedirectResponse(target, status_code=303)
 

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from studyhub.connect import ConnectError, first_line
 from studyhub.dashboard import charts, optional
 from studyhub.dashboard.context import ProfileView, connection
-from studyhub.dashboard.security import flash
+from studyhub.dashboard.forwarded import ForwardedError
+from studyhub.dashboard.security import client_address, flash
 from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops import activity, emergency, explain, health, indexes, space, statements
@@ -37,7 +38,11 @@ def _table_label(schema: str, table: str) -> str:
 
 
 def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """For audit lines: the client's address (behind trusted proxies, the one they report)."""
+    try:
+        return client_address(request)
+    except ForwardedError:
+        return request.client.host if request.client else None
 
 
 def _window(value: str | None, default: str) -> tuple[str, timedelta]:

@@ -7,6 +7,10 @@
 - With an access token configured (required to listen beyond loopback), every page except the
   login form needs a session that logged in with it; tokens are compared in constant time and
   the session id is replaced at login.
+- Failed logins are counted per session (ten in five minutes lock that session, not anyone
+  else's) and, only when the operator named the reverse proxies in front
+  (``trusted_proxies``), also per client address as those proxies report it. A client without
+  a session cannot try the token at all: the login form's CSRF token belongs to a session.
 - Without a token the dashboard only answers requests whose Host is a loopback name, so a web
   page elsewhere cannot read it through DNS rebinding.
 """
@@ -27,13 +31,15 @@ from fastapi.responses import PlainTextResponse, RedirectResponse
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
+from studyhub.dashboard.forwarded import ProxyTrust
 from studyhub.dashboard.settings import DashboardSettings, is_loopback
 
 COOKIE = "studyhub_dashboard"
 SAFE_METHODS = ("GET", "HEAD")
 OPEN_PATHS = ("/login", "/static/")
-LOGIN_FAILURES_ALLOWED = 10
+LOGIN_FAILURES_ALLOWED = 10  # per session, and per client address behind trusted proxies
 LOGIN_FAILURE_WINDOW_S = 300.0
+MAX_TRACKED_ADDRESSES = 10_000
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -53,6 +59,7 @@ class Session:
     authenticated: bool = False
     flash: list[tuple[str, str]] = field(default_factory=list)  # (level, message)
     created: float = field(default_factory=time.monotonic)
+    login_failures: list[float] = field(default_factory=list)  # monotonic times
 
 
 def constant_time_equal(a: str, b: str) -> bool:
@@ -62,13 +69,14 @@ def constant_time_equal(a: str, b: str) -> bool:
 
 
 class SessionStore:
-    """In-memory sessions, the oldest dropped beyond ``max_sessions``."""
+    """In-memory sessions, the oldest dropped beyond ``max_sessions``, and recent failed logins
+    per client address (the least recently failing dropped beyond MAX_TRACKED_ADDRESSES)."""
 
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
+        self._address_failures: OrderedDict[str, list[float]] = OrderedDict()
 
     def new(self, authenticated: bool = False) -> Session:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), authenticated)
@@ -88,16 +96,53 @@ class SessionStore:
         with self._lock:
             self._sessions.pop(sid, None)
 
-    def login_blocked(self, client: str) -> bool:
+    def login_blocked(self, session: Session, address: str | None) -> bool:
+        """Ten failures within the window from this session — or from this address, when the
+        address is known (``None``: not counted per address)."""
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._failures.get(client, []) if now - t < LOGIN_FAILURE_WINDOW_S]
-            self._failures[client] = recent
+            session.login_failures[:] = _recent(session.login_failures, now)
+            if len(session.login_failures) >= LOGIN_FAILURES_ALLOWED:
+                return True
+            if address is None or address not in self._address_failures:
+                return False
+            recent = _recent(self._address_failures[address], now)
+            if recent:
+                self._address_failures[address] = recent
+            else:
+                del self._address_failures[address]
             return len(recent) >= LOGIN_FAILURES_ALLOWED
 
-    def login_failed(self, client: str) -> None:
+    def login_failed(self, session: Session, address: str | None) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._failures.setdefault(client, []).append(time.monotonic())
+            session.login_failures.append(now)
+            if address is None:
+                return
+            self._address_failures.setdefault(address, []).append(now)
+            self._address_failures.move_to_end(address)
+            while len(self._address_failures) > MAX_TRACKED_ADDRESSES:
+                self._address_failures.popitem(last=False)
+
+
+def _recent(times: list[float], now: float) -> list[float]:
+    return [t for t in times if now - t < LOGIN_FAILURE_WINDOW_S]
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address: the peer's, or behind trusted proxies the one they report
+    (studyhub.dashboard.forwarded). Raises ForwardedError when that header cannot be read."""
+    trust: ProxyTrust = request.app.state.proxy_trust
+    peer = request.client.host if request.client else None
+    return trust.client_address(peer, request.headers.getlist(trust.header))
+
+
+def login_address(request: Request) -> str | None:
+    """The address failed logins are also counted under: only behind trusted proxies (without
+    them every client of a shared proxy would share one address, and one attacker could lock
+    everyone out)."""
+    trust: ProxyTrust = request.app.state.proxy_trust
+    return client_address(request) if trust.configured else None
 
 
 def session_of(request: Request) -> Session:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from studyhub.dashboard.forwarded import ProxyTrust
 from studyhub.errors import ConfigError
 from studyhub.profiles import PROFILE_NAMES
 
@@ -69,8 +70,14 @@ class DashboardSettings:
     statement_timeout_ms: int = 15_000
     connect_timeout_s: int = 5
     max_sessions: int = 1000
+    # Reverse proxies in front of the dashboard (addresses or networks) and the header they set
+    # (X-Forwarded-For or Forwarded): only then is a client address read from that header, and
+    # failed logins also counted per address (see studyhub.dashboard.forwarded).
+    trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "X-Forwarded-For"
 
     def __post_init__(self) -> None:
+        self.proxy_trust()  # a bad address or header name: ConfigError now
         for name in {self.default_profile, *self.explicit_profiles}:
             if name not in PROFILE_NAMES:
                 raise ConfigError(f"unknown profile {name!r}; choose one of "
@@ -80,3 +87,6 @@ class DashboardSettings:
                 f"refusing to listen on {self.host} without an access token: set {TOKEN_ENV} "
                 f"(or {TOKEN_FILE_ENV}, a 0600 file) to at least {MIN_TOKEN_CHARS} random "
                 "characters, or listen on 127.0.0.1")
+
+    def proxy_trust(self) -> ProxyTrust:
+        return ProxyTrust.configure(self.trusted_proxies, self.forwarded_header)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from studyhub.api.deps import RequestDb, anonymous_db, student_db
-from studyhub.api.errors import ApiError, not_found
+from studyhub.api.errors import ApiError, error_responses, not_found
 from studyhub.api.schemas import LoginIn, MeOut, RegisterIn, TokenOut
 from studyhub.db.models import Student, User
 
@@ -44,7 +44,7 @@ async def register(body: RegisterIn, request: Request,
     return _token(request, user_id, student_id)
 
 
-@router.post("/auth/token", response_model=TokenOut)
+@router.post("/auth/token", response_model=TokenOut, responses=error_responses(401))
 async def login(body: LoginIn, request: Request, db: RequestDb = Depends(anonymous_db)) -> TokenOut:
     """Exchange email and password for a bearer token."""
 
@@ -68,7 +68,7 @@ async def login(body: LoginIn, request: Request, db: RequestDb = Depends(anonymo
     return _token(request, row.id, row.sid)
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", response_model=MeOut, responses=error_responses(404))
 async def me(db: RequestDb = Depends(student_db)) -> MeOut:
     """The caller's account and student profile."""
     assert db.me is not None

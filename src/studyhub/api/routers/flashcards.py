@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from studyhub.api import scheduling
 from studyhub.api.deps import RequestDb, student_db
-from studyhub.api.errors import ApiError, not_found
+from studyhub.api.errors import ApiError, error_responses, not_found
 from studyhub.api.pagination import newest_first, page
 from studyhub.api.schemas import (
     FlashcardIn,
@@ -105,7 +105,7 @@ async def create_flashcard(body: FlashcardIn, db: RequestDb = Depends(student_db
     return FlashcardOut.model_validate(await db.write(work))
 
 
-@router.get("/{card_id}", response_model=FlashcardOut)
+@router.get("/{card_id}", response_model=FlashcardOut, responses=error_responses(404))
 async def get_flashcard(card_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> FlashcardOut:
     assert db.me is not None
     stmt = sa.select(*CARD_COLUMNS).where(cards.c.id == card_id,
@@ -120,7 +120,7 @@ async def get_flashcard(card_id: uuid.UUID, db: RequestDb = Depends(student_db))
     return FlashcardOut.model_validate(row)
 
 
-@router.patch("/{card_id}", response_model=FlashcardOut)
+@router.patch("/{card_id}", response_model=FlashcardOut, responses=error_responses(404))
 async def update_flashcard(card_id: uuid.UUID, body: FlashcardPatch,
                            db: RequestDb = Depends(student_db)) -> FlashcardOut:
     """Edit a card's text, subject or note (its schedule changes only by reviews)."""
@@ -142,7 +142,7 @@ async def update_flashcard(card_id: uuid.UUID, body: FlashcardPatch,
     return FlashcardOut.model_validate(row)
 
 
-@router.delete("/{card_id}", status_code=204)
+@router.delete("/{card_id}", status_code=204, responses=error_responses(404))
 async def delete_flashcard(card_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> None:
     """Delete a card and its review history."""
     assert db.me is not None
@@ -156,7 +156,8 @@ async def delete_flashcard(card_id: uuid.UUID, db: RequestDb = Depends(student_d
         raise not_found("flashcard")
 
 
-@router.post("/{card_id}/reviews", status_code=201, response_model=ReviewResult)
+@router.post("/{card_id}/reviews", status_code=201, response_model=ReviewResult,
+             responses=error_responses(404))
 async def review_flashcard(card_id: uuid.UUID, body: ReviewIn, request: Request,
                            db: RequestDb = Depends(student_db)) -> ReviewResult:
     """Review a card (rating 1 again, 2 hard, 3 good, 4 easy): FSRS computes its new schedule,
@@ -211,7 +212,8 @@ async def review_flashcard(card_id: uuid.UUID, body: ReviewIn, request: Request,
                         card=FlashcardOut.model_validate(card_row))
 
 
-@router.get("/{card_id}/reviews", response_model=list[ReviewOut])
+@router.get("/{card_id}/reviews", response_model=list[ReviewOut],
+            responses=error_responses(404))
 async def card_reviews(card_id: uuid.UUID, limit: Limit = 50,
                        db: RequestDb = Depends(student_db)) -> list[ReviewOut]:
     """A card's review history, newest first."""

@@ -95,7 +95,8 @@ async def health_report(dbs: Databases) -> Health:
     return Health(status=status, primary=primary, pooler=pooler, replica=replica)
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, responses={503: {
+    "model": Health, "description": "Writes cannot reach the primary (status down)."}})
 async def health(response: Response, dbs: Databases = Depends(databases)) -> Health:
     """Primary, pooler and replica status with the replica's measured lag. 503 when writes
     cannot reach the primary (the primary or the pooler in front of it is down)."""

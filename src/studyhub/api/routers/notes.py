@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from studyhub.api.deps import RequestDb, student_db
-from studyhub.api.errors import ApiError, not_found
+from studyhub.api.errors import ApiError, error_responses, not_found
 from studyhub.api.pagination import newest_first, page
 from studyhub.api.schemas import Limit, NoteIn, NoteOut, NotePatch, NoteSummary, Page
 from studyhub.db.models import Note
@@ -54,7 +54,7 @@ async def create_note(body: NoteIn, db: RequestDb = Depends(student_db)) -> Note
     return NoteOut.model_validate(await db.write(work))
 
 
-@router.get("/{note_id}", response_model=NoteOut)
+@router.get("/{note_id}", response_model=NoteOut, responses=error_responses(404))
 async def get_note(note_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> NoteOut:
     assert db.me is not None
     stmt = sa.select(*NOTE_COLUMNS).where(notes.c.id == note_id,
@@ -69,7 +69,7 @@ async def get_note(note_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> N
     return NoteOut.model_validate(row)
 
 
-@router.patch("/{note_id}", response_model=NoteOut)
+@router.patch("/{note_id}", response_model=NoteOut, responses=error_responses(404))
 async def update_note(note_id: uuid.UUID, body: NotePatch,
                       db: RequestDb = Depends(student_db)) -> NoteOut:
     assert db.me is not None
@@ -89,7 +89,7 @@ async def update_note(note_id: uuid.UUID, body: NotePatch,
     return NoteOut.model_validate(row)
 
 
-@router.delete("/{note_id}", status_code=204)
+@router.delete("/{note_id}", status_code=204, responses=error_responses(404))
 async def delete_note(note_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> None:
     """Delete a note; its flashcards and AI interactions stay, unlinked."""
     assert db.me is not None

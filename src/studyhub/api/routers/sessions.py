@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from studyhub.api.deps import RequestDb, student_db
-from studyhub.api.errors import ApiError, not_found
+from studyhub.api.errors import ApiError, error_responses, not_found
 from studyhub.api.pagination import newest_first, page
 from studyhub.api.schemas import Limit, Page, SessionIn, SessionOut
 from studyhub.db.models import RevisionSession
@@ -34,7 +34,8 @@ async def start_session(body: SessionIn | None = None,
     return SessionOut.model_validate(await db.write(work))
 
 
-@router.post("/{session_id}/end", response_model=SessionOut)
+@router.post("/{session_id}/end", response_model=SessionOut,
+             responses=error_responses(404, 409))
 async def end_session(session_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> SessionOut:
     """End an open session (409 if it has ended already)."""
     assert db.me is not None
@@ -72,7 +73,7 @@ async def list_sessions(limit: Limit = 20, cursor: str | None = Query(None, max_
                             next_cursor=next_cursor)
 
 
-@router.get("/{session_id}", response_model=SessionOut)
+@router.get("/{session_id}", response_model=SessionOut, responses=error_responses(404))
 async def get_session(session_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> SessionOut:
     assert db.me is not None
     stmt = sa.select(*SESSION_COLUMNS).where(sessions.c.id == session_id,

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from studyhub.api.deps import RequestDb, student_db
-from studyhub.api.errors import not_found
+from studyhub.api.errors import error_responses, not_found
 from studyhub.api.schemas import EnrolIn, EnrolmentOut, SubjectOut
 from studyhub.db.models import StudentSubject, Subject
 
@@ -50,7 +50,9 @@ async def my_subjects(db: RequestDb = Depends(student_db)) -> list[EnrolmentOut]
     return [EnrolmentOut.model_validate(r) for r in await db.read(work)]
 
 
-@router.put("/me/subjects/{subject_id}", response_model=EnrolmentOut)
+@router.put("/me/subjects/{subject_id}", response_model=EnrolmentOut,
+            responses={201: {"model": EnrolmentOut, "description": "Newly enrolled."},
+                       **error_responses(404)})
 async def enrol(subject_id: uuid.UUID, response: Response, body: EnrolIn | None = None,
                 db: RequestDb = Depends(student_db)) -> EnrolmentOut:
     """Enrol in a subject (or change the target grade); 201 when newly enrolled."""
@@ -75,7 +77,7 @@ async def enrol(subject_id: uuid.UUID, response: Response, body: EnrolIn | None 
     return EnrolmentOut.model_validate(row)
 
 
-@router.delete("/me/subjects/{subject_id}", status_code=204)
+@router.delete("/me/subjects/{subject_id}", status_code=204, responses=error_responses(404))
 async def unenrol(subject_id: uuid.UUID, db: RequestDb = Depends(student_db)) -> None:
     """Leave a subject (notes and cards stay)."""
     assert db.me is not None
