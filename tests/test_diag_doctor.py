@@ -231,6 +231,22 @@ def test_doctor_flags_log_settings_that_copy_values_into_the_log(cluster, fresh_
         conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(sql.Identifier(fresh_db)))
         conn.execute(sql.SQL("ALTER ROLE studyhub_app IN DATABASE {} RESET ALL")
                      .format(sql.Identifier(fresh_db)))
+
+    # A primary whose studyhub.conf an older version wrote (no log settings): `local up` fixes it.
+    conf = cluster.primary_dir / "studyhub.conf"
+    conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                            if not line.startswith(("log_error_verbosity", "log_min_error"))))
+    cluster._reload(profile.port)
+    try:
+        flagged, code = check()
+        assert [i["setting"] for i in flagged["items"]] == ["log_error_verbosity",
+                                                            "log_min_error_statement"]
+        assert flagged["fix"].startswith("run `studyhub local up`")
+    finally:
+        cluster.up()
+    assert check()[0]["status"] == "ok"
+
+    with connect_as(profile, "admin", fresh_db) as conn:
         conn.execute("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
     cluster._reload(profile.port)
     try:
@@ -239,8 +255,9 @@ def test_doctor_flags_log_settings_that_copy_values_into_the_log(cluster, fresh_
         item = flagged["items"][0]
         assert item["value"] == "verbose" and item["safe"] == "terse"
         assert item["set_by"].endswith("postgresql.auto.conf") and "DETAIL" in item["why"]
-        assert "studyhub local up" in flagged["fix"]
-        assert "ALTER SYSTEM RESET log_error_verbosity;" in flagged["fix"]
+        # ALTER SYSTEM wins over studyhub.conf: `local up` would not help, RESET does.
+        assert flagged["fix"] == \
+            "ALTER SYSTEM RESET log_error_verbosity; SELECT pg_reload_conf(); (as a superuser)"
 
         remote_profile_env(monkeypatch, cluster, "staging", database=fresh_db)
         monkeypatch.setenv("STUDYHUB_STAGING_DO_CLUSTER_ID", "9cc10173-e9ea-4176-9dbc-a4cee4c4ff30")

@@ -591,25 +591,32 @@ def _safe_log_value(name: str) -> str:
 DO_LOG_CONFIG = {"log_error_verbosity": "TERSE", "log_min_duration_statement": -1}
 
 
-def _log_values_fix(profile: Profile | None, names: list[str], resets: list[str]) -> str:
-    settings = list(dict.fromkeys(names))
+def _log_values_fix(profile: Profile | None, server: list[str], auto_conf: list[str],
+                    resets: list[str]) -> str:
+    """How to undo each finding: ``server`` settings from the configuration files (the
+    provider's way), ``auto_conf`` ones from ALTER SYSTEM, ``resets`` for role/database ones."""
     parts = []
-    if profile is not None and profile.is_local:
+    if server and profile is not None and profile.is_local:
         parts.append("run `studyhub local up` (it writes the safe values into studyhub.conf and "
                      "reloads the servers)")
-    elif profile is not None and profile.do_cluster_id:
-        body = {n: v for n, v in DO_LOG_CONFIG.items() if n in settings}
+    elif server and profile is not None and profile.do_cluster_id:
+        body = {n: v for n, v in DO_LOG_CONFIG.items() if n in server}
         if body:
             parts.append(f"PATCH /v2/databases/{profile.do_cluster_id}/config "
                          f"{{\"config\": {json.dumps(body)}}}")
-        rest = [n for n in settings if n not in DO_LOG_CONFIG]
+        rest = [n for n in server if n not in DO_LOG_CONFIG]
         if rest:
             parts.append(f"DigitalOcean's API cannot set {', '.join(rest)}: keep values out of "
                          "statement texts (bind parameters) and see docs/privacy.md")
-    elif settings:
-        parts.append(" ".join(f"ALTER SYSTEM SET {n} = '{_safe_log_value(n)}';"
-                              for n in settings) + " SELECT pg_reload_conf(); (as a superuser)")
-    return "; ".join(parts + resets)
+    elif server:
+        parts.append(" ".join(f"ALTER SYSTEM SET {n} = '{_safe_log_value(n)}';" for n in server)
+                     + " SELECT pg_reload_conf(); (as a superuser)")
+    if auto_conf:
+        parts.append(" ".join(f"ALTER SYSTEM RESET {n};" for n in auto_conf)
+                     + " SELECT pg_reload_conf(); (as a superuser)")
+    if resets:
+        parts.append(" ".join(resets))
+    return "; then ".join(parts)
 
 
 # pg_settings sources that are per-role or per-database settings of this very session: judged
@@ -638,9 +645,13 @@ def server_log_values(ctx: CheckContext) -> Check:
     items = [{"setting": name, "value": current.get(name), "safe": _safe_log_value(name),
               "why": why, "set_by": set_by.get(name, "default")}
              for name, why in log_value_leaks(current)]
-    server_names = [i["setting"] for i in items]
-    resets = [f"ALTER SYSTEM RESET {i['setting']};" for i in items
-              if str(i["set_by"]).endswith("postgresql.auto.conf")]
+    # ALTER SYSTEM wins over the configuration files: undone by ALTER SYSTEM RESET, except on
+    # DigitalOcean, where only its configuration API sets server settings.
+    managed = ctx.profile is not None and ctx.profile.do_cluster_id is not None
+    auto_conf = [i["setting"] for i in items
+                 if not managed and str(i["set_by"]).endswith("postgresql.auto.conf")]
+    server = [i["setting"] for i in items if i["setting"] not in auto_conf]
+    resets = []
     for o in ctx.rows("get_log_setting_overrides", names):
         leaks = dict(log_value_leaks({**current, o["name"]: o["setting"]}))
         if o["name"] not in leaks:
@@ -657,7 +668,7 @@ def server_log_values(ctx: CheckContext) -> Check:
         if items else "none",
         "log_error_verbosity=terse, log_min_error_statement=panic, no statement or parameter "
         "logging",
-        fix=_log_values_fix(ctx.profile, server_names, resets) if items else None,
+        fix=_log_values_fix(ctx.profile, server, auto_conf, resets) if items else None,
         detail="what reaches the server log outlives an erasure (docs/privacy.md)"
         if items else None,
         items=items)
