@@ -44,7 +44,8 @@ MESSAGE = "SELECT pg_logical_emit_message(true, 'studyhub.register', '') AS lsn"
 
 def spread(ms: list[float]) -> str:
     deciles = statistics.quantiles(ms, n=10)
-    return f"median {statistics.median(ms):7.2f} ms   p10 {deciles[0]:7.2f}   p90 {deciles[-1]:7.2f}"
+    return (f"median {statistics.median(ms):7.2f} ms   p10 {deciles[0]:7.2f}   "
+            f"p90 {deciles[-1]:7.2f}")
 
 
 def through_the_api(profile, n: int) -> dict[str, list[float]]:

@@ -281,8 +281,8 @@ def test_up_gives_a_running_cluster_made_before_them_the_log_settings(own_cluste
             assert _log_settings(conn)["log_error_verbosity"] == "default"
     before = own_cluster.status()
 
-    st = own_cluster.up()
-    assert (st.primary.pid, st.replica.pid) == (before.primary.pid, before.replica.pid)  # no restart
+    st = own_cluster.up()  # no restart:
+    assert (st.primary.pid, st.replica.pid) == (before.primary.pid, before.replica.pid)
     for datadir, port in nodes.values():
         with own_cluster.admin_connect(port=port) as conn:
             assert _log_settings(conn) == LOG_PRIVACY_SETTINGS
