@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 import uuid
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from studyhub.connect import child_env, connect
 from studyhub.local import proc
 from studyhub.ops import migrate
 from studyhub.ops import privacy
+from studyhub.ops.privacy_outside import places_not_cleaned
 from studyhub.ops.pseudonym import PseudonymKey
 from tests.conftest import connect_as
 from tests.privacy_data import SamplePerson, add_person
@@ -72,14 +74,19 @@ def key_env(monkeypatch, tmp_path):
     return PseudonymKey(KEY.encode(), "test")
 
 
+def cli_db_profile(migrated, pdb):
+    """The local profile, with the test's copy of the database as its own."""
+    import dataclasses
+
+    return dataclasses.replace(migrated, database=pdb)
+
+
 @pytest.fixture
 def cli_db(monkeypatch, migrated, pdb):
     """Make the CLI's local profile point at the test's copy of the database."""
-    import dataclasses
-
     from studyhub.cli import common
 
-    prof = dataclasses.replace(migrated, database=pdb)
+    prof = cli_db_profile(migrated, pdb)
     monkeypatch.setattr(common, "resolve_profile", lambda name=None: prof)
     return pdb
 
@@ -549,7 +556,17 @@ def test_erase_states_the_places_outside_the_database_it_could_not_clean(
     audit = json.loads(Path(os.environ["STUDYHUB_AUDIT_LOG"]).read_text().splitlines()[-1])
     assert audit["not_cleaned"] == [p for p in places]
 
+    first_erasure = json.loads(res.stdout)
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    while datetime.now(timezone.utc).replace(microsecond=0) == started:
+        time.sleep(0.05)  # set names have a one-second resolution
     after = json.loads(cli("backup", "create", "--json").stdout)["name"]
+    with connect_as(migrated, "app", pdb) as conn:  # made after it: not listed for it
+        again = places_not_cleaned(conn, cli_db_profile(migrated, pdb), database=pdb,
+                                   pseudonym=first_erasure["pseudonym"],
+                                   erased_at=datetime.fromisoformat(first_erasure["erased_at"]))
+    assert [p.items for p in again if p.kind == "backup-set"] == [[before]]
+
     res = cli("privacy", "erase", "--student", str(other.student_id), "--yes")
     assert res.exit_code == 0, res.stderr
     text = " ".join(res.stdout.split())  # unwrapped
