@@ -41,7 +41,6 @@ WITH flush AS (
 )
 INSERT INTO students (user_id, full_name, year_group, school, timezone)
 SELECT id, :full_name, CAST(:year_group AS smallint), :school, :timezone FROM new_user
-RETURNING id
 """)
 
 
