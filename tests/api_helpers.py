@@ -99,12 +99,22 @@ class StudentClient:
         return self.http.delete(path, headers={**self.headers, **kw.pop('headers', {})}, **kw)
 
 
+REGISTRATION_ACCEPTED = {
+    "status": "accepted", "sign_in": "/auth/token",
+    "detail": "registration received; sign in with POST /auth/token using this email and password",
+}
+
+
 def register(api: RunningApi, name: str = "Test Student") -> StudentClient:
+    """Register a new student, then sign in (registration answers 202 without a token, the same
+    for every address); the client keeps the read-mark cookie the sign-in hands out."""
     email = f"{uuid.uuid4().hex[:12]}@test.studyhub"
     password = f"pw-{uuid.uuid4().hex}"
     http = api.client()
     r = http.post("/auth/register", json={"email": email, "password": password, "full_name": name})
-    assert r.status_code == 201, r.text
+    assert (r.status_code, r.json()) == (202, REGISTRATION_ACCEPTED), r.text
+    r = http.post("/auth/token", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
     body = r.json()
     return StudentClient(api, email, password, body["access_token"], body["student_id"], http)
 

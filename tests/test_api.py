@@ -3,6 +3,7 @@ between students, input validation, notes, flashcards with FSRS, sessions, AI lo
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,13 @@ import jwt
 import pytest
 from fsrs import Card, Rating, Scheduler, State
 
-from tests.api_helpers import RunningApi, make_subject, register, running_api
+from tests.api_helpers import (
+    REGISTRATION_ACCEPTED,
+    RunningApi,
+    make_subject,
+    register,
+    running_api,
+)
 from tests.conftest import connect_as
 
 
@@ -54,11 +61,46 @@ def test_register_login_and_me(api: RunningApi):
         assert bad.status_code == 401 and bad.json() == {"detail": "wrong email or password"}
         again = c.post("/auth/register", json={"email": s.email, "password": "another pw 1",
                                                "full_name": "X"})
-        assert again.status_code == 409
+        assert (again.status_code, again.json()) == (202, REGISTRATION_ACCEPTED)
+        assert c.post("/auth/token", json={"email": s.email,
+                                           "password": "another pw 1"}).status_code == 401
     with connect_as(api.app.state.profile) as conn:
         stored = conn.execute("SELECT password_hash FROM users WHERE email = %s",
                               (s.email,)).fetchone()[0]
     assert stored.startswith("$argon2id$") and s.password not in stored
+
+
+def test_registering_a_taken_address_answers_like_a_new_one_and_logs_nothing(
+        api: RunningApi, cluster, caplog):
+    """Same status, body and headers for a new and a taken address (in another case); the taken
+    one changes nothing, raises no unique violation and leaves the address in no log."""
+    caplog.set_level(logging.DEBUG, logger="studyhub")
+    email = f"taken-{uuid.uuid4().hex[:12]}@test.studyhub"
+    offsets = {p: p.stat().st_size for p in cluster.logs_dir.glob("*.log")}
+    answers = []
+    for address, password, name in ((email, "owner's password", "Owner"),
+                                    (email.upper(), "impostor's password", "Impostor")):
+        with api.client() as c:
+            r = c.post("/auth/register", json={"email": address, "password": password,
+                                               "full_name": name})
+        answers.append((r.status_code, r.json(),
+                        {k: v for k, v in r.headers.items() if k != "date"}))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (202, REGISTRATION_ACCEPTED)
+    with connect_as(api.app.state.profile) as conn:
+        rows = conn.execute("SELECT s.full_name FROM users u JOIN students s ON s.user_id = u.id "
+                            "WHERE u.email = %s", (email,)).fetchall()
+    assert rows == [("Owner",)]
+    with api.client() as c:
+        assert c.post("/auth/token", json={"email": email,
+                                           "password": "owner's password"}).status_code == 200
+        assert c.post("/auth/token", json={"email": email,
+                                           "password": "impostor's password"}).status_code == 401
+    logs = "".join(p.read_bytes()[offsets.get(p, 0):].decode(errors="replace")
+                   for p in cluster.logs_dir.glob("*.log"))
+    assert "uq_users_email" not in logs  # no unique violation happened at all
+    for text in (logs, caplog.text):
+        assert email not in text and email.upper() not in text
 
 
 def test_one_student_cannot_read_or_change_anothers_rows(api: RunningApi, subject: str):
@@ -306,3 +348,9 @@ def test_openapi_is_served(api: RunningApi):
         assert c.get("/docs").status_code == 200
     assert {"/flashcards/{card_id}/reviews", "/notes", "/health", "/auth/token"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # Registration answers 202 with the same body for every address, no token.
+    register_responses = spec["paths"]["/auth/register"]["post"]["responses"]
+    assert "202" in register_responses and "201" not in register_responses
+    ref = register_responses["202"]["content"]["application/json"]["schema"]["$ref"]
+    accepted = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(accepted["properties"]) == {"status", "detail", "sign_in"}

@@ -64,10 +64,12 @@ def test_a_write_on_one_instance_is_read_on_another_through_the_cookie(two_apis,
                                                                         subject):
     a, b = two_apis
     with httpx.Client(timeout=30) as browser:  # one cookie jar for both (cookies ignore ports)
-        r = browser.post(f"{a.url}/auth/register", json={
-            "email": f"{uuid.uuid4().hex[:12]}@test.studyhub", "password": "pw-" + "x" * 20,
-            "full_name": "Cookie Student"})
-        assert r.status_code == 201 and MARK_COOKIE in browser.cookies
+        account = {"email": f"{uuid.uuid4().hex[:12]}@test.studyhub",
+                   "password": "pw-" + "x" * 20}
+        r = browser.post(f"{a.url}/auth/register", json={**account, "full_name": "Cookie Student"})
+        assert r.status_code == 202 and MARK_COOKIE not in browser.cookies
+        r = browser.post(f"{a.url}/auth/token", json=account)
+        assert r.status_code == 200 and MARK_COOKIE in browser.cookies
         auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
         quiet(a, b)
         with replay_paused(cluster):
@@ -90,6 +92,27 @@ def test_a_write_on_one_instance_is_read_on_another_through_the_cookie(two_apis,
         quiet(a, b)
         back = browser.get(f"{b.url}/notes/{note.json()['id']}", headers=auth)
         assert back.headers[READ_FROM] == "replica"  # replayed: the mark no longer pins
+
+
+def test_a_new_account_is_found_by_its_first_reads_on_another_instance(two_apis, cluster):
+    """Registration hands out no read mark (it answers every address alike); the sign-in after
+    it reads on the primary and hands one out, so the new student's first reads on another
+    instance find the account although the replica has not replayed it."""
+    a, b = two_apis
+    account = {"email": f"{uuid.uuid4().hex[:12]}@test.studyhub", "password": "pw-" + "y" * 20}
+    quiet(a, b)
+    with replay_paused(cluster), httpx.Client(timeout=30) as browser:
+        r = browser.post(f"{a.url}/auth/register", json={**account, "full_name": "New Student"})
+        assert r.status_code == 202 and MARK_HEADER not in r.headers
+        r = browser.post(f"{a.url}/auth/token", json=account)
+        assert r.status_code == 200 and r.headers[MARK_HEADER]
+        auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        me = browser.get(f"{b.url}/me", headers=auth)
+        assert me.status_code == 200 and me.json()["email"] == account["email"]
+        assert me.headers[READ_FROM] == "primary"
+        with httpx.Client(timeout=30) as no_cookies:  # without the mark: the paused replica,
+            blind = no_cookies.get(f"{b.url}/me", headers=auth)  # which has no such student
+        assert blind.status_code == 404
 
 
 def test_a_client_without_cookies_echoes_the_header(two_apis, cluster, subject):

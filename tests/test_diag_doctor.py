@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-
+from psycopg import sql
 
 from tests.conftest import connect_as
-from tests.diag_helpers import Background, as_json, is_running, is_waiting_for_lock, wait_for
+from tests.diag_helpers import (
+    Background,
+    as_json,
+    is_running,
+    is_waiting_for_lock,
+    remote_profile_env,
+    wait_for,
+)
 
 
 def _checks(result) -> dict[str, dict]:
@@ -189,3 +196,92 @@ def test_doctor_reports_a_cold_cache_on_a_small_fresh_database(profile, fresh_db
               "--set", "cache_hit.min_reads=0", "--json")
     check = _checks(res)["cache_hit"]
     assert check["status"] == "ok" and check["value"].startswith("n/a")
+
+
+def test_doctor_flags_log_settings_that_copy_values_into_the_log(cluster, fresh_db, cli,
+                                                                   monkeypatch):
+    """ok on the cluster `local up` configures; per-database and per-role settings and a server
+    setting (ALTER SYSTEM) that let values into the log are named with how to undo each, and on
+    a DigitalOcean profile with the configuration API request."""
+    def check(*args: str) -> tuple[dict, int]:
+        res = cli("diag", "doctor", "-d", fresh_db, "--check", "server_log_values", "--json",
+                  *args)
+        return _checks(res)["server_log_values"], res.exit_code
+
+    ok, code = check()
+    assert (ok["status"], ok["items"], code) == ("ok", [], 0)
+
+    profile = cluster.profile()
+    with connect_as(profile, "admin", fresh_db) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET log_min_duration_statement = 0")
+                     .format(sql.Identifier(fresh_db)))
+        conn.execute(sql.SQL("ALTER ROLE studyhub_app IN DATABASE {} SET log_statement = 'all'")
+                     .format(sql.Identifier(fresh_db)))
+    flagged, code = check()
+    assert (flagged["status"], code) == ("warn", 1)
+    by_setting = {i["setting"]: i for i in flagged["items"]}
+    assert set(by_setting) == {"log_min_duration_statement", "log_statement"}
+    assert by_setting["log_statement"]["set_by"] == \
+        f'ALTER ROLE "studyhub_app" IN DATABASE "{fresh_db}"'
+    assert f'ALTER DATABASE "{fresh_db}" RESET log_min_duration_statement;' in flagged["fix"]
+    assert f'ALTER ROLE "studyhub_app" IN DATABASE "{fresh_db}" RESET log_statement;' \
+        in flagged["fix"]
+
+    with connect_as(profile, "admin", fresh_db) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(sql.Identifier(fresh_db)))
+        conn.execute(sql.SQL("ALTER ROLE studyhub_app IN DATABASE {} RESET ALL")
+                     .format(sql.Identifier(fresh_db)))
+
+    # A primary whose studyhub.conf an older version wrote (no log settings): `local up` fixes it.
+    conf = cluster.primary_dir / "studyhub.conf"
+    conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                            if not line.startswith(("log_error_verbosity", "log_min_error"))))
+    cluster._reload(profile.port)
+    try:
+        flagged, code = check()
+        assert [i["setting"] for i in flagged["items"]] == ["log_error_verbosity",
+                                                            "log_min_error_statement"]
+        assert flagged["fix"].startswith("run `studyhub local up`")
+    finally:
+        cluster.up()
+    assert check()[0]["status"] == "ok"
+
+    with connect_as(profile, "admin", fresh_db) as conn:
+        conn.execute("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
+    cluster._reload(profile.port)
+    try:
+        flagged, code = check()
+        assert [i["setting"] for i in flagged["items"]] == ["log_error_verbosity"]
+        item = flagged["items"][0]
+        assert item["value"] == "verbose" and item["safe"] == "terse"
+        assert item["set_by"].endswith("postgresql.auto.conf") and "DETAIL" in item["why"]
+        # ALTER SYSTEM wins over studyhub.conf: `local up` would not help, RESET does.
+        assert flagged["fix"] == \
+            "ALTER SYSTEM RESET log_error_verbosity; SELECT pg_reload_conf(); (as a superuser)"
+
+        remote_profile_env(monkeypatch, cluster, "staging", database=fresh_db)
+        monkeypatch.setenv("STUDYHUB_STAGING_DO_CLUSTER_ID", "9cc10173-e9ea-4176-9dbc-a4cee4c4ff30")
+        on_do, code = check("-p", "staging")
+        assert code == 1 and 'PATCH /v2/databases/9cc10173-e9ea-4176-9dbc-a4cee4c4ff30/config ' \
+            '{"config": {"log_error_verbosity": "TERSE"}}' in on_do["fix"]
+    finally:
+        with connect_as(profile, "admin", fresh_db) as conn:
+            conn.execute("ALTER SYSTEM RESET log_error_verbosity")
+        cluster._reload(profile.port)
+
+
+def test_log_value_leaks_judges_postgresql_defaults_and_the_local_settings():
+    from studyhub.local.cluster import LOG_PRIVACY_SETTINGS
+    from studyhub.ops.health import log_value_leaks
+
+    assert log_value_leaks(LOG_PRIVACY_SETTINGS) == []
+    assert [n for n, _ in log_value_leaks({})] == ["log_error_verbosity",
+                                                    "log_min_error_statement"]
+    # Parameter values travel with logged statements only; under terse, error CONTEXT is gone.
+    slow = {**LOG_PRIVACY_SETTINGS, "log_min_duration_statement": "250",
+            "log_parameter_max_length": "-1", "log_parameter_max_length_on_error": "-1"}
+    assert [n for n, _ in log_value_leaks(slow)] == ["log_min_duration_statement",
+                                                      "log_parameter_max_length"]
+    assert [n for n, _ in log_value_leaks({**LOG_PRIVACY_SETTINGS,
+                                           "auto_explain.log_min_duration": "0"})] == \
+        ["auto_explain.log_min_duration"]

@@ -8,13 +8,15 @@ import shutil
 import signal
 import socket
 import time
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from studyhub.errors import LocalClusterError
 from studyhub.local import proc
-from studyhub.local.cluster import LocalCluster
+from studyhub.local.cluster import LOG_PRIVACY_SETTINGS, LocalCluster
 from tests.conftest import connect_as, make_home
 
 
@@ -220,3 +222,67 @@ def test_a_port_in_time_wait_counts_as_free_but_a_listener_does_not():
     client.close()
     listener.close()
     assert port_is_free(port)
+
+
+def _log_settings(conn: psycopg.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                             (list(LOG_PRIVACY_SETTINGS),)).fetchall())
+
+
+def _new_log_text(path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def test_server_log_gets_the_error_but_never_the_values(cluster: LocalCluster, fresh_db):
+    """A unique violation (bound and literal key), a failing statement with a bound parameter
+    (its session asking for parameters in error reports), a check violation: the server log
+    names each error and holds none of the values."""
+    prof = cluster.profile()
+    token = uuid.uuid4().hex[:12]
+    bound_key, literal_key = f"bound-{token}@example.org", f"literal-{token}@example.org"
+    param, bad_row = f"param-{token}", f"forbidden-{token}"
+    log = cluster.logs_dir / "primary.log"
+    offset = log.stat().st_size
+    with connect_as(prof, "app", fresh_db) as conn:
+        conn.execute(f"CREATE TABLE people (email text UNIQUE CHECK (email <> '{bad_row}'))")
+        conn.execute("INSERT INTO people VALUES (%s), (%s)", (bound_key, literal_key))
+        with pytest.raises(psycopg.errors.UniqueViolation) as dup:
+            conn.execute("INSERT INTO people VALUES (%s)", (bound_key,))
+        assert bound_key in str(dup.value.diag.message_detail)  # the client still gets it
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(sql.SQL("INSERT INTO people VALUES ({})").format(sql.Literal(literal_key)))
+        conn.execute("SET log_parameter_max_length_on_error = -1")  # any session may ask
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0 WHERE %s::text IS NOT NULL", (param,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO people VALUES (%s)", (bad_row,))
+    text = _new_log_text(log, offset)
+    assert 'duplicate key value violates unique constraint "people_email_key"' in text
+    assert "division by zero" in text and 'violates check constraint "people_email_check"' in text
+    for value in (bound_key, literal_key, param, token):
+        assert value not in text, (value, text)
+
+
+def test_up_gives_a_running_cluster_made_before_them_the_log_settings(own_cluster):
+    """A primary and replica whose studyhub.conf predates the log settings get them from the
+    next `local up`, without a restart."""
+    own_cluster.up(replica=True)
+    state = own_cluster.load_state()
+    nodes = {"primary": (own_cluster.primary_dir, state.primary_port),
+             "replica": (own_cluster.replica_dir, state.replica_port)}
+    for datadir, port in nodes.values():  # as an older version wrote it
+        conf = datadir / "studyhub.conf"
+        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                                if line.split(" = ")[0] not in LOG_PRIVACY_SETTINGS))
+        own_cluster._reload(port)
+        with own_cluster.admin_connect(port=port) as conn:
+            assert _log_settings(conn)["log_error_verbosity"] == "default"
+    before = own_cluster.status()
+
+    st = own_cluster.up()  # no restart:
+    assert (st.primary.pid, st.replica.pid) == (before.primary.pid, before.replica.pid)
+    for datadir, port in nodes.values():
+        with own_cluster.admin_connect(port=port) as conn:
+            assert _log_settings(conn) == LOG_PRIVACY_SETTINGS

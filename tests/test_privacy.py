@@ -14,9 +14,10 @@ import os
 import stat
 import subprocess
 import threading
+import time
 import uuid
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from studyhub.connect import child_env, connect
 from studyhub.local import proc
 from studyhub.ops import migrate
 from studyhub.ops import privacy
+from studyhub.ops.privacy_outside import places_not_cleaned
 from studyhub.ops.pseudonym import PseudonymKey
 from tests.conftest import connect_as
 from tests.privacy_data import SamplePerson, add_person
@@ -72,14 +74,19 @@ def key_env(monkeypatch, tmp_path):
     return PseudonymKey(KEY.encode(), "test")
 
 
+def cli_db_profile(migrated, pdb):
+    """The local profile, with the test's copy of the database as its own."""
+    import dataclasses
+
+    return dataclasses.replace(migrated, database=pdb)
+
+
 @pytest.fixture
 def cli_db(monkeypatch, migrated, pdb):
     """Make the CLI's local profile point at the test's copy of the database."""
-    import dataclasses
-
     from studyhub.cli import common
 
-    prof = dataclasses.replace(migrated, database=pdb)
+    prof = cli_db_profile(migrated, pdb)
     monkeypatch.setattr(common, "resolve_profile", lambda name=None: prof)
     return pdb
 
@@ -522,3 +529,72 @@ def test_verification_rolls_back_when_a_row_still_points_at_the_person(migrated,
     with connect_as(migrated, "app", pdb) as conn:
         assert checksums(conn) == before
         assert conn.execute("SELECT count(*) FROM study_buddies").fetchone()[0] == 0
+
+
+def test_erase_states_the_places_outside_the_database_it_could_not_clean(
+        migrated, pdb, cli_db, people, key_env, cli, cluster, monkeypatch, tmp_path):
+    """The server log (its files), the WAL archive, backup sets of this database made before the
+    erasure (by name) and the person's exports (from the audit log), in --json and in the
+    human output; a set made after an erasure is not listed for it."""
+    monkeypatch.setenv("STUDYHUB_BACKUP_DIR", str(tmp_path / "backups"))
+    me, other = people[2], people[0]
+    before = json.loads(cli("backup", "create", "--json").stdout)["name"]
+    res = cli("privacy", "export", "--student", str(me.student_id), "--out", tmp_path / "me.zip")
+    assert res.exit_code == 0, res.stderr
+
+    res = cli("privacy", "erase", "--student", str(me.student_id), "--yes", "--json")
+    assert res.exit_code == 0, res.stderr
+    places = {p["kind"]: p for p in json.loads(res.stdout)["not_cleaned"]}
+    assert {"server-log", "wal", "backup-set", "export"} <= set(places)
+    log = places["server-log"]
+    assert log["location"] == str(cluster.logs_dir) and "primary.log" in log["items"]
+    assert "since then error texts only" in log["holds"] and "never rotated" in log["kept"]
+    assert places["wal"]["location"] == str(cluster.wal_archive_dir)
+    assert "basebackup --keep" in places["wal"]["kept"]
+    assert places["backup-set"]["items"] == [before]
+    assert "backup restore" in places["backup-set"]["action"]
+    [export] = places["export"]["items"]
+    assert export.startswith("privacy export ")
+    audit = json.loads(Path(os.environ["STUDYHUB_AUDIT_LOG"]).read_text().splitlines()[-1])
+    assert audit["not_cleaned"] == [p for p in places]
+
+    first_erasure = json.loads(res.stdout)
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    while datetime.now(timezone.utc).replace(microsecond=0) == started:
+        time.sleep(0.05)  # set names have a one-second resolution
+    after = json.loads(cli("backup", "create", "--json").stdout)["name"]
+    with connect_as(migrated, "app", pdb) as conn:  # made after it: not listed for it
+        again = places_not_cleaned(conn, cli_db_profile(migrated, pdb), database=pdb,
+                                   pseudonym=first_erasure["pseudonym"],
+                                   erased_at=datetime.fromisoformat(first_erasure["erased_at"]))
+    assert [p.items for p in again if p.kind == "backup-set"] == [[before]]
+
+    res = cli("privacy", "erase", "--student", str(other.student_id), "--yes")
+    assert res.exit_code == 0, res.stderr
+    text = " ".join(res.stdout.split())  # unwrapped
+    assert "not cleaned (outside the database" in text
+    for expected in (f"server-log: {cluster.logs_dir}", "primary.log",
+                     f"wal: {cluster.wal_archive_dir}", f"backup-set: {tmp_path / 'backups'}",
+                     f"{before}, {after}", "studyhub cluster basebackup --keep 1"):
+        assert expected in text, expected
+    assert "export:" not in text  # nothing was exported about this person
+
+
+def test_erase_on_a_managed_profile_names_the_providers_logs_and_recovery_window(
+        migrated, pdb, people, key_env, cli, cluster, monkeypatch, tmp_path):
+    from tests.diag_helpers import remote_profile_env
+
+    remote_profile_env(monkeypatch, cluster, "staging", database=pdb, tmp_path=tmp_path)
+    monkeypatch.setenv("STUDYHUB_STAGING_DO_CLUSTER_ID", "9cc10173-e9ea-4176-9dbc-a4cee4c4ff30")
+    monkeypatch.setenv("STUDYHUB_BACKUP_DIR", str(tmp_path / "backups"))
+    res = cli("privacy", "erase", "-p", "staging", "--student", str(people[1].student_id),
+              "--yes", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    places = {p["kind"]: p for p in out["not_cleaned"]}
+    assert set(places) == {"server-log", "wal", "fork"}
+    assert places["server-log"]["location"].startswith("DigitalOcean's PostgreSQL logs")
+    erased_at = datetime.fromisoformat(out["erased_at"])
+    until = (erased_at + timedelta(days=7)).isoformat(timespec="seconds")
+    assert places["wal"]["kept"] == f"7 days, i.e. until about {until}"
+    assert "reapply-erasures --fork NAME" in places["fork"]["action"]

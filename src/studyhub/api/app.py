@@ -134,8 +134,9 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
         title="StudyHub API",
         version="1",
         description="Students, subjects, notes, flashcards with FSRS scheduling, revision "
-                    "sessions and the AI tutor's log. Authenticate with a bearer token from "
-                    "POST /auth/register or POST /auth/token.",
+                    "sessions and the AI tutor's log. Register with POST /auth/register (202, "
+                    "the same answer for every address), then get a bearer token from "
+                    "POST /auth/token.",
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -149,7 +149,7 @@ class Passwords:
 
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>` from "
-                                                  "POST /auth/token or /auth/register")
+                                                  "POST /auth/token")
 
 
 async def current_principal(

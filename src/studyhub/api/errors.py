@@ -113,9 +113,10 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             for err in exc.errors()]
 
 
-# constraint name → what to tell the client (constraint names follow models.NAMING_CONVENTION)
+# constraint name → what to tell the client (constraint names follow models.NAMING_CONVENTION).
+# uq_users_email is absent on purpose: registration never raises it (ON CONFLICT DO NOTHING) and
+# must never say that an address is registered.
 CONSTRAINT_MESSAGES = {
-    "uq_users_email": (409, "this email is already registered"),
     "fk_notes_subject_id_subjects": (422, "subject_id: unknown subject"),
     "fk_flashcards_subject_id_subjects": (422, "subject_id: unknown subject"),
     "fk_revision_sessions_subject_id_subjects": (422, "subject_id: unknown subject"),

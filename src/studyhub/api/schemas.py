@@ -78,6 +78,19 @@ class RegisterIn(In):
         return v
 
 
+class RegistrationAccepted(BaseModel):
+    """The answer to every valid registration, new address or not (it must not tell which)."""
+
+    status: Literal["accepted"] = "accepted"
+    detail: str = Field(
+        "registration received; sign in with POST /auth/token using this email and password",
+        description="The same text for every registration.")
+    sign_in: Literal["/auth/token"] = Field(
+        "/auth/token", description="Where to get a bearer token next (POST email and password). "
+        "A 401 there means the password does not match the account of that address: the "
+        "address was registered before, by its owner.")
+
+
 class LoginIn(In):
     email: Email
     password: str = Field(min_length=1, max_length=128)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -120,6 +121,31 @@ def _render_erasure(result: ops.ErasureResult) -> None:
         console.print(f"verified before commit: no row in any policy table refers to them "
                       f"({result.duration_s:.3f} s, attempt {result.attempts}); ledger and "
                       f"audit name them as {result.pseudonym}")
+    _render_not_cleaned(result.not_cleaned)
+
+
+MAX_ITEMS_SHOWN = 10
+
+
+def _render_not_cleaned(places: list[ops.PlaceNotCleaned]) -> None:
+    if not places:
+        return
+    console.print("[bold yellow]not cleaned[/] (outside the database; they may still hold "
+                  "the person):")
+    for p in places:
+        console.print(f"  [bold]{p.kind}[/]: {escape(p.location)}")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        if p.items:
+            shown = ", ".join(p.items[:MAX_ITEMS_SHOWN])
+            if len(p.items) > MAX_ITEMS_SHOWN:
+                shown += f" … and {len(p.items) - MAX_ITEMS_SHOWN} more (--json lists all)"
+            grid.add_row("    ", escape(shown))
+        grid.add_row("    may hold:", escape(p.holds))
+        grid.add_row("    kept:", escape(p.kept))
+        grid.add_row("    do:", escape(p.action))
+        console.print(grid)
 
 
 @app.command()
@@ -133,7 +159,9 @@ def erase(
     lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     """Erase everything about one person (GDPR art. 17) in one transaction, verify before
-    commit that nothing still refers to them, record their ids in the erasure ledger."""
+    commit that nothing still refers to them, record their ids in the erasure ledger; then
+    name the places outside the database it could not clean (server log, WAL, backups, forks,
+    exports) and what to do about each."""
     ops.check_person_args(student, email)
     prof = profile_from(profile)
     if not dry_run:
@@ -149,10 +177,11 @@ def erase(
             _render_erasure(plan)
         confirm_destructive(prof, f"erase {plan.rows_total:,} rows about this person", yes=yes)
         result = ops.erase_person(conn, key, student_id=student, email=email,
-                                  lock_timeout=lock_timeout)
+                                  lock_timeout=lock_timeout, profile=prof)
     write_audit("privacy.erase", prof.name, database=result.database, person=result.pseudonym,
                 rows_by_table=result.rows_by_table, rows_total=result.rows_total,
-                attempts=result.attempts, duration_s=result.duration_s)
+                attempts=result.attempts, duration_s=result.duration_s,
+                not_cleaned=[p.kind for p in result.not_cleaned])
     print_json(result) if json_ else _render_erasure(result)
 
 

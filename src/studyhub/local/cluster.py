@@ -94,6 +94,28 @@ class LocalState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# What the server writes into its log: the error itself and events, never the values a statement
+# carried (an email in a unique violation's DETAIL, a failing row, bound parameters, statement
+# texts with literals). These settings reach every server `local up` starts or finds running
+# (primary, replica, forks); docs/local.md lists what each one keeps out.
+LOG_PRIVACY_SETTINGS: dict[str, str] = {
+    # No DETAIL (key values, failing rows, deadlock reports' query texts, parse trees of
+    # debug_print_*), HINT, QUERY or CONTEXT (bound parameters of a failed statement).
+    "log_error_verbosity": "terse",
+    # No STATEMENT line after an error, a FATAL (a terminated query) or a LOG message.
+    "log_min_error_statement": "panic",
+    # No statement texts: none logged by kind, by duration, by sample, by transaction.
+    "log_statement": "none",
+    "log_min_duration_statement": "-1",
+    "log_min_duration_sample": "-1",
+    "log_transaction_sample_rate": "0",
+    # And should one of those be turned on for a session: no bound parameter values with it.
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+    "log_replication_commands": "off",
+}
+
+
 def conf_quote(value: str) -> str:
     """A postgresql.conf string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -311,6 +333,8 @@ class LocalCluster:
             "log_line_prefix = '%m [%p] %q%u@%d '",
             "log_timezone = 'UTC'",
             "timezone = 'UTC'",
+            "# no personal data in the server log (LOG_PRIVACY_SETTINGS)",
+            *(f"{name} = {conf_quote(value)}" for name, value in LOG_PRIVACY_SETTINGS.items()),
         ]
         if replica:
             lines += [
@@ -364,6 +388,25 @@ class LocalCluster:
             "host    all          all                  127.0.0.1/32   scram-sha-256\n"
         )
         proc.chown_to_server(hba)
+        if self._postmaster_pid(datadir):
+            self._reload(port)
+
+    def _reload(self, port: int, timeout_s: float = 10.0) -> None:
+        """Make a running server re-read its configuration (studyhub.conf, pg_hba.conf) and
+        wait until new sessions see it, so a cluster made by an older version gets today's
+        settings (e.g. LOG_PRIVACY_SETTINGS) from ``up`` without a restart. Settings that need
+        a restart keep their old value until then (the server logs which)."""
+        with self.admin_connect(port=port) as conn:
+            before = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.admin_connect(port=port) as conn:  # a new session: the postmaster's time
+                if conn.execute("SELECT pg_conf_load_time()").fetchone()[0] > before:
+                    return
+            time.sleep(0.05)
+        raise LocalClusterError(f"the server on port {port} did not reload its configuration "
+                                f"within {timeout_s:.0f} s")
 
     # -------------------------------------------------------------- processes
     def _postmaster_pid(self, datadir: Path) -> int | None:

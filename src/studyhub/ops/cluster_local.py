@@ -165,6 +165,10 @@ class LocalBackend:
                 found.append(data)
         return sorted(found, key=lambda b: b["finished_at"])
 
+    def base_backups(self) -> list[Backup]:
+        """Complete base backups, oldest first (their backup.json files; no server needed)."""
+        return [self._backup(b) for b in self._read_backups()]
+
     @staticmethod
     def _backup(data: dict[str, Any]) -> Backup:
         return Backup(

@@ -41,8 +41,10 @@ from studyhub.ops.privacy_graph import (
     table_ident,
     where_sql,
 )
+from studyhub.ops.privacy_outside import PlaceNotCleaned, places_not_cleaned
 from studyhub.ops.pseudonym import PseudonymKey
 from studyhub.ops.queries import load
+from studyhub.profiles import Profile
 
 EXPORT_FORMAT = "studyhub.personal-data-export"
 EXPORT_VERSION = 1
@@ -483,6 +485,8 @@ class ErasureResult:
     duration_s: float
     erased_at: datetime | None = None
     rolled_back: bool = False  # a rehearsal: everything done and verified, then rolled back
+    # Where the person may still be that this could not clean (given a profile; not on dry runs)
+    not_cleaned: list[PlaceNotCleaned] = field(default_factory=list)
 
 
 @dataclass
@@ -554,12 +558,14 @@ def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
                  student_id: str | UUID | None = None, email: str | None = None,
                  dry_run: bool = False, rehearse: bool = False,
                  lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-                 attempts: int = DEFAULT_ATTEMPTS, policy: dict[str, TablePolicy] = POLICY
-                 ) -> ErasureResult:
+                 attempts: int = DEFAULT_ATTEMPTS, policy: dict[str, TablePolicy] = POLICY,
+                 profile: Profile | None = None) -> ErasureResult:
     """Delete everything about one person in one transaction, children first; verify before
     commit that nothing in any policy table still points at them; record them in the ledger.
     A dry run counts the same rows and changes nothing; a rehearsal (benchmarks, drills) does
-    and verifies everything, then rolls back."""
+    and verifies everything, then rolls back. Given the ``profile`` ``conn`` belongs to, the
+    result also names the places outside the database that may still hold the person
+    (``not_cleaned``: server log, WAL, backups, forks, exports)."""
     started = time.monotonic()
     check_person_args(student_id, email)
     timeout = _interval(lock_timeout)
@@ -601,6 +607,11 @@ def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
 
     result = _with_retries(attempts, "erasure", run)
     result.duration_s = round(time.monotonic() - started, 3)
+    if profile is not None and not result.rolled_back:
+        assert result.erased_at is not None
+        result.not_cleaned = places_not_cleaned(conn, profile, database=result.database,
+                                                pseudonym=result.pseudonym,
+                                                erased_at=result.erased_at)
     return result
 
 
