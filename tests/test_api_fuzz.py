@@ -85,7 +85,9 @@ def student(fuzz_app, fuzz_profile) -> dict[str, Any]:
         email = f"{uuid.uuid4().hex[:10]}@fuzz.studyhub"
         r = http.post("/auth/register", json={"email": email, "password": "fuzzing password",
                                               "full_name": "Fuzz Student"})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
+        r = http.post("/auth/token", json={"email": email, "password": "fuzzing password"})
+        assert r.status_code == 200, r.text
         token = r.json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
 

@@ -286,3 +286,20 @@ def test_wal_archive_counts_only_whole_segment_names(migrated, cluster):
     assert archive.first_segment != stray.name
     assert archive.first_segment is None or re.fullmatch(r"[0-9A-F]{24}", archive.first_segment)
 
+
+
+STYLE_TAG = re.compile(r"\[/?(?:bold|dim|italic|underline|red|green|yellow|blue|cyan|magenta)"
+                       r"(?: [a-z ]+)?\]|\[/\]")
+
+
+def test_no_renderer_source_relies_on_markup():
+    """The CLI's consoles print verbatim (markup=False), so a "[bold]…[/]" left in a string
+    would print its brackets: style is given with rich.text.Text. Fails on any such tag in the
+    CLI's source (one slipped in once, merged from a branch older than the rule)."""
+    cli_dir = Path(__file__).resolve().parent.parent / "src" / "studyhub" / "cli"
+    sources = sorted(cli_dir.glob("*.py"))
+    assert sources
+    found = [f"{p.name}:{n}: {line.strip()}" for p in sources
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if STYLE_TAG.search(line) and not line.lstrip().startswith("#")]
+    assert not found, "\n".join(found)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -130,10 +129,10 @@ MAX_ITEMS_SHOWN = 10
 def _render_not_cleaned(places: list[ops.PlaceNotCleaned]) -> None:
     if not places:
         return
-    console.print("[bold yellow]not cleaned[/] (outside the database; they may still hold "
-                  "the person):")
+    console.print(Text.assemble(("not cleaned", "bold yellow"),
+                                " (outside the database; they may still hold the person):"))
     for p in places:
-        console.print(f"  [bold]{p.kind}[/]: {escape(p.location)}")
+        console.print(Text.assemble("  ", (p.kind, "bold"), f": {p.location}"))
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column()
@@ -141,10 +140,10 @@ def _render_not_cleaned(places: list[ops.PlaceNotCleaned]) -> None:
             shown = ", ".join(p.items[:MAX_ITEMS_SHOWN])
             if len(p.items) > MAX_ITEMS_SHOWN:
                 shown += f" … and {len(p.items) - MAX_ITEMS_SHOWN} more (--json lists all)"
-            grid.add_row("    ", escape(shown))
-        grid.add_row("    may hold:", escape(p.holds))
-        grid.add_row("    kept:", escape(p.kept))
-        grid.add_row("    do:", escape(p.action))
+            grid.add_row("    ", shown)
+        grid.add_row("    may hold:", p.holds)
+        grid.add_row("    kept:", p.kept)
+        grid.add_row("    do:", p.action)
         console.print(grid)
 
 
