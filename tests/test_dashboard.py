@@ -248,6 +248,22 @@ def test_failed_logins_lock_that_session_not_everyone_behind_the_same_address(cl
         assert bare.post("/login", data={"csrf_token": csrf, "token": TOKEN}).status_code == 403
 
 
+def test_anonymous_sessions_by_the_thousand_never_push_out_a_logged_in_one(client, env,
+                                                                           migrated):
+    """Every cookie-less GET makes a session; the store keeps ``max_sessions`` of them, but
+    sessions that logged in are kept apart, so a flood of anonymous ones cannot log the
+    operator out."""
+    from pydantic import SecretStr
+
+    c = client(token=SecretStr(TOKEN), max_sessions=5)
+    fields = form_fields(c.get("/login").text)
+    assert c.post("/login", data={**fields, "token": TOKEN}).status_code == 303
+    for _ in range(20):  # four times the store's size in fresh anonymous sessions
+        with httpx.Client(base_url=c.base_url, timeout=30) as bare:
+            assert bare.get("/login").status_code == 200
+    assert c.get("/p/local/backups").status_code == 200
+
+
 def test_without_trusted_proxies_forwarded_headers_are_ignored(client, env, migrated):
     from pydantic import SecretStr
 

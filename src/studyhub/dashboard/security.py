@@ -69,32 +69,39 @@ def constant_time_equal(a: str, b: str) -> bool:
 
 
 class SessionStore:
-    """In-memory sessions, the oldest dropped beyond ``max_sessions``, and recent failed logins
-    per client address (the least recently failing dropped beyond MAX_TRACKED_ADDRESSES)."""
+    """In-memory sessions and recent failed logins per client address (the least recently
+    failing dropped beyond MAX_TRACKED_ADDRESSES).
+
+    Sessions that logged in and sessions that did not are kept apart, each group's oldest
+    dropped beyond ``max_sessions``: anyone can make anonymous sessions by the thousand (one
+    GET each), and they must never push out an operator's logged-in session."""
 
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
+        self._authenticated: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
         self._address_failures: OrderedDict[str, list[float]] = OrderedDict()
 
     def new(self, authenticated: bool = False) -> Session:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), authenticated)
+        group = self._authenticated if authenticated else self._anonymous
         with self._lock:
-            self._sessions[s.id] = s
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            group[s.id] = s
+            while len(group) > self.max_sessions:
+                group.popitem(last=False)
         return s
 
     def get(self, sid: str | None) -> Session | None:
         if not sid:
             return None
         with self._lock:
-            return self._sessions.get(sid)
+            return self._authenticated.get(sid) or self._anonymous.get(sid)
 
     def drop(self, sid: str) -> None:
         with self._lock:
-            self._sessions.pop(sid, None)
+            self._authenticated.pop(sid, None)
+            self._anonymous.pop(sid, None)
 
     def login_blocked(self, session: Session, address: str | None) -> bool:
         """Ten failures within the window from this session — or from this address, when the
