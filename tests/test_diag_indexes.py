@@ -300,3 +300,14 @@ def test_create_index_never_trusts_a_name_alone_nor_drops_someone_elses_index(
     res = cli("diag", "create-index", "customers", "region", "--name", "ix_customers_region",
               "-d", orders_db, "--yes")
     assert res.exit_code == 0 and "already exists and is valid" in res.stdout
+
+
+def test_default_index_names_are_cut_as_the_server_cuts_them(migrated):
+    """Names are cut to 63 bytes of UTF-8 on a character boundary (the server's NAMEDATALEN
+    rule), not 63 characters: a long non-ASCII name is reported as the index will be called."""
+    table, columns = "élèves_notes_de_révision", ["matière_enseignée", "durée_totale_étudiée"]
+    with connect_as(migrated, "app") as conn:
+        (server_name,) = conn.execute("SELECT %s::name::text",
+                                      (f"ix_{table}_{'_'.join(columns)}",)).fetchone()
+    assert len(server_name.encode()) <= 63
+    assert indexes.index_name(table, columns) == server_name

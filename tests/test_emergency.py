@@ -216,3 +216,19 @@ def test_queries_refuses_an_unknown_state(migrated, cli):
     assert "idle in transaction (aborted)" in res.stderr
     res = cli("emergency", "queries", "--state", "idle in transaction", "--older-than", "1h")
     assert res.exit_code == 0, res.stderr
+
+
+def test_block_state_files_of_names_that_sanitize_alike_are_apart(monkeypatch, tmp_path):
+    """"a/b" and "a_b" once shared one state file: unblocking one restored the other's limit.
+    Each pair has its own file now, and a file written before (no digest) is still read for
+    its own pair only."""
+    from dataclasses import asdict
+
+    monkeypatch.setenv("STUDYHUB_HOME", str(tmp_path))
+    assert emergency.block_state_path("local", "a/b") != emergency.block_state_path("local", "a_b")
+    legacy = tmp_path / "emergency" / "block-local-a_b.json"
+    legacy.parent.mkdir(parents=True)
+    state = emergency.BlockState("local", "a/b", 40, "2026-12-01T09:41:00+00:00", 1)
+    legacy.write_text(json.dumps(asdict(state)))
+    assert emergency.read_block_state("local", "a/b") == state
+    assert emergency.read_block_state("local", "a_b") is None

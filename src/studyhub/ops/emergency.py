@@ -259,15 +259,33 @@ class BlockState:
 
 
 def block_state_path(profile: str, database: str) -> Path:
+    """One file per (profile, database): a readable part plus a digest of the exact pair, so
+    two names that read alike once sanitized ("a/b" and "a_b") never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{profile}-{database}")
+    digest = hashlib.sha256(f"{profile}\0{database}".encode()).hexdigest()[:12]
+    return studyhub_home() / "emergency" / f"block-{safe}-{digest}.json"
+
+
+def _legacy_block_state_path(profile: str, database: str) -> Path:
+    """Where versions before the digest kept the file (still read, so a block made by one of
+    them can be undone)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{profile}-{database}")
     return studyhub_home() / "emergency" / f"block-{safe}.json"
 
 
+def _block_state_file(profile: str, database: str) -> tuple[Path, BlockState] | None:
+    for path in (block_state_path(profile, database),
+                 _legacy_block_state_path(profile, database)):
+        if path.exists():
+            state = BlockState(**json.loads(path.read_text()))
+            if (state.profile, state.database) == (profile, database):
+                return path, state
+    return None
+
+
 def read_block_state(profile: str, database: str) -> BlockState | None:
-    path = block_state_path(profile, database)
-    if not path.exists():
-        return None
-    return BlockState(**json.loads(path.read_text()))
+    found = _block_state_file(profile, database)
+    return found[1] if found else None
 
 
 def _limit_sql(database: str, limit: int) -> sql.Composed:
@@ -349,7 +367,8 @@ def unblock_new_connections(profile: Profile, database: str,
         except psycopg.errors.InsufficientPrivilege as exc:
             raise PrivilegeMissing(f"cannot restore the connection limit of {database}: "
                                    f"{first_line(exc)}") from None
-        block_state_path(profile.name, database).unlink(missing_ok=True)
+        while (found := _block_state_file(profile.name, database)) is not None:
+            found[0].unlink()
         write_audit("emergency.unblock_new", profile.name, database=database,
                     restored_limit=limit, from_state_file=state is not None)
         return UnblockResult(database, limit, state is not None, db)

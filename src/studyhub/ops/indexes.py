@@ -186,8 +186,11 @@ class ForeignKeyWithoutIndex:
 
 
 def index_name(table: str, columns: list[str]) -> str:
-    """Our naming convention (ix_<table>_<col>_<col>), cut to PostgreSQL's 63 bytes."""
-    return f"ix_{table}_{'_'.join(columns)}"[:63]
+    """Our naming convention (ix_<table>_<col>_<col>), cut to PostgreSQL's 63 bytes
+    (NAMEDATALEN - 1; bytes of UTF-8, never splitting a character), as the server would
+    truncate it — so the name we report is the name the index gets."""
+    name = f"ix_{table}_{'_'.join(columns)}"
+    return name.encode()[:63].decode(errors="ignore")
 
 
 def create_index_sql(schema: str, table: str, columns: list[str], name: str | None = None,
