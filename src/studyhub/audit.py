@@ -1,8 +1,11 @@
-"""Audit lines for every destructive command: who, when, what, on which profile.
+"""Audit lines for every change: who, when, what, on which profile, and how it ended.
 
 One JSON object per line in ``$STUDYHUB_AUDIT_LOG`` (default ``$STUDYHUB_HOME/audit.log``),
 appended with O_APPEND and mode 0600. Callers pass names, ids, counts and fingerprints only —
 never query text, personal data or secrets.
+
+Mutating ops functions audit themselves with ``audited`` (one line whether the work succeeds,
+fails or is interrupted), so no renderer can forget it and a failure is on record too.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+from studyhub.errors import StudyhubError
 from studyhub.paths import studyhub_home
 
 
@@ -44,6 +49,35 @@ def write_audit(action: str, profile: str, **details: Any) -> dict[str, Any]:
     finally:
         os.close(fd)
     return record
+
+
+def describe_error(exc: BaseException, *, with_text: bool = True) -> str:
+    """What an audit line says of a failure: our own errors' first line (they are written to
+    carry names and counts, never secrets), otherwise only the exception's type (a driver's
+    message may quote values)."""
+    if with_text and isinstance(exc, StudyhubError):
+        return ((str(exc).splitlines() or [""])[0])[:300]
+    return type(exc).__name__
+
+
+@contextmanager
+def audited(action: str, profile: str, *, failed_action: str | None = None,
+            error_text: bool = True, **details: Any) -> Iterator[dict[str, Any]]:
+    """One audit line for the work done in the ``with`` block. Yields the line's details (a
+    dict the block may add to: counts, names, the result's id). On success writes ``action``
+    with ``outcome="ok"``; on an exception writes ``failed_action`` (default ``action``) with
+    ``outcome="failed"`` (``"interrupted"`` for Ctrl-C) and ``error`` (``describe_error``;
+    type only when ``error_text`` is false, e.g. where a message could name a person), then
+    re-raises."""
+    record: dict[str, Any] = dict(details)
+    try:
+        yield record
+    except BaseException as exc:
+        outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        write_audit(failed_action or action, profile, **{
+            **record, "outcome": outcome, "error": describe_error(exc, with_text=error_text)})
+        raise
+    write_audit(action, profile, **{**record, "outcome": "ok"})
 
 
 def read_audit(limit: int | None = None) -> list[dict[str, Any]]:

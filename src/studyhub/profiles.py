@@ -29,7 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from studyhub.errors import ConfigError
+from studyhub.errors import ConfigError, RefusedError
 
 PROFILE_NAMES = ("local", "staging", "production")
 SAFE_SSLMODES = ("require", "verify-ca", "verify-full")
@@ -197,6 +197,18 @@ class Profile:
     @property
     def is_local(self) -> bool:
         return self.kind == "local"
+
+    def require_changes_allowed(self, action: str) -> None:
+        """The rule for every change, wherever it is asked for (command line, dashboard, a
+        schedule): a protected profile (production) must have been named explicitly
+        (``--profile production``), and a read-only profile refuses every change. Raises
+        RefusedError naming the action; nothing has been done yet."""
+        if self.protected and not self.explicit:
+            raise RefusedError(
+                f"refusing to {action} on {self.name}: name it explicitly with "
+                f"--profile {self.name}")
+        if self.read_only:
+            raise RefusedError(f"refusing to {action}: profile {self.name} is marked read-only")
 
     def endpoint(self, role: str = "app", database: str | None = None) -> Endpoint:
         """Where ``role`` connects: app/ops/admin to the primary's own port, replica to the

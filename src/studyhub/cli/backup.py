@@ -22,11 +22,11 @@ from studyhub.cli.common import (
     err_console,
     print_json,
     profile_from,
-    refuse_unless_allowed,
 )
-from studyhub.cli.diag import human_bytes
+from studyhub.humanize import human_bytes
 from studyhub.ops import backup as ops
 from studyhub.ops import backup_set as fmt
+from studyhub.ops import privacy
 
 app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune.",
                   no_args_is_help=True)
@@ -176,7 +176,7 @@ def restore(
     manifest = fmt.read_manifest(path)
     action = (f"restore {path.name} into {database}"
               + (" replacing the existing database (kept, renamed)" if replace else ""))
-    refuse_unless_allowed(prof, action)
+    prof.require_changes_allowed(action)
     (err_console if json_ else console).print(Text.assemble(
         ("would restore", "bold"),
         f" {path.name} ({len(manifest.tables)} tables, {manifest.total_rows:,} rows, revision "
@@ -219,7 +219,7 @@ def render_restore(result: ops.RestoreResult) -> None:
     render_erasures(result.erasures)
 
 
-def render_erasures(erasures: ops.ErasureReapply | None) -> None:
+def render_erasures(erasures: privacy.ErasureReapply | None) -> None:
     if erasures is None:
         return
     if erasures.status == "reapplied":
@@ -245,7 +245,7 @@ def import_(
     ALTER ROLE, DROP DATABASE …) refuse the import; its own BEGIN/COMMIT are left out."""
     prof = profile_from(profile)
     action = f"import {file.name} into a new database {database}"
-    refuse_unless_allowed(prof, action)
+    prof.require_changes_allowed(action)
     size = human_bytes(file.stat().st_size) if file.exists() else "missing"
     (err_console if json_ else console).print(Text.assemble(
         ("would import", "bold"), f" {file} ({size}) into {prof.name}/{database}"))

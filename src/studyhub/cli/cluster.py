@@ -29,7 +29,7 @@ from studyhub.cli.common import (
     print_json,
     profile_from,
 )
-from studyhub.cli.diag import human_bytes
+from studyhub.humanize import human_bytes
 from studyhub.ops import cluster as ops
 from studyhub.ops.cluster import iso
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
+import psycopg
 import typer
 from rich.console import Console
 
 from studyhub.errors import RefusedError
+from studyhub.ops import activity
 from studyhub.profiles import Profile, resolve_profile
 
 # Text reaches these consoles verbatim: no Rich markup ("[red]", "[/]", "[link=…]") and no
@@ -37,10 +39,24 @@ ProfileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", "-d", help="Another database of the profile's server (default: the profile's).")]
+ServerWideDatabaseOpt = Annotated[str | None, typer.Option(
+    "--database", "-d", help="The database to connect to (default: the profile's); the view "
+                             "covers the whole server.")]
 
 
 def profile_from(name: str | None) -> Profile:
     return resolve_profile(name)
+
+
+def ops_connection(profile: str | None, database: str | None = None, role: str = "ops", *,
+                   sees_activity: str | None = None, application_name: str = "studyhub"
+                   ) -> tuple[Profile, psycopg.Connection]:
+    """The named profile and its ops role's connection (``activity.monitor_connection``)."""
+    prof = profile_from(profile)
+    return prof, activity.monitor_connection(prof, database, role, sees_activity=sees_activity,
+                                             application_name=application_name)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -65,22 +81,10 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
-def refuse_unless_allowed(profile: Profile, action: str) -> None:
-    """Protected profiles (production) must be named explicitly with --profile; read-only
-    profiles refuse every change."""
-    if profile.protected and not profile.explicit:
-        raise RefusedError(
-            f"refusing to {action} on {profile.name}: name it explicitly with "
-            f"--profile {profile.name}"
-        )
-    if profile.read_only:
-        raise RefusedError(f"refusing to {action}: profile {profile.name} is marked read-only")
-
-
 def confirm_destructive(profile: Profile, action: str, *, yes: bool) -> None:
-    """Refuse (see refuse_unless_allowed) or confirm a destructive action: without --yes we ask
-    on a terminal and refuse otherwise."""
-    refuse_unless_allowed(profile, action)
+    """Refuse (``Profile.require_changes_allowed``) or confirm a destructive action: without
+    --yes we ask on a terminal and refuse otherwise."""
+    profile.require_changes_allowed(action)
     if yes:
         return
     if not sys.stdin.isatty():

@@ -18,12 +18,16 @@ from studyhub.cli.common import (
     JsonOpt,
     ProfileOpt,
     YesOpt,
+    DatabaseOpt,
+    ServerWideDatabaseOpt,
     confirm_destructive,
     console,
     err_console,
+    ops_connection,
     print_json,
     profile_from,
 )
+from studyhub.humanize import human_bytes, human_s, short
 from studyhub.connect import connect
 from studyhub.ops import activity, health, indexes, space, statements
 
@@ -34,63 +38,7 @@ STATUS_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
 APP_NAME = "studyhub diag"
 
 
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
-
-def human_s(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 120:
-        return f"{s:.1f}s"
-    if s < 7200:
-        return f"{s / 60:.0f}min"
-    return f"{s / 3600:.1f}h"
-
-
-def short(text: str | None, width: int = 70) -> str:
-    """One line, SQL comments left out, cut to ``width``."""
-    if not text:
-        return ""
-    import re
-
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    text = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("--"))
-    one = " ".join(text.split())
-    return one if len(one) <= width else one[: width - 1] + "…"
-
-
-DatabaseOpt = Annotated[str | None, typer.Option(
-    "--database", "-d", help="Another database of the profile's server (default: the profile's).")]
-ServerWideDatabaseOpt = Annotated[str | None, typer.Option(
-    "--database", "-d", help="The database to connect to (default: the profile's); the view "
-                             "covers the whole server.")]
-
-
-def ops_connection(profile: str | None, database: str | None = None, role: str = "ops", *,
-                   sees_activity: str | None = None, application_name: str = APP_NAME):
-    """The ops role's connection. ``sees_activity`` names what the command shows of other
-    roles' sessions or statements: without pg_read_all_stats (pg_monitor) those are hidden, so
-    the command stops with the GRANT instead of reporting all clear."""
-    prof = profile_from(profile)
-    conn = connect(prof, role, database=database, autocommit=True,
-                   application_name=application_name)
-    if sees_activity:
-        try:
-            activity.require_monitor(conn, sees_activity)
-        except BaseException:
-            conn.close()
-            raise
-    return prof, conn
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -110,7 +58,7 @@ def doctor(
     """Health report: every check ok / warn / critical with value, threshold and fix.
     Exit code: 0 ok, 1 warn, 2 critical (so cron and CI can act on it). Runs as the ops role."""
     limits = health.thresholds(health.parse_settings(set_ or []))
-    prof, conn = ops_connection(profile, database)
+    prof, conn = ops_connection(profile, database, application_name=APP_NAME)
     with conn:
         report = health.run_doctor(conn, prof, limits=limits, only=check)
     if json_:
@@ -161,7 +109,8 @@ def slow_queries(
     cache hits, I/O time. Each run stores a snapshot (ops.statement_snapshots) so --since can
     show trends across resets. Runs as the ops role."""
     window = statements.parse_duration(since) if since else None
-    prof, conn = ops_connection(profile, database, sees_activity="slow-queries")
+    prof, conn = ops_connection(profile, database, sees_activity="slow-queries",
+                                application_name=APP_NAME)
     with conn:
         if reset:
             if dry_run:
@@ -216,7 +165,7 @@ def indexes_cmd(
     """Missing (heavy sequential scans), unused, duplicate, invalid and bloated indexes and
     foreign keys without one, each with the DDL that fixes it (for missing ones: with
     --advise, else a pointer to `diag advise`). Runs as the ops role."""
-    prof, conn = ops_connection(profile, database)
+    prof, conn = ops_connection(profile, database, application_name=APP_NAME)
     with conn:
         report = indexes.index_report(conn, unused_min_bytes=unused_min_bytes)
     if advise and report.missing:
@@ -323,7 +272,8 @@ def connections(
     """Client connections of the whole server grouped by state, user, app, client or database,
     with SSL use, and PgBouncer's pools (SHOW POOLS) when the profile has a pooler. Runs as the
     ops role (needs pg_monitor to see other roles' states)."""
-    prof, conn = ops_connection(profile, database, sees_activity="connections by state")
+    prof, conn = ops_connection(profile, database, sees_activity="connections by state",
+                                application_name=APP_NAME)
     with conn:
         report = activity.connection_report(conn, by, prof)
     if json_:
@@ -358,7 +308,8 @@ def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
     """The blocking tree of the whole server: who blocks whom, lock modes, objects and waiting
     time, root blockers first (objects are named in the database connected to). Runs as the
     ops role (needs pg_monitor to see other roles' queries)."""
-    prof, conn = ops_connection(profile, database, sees_activity="the blocking tree")
+    prof, conn = ops_connection(profile, database, sees_activity="the blocking tree",
+                                application_name=APP_NAME)
     with conn:
         roots = activity.blocking_tree(conn)
     if json_:
@@ -398,7 +349,8 @@ def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = No
     """Lag in bytes and seconds for each replica and slot, from the primary and, when the
     profile has a replica and it is reachable, from the replica itself. Runs as the ops role
     (needs pg_monitor: without it pg_stat_replication hides the positions)."""
-    prof, conn = ops_connection(profile, database, sees_activity="replication lag")
+    prof, conn = ops_connection(profile, database, sees_activity="replication lag",
+                                application_name=APP_NAME)
     with conn:
         report = activity.replication_report(prof, conn)
     if json_:

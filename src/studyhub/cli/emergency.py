@@ -20,11 +20,11 @@ from studyhub.cli.common import (
     confirm_destructive,
     console,
     err_console,
+    ops_connection,
     print_json,
     profile_from,
-    refuse_unless_allowed,
 )
-from studyhub.cli.diag import human_s, ops_connection, short
+from studyhub.humanize import human_s, short
 from studyhub.errors import RefusedError
 from studyhub.ops import activity, emergency
 from studyhub.ops.statements import parse_duration
@@ -190,7 +190,7 @@ def kill_all(
             if json_:
                 print_json(plan)
             return
-        refuse_unless_allowed(prof, f"kill all connections to {db}")
+        prof.require_changes_allowed(f"kill all connections to {db}")
         confirm_destructive(prof, f"terminate {len(plan.targets)} session(s) on {db}"
                             + (" and block new connections" if block_new else ""), yes=yes)
         if not block_new:

@@ -19,7 +19,6 @@ from studyhub.cli.common import (
     console,
     print_json,
     profile_from,
-    refuse_unless_allowed,
 )
 from studyhub.ops import migrate as ops
 from studyhub.ops import migrate_lint, migrate_plan, migrate_roundtrip, migrate_statements
@@ -117,7 +116,7 @@ def up(
     the migration is retried with backoff. Invalid indexes a failed attempt left are dropped.
     Refused on a read-only profile, and on production unless named with --profile."""
     prof = profile_from(profile)
-    refuse_unless_allowed(prof, f"upgrade to {to}")  # before connecting
+    prof.require_changes_allowed(f"upgrade to {to}")  # before connecting
     try:
         result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
                              retries=retries, backoff_s=retry_wait,
@@ -152,7 +151,7 @@ def down(
     --profile production."""
     prof = profile_from(profile)
     what = "downgrade to base (drops the whole schema)" if to == "base" else f"downgrade to {to}"
-    refuse_unless_allowed(prof, what)  # before connecting: production must be named explicitly
+    prof.require_changes_allowed(what)  # before connecting: production must be named explicitly
     planned = migrate_plan.plan_downgrade(prof, to, database=database)
     if not planned.migrations:
         console.print(f"nothing to undo: the database is at {', '.join(planned.current) or 'base'}")
@@ -410,7 +409,7 @@ def roundtrip(
     comparing the full schema (columns, types, defaults, constraints, indexes, …) after each
     step. Exit 1 when a downgrade does not restore the schema exactly."""
     prof = profile_from(profile)
-    refuse_unless_allowed(prof, "run a migration roundtrip")
+    prof.require_changes_allowed("run a migration roundtrip")
     result = migrate_roundtrip.roundtrip(prof, revision, all_revisions=all_,
                                          extra_versions=versions_dir or ())
     if json_:

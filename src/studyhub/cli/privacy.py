@@ -20,7 +20,6 @@ from studyhub.cli.common import (
     err_console,
     print_json,
     profile_from,
-    refuse_unless_allowed,
 )
 from studyhub.connect import connect
 from studyhub.errors import StudyhubError
@@ -164,7 +163,7 @@ def erase(
     ops.check_person_args(student, email)
     prof = profile_from(profile)
     if not dry_run:
-        refuse_unless_allowed(prof, "erase a person")
+        prof.require_changes_allowed("erase a person")
     key = load_key("erase (the audit line and ledger name the person by keyed pseudonym)")
     with connect(prof, "app", application_name="studyhub privacy erase") as conn:
         plan = ops.erase_person(conn, key, student_id=student, email=email, dry_run=True,
@@ -236,7 +235,7 @@ def reapply_erasures(
     if fork and database:
         raise StudyhubError("give either --fork or --database, not both")
     if not dry_run:
-        refuse_unless_allowed(prof, "re-apply erasures")
+        prof.require_changes_allowed("re-apply erasures")
     target = fork_target(prof, fork) if fork else prof
     if ledger_file:
         source = ops.read_ledger_file(ledger_file)

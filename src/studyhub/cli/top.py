@@ -31,9 +31,8 @@ from studyhub.cli.common import (
     console,
     print_json,
     profile_from,
-    refuse_unless_allowed,
 )
-from studyhub.cli.diag import human_bytes, human_s, short
+from studyhub.humanize import human_bytes, human_s, short
 from studyhub.connect import connect
 from studyhub.errors import StudyhubError
 from studyhub.ops import activity, emergency
@@ -253,7 +252,7 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
         st.pending = None
         if key.lower() == "y":
             try:
-                refuse_unless_allowed(prof, f"{action} PID {pid}")
+                prof.require_changes_allowed(f"{action} PID {pid}")
                 # the row showed its database and the operator confirmed this very PID
                 targets = emergency.plan_signal(conn, [pid], other_databases=True)
                 outcome = emergency.signal(conn, targets, action, profile=prof.name)[0]
@@ -286,7 +285,7 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
         row = st.rows[st.selected]
         action = "cancel" if key == "c" else "terminate"
         try:  # production must be named with --profile before anything is armed
-            refuse_unless_allowed(prof, f"{action} PID {row.pid}")
+            prof.require_changes_allowed(f"{action} PID {row.pid}")
         except StudyhubError as exc:
             st.message = str(exc)
             return False

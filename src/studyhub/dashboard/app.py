@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from studyhub.cli.diag import human_bytes, human_s, short
+from studyhub.humanize import human_bytes, human_s, short
 from studyhub.connect import ConnectError, first_line
 from studyhub.dashboard import charts, jobs, pages
 from studyhub.dashboard.capture import CaptureLoop

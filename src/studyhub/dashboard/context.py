@@ -1,5 +1,5 @@
 """Profiles as the dashboard sees them: resolved (or why not), and whether its actions are
-allowed — by the same rule the command line uses (``cli.common.refuse_unless_allowed``):
+allowed — by the same rule the command line uses (``Profile.require_changes_allowed``):
 read-only profiles never act; protected ones (production) only when named explicitly, which for
 the dashboard means named when it was started (``--profile production`` or
 ``--allow-actions production``)."""
@@ -13,7 +13,6 @@ from typing import Iterator
 
 import psycopg
 
-from studyhub.cli.common import refuse_unless_allowed
 from studyhub.connect import connect
 from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import RefusedError, StudyhubError
@@ -41,7 +40,7 @@ class ProfileView:
 
 def action_refusal(profile: Profile) -> str | None:
     try:
-        refuse_unless_allowed(profile, ACTIONS)
+        profile.require_changes_allowed(ACTIONS)
     except RefusedError as exc:
         text = str(exc)
         if profile.protected and not profile.explicit:

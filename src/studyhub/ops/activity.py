@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from studyhub.connect import ConnectError, first_line
+from studyhub.connect import ConnectError, connect, first_line
 from studyhub.errors import StudyhubError
 from studyhub.ops.queries import load
 from studyhub.profiles import Endpoint, Profile
@@ -94,6 +94,23 @@ def require_monitor(conn: psycopg.Connection, what: str) -> None:
     priv = monitor_privilege(conn)
     if not priv.read_all_stats:
         raise MonitorPrivilegeMissing(priv.missing(what))
+
+
+def monitor_connection(profile: Profile, database: str | None = None, role: str = "ops", *,
+                       sees_activity: str | None = None,
+                       application_name: str = "studyhub") -> psycopg.Connection:
+    """The ops role's autocommit connection. ``sees_activity`` names what the caller shows of
+    other roles' sessions or statements: without pg_read_all_stats (pg_monitor) those are
+    hidden, so it stops with the GRANT (``require_monitor``) instead of reporting all clear."""
+    conn = connect(profile, role, database=database, autocommit=True,
+                   application_name=application_name)
+    if sees_activity:
+        try:
+            require_monitor(conn, sees_activity)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 def sessions(conn: psycopg.Connection) -> list[Session]:

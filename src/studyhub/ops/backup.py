@@ -52,7 +52,7 @@ from pglast import ast as pglast_ast
 from psycopg import sql
 
 from studyhub import __version__ as tool_version
-from studyhub.connect import ConnectError, child_env, connect, first_line
+from studyhub.connect import child_env, connect, first_line
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
 from studyhub.ops import plain_dump, privacy
@@ -60,7 +60,6 @@ from studyhub.ops.backup_set import (
     DATA_DIR,
     DUMP_DIR,
     FORMAT_VERSION,
-    LEDGER_FILE,
     PARTIAL_PREFIX,
     VERIFIED,
     BackupError,
@@ -166,14 +165,6 @@ class RestoreStep:
 
 
 @dataclass
-class ErasureReapply:
-    status: str  # reapplied | no-ledger
-    entries: int = 0
-    sources: dict[str, int] = field(default_factory=dict)
-    result: Any = None
-
-
-@dataclass
 class RestoreResult:
     set_name: str
     profile: str
@@ -187,7 +178,7 @@ class RestoreResult:
     duration_s: float
     phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
     slowest_steps: list[RestoreStep]
-    erasures: ErasureReapply | None
+    erasures: privacy.ErasureReapply | None
 
 
 @dataclass
@@ -201,7 +192,7 @@ class ImportResult:
     bytes_read: int
     duration_s: float
     skipped_statements: dict[str, int]
-    erasures: ErasureReapply | None
+    erasures: privacy.ErasureReapply | None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -674,55 +665,6 @@ def _dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: st
     return [e[0] for e in entries], [e[1] for e in entries], round(time.monotonic() - t0, 3)
 
 
-# ----------------------------------------------------------------------- erasure ledger
-def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int:
-    """Keep the live erasure ledger in the backup directory too (so a restore re-applies
-    erasures even when the live database is gone). Returns the entry count."""
-    path = backup_dir / LEDGER_FILE
-    existing = privacy.read_ledger_file(path) if path.exists() else []
-    live = privacy.erasure_ledger(conn)
-    merged = privacy.merge_ledgers(existing, live)
-    if len(merged) != len(existing):
-        privacy.write_ledger_file(merged, path)
-    return len(merged)
-
-
-def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
-                           live_database: str | None, *,
-                           live_profile: Profile | None = None) -> ErasureReapply:
-    """Union of the ledgers of the live database, the backup directory's file and the restored
-    database itself, re-applied to the restored database (idempotent, one transaction). The
-    live database is on ``live_profile`` when given (a point-in-time fork's source), else on
-    ``profile``."""
-    sources: dict[str, int] = {}
-    lists: list[list[Any]] = []
-    if live_database:
-        try:
-            with connect(live_profile or profile, "app", database=live_database,
-                         application_name="studyhub restore ledger") as live:
-                entries = privacy.erasure_ledger(live)
-            sources[f"live database {live_database}"] = len(entries)
-            lists.append(entries)
-        except ConnectError:
-            sources[f"live database {live_database} (unreachable)"] = 0
-    path = backup_dir / LEDGER_FILE
-    if path.exists():
-        entries = privacy.read_ledger_file(path)
-        sources[f"file {path}"] = len(entries)
-        lists.append(entries)
-    with connect(profile, "app", database=database,
-                 application_name="studyhub restore ledger") as conn:
-        own = privacy.erasure_ledger(conn)
-        conn.commit()
-        sources["restored database"] = len(own)
-        lists.append(own)
-        merged = privacy.merge_ledgers(*lists)  # one entry per person
-        if not merged:
-            return ErasureReapply("no-ledger", 0, sources)
-        result = privacy.reapply_erasures(conn, merged)
-        conn.commit()
-    return ErasureReapply("reapplied", len(merged), sources, result)
-
 
 def _major(server_version: str) -> int:
     """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
@@ -819,7 +761,7 @@ def create_backup(
             extensions = [dict(zip(("name", "version", "schema"), r))
                           for r in conn.execute(load("get_extensions")).fetchall()]
             tables = list_tables(conn)
-            ledger_entries = save_ledger_beside_backups(profile, conn, out_dir)
+            ledger_entries = privacy.save_ledger_beside_backups(profile, conn, out_dir)
 
             sums: dict[str, list[TableChecksum]] = {}
             sum_error: list[BaseException] = []
@@ -1647,7 +1589,7 @@ def restore_backup(
         live = profile.database if profile.database not in (database, staging) else None
         if replace and database == profile.database:
             live = database  # the database about to be replaced still holds the newest ledger
-        erasures = reapply_erasure_ledger(profile, staging, set_dir.parent, live)
+        erasures = privacy.reapply_erasure_ledger(profile, staging, set_dir.parent, live)
         phases["erasure ledger"] = round(time.monotonic() - p0, 3)
     p0 = time.monotonic()
     replaced = _swap_in(profile, staging, database)
@@ -1867,7 +1809,7 @@ def import_sql(
     erasures = None
     if reapply_erasures:
         live = profile.database if profile.database not in (database, staging) else None
-        erasures = reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
+        erasures = privacy.reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
     _swap_in(profile, staging, database)
     return ImportResult(str(path), profile.name, database, len(table_rows),
                         sum(table_rows.values()), table_rows, size,

@@ -42,7 +42,6 @@ DUMP_DIR = "dump"
 DATA_DIR = "data"
 VERIFIED = "verified.json"
 PARTIAL_PREFIX = ".partial-"
-LEDGER_FILE = "erasure-ledger.jsonl"  # the privacy erasure ledger kept beside the sets
 NAME_RE = re.compile(r"(?P<profile>[a-z]+)-(?P<database>.+)-(?P<stamp>\d{8}T\d{6}Z)")  # fullmatch
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 CHUNK = 1 << 20

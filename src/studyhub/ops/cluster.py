@@ -452,9 +452,9 @@ def erasure_plan_line(reapply_erasures: bool) -> str:
 def reapply_erasures_on_fork(source: Profile, fork: Profile, name: str) -> ForkErasures:
     """Re-apply the source's erasure ledger (its database's ops.erasure_ledger merged with the
     ledger file kept beside backups and the fork's own) to the fork, as the app role, in one
-    verified transaction (``backup.reapply_erasure_ledger``, as after a restore). Refuses with
+    verified transaction (``privacy.reapply_erasure_ledger``, as after a restore). Refuses with
     a clear error when the source's ledger cannot be read: the fork would keep erased people."""
-    from studyhub.ops.backup import reapply_erasure_ledger
+    from studyhub.ops.privacy import reapply_erasure_ledger
     from studyhub.ops.backup_set import default_backup_dir
 
     started = time.monotonic()

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from studyhub.atomic_file import write_atomically
+from studyhub.connect import ConnectError, connect
 from studyhub.db.privacy_policy import POLICY, ROOTS, TablePolicy
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
@@ -792,3 +793,64 @@ def reapply_erasures(conn: psycopg.Connection, entries: Iterable[LedgerEntry], *
     result = _with_retries(attempts, "re-applying erasures", run)
     result.duration_s = round(time.monotonic() - started, 3)
     return result
+
+
+# ------------------------------------------------- the ledger beside the backups, re-applied
+LEDGER_FILE = "erasure-ledger.jsonl"  # the erasure ledger kept beside the backup sets
+
+
+@dataclass
+class ErasureReapply:
+    status: str  # reapplied | no-ledger
+    entries: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+    result: Any = None
+
+
+def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backup_dir: Path) -> int:
+    """Keep the live erasure ledger in the backup directory too (so a restore re-applies
+    erasures even when the live database is gone). Returns the entry count."""
+    path = backup_dir / LEDGER_FILE
+    existing = read_ledger_file(path) if path.exists() else []
+    live = erasure_ledger(conn)
+    merged = merge_ledgers(existing, live)
+    if len(merged) != len(existing):
+        write_ledger_file(merged, path)
+    return len(merged)
+
+
+def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
+                           live_database: str | None, *,
+                           live_profile: Profile | None = None) -> ErasureReapply:
+    """Union of the ledgers of the live database, the backup directory's file and the restored
+    database itself, re-applied to the restored database (idempotent, one transaction). The
+    live database is on ``live_profile`` when given (a point-in-time fork's source), else on
+    ``profile``."""
+    sources: dict[str, int] = {}
+    lists: list[list[Any]] = []
+    if live_database:
+        try:
+            with connect(live_profile or profile, "app", database=live_database,
+                         application_name="studyhub restore ledger") as live:
+                entries = erasure_ledger(live)
+            sources[f"live database {live_database}"] = len(entries)
+            lists.append(entries)
+        except ConnectError:
+            sources[f"live database {live_database} (unreachable)"] = 0
+    path = backup_dir / LEDGER_FILE
+    if path.exists():
+        entries = read_ledger_file(path)
+        sources[f"file {path}"] = len(entries)
+        lists.append(entries)
+    with connect(profile, "app", database=database,
+                 application_name="studyhub restore ledger") as conn:
+        own = erasure_ledger(conn)
+        conn.commit()
+        sources["restored database"] = len(own)
+        lists.append(own)
+        merged = merge_ledgers(*lists)  # one entry per person
+        if not merged:
+            return ErasureReapply("no-ledger", 0, sources)
+        result = reapply_erasures(conn, merged)
+        conn.commit()
+    return ErasureReapply("reapplied", len(merged), sources, result)
