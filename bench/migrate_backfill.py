@@ -122,12 +122,11 @@ def main() -> None:
               f"writes completed {ours['writes'] / max(base['writes'], 1):.1f}x more with m01; "
               f"m01 takes {ours['migration_s'] / base['migration_s']:.1f}x as long")
         t0 = time.monotonic()
-        from studyhub.ops import migrate_lint
-        report = migrate_lint.lint()
+        report = migrate.lint.lint()
         print(f"migrate lint of {len(report.migrations)} migrations (pglast + squawk): "
               f"{time.monotonic() - t0:.2f} s, {report.errors} errors")
         t0 = time.monotonic()
-        report = migrate_lint.lint(downgrade=True)
+        report = migrate.lint.lint(downgrade=True)
         print(f"migrate lint --downgrade of {len(report.migrations)} downgrades: "
               f"{time.monotonic() - t0:.2f} s, {report.errors} errors")
     finally:

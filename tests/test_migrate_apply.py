@@ -9,7 +9,8 @@ import json
 import pytest
 
 from studyhub.audit import read_audit
-from studyhub.ops import migrate, migrate_statements
+from studyhub.ops import migrate
+from studyhub.ops.migrate import statements as migrate_statements
 from tests.conftest import connect_as
 from tests.migration_examples import write_example
 
@@ -203,3 +204,63 @@ def test_plan_shows_statements_locks_and_sizes(profile, fresh_db, cli):
     migrate.upgrade(profile, database=fresh_db)
     res = cli("migrate", "plan", "--database", fresh_db)
     assert "nothing to apply" in res.stdout
+
+
+def test_upgrade_and_downgrade_audit_themselves_however_they_end(profile, fresh_db, tmp_path,
+                                                                 monkeypatch):
+    """The ops functions write the audit line (not only the CLI): success, a lock timeout and
+    any other failure, each one line, never with the error's text."""
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    down = _down_of(M01)
+    migrate.upgrade(profile, down, database=fresh_db)
+    blocker = connect_as(profile, "app", fresh_db, autocommit=False)
+    try:
+        blocker.execute("SELECT count(*) FROM flashcard_reviews")  # ACCESS SHARE until rollback
+        pid = blocker.info.backend_pid
+        with pytest.raises(migrate.LockTimeoutError):
+            migrate.downgrade(profile, "base", database=fresh_db, lock_timeout="200ms")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert migrate.current(profile, fresh_db) == ["0001"]  # 0002's downgrade had committed
+    migrate.downgrade(profile, "-1", database=fresh_db)
+    versions = tmp_path / "versions"
+    rev = write_example(versions, 'op.execute("SELECT 1/0 AS secret_value")', down="0001")
+    with pytest.raises(migrate.MigrationError, match="division by zero"):
+        migrate.upgrade(profile, rev, database=fresh_db, extra_versions=[versions])
+    up, down_failed, down_ok, up_failed = read_audit()
+    assert up["action"] == "migrate.up" and up["outcome"] == "ok"
+    assert (up["database"], up["target"], up["from_revisions"], up["to_revisions"],
+            up["attempts"]) == (fresh_db, down, [], [down], 1)
+    assert down_failed["action"] == "migrate.down.failed" and down_failed["outcome"] == "failed"
+    assert (down_failed["reason"], down_failed["blocking_pids"], down_failed["target"],
+            down_failed["database"]) == ("lock_timeout", [pid], "base", fresh_db)
+    assert down_ok["action"] == "migrate.down" and down_ok["outcome"] == "ok"
+    assert (down_ok["from_revisions"], down_ok["to_revisions"]) == (["0001"], [])
+    assert up_failed["action"] == "migrate.up.failed" and up_failed["target"] == rev
+    assert (up_failed["reason"], up_failed["error"]) == ("error", "MigrationError")
+    assert "secret_value" not in json.dumps(up_failed) and "division" not in json.dumps(up_failed)
+
+
+def test_ops_refuse_a_read_only_profile_before_connecting(profile, fresh_db, tmp_path,
+                                                          monkeypatch):
+    """Whoever calls them (CLI, dashboard, a script), upgrade, downgrade and roundtrip apply
+    the profile's rule first: nothing connects, nothing changes, nothing is audited."""
+    import dataclasses
+
+    from studyhub.errors import RefusedError
+    from studyhub.ops.migrate import roundtrip
+
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    read_only = dataclasses.replace(profile, read_only=True)
+    production = dataclasses.replace(profile, name="production", protected=True)
+    for prof, message in ((read_only, "is marked read-only"),
+                          (production, "name it explicitly with --profile production")):
+        with pytest.raises(RefusedError, match=message):
+            migrate.upgrade(prof, database=fresh_db)
+        with pytest.raises(RefusedError, match=message):
+            migrate.downgrade(prof, "base", database=fresh_db)
+        with pytest.raises(RefusedError, match=message):
+            roundtrip.roundtrip(prof, "0001")
+    assert migrate.current(profile, fresh_db) == []
+    assert read_audit() == []

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from studyhub.ops import migrate, migrate_lint
+from studyhub.ops import migrate
+from studyhub.ops.migrate import lint as migrate_lint
 from tests.migration_examples import write_example
 
 # rule: (dangerous upgrade body, safe upgrade body)
@@ -219,7 +220,7 @@ def test_plan_and_lint_agree_on_what_a_do_block_locks(tmp_path):
     (EXECUTE, CALL, another language) is unknown — and that is what lint warns about."""
     import pglast
 
-    from studyhub.ops import migrate_statements as ms
+    from studyhub.ops.migrate import statements as ms
 
     static = pglast.parse_sql("DO $$ BEGIN ALTER TABLE notes ADD COLUMN x text; END $$")[0].stmt
     assert [(lk.table, lk.mode) for lk in ms.statement_locks(static)] == [

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
-from studyhub.ops import migrate, migrate_roundtrip
+import pytest
+
+from studyhub.audit import read_audit
+from studyhub.ops import migrate
+from studyhub.ops.migrate import roundtrip as migrate_roundtrip
 from tests.conftest import connect_as
 from tests.migration_examples import write_example
 
@@ -65,3 +69,27 @@ def test_roundtrip_refuses_remote_profiles(cli, monkeypatch):
     res = cli("migrate", "roundtrip", "--profile", "staging")
     assert res.exit_code != 0
     assert "throwaway database of the local cluster" in res.stderr
+
+
+def test_roundtrip_writes_one_audit_line_however_it_ends(profile, tmp_path, monkeypatch):
+    """One line per roundtrip (not one per migration it runs on the throwaway database):
+    which revisions it tested and whether their schemas came back; a roundtrip that cannot
+    run writes migrate.roundtrip.failed."""
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    result = migrate_roundtrip.roundtrip(profile, "0001")
+    assert result.ok
+    versions = tmp_path / "versions"
+    rev = write_example(versions, 'op.add_column("notes", sa.Column("pinned", sa.Boolean()))',
+                        downgrade="pass  # forgot the drop", down="0001")
+    assert not migrate_roundtrip.roundtrip(profile, rev, extra_versions=[versions]).ok
+    with pytest.raises(migrate.MigrationError, match="no migration 'nosuch'"):
+        migrate_roundtrip.roundtrip(profile, "nosuch")
+    ok, bad, failed = read_audit()
+    assert (ok["action"], ok["outcome"], ok["revision"], ok["database"]) == (
+        "migrate.roundtrip", "ok", "0001", result.database)
+    assert (ok["revisions"], ok["passed"], ok["failed_revisions"]) == (["0001"], True, [])
+    assert ok["objects_compared"] == result.objects_compared
+    assert (bad["action"], bad["passed"], bad["failed_revisions"]) == (
+        "migrate.roundtrip", False, [rev])
+    assert (failed["action"], failed["outcome"], failed["revision"], failed["error"]) == (
+        "migrate.roundtrip.failed", "failed", "nosuch", "MigrationError")

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
 from studyhub.cli.common import (
     DryRunOpt,
     JsonOpt,
@@ -19,9 +18,10 @@ from studyhub.cli.common import (
     console,
     print_json,
     profile_from,
+    to_jsonable,
 )
-from studyhub.ops import migrate as ops
-from studyhub.ops import migrate_lint, migrate_plan, migrate_roundtrip, migrate_statements
+from studyhub.humanize import human_bytes
+from studyhub.ops import migrate
 
 app = typer.Typer(help="Apply, undo and inspect schema migrations (Alembic).", no_args_is_help=True)
 
@@ -39,7 +39,7 @@ VersionsDirOpt = Annotated[
 def _human(n: int | None) -> str:
     if n is None:
         return "?"
-    return migrate_lint._human(n)
+    return human_bytes(n)
 
 
 def _table_note(rows: int | None, size: int | None) -> str:
@@ -48,7 +48,7 @@ def _table_note(rows: int | None, size: int | None) -> str:
     return f" (~{rows:,} rows, {_human(size)})"
 
 
-def _show(result: ops.MigrationResult, verb: str) -> None:
+def _show(result: migrate.MigrationResult, verb: str) -> None:
     before = ", ".join(result.from_revisions) or "base"
     after = ", ".join(result.to_revisions) or "base"
     if before == after:
@@ -65,21 +65,8 @@ def _describe_blocker(b) -> str:
             f"{b.state or '?'}{age}{held}){query}")
 
 
-def _audit_failure(action: str, prof, database: str | None, exc: BaseException,
-                   **fields) -> None:
-    """The audit line of a migration that failed: why (lock timeout, error class), the
-    attempts and the blocking pids — never the error text (it can quote rows or SQL)."""
-    extra: dict = {}
-    if isinstance(exc, ops.LockTimeoutError):
-        extra = {"reason": "lock_timeout", "attempts": len(exc.attempts),
-                 "blocking_pids": sorted({b.pid for a in exc.attempts for b in a.blockers})}
-    else:
-        extra = {"reason": "error", "error": type(exc).__name__}
-    write_audit(action, prof.name, database=database or prof.database, **fields, **extra)
-
-
 def _attempt_printer(json_: bool):
-    def show(attempt: ops.Attempt) -> None:
+    def show(attempt: migrate.Attempt) -> None:
         if json_ or attempt.outcome == "ok":
             return
         what = "lock timeout" if attempt.outcome == "lock_timeout" else "failed"
@@ -103,7 +90,7 @@ def up(
     to: Annotated[str, typer.Option("--to", help="Target revision.")] = "head",
     profile: ProfileOpt = None,
     database: DatabaseOpt = None,
-    lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: LockTimeoutOpt = migrate.DEFAULT_LOCK_TIMEOUT,
     retries: Annotated[int, typer.Option(
         "--retries", help="Try again this many times after a lock timeout.")] = 5,
     retry_wait: Annotated[float, typer.Option(
@@ -116,18 +103,9 @@ def up(
     the migration is retried with backoff. Invalid indexes a failed attempt left are dropped.
     Refused on a read-only profile, and on production unless named with --profile."""
     prof = profile_from(profile)
-    prof.require_changes_allowed(f"upgrade to {to}")  # before connecting
-    try:
-        result = ops.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
+    result = migrate.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
                              retries=retries, backoff_s=retry_wait,
                              on_attempt=_attempt_printer(json_))
-    except Exception as exc:
-        _audit_failure("migrate.up.failed", prof, database, exc, target=to)
-        raise
-    if result.from_revisions != result.to_revisions:
-        write_audit("migrate.up", prof.name, database=result.database,
-                    from_revisions=result.from_revisions, to_revisions=result.to_revisions,
-                    attempts=len(result.attempts))
     if json_:
         print_json(result)
         return
@@ -143,20 +121,20 @@ def down(
     database: DatabaseOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
-    lock_timeout: LockTimeoutOpt = ops.DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: LockTimeoutOpt = migrate.DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     """Downgrade (undo migrations). First shows each statement the downgrades run (rendered
     offline), the lock it takes on which table, what that blocks and for how long, and lint's
     findings on it; then needs --yes or confirmation. Production must be named with
     --profile production."""
     prof = profile_from(profile)
-    what = "downgrade to base (drops the whole schema)" if to == "base" else f"downgrade to {to}"
+    what = migrate.describe_downgrade(to)
     prof.require_changes_allowed(what)  # before connecting: production must be named explicitly
-    planned = migrate_plan.plan_downgrade(prof, to, database=database)
+    planned = migrate.plan.plan_downgrade(prof, to, database=database)
     if not planned.migrations:
         console.print(f"nothing to undo: the database is at {', '.join(planned.current) or 'base'}")
         return
-    undo = ops.downgrade_plan(planned.current, to)
+    undo = migrate.downgrade_plan(planned.current, to)
     console.print(Text.assemble(
         ("would undo", "bold"),
         f" on {prof.name}/{planned.database} ({', '.join(planned.current)} → "
@@ -166,13 +144,7 @@ def down(
     if dry_run:
         return
     confirm_destructive(prof, what, yes=yes)
-    try:
-        result = ops.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
-    except Exception as exc:
-        _audit_failure("migrate.down.failed", prof, database, exc, target=to)
-        raise
-    write_audit("migrate.down", prof.name, database=result.database, target=to,
-                from_revisions=result.from_revisions, to_revisions=result.to_revisions)
+    result = migrate.downgrade(prof, to, database=database, lock_timeout=lock_timeout)
     _show(result, "downgraded")
 
 
@@ -180,8 +152,8 @@ def down(
 def current(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: JsonOpt = False) -> None:
     """Show the revision the database is at."""
     prof = profile_from(profile)
-    cur = ops.current(prof, database)
-    heads = ops.heads()
+    cur = migrate.current(prof, database)
+    heads = migrate.heads()
     if json_:
         print_json({"profile": prof.name, "current": cur, "head": heads,
                     "at_head": sorted(cur) == sorted(heads)})
@@ -193,7 +165,7 @@ def current(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: Jso
 @app.command()
 def history(json_: JsonOpt = False) -> None:
     """List the migrations, newest first."""
-    revs = ops.history()
+    revs = migrate.history()
     if json_:
         print_json(revs)
         return
@@ -214,7 +186,7 @@ def new(
 ) -> None:
     """Autogenerate a migration from model changes (compares with the profile's database)."""
     prof = profile_from(profile)
-    for path in ops.new_revision(prof, message, autogenerate=not empty):
+    for path in migrate.new_revision(prof, message, autogenerate=not empty):
         console.print(f"wrote {path} — review it before committing")
 
 
@@ -222,7 +194,7 @@ def new(
 def check(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: JsonOpt = False) -> None:
     """Exit 1 when the models and the migrations (as applied to the database) differ."""
     prof = profile_from(profile)
-    report = ops.compare(prof, database)
+    report = migrate.compare(prof, database)
     if json_:
         print_json({**ops_report_dict(report)})
     else:
@@ -238,15 +210,13 @@ def check(profile: ProfileOpt = None, database: DatabaseOpt = None, json_: JsonO
         raise typer.Exit(1)
 
 
-def ops_report_dict(report: ops.DriftReport) -> dict:
+def ops_report_dict(report: migrate.DriftReport) -> dict:
     return {"database": report.database, "current": report.current, "head": report.head,
             "differences": report.differences, "drift": report.drift}
 
 
 # --------------------------------------------------------------------------- lint
-def _lint_dict(report: migrate_lint.LintReport) -> dict:
-    from studyhub.cli.common import to_jsonable
-
+def _lint_dict(report: migrate.lint.LintReport) -> dict:
     return {
         "range": report.rev_range, "direction": report.direction,
         "migrations": report.migrations, "ok": report.ok,
@@ -277,19 +247,19 @@ def lint(
     LINT_ACK_DOWNGRADE)."""
     if rules:
         if json_:
-            print_json(migrate_lint.rules())
+            print_json(migrate.lint.rules())
             return
         table = Table(title="migrate lint rules", title_justify="left")
         for col in ("rule", "severity", "what"):
             table.add_column(col)
-        for r in migrate_lint.rules():
+        for r in migrate.lint.rules():
             table.add_row(r.id, r.severity, r.title)
         console.print(table)
         console.print("squawk's own rules also run; not run: " + ", ".join(
-            sorted(migrate_lint.SQUAWK_EXCLUDED)) + " (see docs/migrations.md)")
+            sorted(migrate.lint.SQUAWK_EXCLUDED)) + " (see docs/migrations.md)")
         return
     prof = profile_from(profile) if profile else None
-    report = migrate_lint.lint(rev_range, profile=prof, database=database,
+    report = migrate.lint.lint(rev_range, profile=prof, database=database,
                                extra_versions=versions_dir or (), downgrade=downgrade)
     if json_:
         print_json(_lint_dict(report))
@@ -299,7 +269,7 @@ def lint(
         raise typer.Exit(1)
 
 
-def _render_lint(report: migrate_lint.LintReport) -> None:
+def _render_lint(report: migrate.lint.LintReport) -> None:
     if report.sizes_error:
         console.print(Text(f"table sizes unavailable: {report.sizes_error}", style="yellow"))
     for f in report.findings:
@@ -320,12 +290,12 @@ def _render_lint(report: migrate_lint.LintReport) -> None:
         if f.also_flagged_by:
             console.print(f"  also flagged by {', '.join(f.also_flagged_by)}")
         console.print()
-    acked: dict[tuple[str, str], list[migrate_lint.Finding]] = {}
+    acked: dict[tuple[str, str], list[migrate.lint.Finding]] = {}
     for f in report.findings:
         if f.acknowledged:
             acked.setdefault((f.revision, f.rule), []).append(f)
     if acked:
-        console.print(f"acknowledged in {migrate_lint.ack_attribute(report.direction)}:")
+        console.print(f"acknowledged in {migrate.lint.ack_attribute(report.direction)}:")
         for (rev, rule), group in acked.items():
             tables = sorted({f.table for f in group if f.table})
             console.print(f"  {rev} {rule} ×{len(group)}"
@@ -352,7 +322,7 @@ def plan(
     """Show, before applying, the statements the pending migrations run, the lock each takes
     on which table, what that lock blocks, how long it is held, and the tables' sizes."""
     prof = profile_from(profile)
-    result = migrate_plan.plan(prof, to, database=database)
+    result = migrate.plan.plan(prof, to, database=database)
     if json_:
         print_json(result)
         return
@@ -365,7 +335,7 @@ def plan(
     _render_planned(result)
 
 
-def _render_planned(result: migrate_plan.MigrationPlan) -> None:
+def _render_planned(result: migrate.plan.MigrationPlan) -> None:
     """Each planned statement with the locks it takes (plan and down share this)."""
     for m in result.migrations:
         console.print(Text.assemble("\n", (m.revision, "bold"), f" {m.message} ",
@@ -379,8 +349,8 @@ def _render_planned(result: migrate_plan.MigrationPlan) -> None:
                                    style="yellow"))
             for lk in st.locks or ():
                 colour = "red" if lk.mode == "ACCESS EXCLUSIVE" else (
-                    "yellow" if migrate_statements.strength(lk.mode) >=
-                    migrate_statements.strength("SHARE") else "green")
+                    "yellow" if migrate.statements.strength(lk.mode) >=
+                    migrate.statements.strength("SHARE") else "green")
                 console.print(Text.assemble(
                     "       ", (lk.mode, colour),
                     f" on {lk.table}{_table_note(lk.rows_estimate, lk.total_bytes)} — blocks "
@@ -409,12 +379,9 @@ def roundtrip(
     comparing the full schema (columns, types, defaults, constraints, indexes, …) after each
     step. Exit 1 when a downgrade does not restore the schema exactly."""
     prof = profile_from(profile)
-    prof.require_changes_allowed("run a migration roundtrip")
-    result = migrate_roundtrip.roundtrip(prof, revision, all_revisions=all_,
+    result = migrate.roundtrip.roundtrip(prof, revision, all_revisions=all_,
                                          extra_versions=versions_dir or ())
     if json_:
-        from studyhub.cli.common import to_jsonable
-
         print_json({"database": result.database, "ok": result.ok,
                     "objects_compared": result.objects_compared,
                     "steps": [{**to_jsonable(s), "ok": s.ok} for s in result.steps]})

@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator, Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 OPS_ROLE = "studyhub_ops"
 LOCK_NOT_AVAILABLE = "55P03"
 
@@ -71,18 +74,12 @@ def report(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- internals
-def _op():
-    from alembic import op
-
-    return op
-
-
 def _offline() -> bool:
-    return bool(_op().get_context().as_sql)
+    return bool(op.get_context().as_sql)
 
 
 def _quote(name: str) -> str:
-    return _op().get_context().dialect.identifier_preparer.quote(name)
+    return op.get_context().dialect.identifier_preparer.quote(name)
 
 
 def _qualified(table: str, schema: str | None) -> str:
@@ -90,9 +87,7 @@ def _qualified(table: str, schema: str | None) -> str:
 
 
 def _scalar(sql: str, **params):
-    import sqlalchemy as sa
-
-    return _op().get_bind().execute(sa.text(sql), params).scalar()
+    return op.get_bind().execute(sa.text(sql), params).scalar()
 
 
 def _index_state(name: str, schema: str | None) -> bool | None:
@@ -142,9 +137,6 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *,
     behind that is still maintained on every write and that ``IF NOT EXISTS`` would silently
     keep. This helper drops such a leftover before building, and drops its own leftover when
     the build fails, and says so."""
-    op = _op()
-    import sqlalchemy as sa
-
     with op.get_context().autocommit_block():
         if not _offline():
             state = _index_state(name, schema)
@@ -179,7 +171,6 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *,
 def drop_index_concurrently(name: str, *, table: str | None = None,
                             schema: str | None = None) -> None:
     """``DROP INDEX CONCURRENTLY IF EXISTS`` outside the transaction (no ACCESS EXCLUSIVE)."""
-    op = _op()
     with op.get_context().autocommit_block():
         op.drop_index(name, table_name=table, schema=schema, postgresql_concurrently=True,
                       if_exists=True)
@@ -192,8 +183,8 @@ def add_check_not_valid(table: str, name: str, condition: str, *,
     EXCLUSIVE lock and no scan; new and updated rows are checked from now on."""
     if not _offline() and _constraint_state(table, name, schema) is not None:
         return
-    _op().execute(f"ALTER TABLE {_qualified(table, schema)} ADD CONSTRAINT {_quote(name)} "
-                  f"CHECK ({condition}) NOT VALID")
+    op.execute(f"ALTER TABLE {_qualified(table, schema)} ADD CONSTRAINT {_quote(name)} "
+               f"CHECK ({condition}) NOT VALID")
 
 
 def add_foreign_key_not_valid(table: str, name: str, columns: Sequence[str], ref_table: str,
@@ -206,7 +197,7 @@ def add_foreign_key_not_valid(table: str, name: str, columns: Sequence[str], ref
     cols = ", ".join(_quote(c) for c in columns)
     refs = ", ".join(_quote(c) for c in ref_columns)
     on_delete = f" ON DELETE {ondelete}" if ondelete else ""
-    _op().execute(
+    op.execute(
         f"ALTER TABLE {_qualified(table, schema)} ADD CONSTRAINT {_quote(name)} FOREIGN KEY "
         f"({cols}) REFERENCES {_qualified(ref_table, ref_schema)} ({refs}){on_delete} NOT VALID"
     )
@@ -215,7 +206,6 @@ def add_foreign_key_not_valid(table: str, name: str, columns: Sequence[str], ref
 def validate_constraint(table: str, name: str, *, schema: str | None = None) -> None:
     """``VALIDATE CONSTRAINT`` in its own transaction: scans the table under SHARE UPDATE
     EXCLUSIVE, which lets reads and writes go on (the NOT VALID step's lock is released)."""
-    op = _op()
     with op.get_context().autocommit_block():
         op.execute(f"ALTER TABLE {_qualified(table, schema)} VALIDATE CONSTRAINT {_quote(name)}")
 
@@ -235,10 +225,10 @@ def add_not_null(table: str, column: str, *, schema: str | None = None,
     else:
         add_check_not_valid(table, check, f"{_quote(column)} IS NOT NULL", schema=schema)
         validate_constraint(table, check, schema=schema)
-        _op().execute(f"ALTER TABLE {_qualified(table, schema)} ALTER COLUMN {_quote(column)} "
-                      "SET NOT NULL")
-    _op().execute(f"ALTER TABLE {_qualified(table, schema)} DROP CONSTRAINT IF EXISTS "
-                  f"{_quote(check)}")
+        op.execute(f"ALTER TABLE {_qualified(table, schema)} ALTER COLUMN {_quote(column)} "
+                   "SET NOT NULL")
+    op.execute(f"ALTER TABLE {_qualified(table, schema)} DROP CONSTRAINT IF EXISTS "
+               f"{_quote(check)}")
 
 
 # --------------------------------------------------------------------------- backfill
@@ -253,7 +243,6 @@ def backfill_in_batches(table: str, *, set_sql: str, where_sql: str, key: str = 
     ``recorded_at IS NULL``) so a rerun resumes. Returns the number of rows updated.
 
     In offline mode (lint, plan) it renders the first batch's statement."""
-    op = _op()
     qt, qk = _qualified(table, schema), _quote(key)
     select_ids = (f"SELECT {qk} FROM {qt} WHERE {{bound}}({where_sql}) "
                   f"ORDER BY {qk} LIMIT {int(batch_size)}")
@@ -271,8 +260,6 @@ def backfill_in_batches(table: str, *, set_sql: str, where_sql: str, key: str = 
             op.execute(f"/* studyhub backfill: batches of {int(batch_size)} rows, each its own "
                        f"transaction, until none is left */ {first}")
             return 0
-        import sqlalchemy as sa
-
         bind = op.get_bind()
         last = None
         total = batches = 0

@@ -1,6 +1,6 @@
 """Alembic environment for StudyHub.
 
-The connection comes from ``config.attributes["connection"]`` (set by studyhub.ops.migrate,
+The connection comes from ``config.attributes["connection"]`` (set by studyhub.ops.migrate.apply,
 which always connects to the server's own port, never through the transaction pooler).
 Every migration transaction starts with ``SET lock_timeout`` so a migration waiting behind a
 long transaction fails fast instead of queueing every other query behind its lock.

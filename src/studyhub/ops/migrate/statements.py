@@ -20,7 +20,16 @@ import pglast
 from alembic import command
 from pglast import ast, enums
 
-from studyhub.ops import migrate
+from studyhub.connect import first_line
+from studyhub.db.models import Base
+from studyhub.ops.migrate.revisions import (
+    DEFAULT_LOCK_TIMEOUT,
+    ExtraVersions,
+    MigrationError,
+    alembic_config,
+    display_path,
+    script_directory,
+)
 
 # Table lock modes, weakest first, and what each one stops the application from doing.
 LOCK_MODES = (
@@ -97,7 +106,7 @@ class RenderedMigration:
     direction: str = "upgrade"  # upgrade | downgrade (the migration's downgrade())
 
 
-class RenderError(migrate.MigrationError):
+class RenderError(MigrationError):
     pass
 
 
@@ -108,10 +117,10 @@ def name_of(rv: ast.RangeVar | None) -> str | None:
         else rv.relname
 
 
-def _revisions_in(rev_range: str | None, extra_versions: migrate.ExtraVersions):
+def _revisions_in(rev_range: str | None, extra_versions: ExtraVersions):
     """Revision scripts of ``rev_range`` ("base:head", "0002:head", "m01", None = all), oldest
     first."""
-    script = migrate.script_directory(extra_versions)
+    script = script_directory(extra_versions)
     spec = rev_range or "base:heads"
     lower, sep, upper = spec.partition(":")
     if not sep:
@@ -124,14 +133,14 @@ def _revisions_in(rev_range: str | None, extra_versions: migrate.ExtraVersions):
     try:
         revs = list(script.iterate_revisions(upper, lower))
     except Exception as exc:
-        raise RenderError(f"invalid revision range {spec!r}: {migrate.first_line(exc)}") from None
+        raise RenderError(f"invalid revision range {spec!r}: {first_line(exc)}") from None
     revs.reverse()
     return script, revs
 
 
 def render_migrations(rev_range: str | None = None, *,
-                      extra_versions: migrate.ExtraVersions = (),
-                      lock_timeout: str = migrate.DEFAULT_LOCK_TIMEOUT,
+                      extra_versions: ExtraVersions = (),
+                      lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
                       downgrade: bool = False) -> list[RenderedMigration]:
     """Each migration of the range rendered alone and parsed, oldest first; with
     ``downgrade``, each one's downgrade instead, newest first (the order they would run)."""
@@ -149,7 +158,7 @@ def render_migrations(rev_range: str | None = None, *,
         rendered.direction = "downgrade" if downgrade else "upgrade"
         rendered.down_revision = down
         rendered.message = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
-        rendered.path = migrate._display_path(rev.path)
+        rendered.path = display_path(rev.path)
         rendered.module = rev.module
         out.append(rendered)
     return out
@@ -158,7 +167,7 @@ def render_migrations(rev_range: str | None = None, *,
 @lru_cache(maxsize=256)
 def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_timeout: str,
                 _mtime: int, downgrade: bool = False) -> str:
-    cfg = migrate.alembic_config(extra, lock_timeout=lock_timeout)
+    cfg = alembic_config(extra, lock_timeout=lock_timeout)
     buf = io.StringIO()
     cfg.output_buffer = buf
     try:
@@ -169,7 +178,7 @@ def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_ti
     except Exception as exc:
         raise RenderError(
             f"cannot render the {'downgrade' if downgrade else 'upgrade'} of migration "
-            f"{revision} offline: {migrate.first_line(exc)} "
+            f"{revision} offline: {first_line(exc)} "
             "(a migration that reads the database must skip that in offline mode: "
             "op.get_context().as_sql)"
         ) from None
@@ -221,7 +230,8 @@ def parse_migration(revision: str, sql_text: str) -> RenderedMigration:
 
 
 # --------------------------------------------------------------------------- locks
-def _max(mode_a: str | None, mode_b: str) -> str:
+def stronger(mode_a: str | None, mode_b: str) -> str:
+    """The stronger of two table lock modes (``mode_a`` may be None: none yet)."""
     if mode_a is None or strength(mode_b) > strength(mode_a):
         return mode_b
     return mode_a
@@ -233,16 +243,16 @@ def alter_table_lock(cmds) -> str:
     for cmd in cmds or ():
         st = cmd.subtype
         if st in _SHARE_UPDATE_EXCLUSIVE_CMDS:
-            mode = _max(mode, "SHARE UPDATE EXCLUSIVE")
+            mode = stronger(mode, "SHARE UPDATE EXCLUSIVE")
         elif st in _SHARE_ROW_EXCLUSIVE_CMDS:
-            mode = _max(mode, "SHARE ROW EXCLUSIVE")
+            mode = stronger(mode, "SHARE ROW EXCLUSIVE")
         elif st == AT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
                 and cmd.def_.contype == enums.ConstrType.CONSTR_FOREIGN:
-            mode = _max(mode, "SHARE ROW EXCLUSIVE")
+            mode = stronger(mode, "SHARE ROW EXCLUSIVE")
         elif st == AT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
-            mode = _max(mode, "SHARE UPDATE EXCLUSIVE")
+            mode = stronger(mode, "SHARE UPDATE EXCLUSIVE")
         else:
-            mode = _max(mode, "ACCESS EXCLUSIVE")
+            mode = stronger(mode, "ACCESS EXCLUSIVE")
     return mode or "ACCESS EXCLUSIVE"
 
 
@@ -254,7 +264,7 @@ def statement_locks(node, index_tables: dict[str, str] | None = None) -> list[Ta
 
     def add(table: str | None, mode: str) -> None:
         if table:
-            locks[table] = _max(locks.get(table), mode)
+            locks[table] = stronger(locks.get(table), mode)
 
     if isinstance(node, ast.AlterTableStmt):
         if node.objtype == enums.ObjectType.OBJECT_INDEX:
@@ -482,8 +492,6 @@ def modified_tables(node) -> list[str]:
 
 def index_tables_from_models() -> dict[str, str]:
     """Index name → table, for every index the models define (DROP INDEX names no table)."""
-    from studyhub.db.models import Base
-
     out = {}
     for table in Base.metadata.tables.values():
         tname = f"{table.schema}.{table.name}" if table.schema else table.name

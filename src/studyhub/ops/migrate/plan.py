@@ -3,7 +3,7 @@ each takes (and what that lock blocks), how long it is held, and how big those t
 
 A lock taken inside a transaction is held until that transaction commits, so a brief ALTER
 followed by a long UPDATE in the same transaction blocks for the whole UPDATE: ``held_until``
-says which. Lock modes come from ``ops.migrate_statements.statement_locks``; sizes from the
+says which. Lock modes come from ``statements.statement_locks``; sizes from the
 target database's statistics (pg_class.reltuples, pg_total_relation_size).
 """
 
@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 from pglast import ast
 
 from studyhub.connect import connect
-from studyhub.ops import migrate
-from studyhub.ops import migrate_lint as lint_mod
-from studyhub.ops import migrate_statements as ms
+from studyhub.ops.migrate import statements as ms
+from studyhub.ops.migrate.apply import current as current_revisions
+from studyhub.ops.migrate.lint import lint
+from studyhub.ops.migrate.lint.knowledge import has_limit
+from studyhub.ops.migrate.revisions import (
+    ExtraVersions,
+    MigrationError,
+    downgrade_plan,
+    heads,
+)
+from studyhub.ops.queries import load
 from studyhub.ops.space import table_sizes
 from studyhub.profiles import Profile
 
@@ -69,15 +77,7 @@ class MigrationPlan:
 
 
 def _index_tables_in_db(conn) -> dict[str, str]:
-    rows = conn.execute(
-        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,"
-        "       CASE WHEN tn.nspname = 'public' THEN t.relname ELSE tn.nspname || '.' || t.relname END"
-        "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        "  JOIN pg_namespace n ON n.oid = c.relnamespace"
-        "  JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace"
-        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
-    ).fetchall()
-    return dict(rows)
+    return dict(conn.execute(load("get_index_tables")).fetchall())
 
 
 def _target_facts(profile: Profile, database: str | None):
@@ -95,12 +95,12 @@ def _target_facts(profile: Profile, database: str | None):
 
 
 def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
-         extra_versions: migrate.ExtraVersions = ()) -> MigrationPlan:
-    current = migrate.current(profile, database)
+         extra_versions: ExtraVersions = ()) -> MigrationPlan:
+    current = current_revisions(profile, database)
     if len(current) > 1:
-        raise migrate.MigrationError("the database has several heads; plan one branch with --to")
+        raise MigrationError("the database has several heads; plan one branch with --to")
     start = current[0] if current else "base"
-    target_heads = migrate.heads(extra_versions) if to in ("head", "heads") else [to]
+    target_heads = heads(extra_versions) if to in ("head", "heads") else [to]
     if sorted(current) == sorted(target_heads):
         migrations: list[ms.RenderedMigration] = []
     else:
@@ -113,11 +113,11 @@ def plan(profile: Profile, to: str = "heads", *, database: str | None = None,
 
 
 def plan_downgrade(profile: Profile, to: str, *, database: str | None = None,
-                   extra_versions: migrate.ExtraVersions = ()) -> MigrationPlan:
+                   extra_versions: ExtraVersions = ()) -> MigrationPlan:
     """What ``migrate down --to`` would run: each undone migration's downgrade SQL (newest
     first), the locks each statement takes, how long they are held, the tables' sizes."""
-    current = migrate.current(profile, database)
-    undo = migrate.downgrade_plan(current, to)
+    current = current_revisions(profile, database)
+    undo = downgrade_plan(current, to)
     migrations: list[ms.RenderedMigration] = []
     rev_range = None
     if undo:
@@ -135,7 +135,7 @@ def _lint_flags(rev_range, migrations, extra_versions, *, downgrade: bool):
     """(revision, statement number) → the rule ids lint raises there (unacknowledged)."""
     flagged: dict[tuple[str, int], list[str]] = {}
     if migrations:
-        report = lint_mod.lint(rev_range, extra_versions=extra_versions, use_squawk=False,
+        report = lint(rev_range, extra_versions=extra_versions, use_squawk=False,
                                downgrade=downgrade)
         for f in report.findings:
             if not f.acknowledged:
@@ -148,7 +148,7 @@ def _plan_statements(migrations, sizes, index_tables, flagged):
     strongest: dict[str, str] = {}
     for m in migrations:
         if m.parse_error:
-            raise migrate.MigrationError(f"migration {m.revision}: {m.parse_error}")
+            raise MigrationError(f"migration {m.revision}: {m.parse_error}")
         # the last statement of each transaction: its locks are released after it
         commit_at: dict[int, int] = {}
         for st in m.statements:
@@ -166,11 +166,11 @@ def _plan_statements(migrations, sizes, index_tables, flagged):
                 for lk in raw_locks:
                     rows, size = sizes.get(lk.table, (None, None))
                     locks.append(PlannedLock(lk.table, lk.mode, lk.blocks, rows, size))
-                    strongest[lk.table] = ms._max(strongest.get(lk.table), lk.mode)
+                    strongest[lk.table] = ms.stronger(strongest.get(lk.table), lk.mode)
             if st.in_transaction and st.transaction is not None:
                 held = (f"commit of transaction {st.transaction} "
                         f"(after statement {commit_at.get(st.transaction, st.number)})")
-            elif ms.modified_tables(st.node) and lint_mod._has_limit(st.node):
+            elif ms.modified_tables(st.node) and has_limit(st.node):
                 held = "end of each batch (committed batch by batch)"
             else:
                 held = "statement end"

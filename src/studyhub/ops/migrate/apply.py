@@ -1,8 +1,12 @@
-"""Alembic as plain functions over a profile (the runbook's "Running Migrations").
+"""Applying migrations to a database (the runbook's "Running Migrations"): upgrade and
+downgrade as plain functions over a profile.
 
 Migrations connect as the app role (owner of the schema) to the server's own port — never the
 transaction pooler — and run with a ``lock_timeout`` so they cannot queue the whole app behind
-an ACCESS EXCLUSIVE lock they are waiting for.
+an ACCESS EXCLUSIVE lock they are waiting for. On a lock timeout the sessions that blocked the
+attempt are named and the run is retried with backoff; an invalid index a failed attempt left
+behind is dropped. ``upgrade`` and ``downgrade`` check the profile allows changes and write one
+audit line however they end.
 """
 
 from __future__ import annotations
@@ -12,36 +16,29 @@ import random
 import time
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.runtime.environment import EnvironmentContext
-from alembic.script import ScriptDirectory
+from psycopg import sql
+from sqlalchemy.exc import DBAPIError
 
-from studyhub.connect import ConnectError, connect, first_line, sqlalchemy_engine
+from studyhub.audit import audited
+from studyhub.connect import ConnectError, _clean, connect, first_line, sqlalchemy_engine
 from studyhub.db import migration_helpers
-from studyhub.db.models import Base, include_name
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.blockers import Blocker, BlockerWatcher
+from studyhub.ops.migrate.revisions import (
+    DEFAULT_LOCK_TIMEOUT,
+    ExtraVersions,
+    MigrationError,
+    alembic_config,
+)
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
-DEFAULT_LOCK_TIMEOUT = "5s"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of "canceling statement due to lock timeout"
-
-# Extra directories of migration files on top of the chain (a draft being tried, or the
-# example migrations of the tests); empty for normal use.
-ExtraVersions = Sequence[Path | str]
-
-
-class MigrationError(StudyhubError):
-    pass
 
 
 @dataclass
@@ -74,45 +71,6 @@ class MigrationResult:
     steps: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what migration helpers reported
-
-
-@dataclass
-class RevisionInfo:
-    revision: str
-    down_revision: str | None
-    message: str
-    is_head: bool
-    path: str
-
-
-@dataclass
-class DriftReport:
-    database: str
-    current: list[str]
-    head: list[str]
-    differences: list[str]
-
-    @property
-    def drift(self) -> bool:
-        return bool(self.differences) or sorted(self.current) != sorted(self.head)
-
-
-def alembic_config(extra_versions: ExtraVersions = (), **attributes: object) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("path_separator", "os")
-    import os
-
-    locations = [str(MIGRATIONS_DIR / "versions"), *(str(Path(p)) for p in extra_versions)]
-    cfg.set_main_option("version_locations", os.pathsep.join(locations))
-    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
-    cfg.set_main_option("truncate_slug_length", "40")
-    cfg.attributes.update(attributes)
-    return cfg
-
-
-def script_directory(extra_versions: ExtraVersions = ()) -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config(extra_versions))
 
 
 @contextmanager
@@ -149,53 +107,21 @@ def _interval(value: str) -> str:
 
 def _root_message(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    from studyhub.connect import _clean
-
     try:
         return _clean(orig)  # type: ignore[arg-type]
     except Exception:
         return first_line(orig)
 
 
-def _db_heads(conn) -> list[str]:
+def database_heads(conn) -> list[str]:
+    """The revision(s) the database on ``conn`` is at (Alembic's alembic_version)."""
     ctx = MigrationContext.configure(conn)
     return list(ctx.get_current_heads())
 
 
 def current(profile: Profile, database: str | None = None) -> list[str]:
     with migration_connection(profile, database) as conn:
-        return _db_heads(conn)
-
-
-def heads(extra_versions: ExtraVersions = ()) -> list[str]:
-    return list(script_directory(extra_versions).get_heads())
-
-
-def history(extra_versions: ExtraVersions = ()) -> list[RevisionInfo]:
-    script = script_directory(extra_versions)
-    head_set = set(script.get_heads())
-    out = []
-    for rev in script.walk_revisions():
-        down = rev.down_revision
-        out.append(
-            RevisionInfo(
-                revision=rev.revision,
-                down_revision=down if isinstance(down, str) or down is None else ",".join(down),
-                message=(rev.doc or "").strip(),
-                is_head=rev.revision in head_set,
-                path=_display_path(rev.path),
-            )
-        )
-    return out
-
-
-def _display_path(path: str | None) -> str:
-    if not path:
-        return ""
-    try:
-        return str(Path(path).relative_to(MIGRATIONS_DIR.parent.parent.parent.parent))
-    except ValueError:  # an extra versions directory outside the source tree
-        return str(path)
+        return database_heads(conn)
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -212,7 +138,8 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-def invalid_indexes(profile: Profile, database: str | None = None) -> list[tuple[str, str, str, bool]]:
+def invalid_indexes(profile: Profile,
+                    database: str | None = None) -> list[tuple[str, str, str, bool]]:
     """(schema, index, table, being_built) of every invalid index in the database."""
     with connect(profile, "app", database=database, autocommit=True,
                  application_name="studyhub migrate") as conn:
@@ -224,8 +151,6 @@ def _drop_invalid_leftovers(profile: Profile, database: str | None, lock_timeout
     """Drop the invalid indexes that appeared during a failed attempt (a CREATE INDEX
     CONCURRENTLY that failed half-way) unless another session is building them. Returns
     (dropped, notes)."""
-    from psycopg import sql
-
     dropped, notes = [], []
     try:
         leftovers = [r for r in invalid_indexes(profile, database)
@@ -260,7 +185,7 @@ def _attempt(profile: Profile, fn, revision: str, database: str | None, lock_tim
     """One run of Alembic on a fresh connection, watched for blockers."""
     started = time.monotonic()
     with migration_connection(profile, database, lock_timeout) as conn:
-        before = _db_heads(conn)
+        before = database_heads(conn)
         backend_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         conn.commit()  # Alembic must own the transactions (autocommit blocks need that)
         cfg = alembic_config(extra_versions, connection=conn, lock_timeout=lock_timeout)
@@ -291,14 +216,12 @@ def _attempt(profile: Profile, fn, revision: str, database: str | None, lock_tim
                 raise error
             return attempt, before, []
         conn.commit()
-        after = _db_heads(conn)
+        after = database_heads(conn)
     attempt.duration_s = round(time.monotonic() - started, 3)
     return attempt, before, after
 
 
 def _is_database_error(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError
-
     return isinstance(exc, DBAPIError) or exc.__class__.__module__.startswith("psycopg")
 
 
@@ -325,13 +248,18 @@ def _describe_blockers(blockers: list[Blocker]) -> str:
     return "; ".join(parts)
 
 
-def _run(profile: Profile, fn, revision: str, database: str | None, lock_timeout: str,
-         *, retries: int = 0, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-         on_attempt: Progress | None = None,
-         extra_versions: ExtraVersions = ()) -> MigrationResult:
-    """Run Alembic; on lock timeout wait (exponential backoff with jitter) and try again, up to
-    ``retries`` more times. Each attempt is a new connection with ``lock_timeout`` set, watched
-    for the sessions that block it; invalid indexes a failed attempt left behind are dropped."""
+def run_unaudited(profile: Profile, fn, revision: str, database: str | None, lock_timeout: str,
+                  *, retries: int = 0, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                  on_attempt: Progress | None = None,
+                  extra_versions: ExtraVersions = ()) -> MigrationResult:
+    """Run Alembic's ``fn`` (command.upgrade / command.downgrade); on lock timeout wait
+    (exponential backoff with jitter) and try again, up to ``retries`` more times. Each attempt
+    is a new connection with ``lock_timeout`` set, watched for the sessions that block it;
+    invalid indexes a failed attempt left behind are dropped.
+
+    No profile check and no audit line: only for a throwaway database the caller owns (the
+    roundtrip's, which the roundtrip audits as a whole). Everything else calls ``upgrade`` or
+    ``downgrade``."""
     _interval(lock_timeout)
     if retries < 0:
         raise MigrationError("--retries cannot be negative")
@@ -376,139 +304,65 @@ def _run(profile: Profile, fn, revision: str, database: str | None, lock_timeout
     )
 
 
+# --------------------------------------------------------------------------- audited entry points
+def _failure_details(exc: BaseException) -> dict[str, Any]:
+    """What the audit line says of a migration that failed: why (lock timeout or another
+    error), the attempts and the blocking pids. The error's text never goes there (``audited``
+    with ``error_text=False`` writes its class only): a PostgreSQL error can quote rows or SQL."""
+    if isinstance(exc, LockTimeoutError):
+        return {"reason": "lock_timeout", "attempts": len(exc.attempts),
+                "blocking_pids": sorted({b.pid for a in exc.attempts for b in a.blockers})}
+    return {"reason": "error"}
+
+
+@contextmanager
+def _audited_migration(action: str, profile: Profile, database: str | None,
+                       **details: Any) -> Iterator[dict[str, Any]]:
+    """One audit line: ``action`` when the block succeeds, ``action.failed`` (with
+    ``_failure_details``) when it raises."""
+    with audited(action, profile.name, failed_action=f"{action}.failed", error_text=False,
+                 database=profile.endpoint("app", database).database, **details) as line:
+        try:
+            yield line
+        except Exception as exc:
+            line.update(_failure_details(exc))
+            raise
+
+
 def upgrade(profile: Profile, to: str = "head", *, database: str | None = None,
             lock_timeout: str = DEFAULT_LOCK_TIMEOUT, retries: int = 0, backoff_s: float = 1.0,
             max_backoff_s: float = 30.0, on_attempt: Progress | None = None,
             extra_versions: ExtraVersions = ()) -> MigrationResult:
-    return _run(profile, command.upgrade, to, database, lock_timeout, retries=retries,
-                backoff_s=backoff_s, max_backoff_s=max_backoff_s, on_attempt=on_attempt,
-                extra_versions=extra_versions)
+    """Upgrade to ``to`` (see ``run_unaudited`` for timeouts and retries). Refused before
+    connecting on a read-only profile, and on production unless it was named explicitly.
+    Audited as ``migrate.up`` (revisions before and after, attempts) or ``migrate.up.failed``
+    (reason, attempts, blocking pids)."""
+    profile.require_changes_allowed(f"upgrade to {to}")
+    with _audited_migration("migrate.up", profile, database, target=to) as line:
+        result = run_unaudited(profile, command.upgrade, to, database, lock_timeout,
+                               retries=retries, backoff_s=backoff_s,
+                               max_backoff_s=max_backoff_s, on_attempt=on_attempt,
+                               extra_versions=extra_versions)
+        line.update(from_revisions=result.from_revisions, to_revisions=result.to_revisions,
+                    attempts=len(result.attempts))
+    return result
+
+
+def describe_downgrade(to: str) -> str:
+    """The action a downgrade to ``to`` is, in refusals and confirmations."""
+    return "downgrade to base (drops the whole schema)" if to == "base" else f"downgrade to {to}"
 
 
 def downgrade(profile: Profile, to: str, *, database: str | None = None,
               lock_timeout: str = DEFAULT_LOCK_TIMEOUT, retries: int = 0,
               backoff_s: float = 1.0, on_attempt: Progress | None = None,
               extra_versions: ExtraVersions = ()) -> MigrationResult:
-    return _run(profile, command.downgrade, to, database, lock_timeout, retries=retries,
-                backoff_s=backoff_s, on_attempt=on_attempt, extra_versions=extra_versions)
-
-
-def render_sql(rev_range: str = "base:head", lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-               extra_versions: ExtraVersions = ()) -> str:
-    """The SQL the migrations would run (Alembic offline mode), without touching a database."""
-    cfg = alembic_config(extra_versions, lock_timeout=lock_timeout)
-    buf = io.StringIO()
-    cfg.output_buffer = buf
-    start, _, end = rev_range.partition(":")
-    if start and end and _is_downgrade(start, end):
-        command.downgrade(cfg, rev_range, sql=True)
-    else:
-        command.upgrade(cfg, rev_range, sql=True)
-    return buf.getvalue()
-
-
-def _is_downgrade(start: str, end: str) -> bool:
-    if end == "base" or end.startswith("-"):
-        return True
-    return False
-
-
-def compare(profile: Profile, database: str | None = None) -> DriftReport:
-    """Models vs the database's schema, after checking the database is at head."""
-    with migration_connection(profile, database) as conn:
-        cur = _db_heads(conn)
-        cfg = alembic_config(connection=conn)
-        script = ScriptDirectory.from_config(cfg)
-        diffs: list[str] = []
-        with EnvironmentContext(cfg, script):
-            ctx = MigrationContext.configure(
-                conn,
-                opts={
-                    "target_metadata": Base.metadata,
-                    "compare_type": True,
-                    "compare_server_default": True,
-                    "include_schemas": True,
-                    "include_name": include_name,
-                },
-            )
-            for diff in compare_metadata(ctx, Base.metadata):
-                diffs.append(_describe_diff(diff))
-        conn.rollback()
-    return DriftReport(profile.endpoint("app", database).database, cur, heads(), diffs)
-
-
-def _describe_diff(diff) -> str:
-    if isinstance(diff, list):  # modify_* groups come as lists of tuples
-        return "; ".join(_describe_diff(d) for d in diff)
-    kind = diff[0]
-    rest = diff[1:]
-    names = []
-    for item in rest:
-        name = getattr(item, "name", None)
-        if name:
-            table = getattr(getattr(item, "table", None), "name", None)
-            names.append(f"{table}.{name}" if table and table != name else str(name))
-        elif isinstance(item, str):
-            names.append(item)
-    return f"{kind} {' '.join(names)}".strip()
-
-
-def new_revision(profile: Profile, message: str, *, autogenerate: bool = True) -> list[str]:
-    """Autogenerate a revision from the models against the profile's (up-to-date) database."""
-    if not message.strip():
-        raise MigrationError("a revision needs a message (-m)")
-    with migration_connection(profile) as conn:
-        cur = _db_heads(conn)
-        if sorted(cur) != sorted(heads()):
-            raise RefusedError(
-                f"the database is at {', '.join(cur) or 'base'}, not at head "
-                f"({', '.join(heads()) or 'base'}); run `studyhub migrate up` first"
-            )
-        cfg = alembic_config(connection=conn)
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            scripts = command.revision(
-                cfg, message=message, autogenerate=autogenerate, rev_id=next_revision_id()
-            )
-        conn.rollback()
-    if not isinstance(scripts, list):
-        scripts = [scripts]
-    return [s.path for s in scripts if s is not None]
-
-
-def next_revision_id() -> str:
-    """Revisions are numbered 0001, 0002 ... so files sort in the order they apply."""
-    numbers = [int(r.revision) for r in history() if r.revision.isdigit()]
-    return f"{max(numbers, default=0) + 1:04d}"
-
-
-def downgrade_plan(current_revisions: list[str], to: str) -> list[RevisionInfo]:
-    """The revisions a downgrade from ``current_revisions`` to ``to`` would undo, newest first.
-    ``to`` is a revision (prefix allowed), ``-N`` or ``base``."""
-    if not current_revisions:
-        return []
-    if len(current_revisions) > 1:
-        raise MigrationError("the database has several heads; downgrade one branch with --to REV")
-    by_rev = {r.revision: r for r in history()}
-    chain: list[RevisionInfo] = []
-    rev: str | None = current_revisions[0]
-    while rev is not None:
-        info = by_rev.get(rev)
-        if info is None:
-            raise MigrationError(f"the database is at {rev}, which no migration file defines")
-        chain.append(info)
-        rev = info.down_revision
-    if to == "base":
-        return chain
-    if to.startswith("-"):
-        try:
-            steps = int(to[1:])
-        except ValueError:
-            raise MigrationError(f"invalid relative revision {to!r} (use e.g. -1)") from None
-        if steps < 1 or steps > len(chain):
-            raise MigrationError(f"cannot go {to}: only {len(chain)} migration(s) applied")
-        return chain[:steps]
-    for i, info in enumerate(chain):
-        if info.revision.startswith(to):
-            return chain[:i]
-    raise MigrationError(f"revision {to!r} is not below the database's current revision")
+    """Downgrade to ``to`` (a revision, ``-N`` or ``base``). Refused like ``upgrade``; audited
+    as ``migrate.down`` or ``migrate.down.failed``."""
+    profile.require_changes_allowed(describe_downgrade(to))
+    with _audited_migration("migrate.down", profile, database, target=to) as line:
+        result = run_unaudited(profile, command.downgrade, to, database, lock_timeout,
+                               retries=retries, backoff_s=backoff_s, on_attempt=on_attempt,
+                               extra_versions=extra_versions)
+        line.update(from_revisions=result.from_revisions, to_revisions=result.to_revisions)
+    return result
