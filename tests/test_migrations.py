@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from studyhub.audit import read_audit
 from studyhub.ops import migrate
+from studyhub.ops.migrate.revisions import VERSIONS_DIR, sequence_number
 from tests.conftest import connect_as
 
 
@@ -158,3 +160,33 @@ def test_bad_revision_is_one_clear_line(cli, profile, fresh_db):
     res = cli("migrate", "roundtrip", "--revision", "nosuch")
     assert res.exit_code != 0
     assert res.stderr.strip().splitlines() == ["error: no migration 'nosuch'"]
+
+
+# The revision ids as they were before the files got their sequence prefix: databases store
+# these in alembic_version, so they must never change.
+OLD_REVISION_IDS = ["0001", "0002", "m01", "d01", "d02", "p01", "w01", "w02"]
+
+
+def test_migration_files_sort_in_chain_order():
+    """``ls versions/`` lists the migrations in the order they apply: NNNN_<slug>.py with NNNN
+    the place in the chain (base first), and a new revision takes the next number."""
+    chain = list(reversed(migrate.history()))  # base first
+    files = sorted(p.name for p in VERSIONS_DIR.glob("*.py"))
+    assert [Path(r.path).name for r in chain] == files
+    assert [sequence_number(f) for f in files] == list(range(1, len(files) + 1))
+    assert migrate.next_revision_id() == f"{len(files) + 1:04d}"
+
+
+def test_a_database_stamped_with_an_old_revision_id_upgrades_to_head(profile, fresh_db, cli):
+    """Renaming the files kept every revision id: a database an older release migrated (its
+    alembic_version says e.g. m01) still finds its revision and upgrades to head."""
+    assert [r.revision for r in reversed(migrate.history())][:len(OLD_REVISION_IDS)] == \
+        OLD_REVISION_IDS
+    migrate.upgrade(profile, "m01", database=fresh_db)
+    with connect_as(profile, "app", fresh_db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("m01",)]
+    res = cli("migrate", "up", "--database", fresh_db)
+    assert res.exit_code == 0, res.stderr
+    assert f"upgraded m01 → {migrate.heads()[0]}" in res.stdout
+    assert migrate.current(profile, fresh_db) == migrate.heads()
+    assert not migrate.compare(profile, fresh_db).drift
