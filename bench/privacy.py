@@ -44,7 +44,7 @@ from common import bench_home  # bench/common.py (scripts run from bench/)
 from studyhub.connect import connect
 from studyhub.local.cluster import LocalCluster
 from studyhub.ops import migrate, privacy
-from studyhub.ops.pseudonym import PseudonymKey
+from studyhub.ops.privacy import PseudonymKey
 
 KEY = PseudonymKey(b"bench-only-pseudonym-key-0123456789abcdef", "bench")
 

@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from studyhub.connect import connect
-from studyhub.ops import anonymize as anon
 from studyhub.ops import migrate
-from studyhub.ops.pseudonym import (
+from studyhub.ops.privacy import anonymize as anon
+from studyhub.ops.privacy import (
     KEY_ENV,
     KEY_FILE_ENV,
     MissingKeyError,
@@ -169,6 +169,37 @@ def test_anonymize_cli_writes_file_and_audit_line(migrated, analytics_db, cli, m
     assert all(p.email not in audit for p in people)
     res = cli("privacy", "anonymize", "--dataset", "nope", "--out", tmp_path / "n.csv")
     assert res.exit_code != 0
+
+
+def test_a_failed_anonymize_is_audited_and_not_named_among_the_exports(
+        migrated, analytics_db, cli, monkeypatch, tmp_path):
+    """A refused run (the file exists) writes its audit line, outcome failed; since it wrote
+    nothing, a later erasure does not list it among the exports that may hold the person."""
+    import dataclasses
+    import json
+    from datetime import datetime, timezone
+
+    from studyhub.cli import common
+    from studyhub.ops.privacy import places_not_cleaned
+
+    db, people = analytics_db
+    prof = dataclasses.replace(migrated, database=db)
+    monkeypatch.setattr(common, "resolve_profile", lambda name=None: prof)
+    monkeypatch.setenv(KEY_ENV, KEY_A.secret.decode())
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    taken = tmp_path / "taken.csv"
+    taken.write_text("someone else's file\n")
+    res = cli("privacy", "anonymize", "--out", taken)
+    assert res.exit_code != 0 and "already exists" in res.stderr
+    assert taken.read_text() == "someone else's file\n"
+    line = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
+    assert (line["action"], line["outcome"], line["dataset"]) == \
+        ("privacy.anonymize", "failed", "reviews")
+    assert "already exists" in line["error"]
+    with connect(prof, "app") as conn:
+        places = places_not_cleaned(conn, prof, database=db, pseudonym="p",
+                                    erased_at=datetime.now(timezone.utc))
+    assert "export" not in {p.kind for p in places}
 
 
 def test_students_counts_are_bands_not_exact_numbers(migrated, analytics_db, tmp_path):

@@ -700,7 +700,7 @@ def test_list_shows_complete_sets_as_json(cli, backup, backup_dir):
 def test_restore_reapplies_erasures_made_after_the_backup(cluster, migrated, backup_dir):
     """backup → erase a student → restore: the student stays erased (GDPR art. 17)."""
     from studyhub.ops import privacy
-    from studyhub.ops.pseudonym import PseudonymKey
+    from studyhub.ops.privacy import PseudonymKey
 
     name = f"bk_gdpr_{uuid.uuid4().hex[:8]}"
     cluster.create_database(name)

@@ -293,7 +293,7 @@ def test_fork_erases_again_people_erased_after_its_point_in_time(cli, cluster, m
     --no-reapply-erasures the fork holds them (said loudly) until `privacy reapply-erasures
     --fork` erases them there."""
     from studyhub.ops import privacy
-    from studyhub.ops.pseudonym import PseudonymKey
+    from studyhub.ops.privacy import PseudonymKey
     from tests.privacy_data import add_person
 
     key = PseudonymKey(b"fork-test-key-0123456789abcdef0123456789", "test")

@@ -415,7 +415,7 @@ def test_the_privacy_page_shows_erasure_counts_and_no_personal_data(client, env,
                                                                     migrated_db):
     from studyhub.audit import write_audit
     from studyhub.ops import privacy
-    from studyhub.ops.pseudonym import PseudonymKey
+    from studyhub.ops.privacy import PseudonymKey
     from studyhub.ops.seed import seed_database
 
     seed_database(profile, students=3, database=migrated_db)

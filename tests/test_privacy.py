@@ -24,11 +24,11 @@ import pytest
 from psycopg import sql
 
 from studyhub.connect import child_env, connect
+from studyhub.errors import RefusedError, StudyhubError
 from studyhub.local import proc
 from studyhub.ops import migrate
 from studyhub.ops import privacy
-from studyhub.ops.privacy_outside import places_not_cleaned
-from studyhub.ops.pseudonym import PseudonymKey
+from studyhub.ops.privacy import PseudonymKey, places_not_cleaned
 from tests.conftest import connect_as
 from tests.privacy_data import SamplePerson, add_person
 
@@ -384,6 +384,117 @@ def test_erase_retries_after_a_lock_timeout_and_succeeds(migrated, pdb, people, 
     assert result.attempts > 1 and result.verified
 
 
+# ------------------------------------------------------------ audit lines of failed commands
+
+def audit_text() -> str:
+    path = Path(os.environ["STUDYHUB_AUDIT_LOG"])
+    return path.read_text() if path.exists() else ""
+
+
+def last_audit_line() -> dict:
+    return json.loads(audit_text().splitlines()[-1])
+
+
+def test_a_failed_erase_is_audited_without_personal_data(migrated, pdb, cli_db, people,
+                                                         key_env, cli):
+    """A lock held on the person's account row makes the erasure itself time out (its plan
+    only reads): the command fails, nothing changes, and the audit line says privacy.erase
+    failed, naming the error by type only: no email, no name, no id."""
+    me = people[2]
+    with connect_as(migrated, "app", pdb) as conn:
+        before = checksums(conn)
+    blocker = connect_as(migrated, "app", pdb, autocommit=False)
+    try:
+        blocker.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (me.user_id,))
+        res = cli("privacy", "erase", "--email", me.email, "--yes", "--lock-timeout", "100ms")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert res.exit_code != 0 and "lock timeout while locking public.users" in res.stderr
+    with connect_as(migrated, "app", pdb) as conn:
+        assert checksums(conn) == before
+    line = last_audit_line()
+    assert (line["action"], line["outcome"], line["error"], line["database"]) == \
+        ("privacy.erase", "failed", "ErasureError", pdb)
+    for needle in (me.email, me.full_name, str(me.user_id), str(me.student_id)):
+        assert needle not in audit_text(), needle
+
+
+def test_erasing_an_unknown_student_is_audited_as_failed_without_the_id(migrated, pdb,
+                                                                        key_env):
+    unknown = str(uuid.uuid4())
+    with pytest.raises(privacy.PersonNotFound, match=unknown):
+        privacy.run_erase(cli_db_profile(migrated, pdb), key_env, student_id=unknown)
+    line = last_audit_line()
+    assert (line["action"], line["outcome"], line["error"]) == \
+        ("privacy.erase", "failed", "PersonNotFound")
+    assert unknown not in audit_text()
+
+
+def test_a_failed_export_is_audited_without_the_id(migrated, cli_db, key_env, cli, tmp_path):
+    unknown = str(uuid.uuid4())
+    res = cli("privacy", "export", "--student", unknown, "--out", tmp_path / "x.zip")
+    assert res.exit_code != 0 and "no student with id" in res.stderr
+    line = last_audit_line()
+    assert (line["action"], line["outcome"], line["error"], line["database"]) == \
+        ("privacy.export", "failed", "PersonNotFound", cli_db)
+    assert unknown not in audit_text() and not (tmp_path / "x.zip").exists()
+
+
+def test_a_failed_reapply_is_audited(migrated, pdb, cli_db, people, key_env, cli, cluster):
+    """The restored copy still holds an erased person whose account row is locked: the re-apply
+    (not its plan) times out, nothing changes, the audit line says it failed and why."""
+    me = people[1]
+    restored = f"restored_{uuid.uuid4().hex[:8]}"
+    with cluster.admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER studyhub_app").format(
+            sql.Identifier(restored), sql.Identifier(pdb)))
+    try:
+        with db_conn(migrated, pdb) as conn:
+            privacy.erase_person(conn, key_env, student_id=me.student_id)
+        with connect_as(migrated, "app", restored) as conn:
+            before = checksums(conn)
+        blocker = connect_as(migrated, "app", restored, autocommit=False)
+        try:
+            blocker.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (me.user_id,))
+            res = cli("privacy", "reapply-erasures", "--database", restored, "--yes",
+                      "--lock-timeout", "100ms")
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert res.exit_code != 0 and "lock timeout" in res.stderr
+        with connect_as(migrated, "app", restored) as conn:
+            assert checksums(conn) == before
+        line = last_audit_line()
+        assert (line["action"], line["outcome"], line["database"]) == \
+            ("privacy.reapply_erasures", "failed", restored)
+        assert "re-applying erasures gave up after 3 attempt(s): lock timeout" in line["error"]
+        assert me.email not in audit_text() and str(me.user_id) not in audit_text()
+    finally:
+        cluster.drop_database(restored)
+
+
+def test_erase_and_reapply_refuse_a_read_only_profile_before_connecting(migrated, pdb, people,
+                                                                        key_env, tmp_path):
+    """The rule lives with the profile and the ops functions ask it first (not only the CLI):
+    nothing is changed, and nothing was attempted, so nothing is audited."""
+    import dataclasses
+
+    read_only = dataclasses.replace(cli_db_profile(migrated, pdb), read_only=True)
+    with connect_as(migrated, "app", pdb) as conn:
+        before = checksums(conn)
+    with pytest.raises(RefusedError, match="refusing to erase a person: profile local is "
+                                           "marked read-only"):
+        privacy.run_erase(read_only, key_env, student_id=people[0].student_id)
+    with pytest.raises(RefusedError, match="refusing to re-apply erasures"):
+        privacy.run_reapply(read_only)
+    plan = privacy.run_erase(read_only, key_env, student_id=people[0].student_id, dry_run=True)
+    assert plan.dry_run and plan.rows_total > 0  # a dry run changes nothing: allowed
+    with connect_as(migrated, "app", pdb) as conn:
+        assert checksums(conn) == before
+    assert audit_text() == ""
+
+
 # ------------------------------------------------------------------------- ledger and restores
 
 def _pg(program: str, profile, database: str, *args: str) -> subprocess.CompletedProcess:
@@ -482,9 +593,9 @@ def test_reapply_erasures_cli_with_a_ledger_file(migrated, pdb, cli_db, people, 
 def test_ledger_file_rejects_malformed_lines(tmp_path):
     bad = tmp_path / "ledger.jsonl"
     bad.write_text('{"user_id": "not-a-uuid"}\n')
-    with pytest.raises(privacy.StudyhubError, match="ledger.jsonl:1: not a ledger entry"):
+    with pytest.raises(StudyhubError, match="ledger.jsonl:1: not a ledger entry"):
         privacy.read_ledger_file(bad)
-    with pytest.raises(privacy.StudyhubError, match="not found"):
+    with pytest.raises(StudyhubError, match="not found"):
         privacy.read_ledger_file(tmp_path / "missing.jsonl")
 
 

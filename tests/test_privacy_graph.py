@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from studyhub.db.privacy_policy import TablePolicy
-from studyhub.ops.privacy_graph import (
+from studyhub.ops.privacy.graph import (
     Column,
     Equals,
     ForeignKey,

@@ -20,7 +20,7 @@ from studyhub.ops.seed import (
     check_seed_allowed,
     seed_database,
 )
-from studyhub.ops.seed_rows import DATASET_NOW, SCHOOL_YEAR_START, SEEDED_TABLES
+from studyhub.ops.seed import DATASET_NOW, SCHOOL_YEAR_START, SEEDED_TABLES
 from studyhub.profiles import Profile
 from tests.conftest import connect_as
 
@@ -380,6 +380,33 @@ def test_cli_refuses_an_unmigrated_database(profile, make_db, cli):
     assert scalar(profile, db, "SELECT to_regclass('subjects')") is None
 
 
+def test_seed_writes_its_audit_line_when_it_fails_or_skips(profile, make_db, shared, cli,
+                                                          monkeypatch, tmp_path):
+    from studyhub.audit import read_audit
+
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    db = make_db(migrated=False)
+    assert cli("seed", "--students", 5, "--database", db).exit_code == 1
+    [failed] = read_audit()
+    assert (failed["action"], failed["outcome"], failed["database"]) == ("seed", "failed", db)
+    assert "no StudyHub schema" in failed["error"]
+
+    name, _ = shared
+    out = cli("seed", "--students", 5, "--if-empty", "--database", name)
+    assert out.exit_code == 0, out.stderr
+    skipped = read_audit()[-1]
+    assert (skipped["action"], skipped["outcome"], skipped["database"], skipped["rows"]) == \
+        ("seed", "ok", name, 0)
+    assert skipped["skipped"] is True and skipped["existing_students"] == SHARED_STUDENTS
+
+
+def test_a_read_only_profile_is_never_seeded(profile):
+    import dataclasses
+
+    with pytest.raises(RefusedError, match="refusing to seed: profile .* is marked read-only"):
+        check_seed_allowed(dataclasses.replace(profile, read_only=True))
+
+
 def test_staging_needs_its_name_and_production_is_never_seeded(cluster, tmp_path, monkeypatch,
                                                                cli):
     config = tmp_path / "studyhub.toml"
@@ -434,7 +461,7 @@ def test_the_seeder_sets_every_column_of_the_models():
     """A column the seeder leaves to its default (e.g. now()) would make seeding
     non-deterministic; a new column in the models must get a seeded value."""
     from studyhub.db.models import Base
-    from studyhub.ops.seed_rows import TABLE_COLUMNS
+    from studyhub.ops.seed import TABLE_COLUMNS
 
     assert set(TABLE_COLUMNS) == set(SEEDED_TABLES)  # every seeded table is checked
     for table, columns in TABLE_COLUMNS.items():

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
 from studyhub.cli.common import (
     DryRunOpt,
     JsonOpt,
@@ -22,11 +21,9 @@ from studyhub.cli.common import (
     profile_from,
 )
 from studyhub.connect import connect
-from studyhub.errors import StudyhubError
-from studyhub.ops import anonymize as anon
 from studyhub.ops import privacy as ops
-from studyhub.ops.cluster import fork_target
-from studyhub.ops.pseudonym import generate_key_file, key_file, load_key
+from studyhub.ops.privacy import anonymize as anon
+from studyhub.ops.privacy import generate_key_file, key_file, load_key
 
 app = typer.Typer(
     help="GDPR export and erasure (with proof), the erasure ledger, pseudonymised analytics.",
@@ -93,11 +90,7 @@ def export(
     ops.check_person_args(student, email)
     prof = profile_from(profile)
     key = load_key("export personal data (the audit line names the person by pseudonym)")
-    with connect(prof, "app", application_name="studyhub privacy export") as conn:
-        result = ops.export_person(conn, out, student_id=student, email=email)
-    write_audit("privacy.export", prof.name, database=result.database,
-                person=key.pseudonym("user", result.user_id), rows_by_table=result.rows_by_table,
-                zip_bytes=result.zip_bytes, duration_s=result.duration_s)
+    result = ops.run_export(prof, key, out, student_id=student, email=email)
     if json_:
         print_json(result)
         return
@@ -165,21 +158,15 @@ def erase(
     if not dry_run:
         prof.require_changes_allowed("erase a person")
     key = load_key("erase (the audit line and ledger name the person by keyed pseudonym)")
-    with connect(prof, "app", application_name="studyhub privacy erase") as conn:
-        plan = ops.erase_person(conn, key, student_id=student, email=email, dry_run=True,
-                                lock_timeout=lock_timeout)
-        if dry_run:
-            print_json(plan) if json_ else _render_erasure(plan)
-            return
-        if not json_ and not yes:
-            _render_erasure(plan)
-        confirm_destructive(prof, f"erase {plan.rows_total:,} rows about this person", yes=yes)
-        result = ops.erase_person(conn, key, student_id=student, email=email,
-                                  lock_timeout=lock_timeout, profile=prof)
-    write_audit("privacy.erase", prof.name, database=result.database, person=result.pseudonym,
-                rows_by_table=result.rows_by_table, rows_total=result.rows_total,
-                attempts=result.attempts, duration_s=result.duration_s,
-                not_cleaned=[p.kind for p in result.not_cleaned])
+    plan = ops.run_erase(prof, key, student_id=student, email=email, dry_run=True,
+                         lock_timeout=lock_timeout)
+    if dry_run:
+        print_json(plan) if json_ else _render_erasure(plan)
+        return
+    if not json_ and not yes:
+        _render_erasure(plan)
+    confirm_destructive(prof, f"erase {plan.rows_total:,} rows about this person", yes=yes)
+    result = ops.run_erase(prof, key, student_id=student, email=email, lock_timeout=lock_timeout)
     print_json(result) if json_ else _render_erasure(result)
 
 
@@ -232,32 +219,17 @@ def reapply_erasures(
     """Erase again, in DATABASE (e.g. a restored backup) or a FORK, everyone in the erasure
     ledger who is present there; one transaction, verified; safe to repeat."""
     prof = profile_from(profile)
-    if fork and database:
-        raise StudyhubError("give either --fork or --database, not both")
-    if not dry_run:
-        prof.require_changes_allowed("re-apply erasures")
-    target = fork_target(prof, fork) if fork else prof
-    if ledger_file:
-        source = ops.read_ledger_file(ledger_file)
-    else:
-        with connect(prof, "app", application_name="studyhub privacy") as conn:
-            source = ops.erasure_ledger(conn)
-    with connect(target, "app", database=database,
-                 application_name="studyhub privacy reapply") as conn:
-        entries = ops.merge_ledgers(source, ops.erasure_ledger(conn))
-        plan = ops.reapply_erasures(conn, entries, dry_run=True, lock_timeout=lock_timeout)
-        if dry_run or plan.people_present == 0:
-            print_json(plan) if json_ else _render_reapply(plan)
-            return
-        if not json_ and not yes:
-            _render_reapply(plan)
-        confirm_destructive(prof, f"erase again {plan.people_present} person(s) "
-                            f"({plan.rows_total:,} rows) in {plan.database}", yes=yes)
-        result = ops.reapply_erasures(conn, entries, lock_timeout=lock_timeout)
-    write_audit("privacy.reapply_erasures", prof.name, database=result.database, fork=fork,
-                people=[p.pseudonym for p in result.people if p.present],
-                rows_total=result.rows_total, ledger_recorded=result.ledger_recorded,
-                duration_s=result.duration_s)
+    options = dict(ledger_file=ledger_file, fork=fork, database=database,
+                   lock_timeout=lock_timeout)
+    plan = ops.run_reapply(prof, dry_run=True, **options)
+    if dry_run or plan.people_present == 0:
+        print_json(plan) if json_ else _render_reapply(plan)
+        return
+    if not json_ and not yes:
+        _render_reapply(plan)
+    confirm_destructive(prof, f"erase again {plan.people_present} person(s) "
+                        f"({plan.rows_total:,} rows) in {plan.database}", yes=yes)
+    result = ops.run_reapply(prof, **options)
     print_json(result) if json_ else _render_reapply(result)
 
 
@@ -295,7 +267,8 @@ def anonymize(
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     min_group: Annotated[int, typer.Option(
         "--min-group", help="Drop rows whose quasi-identifiers (year group, subject ...; for "
-        "students every column but the pseudonym) are shared by fewer students than this.")] = anon.DEFAULT_MIN_GROUP,
+        "students every column but the pseudonym) are shared by fewer students than this.")
+    ] = anon.DEFAULT_MIN_GROUP,
     profile: ProfileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -306,12 +279,8 @@ def anonymize(
                                  param_hint="--dataset")
     prof = profile_from(profile)
     key = load_key("make pseudonymised analytics")
-    with connect(prof, "app", application_name="studyhub privacy anonymize") as conn:
-        result = anon.anonymize(conn, key, out, dataset=dataset, fmt=fmt,  # type: ignore[arg-type]
-                                min_group=min_group)
-    write_audit("privacy.anonymize", prof.name, dataset=dataset, format=fmt,
-                rows_written=result.rows_written, rows_suppressed=result.rows_suppressed,
-                min_group=min_group, key_source=result.key_source)
+    result = ops.run_anonymize(prof, key, out, dataset=dataset, fmt=fmt,  # type: ignore[arg-type]
+                               min_group=min_group)
     if json_:
         print_json(result)
         return

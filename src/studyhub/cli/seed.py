@@ -17,7 +17,6 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
 from studyhub.cli.common import JsonOpt, ProfileOpt, console, err_console, print_json, profile_from
 from studyhub.errors import RefusedError
 from studyhub.ops.seed import (
@@ -129,9 +128,6 @@ def seed(
             console.print(f"{result.profile}/{result.database} already has "
                           f"{result.existing_students:,} students; nothing to do (--if-empty)")
         return
-    write_audit("seed", prof.name, database=result.database, seed=result.seed,
-                students=result.students, first_student_number=result.first_student_number,
-                rows=result.total_rows, heavy_student_id=result.heavy_student_id)
     if json_:
         print_json(result)
         return

@@ -9,6 +9,9 @@ numbers continue per seed (``first_index``), and emails carry the seed and numbe
 Rows are encoded straight into binary COPY tuples (``struct`` packing, length-prefixed text
 pieces prepared once), which is several times cheaper, both here and in the server, than
 formatting and parsing text. Nothing here touches a database.
+
+One module on purpose (~520 lines): the generator calls the packers above it inline in its
+loops; split apart, a dozen private encoders would become another module's public surface.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from datetime import date, datetime, timezone
 from itertools import accumulate
 from typing import Iterator
 
-from studyhub.ops import seed_words as words
-from studyhub.ops.seed_fsrs import (
+from studyhub.ops.seed import words
+from studyhub.ops.seed.histories import (
     CADENCES_DAYS,
     US_PER_DAY,
     US_PER_HOUR,
@@ -33,51 +36,20 @@ from studyhub.ops.seed_fsrs import (
     HistoryPool,
     history_pool,
 )
+from studyhub.ops.seed.tables import (
+    DATASET_NOW,
+    HEAVY_MIN_FLASHCARDS,
+    HEAVY_MIN_REVIEWS,
+    SCHOOL_YEAR_START,
+    SEEDED_TABLES,
+    TABLE_COLUMNS,
+)
 
 # ----------------------------------------------------------------------------- the clock
-# The dataset's "now": every timestamp lies before it (only due dates run past it).
-DATASET_NOW = datetime(2026, 11, 1, 6, 0, tzinfo=timezone.utc)
-# UK school years start on 1 September; year groups and birth dates follow from this one.
-SCHOOL_YEAR_START = DATASET_NOW.year if DATASET_NOW.month >= 9 else DATASET_NOW.year - 1
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)  # binary timestamps count from here
 _PG_EPOCH_DATE = date(2000, 1, 1)
 NOW_US = int((DATASET_NOW - _PG_EPOCH).total_seconds()) * US_PER_S
 SUBJECTS_CREATED_US = NOW_US - 3 * 365 * US_PER_DAY
-
-# ------------------------------------------------------------------- table layouts
-# COPY column order per table (fixed per-history FSRS values last, so they are one piece).
-TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": ("id", "email", "password_hash", "is_active", "created_at", "updated_at",
-              "last_login_at"),
-    "students": ("id", "user_id", "full_name", "date_of_birth", "school", "year_group",
-                 "timezone", "created_at"),
-    "student_subjects": ("student_id", "subject_id", "enrolled_at", "target_grade"),
-    "notes": ("id", "student_id", "subject_id", "title", "body", "created_at", "updated_at"),
-    "revision_sessions": ("id", "student_id", "subject_id", "started_at", "ended_at",
-                          "cards_reviewed"),
-    "flashcards": ("id", "student_id", "subject_id", "note_id", "front", "back", "due",
-                   "last_review", "created_at", "updated_at", "state", "step", "stability",
-                   "difficulty", "reps", "lapses"),
-    "flashcard_reviews": ("id", "student_id", "flashcard_id", "revision_session_id",
-                          "reviewed_at", "recorded_at", "due", "review_duration_ms", "rating",
-                          "state", "stability", "difficulty", "elapsed_days", "scheduled_days"),
-    "ai_interactions": ("id", "student_id", "subject_id", "note_id", "model", "prompt",
-                        "response", "created_at", "prompt_tokens", "completion_tokens",
-                        "latency_ms"),
-}
-SEEDED_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)  # parents before children
-
-# Per ordinary student, on average (the CLI's progress bars use these as totals).
-MEAN_ROWS_PER_STUDENT: dict[str, float] = {
-    "users": 1, "students": 1, "student_subjects": 3.5, "notes": 20, "revision_sessions": 10,
-    "flashcards": 60, "flashcard_reviews": 150, "ai_interactions": 10,
-}
-HEAVY_MIN_FLASHCARDS = 10_000
-HEAVY_MIN_REVIEWS = 100_000
-HEAVY_ROWS_ESTIMATE: dict[str, int] = {
-    "users": 1, "students": 1, "student_subjects": 5, "notes": 600, "revision_sessions": 7_000,
-    "flashcards": 10_000, "flashcard_reviews": 108_000, "ai_interactions": 300,
-}
 
 # ------------------------------------------------------------------ binary encoding
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -264,7 +236,7 @@ class StudentGenerator:
 
     def __init__(self, seed: int, subject_ids: list[uuid.UUID]) -> None:
         if len(subject_ids) != len(words.SUBJECTS):
-            raise ValueError("one id per subject in seed_words.SUBJECTS is needed")
+            raise ValueError("one id per subject in words.SUBJECTS is needed")
         self.seed = seed
         self.subject_fields = [_UUID_LEN + s.bytes for s in subject_ids]
         self.texts = [_subject_text(*s) for s in words.SUBJECTS]

@@ -15,6 +15,9 @@ from datetime import datetime, timedelta
 import psycopg
 
 from studyhub.audit import audit_path, read_audit
+from studyhub.local.cluster import LocalCluster
+from studyhub.ops import backup_set, cluster_local
+from studyhub.ops.health import LOG_VALUE_SETTINGS, log_value_leaks
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 
@@ -46,8 +49,6 @@ def _parse(value: str | None) -> datetime | None:
 
 def _log_settings_verdict(conn: psycopg.Connection) -> str:
     """What the server log may hold, given its current settings (health.log_value_leaks)."""
-    from studyhub.ops.health import LOG_VALUE_SETTINGS, log_value_leaks
-
     with conn.transaction():
         rows = conn.execute(load("get_log_value_settings"),
                             {"names": list(LOG_VALUE_SETTINGS)}).fetchall()
@@ -62,8 +63,6 @@ def _log_settings_verdict(conn: psycopg.Connection) -> str:
 
 def _server_log(profile: Profile, verdict: str) -> PlaceNotCleaned:
     if profile.is_local:
-        from studyhub.local.cluster import LocalCluster
-
         logs = LocalCluster().logs_dir
         files = sorted(p.name for p in logs.glob("*.log")) if logs.is_dir() else []
         return PlaceNotCleaned(
@@ -87,12 +86,11 @@ def _server_log(profile: Profile, verdict: str) -> PlaceNotCleaned:
 
 def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNotCleaned]:
     if profile.is_local:
-        from studyhub.ops.cluster_local import SEGMENT_RE, LocalBackend
-
-        backend = LocalBackend(profile)
+        backend = cluster_local.LocalBackend(profile)
         archive = backend.cluster.wal_archive_dir
         try:
-            segments = sorted(p.name for p in archive.iterdir() if SEGMENT_RE.match(p.name))
+            segments = sorted(p.name for p in archive.iterdir()
+                              if cluster_local.SEGMENT_RE.match(p.name))
         except OSError:
             segments = []
         bases = [b for b in backend.base_backups() if b.created_at < erased_at]
@@ -149,11 +147,9 @@ def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNo
 
 
 def _backup_sets(profile: Profile, database: str, erased_at: datetime) -> list[PlaceNotCleaned]:
-    from studyhub.ops.backup_set import default_backup_dir, list_sets
-
-    root = default_backup_dir()
+    root = backup_set.default_backup_dir()
     names = []
-    for s in list_sets(root):
+    for s in backup_set.list_sets(root):
         created = _parse(s.created_at)
         if s.status != "complete":
             names.append(f"{s.name} ({s.status})")
@@ -174,8 +170,8 @@ def _exports(pseudonym: str, erased_at: datetime) -> list[PlaceNotCleaned]:
     made = []
     for line in read_audit():
         when = _parse(line.get("time"))
-        if when is None or when >= erased_at:
-            continue
+        if when is None or when >= erased_at or line.get("outcome", "ok") != "ok":
+            continue  # after the erasure, or a command that failed (it wrote nothing)
         if line.get("action") == "privacy.export" and line.get("person") == pseudonym:
             made.append(f"privacy export {line['time']} by {line.get('operator', '?')}")
         elif line.get("action") == "privacy.anonymize":

@@ -1,11 +1,7 @@
 """The personal-data graph: which tables refer to a person, how to find the person's rows in each,
 and in which order to delete them — derived from the catalog's foreign keys at run time and
-checked against the policy in ``studyhub.db.privacy_policy``.
-
-The ids of the person travel as transaction-local custom settings (``studyhub_privacy.user_id``,
-``studyhub_privacy.student_id``), set with bound parameters: statement text (including COPY,
-which cannot take parameters) never carries an id, so pg_stat_statements, pg_stat_activity and
-the server log never see one.
+checked against the policy in ``studyhub.db.privacy_policy`` (``policy_report``: the check as a
+report). The SQL that reaches the rows is composed from these conditions in ``rows``.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from studyhub.ops.queries import load
 OWNING_ACTIONS = frozenset("arc")  # NO ACTION, RESTRICT, CASCADE: the row belongs to its parent
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
              "d": "SET DEFAULT"}
-SETTING_PREFIX = "studyhub_privacy."
 POLICY_FILE = "src/studyhub/db/privacy_policy.py"
 # Columns that must never leave the database in an export unless the policy excludes them.
 SENSITIVE_COLUMN = re.compile(
@@ -356,94 +351,6 @@ def load_graph(conn: psycopg.Connection, policy: dict[str, TablePolicy] = POLICY
     return build_graph(tables, fks, policy, roots)
 
 
-# ------------------------------------------------------------------------------ SQL composition
-
-def param_value(param: str) -> sql.Composable:
-    """The person's id, read from the transaction-local setting (never a literal)."""
-    return sql.SQL("NULLIF(current_setting({}), '')::uuid").format(
-        sql.Literal(SETTING_PREFIX + param))
-
-
-def set_person(conn: psycopg.Connection, user_id: object, student_id: object | None) -> None:
-    """Bind the person's ids for the current transaction (bound parameters, is_local=true)."""
-    conn.execute(
-        "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
-        (SETTING_PREFIX + "user_id", str(user_id),
-         SETTING_PREFIX + "student_id", "" if student_id is None else str(student_id)),
-    )
-
-
-def condition_sql(conds: tuple[Condition, ...], alias: str, depth: int = 0) -> sql.Composable:
-    parts: list[sql.Composable] = []
-    for cond in conds:
-        if isinstance(cond, Equals):
-            parts.append(sql.SQL("{} = {}").format(sql.Identifier(alias, cond.column),
-                                                   param_value(cond.param)))
-            continue
-        inner = f"p{depth + 1}"
-        child = [sql.Identifier(alias, c) for c in cond.fk.child_columns]
-        lhs = child[0] if len(child) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(child))
-        parts.append(sql.SQL("{} IN (SELECT {} FROM {} AS {} WHERE {})").format(
-            lhs,
-            sql.SQL(", ").join(sql.Identifier(inner, c) for c in cond.fk.parent_columns),
-            table_ident(cond.fk.parent),
-            sql.Identifier(inner),
-            condition_sql(cond.parent_conditions, inner, depth + 1),
-        ))
-    if not parts:
-        return sql.SQL("false")
-    if len(parts) == 1:
-        return parts[0]
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
-
-
-def where_sql(table: str, conds: tuple[Condition, ...], alias: str = "t") -> sql.Composable:
-    """The rows matching any of ``conds``. Several conditions become a TID list built from one
-    index-friendly SELECT per condition (an OR across a sub-select would scan the table)."""
-    if len(conds) <= 1:
-        return condition_sql(conds, alias)
-    return sql.SQL("{}.ctid = ANY(ARRAY({}))").format(
-        sql.Identifier(alias),
-        sql.SQL(" UNION ").join(
-            sql.SQL("SELECT s.ctid FROM {} AS s WHERE {}").format(
-                table_ident(table), condition_sql((c,), "s"))
-            for c in conds
-        ),
-    )
-
-
-def count_sql(table: str, conds: tuple[Condition, ...]) -> sql.Composed:
-    return sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
-        table_ident(table), where_sql(table, conds))
-
-
-def delete_sql(table: str, conds: tuple[Condition, ...]) -> sql.Composed:
-    return sql.SQL("DELETE FROM {} AS t WHERE {}").format(
-        table_ident(table), where_sql(table, conds))
-
-
-def lock_sql(table: str, conds: tuple[Condition, ...]) -> sql.Composed:
-    return sql.SQL("SELECT 1 FROM {} AS t WHERE {} FOR UPDATE").format(
-        table_ident(table), where_sql(table, conds))
-
-
-def remaining_expr(table: str, conds: tuple[Condition, ...]) -> sql.Composable:
-    """How many rows still point at the person: one indexed count per condition, summed."""
-    if not conds:
-        return sql.SQL("0::bigint")
-    return sql.SQL(" + ").join(
-        sql.SQL("(SELECT count(*) FROM {} AS t WHERE {})").format(
-            table_ident(table), condition_sql((c,), "t"))
-        for c in conds
-    )
-
-
-def remaining_sql(tables: list[tuple[str, tuple[Condition, ...]]]) -> sql.Composed:
-    """One statement, one column per table: the rows still pointing at the person."""
-    return sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        remaining_expr(name, conds) for name, conds in tables))
-
-
 def describe_conditions(conds: tuple[Condition, ...]) -> str:
     """A short human reading of a selection: ``student_id = :student_id``."""
     parts = []
@@ -455,3 +362,48 @@ def describe_conditions(conds: tuple[Condition, ...]) -> str:
             parts.append(f"({cols}) in {short_name(c.fk.parent)} where "
                          f"{describe_conditions(c.parent_conditions)}")
     return " or ".join(parts) or "nothing"
+
+
+# ------------------------------------------------------------------------------ the policy report
+
+@dataclass
+class PolicyRow:
+    table: str
+    status: str  # erase | keep | unclassified | absent
+    exported: bool
+    selects: str  # how the person's rows are found, or why the table is kept
+    foreign_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PolicyReport:
+    database: str
+    complete: bool
+    tables: list[PolicyRow]
+    erase_order: list[str]
+    problems: list[str]
+
+
+def policy_report(conn: psycopg.Connection, policy: dict[str, TablePolicy] = POLICY
+                  ) -> PolicyReport:
+    """The personal-data graph of this database checked against the policy (catalog only:
+    works as the ops role)."""
+    graph = load_graph(conn, policy)
+    rows: list[PolicyRow] = []
+    for name, table in graph.tables.items():
+        how = describe_conditions(table.select)
+        if table.policy.action == "keep":
+            how = f"kept: {table.policy.reason}"
+        rows.append(PolicyRow(short_name(name), table.policy.action, table.policy.export, how,
+                              [fk.describe() for fk in table.foreign_keys]))
+    for name, pol in policy.items():
+        if name not in graph.tables and name not in graph.absent:
+            rows.append(PolicyRow(short_name(name), pol.action, False,
+                                  f"kept: {pol.reason}" if pol.reason else "-"))
+    for f in graph.unclassified:
+        rows.append(PolicyRow(short_name(f.table), "unclassified", False,
+                              f"no policy ({f.via})"))
+    for name in graph.absent:
+        rows.append(PolicyRow(short_name(name), "absent", False, "not in this database"))
+    return PolicyReport(conn.info.dbname, graph.complete, rows,
+                        [short_name(n) for n in graph.erase_order], graph.problems)

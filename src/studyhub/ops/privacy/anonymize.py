@@ -32,9 +32,12 @@ import psycopg
 from psycopg import sql
 
 from studyhub.atomic_file import write_atomically
+from studyhub.audit import audited
+from studyhub.connect import connect
 from studyhub.errors import StudyhubError
-from studyhub.ops.pseudonym import PseudonymKey
+from studyhub.ops.privacy.pseudonym import PseudonymKey
 from studyhub.ops.queries import load
+from studyhub.profiles import Profile
 
 DEFAULT_MIN_GROUP = 5
 MAX_SUPPRESSED_FRACTION = 0.05  # generalise further while more students than this are dropped
@@ -236,6 +239,18 @@ def anonymize(conn: psycopg.Connection, key: PseudonymKey, out: Path, *,
                            round(time.monotonic() - started, 3))
 
 
+def run_anonymize(profile: Profile, key: PseudonymKey, out: Path, *, dataset: str = "reviews",
+                  fmt: Format = "csv", min_group: int = DEFAULT_MIN_GROUP) -> AnonymizeResult:
+    """``studyhub privacy anonymize``: connect as the app role, write the dataset
+    (``anonymize``) and the audit line ``privacy.anonymize`` (also when it fails)."""
+    with audited("privacy.anonymize", profile.name, dataset=dataset, format=fmt,
+                 min_group=min_group, key_source=key.source) as line:
+        with connect(profile, "app", application_name="studyhub privacy anonymize") as conn:
+            result = anonymize(conn, key, out, dataset=dataset, fmt=fmt, min_group=min_group)
+        line.update(rows_written=result.rows_written, rows_suppressed=result.rows_suppressed)
+    return result
+
+
 def _write_csv(f: BinaryIO, ds: Dataset, batches) -> None:
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     w = csv.writer(text)
@@ -247,6 +262,7 @@ def _write_csv(f: BinaryIO, ds: Dataset, batches) -> None:
 
 
 def _write_parquet(f: BinaryIO, ds: Dataset, batches) -> None:
+    # Deferred: pyarrow.parquet takes ~0.1 s to import and only --format parquet needs it.
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -1,6 +1,6 @@
 """Realistic, deterministic demo data: ``seed_database`` (issue "Foundation", section 5).
 
-What gets loaded (rows come from ``studyhub.ops.seed_rows``): users and their students,
+What gets loaded (rows come from ``studyhub.ops.seed.rows``): users and their students,
 enrolments in some of twenty shared subjects, multi-paragraph notes, flashcards whose FSRS
 columns are the state after their last review, the reviews themselves (computed by the real
 ``fsrs`` scheduler), the revision sessions those reviews happened in, and AI tutor exchanges.
@@ -36,22 +36,21 @@ from sqlalchemy import ForeignKeyConstraint, PrimaryKeyConstraint, UniqueConstra
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint, DropIndex
 
+from studyhub.audit import audited
 from studyhub.connect import connect, first_line
 from studyhub.db.models import Base
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops import migrate
 from studyhub.ops.queries import load
-from studyhub.ops.seed_rows import (
+from studyhub.ops.seed.rows import EncodedBatch, encoded_batches, subject_uuid
+from studyhub.ops.seed.tables import (
     DATASET_NOW,
     HEAVY_ROWS_ESTIMATE,
     MEAN_ROWS_PER_STUDENT,
     SEEDED_TABLES,
     TABLE_COLUMNS,
-    EncodedBatch,
-    encoded_batches,
-    subject_uuid,
 )
-from studyhub.ops.seed_words import SUBJECTS
+from studyhub.ops.seed.words import SUBJECTS
 from studyhub.profiles import Profile
 
 DEFAULT_SEED = 42
@@ -109,8 +108,7 @@ def check_seed_allowed(profile: Profile) -> None:
     """Fake people never go into production; staging only when named explicitly."""
     if profile.name == "production" or profile.protected:
         raise RefusedError(f"refusing to seed {profile.name}: demo data never goes into production")
-    if profile.read_only:
-        raise RefusedError(f"refusing to seed: profile {profile.name} is marked read-only")
+    profile.require_changes_allowed("seed")  # the rule for every change: read-only refuses
     if not profile.is_local and not profile.explicit:
         raise RefusedError(
             f"refusing to seed {profile.name} unless it is named explicitly: "
@@ -223,7 +221,7 @@ def _require_head(conn: psycopg.Connection, database: str) -> None:
             f"database {database} has no StudyHub schema; run: studyhub migrate up"
             f" --database {database}"
         )
-    current = sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+    current = sorted(r[0] for r in conn.execute(load("get_schema_revision")))
     head = sorted(migrate.heads())
     if current != head:
         raise SeedError(
@@ -328,7 +326,8 @@ def seed_database(
 ) -> SeedResult:
     """Insert ``students`` demo students (plus one with 10,000+ cards and 100,000+ reviews when
     ``heavy_student``) with everything they own. With ``if_empty``, do nothing when the
-    database already has students. One transaction: on any failure nothing is changed."""
+    database already has students. One transaction: on any failure nothing is changed. Writes
+    the audit line ``seed`` however it ends (``skipped`` when ``if_empty`` found students)."""
     check_seed_allowed(profile)
     if students < 1:
         raise SeedError(f"the number of students must be at least 1 (got {students})")
@@ -336,6 +335,21 @@ def seed_database(
         raise SeedError(f"the seed must be zero or positive (got {seed})")
     if batch_students < 1:
         raise SeedError("batch_students must be at least 1")
+    with audited("seed", profile.name, database=database or profile.database, seed=seed,
+                 students=students) as line:
+        result = _seed(profile, students=students, seed=seed, heavy_student=heavy_student,
+                       database=database, if_empty=if_empty, progress=progress,
+                       batch_students=batch_students)
+        line.update(database=result.database, first_student_number=result.first_student_number,
+                    rows=result.total_rows, heavy_student_id=result.heavy_student_id)
+        if result.skipped:
+            line.update(skipped=True, existing_students=result.existing_students)
+    return result
+
+
+def _seed(profile: Profile, *, students: int, seed: int, heavy_student: bool,
+          database: str | None, if_empty: bool,
+          progress: Callable[[SeedProgress], None] | None, batch_students: int) -> SeedResult:
     report = progress or (lambda _event: None)
     expected = expected_rows(students, heavy_student)
     started = time.perf_counter()
@@ -346,7 +360,7 @@ def seed_database(
         result = SeedResult(profile.name, db, seed, students, 0, 0)
         try:
             _require_head(conn, db)
-            result.existing_students = conn.execute("SELECT count(*) FROM students").fetchone()[0]
+            result.existing_students = conn.execute(load("get_student_count")).fetchone()[0]
             if if_empty and result.existing_students:
                 result.skipped = True
                 return result
