@@ -153,7 +153,8 @@ class RestoreScheduler:
         self.data_done_at = self.t0
 
     def work(self, t: Table) -> float:
-        return self.raw.get(t, 0) / 100e6 + (self.n_items.get(t, 0) + 1) * self.rows.get(t, 0) / 1.5e6
+        return (self.raw.get(t, 0) / 100e6
+                + (self.n_items.get(t, 0) + 1) * self.rows.get(t, 0) / 1.5e6)
 
     def run(self) -> tuple[list[RestoreStep], list[TableChecksum], float]:
         self._skip_loaded_tables()
@@ -233,12 +234,12 @@ class RestoreScheduler:
     def _load_one(self, conn: psycopg.Connection, f: TableFile) -> None:
         table = sql.Identifier(f.schema, f.table)
         cols = sql.SQL(", ").join(map(sql.Identifier, f.columns))
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)
         s0 = time.monotonic()
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
-                with conn.cursor().copy(sql.SQL(
-                        "COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)) as cp:
+                with conn.cursor().copy(copy) as cp:
                     for chunk in data_chunks(self.set_dir / f.path,
                                              self.manifest.compression.method):
                         cp.write(chunk)
@@ -291,7 +292,8 @@ class RestoreScheduler:
                          application_name="studyhub restore data") as conn:
                 for line in self.session:  # SET … lines pg_restore wrote, one statement each
                     execute_extended(conn, line)
-                pin_checksum_settings(conn)  # the text checksum's settings (binary COPY ignores them)
+                # the text checksum's settings (binary COPY ignores them)
+                pin_checksum_settings(conn)
                 conn.execute("SELECT set_config('client_encoding', %s, false)",
                              (self.manifest.encoding,))
                 for k, v in self.settings.items():
