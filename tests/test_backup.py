@@ -19,12 +19,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from studyhub.audit import read_audit
 from studyhub.connect import child_env
-from studyhub.errors import RefusedError
+from studyhub.errors import RefusedError, StudyhubError
 from studyhub.local.cluster import LocalCluster
 from studyhub.local.proc import pg_program
+from studyhub.hashing import sha256_file
 from studyhub.ops import backup as ops
-from studyhub.ops import backup_set as fmt
 from studyhub.ops import migrate
 from studyhub.profiles import Profile
 from tests.conftest import connect_as, make_home
@@ -143,7 +144,7 @@ def backup(source: Profile, backup_dir: Path) -> ops.BackupResult:
 # ------------------------------------------------------------------------- round trip
 def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, backup, backup_dir):
     set_dir = Path(backup.path)
-    manifest = fmt.read_manifest(set_dir)
+    manifest = ops.read_manifest(set_dir)
     expected = table_rows(source, source.database)
     assert {t.qualified: t.rows for t in manifest.tables} == expected
     assert manifest.alembic_revision == migrate.heads()
@@ -151,7 +152,7 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
     assert manifest.files and all(f.sha256 and f.bytes > 0 for f in manifest.files)
     methods = {t.qualified: t.method for t in manifest.tables}
     assert methods["ops.unhashable"] == "text-hash" and methods["public.notes"] == "record-hash"
-    assert manifest.format_version == fmt.FORMAT_VERSION == 2
+    assert manifest.format_version == ops.FORMAT_VERSION == 2
     assert manifest.server_major == 15
     data_files = {f.qualified: f.path for f in manifest.table_files}
     assert set(data_files) == set(expected)  # every table's rows in a binary COPY file
@@ -197,7 +198,7 @@ def test_checksum_sees_a_changed_value(cluster, source, backup):
         ops.restore_backup(Path(backup.path), source, target, reapply_erasures=False)
         with connect_as(source, "app", target) as conn:
             conn.execute("UPDATE ops.odd_types SET r = 0.2 WHERE j IS NOT NULL")
-        manifest = fmt.read_manifest(Path(backup.path))
+        manifest = ops.read_manifest(Path(backup.path))
         actual = ops.table_checksums(source, [(t.schema, t.table) for t in manifest.tables],
                                      database=target)
         problems = ops.compare_tables(manifest.tables, actual)
@@ -212,7 +213,7 @@ def test_gzip_and_uncompressed_sets_restore_too(cluster, source, backup_dir):
         res = ops.create_backup(source, out_dir=backup_dir, jobs=1,
                                 compression=ops.parse_compression(compression))
         suffix = {"gzip:1": ".bin.gz", "none": ".bin"}[compression]
-        table_files = fmt.read_manifest(Path(res.path)).table_files
+        table_files = ops.read_manifest(Path(res.path)).table_files
         assert table_files and all(f.path.endswith(suffix) for f in table_files)
         target = f"bk_gz_{uuid.uuid4().hex[:8]}"
         try:
@@ -229,7 +230,7 @@ def test_format_1_set_still_restores(cluster, source, backup_dir):
     """Sets written before format 2 (pg_dump's own text-format table data) restore through
     the pg_restore path they were made for."""
     res = ops.create_backup(source, out_dir=backup_dir, jobs=2, format_version=1)
-    manifest = fmt.read_manifest(Path(res.path))
+    manifest = ops.read_manifest(Path(res.path))
     assert manifest.format_version == 1 and manifest.table_files == []
     assert any(f.path.endswith(".dat.zst") for f in manifest.files)
     target = f"bk_v1_{uuid.uuid4().hex[:8]}"
@@ -265,7 +266,7 @@ def test_corrupted_file_makes_verify_fail_naming_the_file(cli, backup, backup_di
     copy = backup_dir / f"local-corrupt-{Path(backup.path).name.rsplit('-', 1)[1]}"
     shutil.copytree(backup.path, copy)
     try:
-        manifest = fmt.read_manifest(copy)
+        manifest = ops.read_manifest(copy)
         victim = max(manifest.files, key=lambda f: f.bytes).path
         with open(copy / victim, "r+b") as fh:
             fh.seek(fh.seek(0, 2) // 2)
@@ -279,6 +280,21 @@ def test_corrupted_file_makes_verify_fail_naming_the_file(cli, backup, backup_di
         assert res.exit_code != 0 and "damaged" in res.stderr
     finally:
         shutil.rmtree(copy)
+
+
+def test_verify_ignores_the_verified_file_another_verify_is_writing(backup, tmp_path):
+    """verified.json is written atomically (a temporary file beside it, then renamed): a
+    verify running meanwhile must not call that temporary file foreign to the set."""
+    import shutil
+
+    copy = tmp_path / Path(backup.path).name
+    shutil.copytree(backup.path, copy)
+    (copy / ".verified.json.k2j4x.tmp").write_text("{")
+    result = ops.verify_backup(copy)
+    assert result.ok, result.problems
+    assert json.loads((copy / "verified.json").read_text())["ok"] is True
+    (copy / "stray.txt").write_text("x")  # anything else still is
+    assert ["stray.txt: not in the manifest"] == ops.verify_backup(copy).problems
 
 
 def _rewrite_data_file(set_dir: Path, table: str, damage) -> str:
@@ -296,7 +312,7 @@ def _rewrite_data_file(set_dir: Path, table: str, damage) -> str:
                      else path.read_bytes()[: path.stat().st_size // 2])
     for f in manifest["files"]:
         if f["path"] == rel:
-            f["bytes"], f["sha256"] = path.stat().st_size, fmt.sha256_file(path)
+            f["bytes"], f["sha256"] = path.stat().st_size, sha256_file(path)
     (set_dir / "manifest.json").write_text(json.dumps(manifest))
     return rel
 
@@ -319,7 +335,7 @@ def test_bad_data_file_fails_the_restore_naming_it_target_untouched(cluster, sou
         with connect_as(source, "app", target) as conn:
             conn.execute("CREATE TABLE precious (v text)")
             conn.execute("INSERT INTO precious VALUES ('keep me')")
-        with pytest.raises(fmt.BackupError) as err:
+        with pytest.raises(ops.BackupError) as err:
             ops.restore_backup(copy, source, target, jobs=2, replace=True, reapply_erasures=False)
         assert rel in str(err.value)
         with connect_as(source, "app", target) as conn:  # the target was not touched
@@ -346,7 +362,7 @@ def test_restore_killed_in_the_data_phase_resumes(cluster, source, backup):
                               (staging,))
 
     try:
-        with pytest.raises(fmt.BackupError):
+        with pytest.raises(ops.BackupError):
             ops.restore_backup(Path(backup.path), source, target, jobs=2, reapply_erasures=False,
                                progress=kill_after_first_table)
         assert first and first[0].startswith("table data ")
@@ -405,18 +421,18 @@ def test_killed_pg_dump_leaves_nothing_that_looks_complete(cluster, migrated, tm
 
         t = threading.Thread(target=killer, args=("pg_dump",))
         t.start()
-        with pytest.raises(fmt.BackupError, match="pg_dump failed"):
+        with pytest.raises(ops.BackupError, match="pg_dump failed"):
             ops.create_backup(prof, out_dir=out, jobs=2)
         t.join()
         assert killed
-        assert [s for s in fmt.list_sets(out) if s.status == "complete"] == []
+        assert [s for s in ops.list_sets(out) if s.status == "complete"] == []
         assert list(out.iterdir()) == []  # the partial set was removed
 
         # the same for a killed per-table data dump (format 2: psql COPY … TO STDOUT)
         killed.clear()
         t = threading.Thread(target=killer, args=("psql",))
         t.start()
-        with pytest.raises(fmt.BackupError, match=r"dumping .*\.bin\.zst failed \(killed by signal 9\)"):
+        with pytest.raises(ops.BackupError, match=r"dumping .*\.bin\.zst failed \(killed by signal 9\)"):
             ops.create_backup(prof, out_dir=out, jobs=2)
         t.join()
         assert killed
@@ -432,12 +448,12 @@ def test_killed_pg_dump_leaves_nothing_that_looks_complete(cluster, migrated, tm
             time.sleep(0.005)
         os.killpg(proc.pid, signal.SIGKILL)  # the command and its pg_dump, as a crash would
         proc.wait()
-        sets = fmt.list_sets(out)
+        sets = ops.list_sets(out)
         assert sets and all(s.status == "incomplete" for s in sets)
-        plan = fmt.prune_plan(out, 1, 1, 1)
+        plan = ops.prune_plan(out, 1, 1, 1)
         assert [d.keep for d in plan.decisions] == [False] * len(sets)
-        fmt.apply_prune(plan)
-        assert fmt.list_sets(out) == []
+        ops.apply_prune(plan)
+        assert ops.list_sets(out) == []
     finally:
         cluster.drop_database(name)
         import shutil
@@ -474,7 +490,7 @@ def test_server_stopped_mid_dump_leaves_no_complete_set():
         msg = str(err.value)
         assert "pg_dump failed" in msg or "checksum" in msg or (
             "dumping public.ballast.bin.zst failed" in msg and "no backup set was written" in msg)
-        assert [s for s in fmt.list_sets(out) if s.status == "complete"] == []
+        assert [s for s in ops.list_sets(out) if s.status == "complete"] == []
     finally:
         own.destroy()
         import shutil
@@ -524,7 +540,7 @@ def test_replace_with_failing_restore_leaves_original_untouched_then_resumes(clu
             conn.execute("CREATE TABLE precious (v text)")
             conn.execute("INSERT INTO precious VALUES ('keep me')")
         state: dict = {}
-        with pytest.raises(fmt.BackupError, match="pg_restore failed"):
+        with pytest.raises(ops.BackupError, match="pg_restore failed"):
             ops.restore_backup(Path(backup.path), source, target, jobs=2, replace=True,
                                progress=lambda ev: _kill_pg_restore_during_data(ev, state))
         assert state.get("killed")
@@ -625,14 +641,14 @@ def test_import_runs_only_sql_and_only_inside_the_new_database(cli, cluster, fre
 
 # -------------------------------------------------------------------------- retention
 def _fake_set(root: Path, when: datetime, profile: str = "local", database: str = "studyhub") -> str:
-    name = fmt.set_name(profile, database, when)
+    name = ops.set_name(profile, database, when)
     d = root / name
     (d / "dump").mkdir(parents=True)
     (d / "dump" / "toc.dat").write_bytes(b"x")
-    m = fmt.Manifest(1, "studyhub", "0", "pg_dump 15", "15", profile, "h", 1, database, "UTF8", True,
+    m = ops.Manifest(1, "studyhub", "0", "pg_dump 15", "15", profile, "h", 1, database, "UTF8", True,
                      ["0002"], when.isoformat(timespec="seconds"), when.isoformat(timespec="seconds"),
-                     "s", fmt.Compression("zstd", 3), 2, "directory", [], [],
-                     [fmt.FileEntry("dump/toc.dat", 1, "0" * 64)])
+                     "s", ops.Compression("zstd", 3), 2, "directory", [], [],
+                     [ops.FileEntry("dump/toc.dat", 1, "0" * 64)])
     (d / "manifest.json").write_text(json.dumps(m.to_dict()))
     return name
 
@@ -664,12 +680,12 @@ def test_prune_never_deletes_the_only_good_backup(tmp_path):
     older = _fake_set(tmp_path, now - timedelta(days=3))
     newest = _fake_set(tmp_path, now - timedelta(days=1))
     (tmp_path / ".partial-local-studyhub-20200101T000000Z-999999999").mkdir()
-    plan = fmt.prune_plan(tmp_path, 0, 0, 0)
+    plan = ops.prune_plan(tmp_path, 0, 0, 0)
     decisions = {d.name: d for d in plan.decisions}
     assert decisions[newest].keep and "only" in decisions[newest].reasons[0]
     assert not decisions[older].keep
-    fmt.apply_prune(plan)
-    assert [s.name for s in fmt.list_sets(tmp_path)] == [newest]
+    ops.apply_prune(plan)
+    assert [s.name for s in ops.list_sets(tmp_path)] == [newest]
 
 
 # ---------------------------------------------------------------------------- secrets
@@ -722,3 +738,106 @@ def test_restore_reapplies_erasures_made_after_the_backup(cluster, migrated, bac
             assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == 4
     finally:
         drop(cluster, name, target)
+
+
+# ------------------------------------------------------------------------------ audit
+# Every change audits itself in ops (one line however it ends), so a failed restore, create
+# or import is on record as well as a successful one.
+@pytest.fixture
+def audit_log(monkeypatch, tmp_path) -> Path:
+    path = tmp_path / "audit.log"
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(path))
+    return path
+
+
+def test_a_failed_restore_of_a_corrupted_set_is_audited(cluster, source, backup, tmp_path,
+                                                        audit_log):
+    import shutil
+
+    copy = tmp_path / Path(backup.path).name
+    shutil.copytree(backup.path, copy)
+    victim = max(ops.read_manifest(copy).files, key=lambda f: f.bytes).path
+    with open(copy / victim, "r+b") as fh:
+        fh.write(b"\0" * 16)
+    target = f"bk_aud_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ops.BackupError, match="damaged"):
+        ops.restore_backup(copy, source, target, reapply_erasures=False)
+    [line] = read_audit()
+    assert {k: line[k] for k in ("action", "profile", "database", "set", "outcome")} == {
+        "action": "backup.restore", "profile": source.name, "database": target,
+        "set": copy.name, "outcome": "failed"}
+    assert "damaged" in line["error"] and victim in line["error"]
+    with cluster.admin_connect() as admin:  # and nothing was created
+        assert not admin.execute("SELECT 1 FROM pg_database WHERE datname IN (%s, %s)",
+                                 (target, target + "_restoring")).fetchone()
+
+
+def test_a_successful_restore_is_audited_by_ops_with_its_counts(cluster, source, backup,
+                                                                audit_log):
+    target = f"bk_aud_{uuid.uuid4().hex[:8]}"
+    try:
+        result = ops.restore_backup(Path(backup.path), source, target, reapply_erasures=False)
+    finally:
+        drop(cluster, target)
+    [line] = read_audit()
+    assert {k: line[k] for k in ("action", "database", "set", "replaced", "resumed", "tables",
+                                 "rows", "erasures", "outcome")} == {
+        "action": "backup.restore", "database": target, "set": backup.name, "replaced": None,
+        "resumed": False, "tables": result.tables, "rows": result.rows, "erasures": None,
+        "outcome": "ok"}
+
+
+def test_a_failed_create_is_audited(cluster, migrated, tmp_path, audit_log):
+    """The profile's database does not exist: the create fails, leaves nothing, is audited."""
+    prof = db_profile(migrated, f"bk_missing_{uuid.uuid4().hex[:8]}")
+    out = tmp_path / "sets"
+    with pytest.raises(StudyhubError):
+        ops.create_backup(prof, out_dir=out)
+    assert list(out.iterdir()) == []  # the partial set was removed
+    [line] = read_audit()
+    assert (line["action"], line["profile"], line["database"], line["outcome"]) == (
+        "backup.create", prof.name, prof.database, "failed")
+    assert line["set"].startswith(f"{prof.name}-{prof.database}-") and line["error"]
+
+
+def test_a_failed_import_is_audited(cluster, source, tmp_path, audit_log):
+    bad = tmp_path / "bad.sql"
+    bad.write_text("CREATE TABLE t (a int);\nSELECT nonsense();\n")
+    target = f"bk_aud_{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(ops.BackupError, match="first error"):
+            ops.import_plain_dump(bad, source, target, reapply_erasures=False)
+    finally:
+        drop(cluster, target, target + "_restoring")
+    [line] = read_audit()
+    assert {k: line[k] for k in ("action", "database", "file", "outcome")} == {
+        "action": "backup.import", "database": target, "file": "bad.sql", "outcome": "failed"}
+    assert "line 2" in line["error"]
+
+
+def test_prune_audits_what_it_deleted(tmp_path, audit_log):
+    now = datetime.now(timezone.utc)
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    older = _fake_set(sets, now - timedelta(days=3))
+    _fake_set(sets, now - timedelta(days=1))
+    ops.apply_prune(ops.prune_plan(sets, 0, 0, 0))
+    [line] = read_audit()
+    assert (line["action"], line["deleted"], line["keep_daily"], line["outcome"]) == (
+        "backup.prune", [older], 0, "ok")
+
+
+def test_restore_and_import_refuse_a_read_only_profile_before_anything(cluster, source, backup,
+                                                                      tmp_path, audit_log):
+    """The production/read-only rule is in the ops functions too, not only in the CLI."""
+    locked = dataclasses.replace(source, read_only=True)
+    dump = tmp_path / "d.sql"
+    dump.write_text("CREATE TABLE t (a int);\n")
+    target = f"bk_ro_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RefusedError, match="read-only"):
+        ops.restore_backup(Path(backup.path), locked, target)
+    with pytest.raises(RefusedError, match="read-only"):
+        ops.import_plain_dump(dump, locked, target)
+    with cluster.admin_connect() as admin:
+        assert not admin.execute("SELECT 1 FROM pg_database WHERE datname IN (%s, %s)",
+                                 (target, target + "_restoring")).fetchone()

@@ -8,8 +8,8 @@ import io
 import pytest
 
 from studyhub.errors import RefusedError
-from studyhub.ops.plain_dump import (SKIP_EXTENSION, SKIP_OWNERSHIP, SKIP_PRIVILEGES,
-                                     SKIP_TRANSACTION, DumpError, PlainDump, judge)
+from studyhub.ops.backup.import_sql import (SKIP_EXTENSION, SKIP_OWNERSHIP, SKIP_PRIVILEGES,
+                                           SKIP_TRANSACTION, DumpError, PlainDump, judge)
 from studyhub.ops.sqltext import one_statement
 
 DUMP = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -11,7 +12,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
 from studyhub.cli.common import (
     DryRunOpt,
     JsonOpt,
@@ -23,10 +23,9 @@ from studyhub.cli.common import (
     print_json,
     profile_from,
 )
+from studyhub.errors import RefusedError
 from studyhub.humanize import human_bytes
-from studyhub.ops import backup as ops
-from studyhub.ops import backup_set as fmt
-from studyhub.ops import privacy
+from studyhub.ops import backup, privacy
 
 app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune.",
                   no_args_is_help=True)
@@ -39,7 +38,7 @@ SetArg = Annotated[str, typer.Argument(help="A backup set: its name (see backup 
 
 
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn]:
+def progress_bar(enabled: bool) -> Iterator[backup.ProgressFn]:
     """A Rich progress bar on stderr fed by ops progress events (quiet with --json)."""
     if not enabled:
         yield lambda _event: None
@@ -49,7 +48,7 @@ def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn]:
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def update(ev: ops.ProgressEvent) -> None:
+        def update(ev: backup.ProgressEvent) -> None:
             if ev.phase not in tasks:
                 tasks[ev.phase] = bar.add_task(ev.phase, total=ev.total or None, detail="")
             detail = f"{ev.done}/{ev.total}" if ev.total and ev.phase != "import" else ""
@@ -66,8 +65,8 @@ def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn]:
 def create(
     profile: ProfileOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for the set (default: the backup directory).")] = None,
-    jobs: JobsOpt = ops.DEFAULT_JOBS,
-    compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(ops.DEFAULT_COMPRESSION),
+    jobs: JobsOpt = backup.DEFAULT_JOBS,
+    compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(backup.DEFAULT_COMPRESSION),
     json_: JsonOpt = False,
 ) -> None:
     """Write one backup set from one exported snapshot: the schema by pg_dump, every table's
@@ -75,12 +74,10 @@ def create(
     checksums, a manifest with sha256 of every file. Written under a temporary name and
     renamed only once fsynced and verified."""
     prof = profile_from(profile)
-    compression = ops.parse_compression(compress)
+    compression = backup.parse_compression(compress)
     with progress_bar(not json_) as update:
-        result = ops.create_backup(prof, out_dir=out, jobs=jobs, compression=compression,
-                                   progress=update)
-    write_audit("backup.create", prof.name, database=result.database, set=result.name,
-                tables=result.tables, rows=result.rows, bytes=result.bytes)
+        result = backup.create_backup(prof, out_dir=out, jobs=jobs, compression=compression,
+                                      progress=update)
     if json_:
         print_json(result)
         return
@@ -93,11 +90,11 @@ def create(
 @app.command("list")
 def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
     """Complete backup sets (oldest first) and leftovers of interrupted ones."""
-    sets = fmt.list_sets(dir_)
+    sets = backup.list_sets(dir_)
     if json_:
         print_json(sets)
         return
-    root = dir_ or fmt.default_backup_dir()
+    root = dir_ or backup.default_backup_dir()
     if not sets:
         console.print(f"no backup sets in {root}")
         return
@@ -130,15 +127,15 @@ def verify(
     set_: SetArg,
     restore: Annotated[bool, typer.Option("--restore", help="Also restore into a scratch database on the local cluster and compare every table.")] = False,
     dir_: DirOpt = None,
-    jobs: JobsOpt = ops.DEFAULT_JOBS,
+    jobs: JobsOpt = backup.DEFAULT_JOBS,
     json_: JsonOpt = False,
 ) -> None:
     """Check a set's files against its manifest (sizes, sha256); exit 1 on any problem."""
-    path = fmt.resolve_set(set_, dir_)
+    path = backup.resolve_set(set_, dir_)
     local = profile_from("local") if restore else None
     with progress_bar(not json_) as update:
-        result = ops.verify_backup(path, restore=restore, local_profile=local, jobs=jobs,
-                                   progress=update)
+        result = backup.verify_backup(path, restore=restore, local_profile=local, jobs=jobs,
+                                      progress=update)
     if json_:
         print_json(result)
     elif result.ok:
@@ -160,7 +157,7 @@ def restore(
     set_: SetArg,
     database: Annotated[str, typer.Option("--database", "-d", help="Database to restore into (must not exist or be empty, unless --replace).")],
     profile: ProfileOpt = None,
-    jobs: JobsOpt = ops.DEFAULT_JOBS,
+    jobs: JobsOpt = backup.DEFAULT_JOBS,
     replace: Annotated[bool, typer.Option("--replace", help="Swap out an existing database after a verified restore (it is kept, renamed).")] = False,
     dir_: DirOpt = None,
     yes: YesOpt = False,
@@ -172,8 +169,8 @@ def restore(
     with the manifest, erasures re-applied, then renamed into place. A failed restore resumes
     where it stopped when run again."""
     prof = profile_from(profile)
-    path = fmt.resolve_set(set_, dir_)
-    manifest = fmt.read_manifest(path)
+    path = backup.resolve_set(set_, dir_)
+    manifest = backup.read_manifest(path)
     action = (f"restore {path.name} into {database}"
               + (" replacing the existing database (kept, renamed)" if replace else ""))
     prof.require_changes_allowed(action)
@@ -186,18 +183,15 @@ def restore(
         return
     confirm_destructive(prof, action, yes=yes)
     with progress_bar(not json_) as update:
-        result = ops.restore_backup(path, prof, database, jobs=jobs, replace=replace,
-                                    progress=update)
-    write_audit("backup.restore", prof.name, database=database, set=path.name,
-                replaced=result.replaced, resumed=result.resumed, tables=result.tables,
-                rows=result.rows, erasures=result.erasures.status if result.erasures else None)
+        result = backup.restore_backup(path, prof, database, jobs=jobs, replace=replace,
+                                       progress=update)
     if json_:
         print_json(result)
         return
     render_restore(result)
 
 
-def render_restore(result: ops.RestoreResult) -> None:
+def render_restore(result: backup.RestoreResult) -> None:
     console.print(Text.assemble(
         ("restored", "green"),
         f" {result.set_name} into {result.profile}/{result.database}: {result.tables} tables, "
@@ -253,9 +247,7 @@ def import_(
         return
     confirm_destructive(prof, action, yes=yes)
     with progress_bar(not json_) as update:
-        result = ops.import_sql(file, prof, database, progress=update)
-    write_audit("backup.import", prof.name, database=database, file=file.name,
-                tables=result.tables, rows=result.rows)
+        result = backup.import_plain_dump(file, prof, database, progress=update)
     if json_:
         print_json(result)
         return
@@ -285,7 +277,7 @@ def prune(
 ) -> None:
     """Grandfather-father-son retention over complete sets (per profile and database), plus
     leftovers of interrupted backups. Never deletes the newest good set of a database."""
-    plan = fmt.prune_plan(dir_, keep_daily, keep_weekly, keep_monthly)
+    plan = backup.prune_plan(dir_, keep_daily, keep_weekly, keep_monthly)
     if json_ and (dry_run or not plan.to_delete):
         print_json(plan)
         return
@@ -302,16 +294,9 @@ def prune(
     if dry_run or not plan.to_delete:
         return
     if not yes:
-        import sys
-
         if not sys.stdin.isatty() or not typer.confirm(f"delete {len(plan.to_delete)} backup(s)?"):
-            from studyhub.errors import RefusedError
-
             raise RefusedError("prune needs confirmation: re-run with --yes (nothing was deleted)")
-    deleted = fmt.apply_prune(plan)
-    write_audit("backup.prune", "-", backup_dir=plan.backup_dir,
-                deleted=[d.name for d in deleted], keep_daily=keep_daily,
-                keep_weekly=keep_weekly, keep_monthly=keep_monthly)
+    deleted = backup.apply_prune(plan)
     if json_:
         print_json(plan)
     else:

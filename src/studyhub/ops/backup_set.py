@@ -1,464 +1,61 @@
-"""The on-disk backup set: layout, manifest, checksums, verification and retention.
+"""TRANSITIONAL — delete at the merge of the redesign. The backup set format moved to
+``studyhub.ops.backup`` (``setformat.py``, ``retention.py``); import its public surface from
+there: ``from studyhub.ops import backup`` then ``backup.list_sets(...)``.
 
-A backup set is one directory, named ``{profile}-{database}-{YYYYmmddTHHMMSSZ}``.
-Format 2 (written by ``backup create``)::
-
-    manifest.json      what the set is: versions, revision, tables (rows + checksum), files,
-                       and which data file holds which table (with its column list)
-    dump/              a pg_dump directory-format archive without table data: schema,
-                       sequence values (SEQUENCE SET), indexes, constraints (toc.dat)
-    data/              one file per table: its rows as ``COPY ... (FORMAT binary)``,
-                       ``<schema>.<table>.bin.zst`` (``.bin.gz`` with gzip, ``.bin`` with none)
-    verified.json      written by ``backup verify`` (the only file not in the manifest)
-
-Format 1 (still restored): ``dump/`` is a complete pg_dump directory archive, with one
-``NNNN.dat[.zst|.gz]`` text-format COPY file per table, and there is no ``data/``.
-
-It is written under ``.partial-{name}-{pid}`` in the same directory, fsynced, checked against
-its manifest and only then renamed: a directory without a manifest, or under a ``.partial-``
-name, is never a complete set. Sets are never modified after the rename.
+Kept only while code owned by other parts of the redesign still imports this path:
+``ops/cluster.py`` (``default_backup_dir``), ``ops/privacy_outside.py`` (``default_backup_dir``,
+``list_sets``), ``dashboard/optional.py`` (``default_backup_dir``, ``list_sets``),
+``tests/test_dashboard.py`` (``list_sets``) and ``tests/test_untrusted_text.py`` (``Manifest``,
+``Compression``, ``FileEntry``, ``MANIFEST``, ``PARTIAL_PREFIX``, ``list_sets``,
+``partial_writer_pid``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterable
-
-from studyhub.errors import StudyhubError
-from studyhub.paths import studyhub_home
-
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
-MANIFEST = "manifest.json"
-DUMP_DIR = "dump"
-DATA_DIR = "data"
-VERIFIED = "verified.json"
-PARTIAL_PREFIX = ".partial-"
-NAME_RE = re.compile(r"(?P<profile>[a-z]+)-(?P<database>.+)-(?P<stamp>\d{8}T\d{6}Z)")  # fullmatch
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-CHUNK = 1 << 20
-
-
-class BackupError(StudyhubError):
-    """A backup set is missing, malformed, incomplete or does not match its manifest."""
-
-
-@dataclass
-class TableChecksum:
-    schema: str
-    table: str
-    rows: int
-    checksum: str  # decimal sum of 64-bit row hashes, as text (exact, any size)
-    method: str = "record-hash"  # record-hash | text-hash (see ops/sql/get_table_rows_and_*)
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-@dataclass
-class FileEntry:
-    path: str  # relative to the set directory
-    bytes: int
-    sha256: str
-
-
-@dataclass
-class TableFile:
-    """Format 2: the data file holding one table's rows (binary COPY of ``columns``)."""
-
-    schema: str
-    table: str
-    path: str  # relative to the set directory
-    columns: list[str]
-    raw_bytes: int = 0  # size of the binary COPY stream before compression
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-@dataclass
-class Compression:
-    method: str  # zstd | gzip | none
-    level: int | None = None
-
-    def __str__(self) -> str:
-        return self.method if self.level is None else f"{self.method}:{self.level}"
-
-
-@dataclass
-class Manifest:
-    format_version: int
-    tool: str
-    tool_version: str
-    pg_dump_version: str
-    server_version: str
-    profile: str
-    host: str
-    port: int
-    database: str
-    encoding: str
-    direct: bool  # dumped from the server's own port (never through a pooler)
-    alembic_revision: list[str]
-    started_at: str
-    finished_at: str
-    snapshot: str
-    compression: Compression
-    jobs: int
-    dump_format: str
-    extensions: list[dict[str, str]]
-    tables: list[TableChecksum]
-    files: list[FileEntry]
-    durations_s: dict[str, float] = field(default_factory=dict)
-    erasure_ledger_entries: int | None = None  # entries kept beside the sets at backup time
-    server_major: int | None = None  # format 2: binary COPY restores onto this major or newer
-    table_files: list[TableFile] = field(default_factory=list)  # format 2
-
-    @property
-    def total_rows(self) -> int:
-        return sum(t.rows for t in self.tables)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.bytes for f in self.files)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        data = dict(data)
-        data["compression"] = Compression(**data["compression"])
-        data["tables"] = [TableChecksum(**t) for t in data["tables"]]
-        data["files"] = [FileEntry(**f) for f in data["files"]]
-        data["table_files"] = [TableFile(**f) for f in data.get("table_files") or []]
-        return cls(**data)
-
-
-@dataclass
-class BackupSetInfo:
-    """One entry of ``backup list``: a complete set, or a leftover that prune may remove."""
-
-    name: str
-    path: str
-    status: str  # complete | incomplete | in-progress
-    profile: str | None
-    database: str | None
-    created_at: str | None  # UTC, ISO 8601
-    bytes: int
-    tables: int | None = None
-    rows: int | None = None
-    alembic_revision: list[str] | None = None
-    compression: str | None = None
-    verified: dict[str, Any] | None = None  # last `backup verify` result
-    problem: str | None = None  # why it is not complete
-
-
-@dataclass
-class Problem:
-    path: str
-    issue: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.issue}"
-
-
-# --------------------------------------------------------------------------- naming, dirs
-def default_backup_dir() -> Path:
-    raw = os.environ.get("STUDYHUB_BACKUP_DIR")
-    return (Path(raw) if raw else studyhub_home() / "backups").absolute()
-
-
-def set_name(profile: str, database: str, when: datetime) -> str:
-    safe_db = re.sub(r"[^A-Za-z0-9_.]", "_", database)
-    return f"{profile}-{safe_db}-{when.astimezone(timezone.utc).strftime(STAMP_FORMAT)}"
-
-
-def resolve_set(ref: str | Path, backup_dir: Path | None = None) -> Path:
-    """A set given as a path, or as a name inside the backup directory; must be complete."""
-    path = Path(ref)
-    if not path.exists() and not path.is_absolute():
-        path = (backup_dir or default_backup_dir()) / ref
-    if not path.exists():
-        raise BackupError(f"no backup set {ref} (looked in {path.parent}); see: studyhub backup list")
-    if path.name.startswith(PARTIAL_PREFIX):
-        raise BackupError(f"{path.name} is an incomplete backup (its creation never finished)")
-    if not (path / MANIFEST).is_file():
-        raise BackupError(f"{path} is not a complete backup set: it has no {MANIFEST}")
-    return path.resolve()
-
-
-# ------------------------------------------------------------------------------ durability
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file, then every directory bottom-up, then the parent of ``root``."""
-    dirs = []
-    for dirpath, _dirnames, filenames in os.walk(root):
-        dirs.append(Path(dirpath))
-        for name in filenames:
-            fsync_path(Path(dirpath) / name)
-    for d in reversed(dirs):
-        fsync_path(d)
-    fsync_path(root.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-# ------------------------------------------------------------------------------- checksums
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def hash_files(root: Path, paths: Iterable[Path], jobs: int = 2) -> list[FileEntry]:
-    """sha256 and size of each file (hashlib releases the GIL: threads hash in parallel)."""
-    paths = sorted(paths)
-
-    def one(p: Path) -> FileEntry:
-        return FileEntry(str(p.relative_to(root)), p.stat().st_size, sha256_file(p))
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, paths))
-
-
-def read_manifest(set_dir: Path) -> Manifest:
-    path = set_dir / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BackupError(f"{set_dir.name}: {MANIFEST} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BackupError(f"{set_dir.name}: {MANIFEST} is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or data.get("format_version") not in READABLE_FORMATS:
-        raise BackupError(
-            f"{set_dir.name}: unsupported manifest format "
-            f"{data.get('format_version') if isinstance(data, dict) else '?'} (this version "
-            f"reads formats {', '.join(map(str, READABLE_FORMATS))})"
-        )
-    try:
-        return Manifest.from_dict(data)
-    except (TypeError, KeyError) as exc:
-        raise BackupError(f"{set_dir.name}: {MANIFEST} is malformed ({exc})") from None
-
-
-def check_files(set_dir: Path, manifest: Manifest, jobs: int = 2) -> list[Problem]:
-    """Every file of the manifest present with its size and sha256; no file the manifest does
-    not list (apart from verified.json). Returns the problems, each naming its file."""
-    problems: list[Problem] = []
-    listed = {f.path: f for f in manifest.files}
-    present = {
-        str(p.relative_to(set_dir))
-        for p in set_dir.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST, VERIFIED, VERIFIED + ".tmp")
-    }
-    for extra in sorted(present - listed.keys()):
-        problems.append(Problem(extra, "not in the manifest"))
-    to_hash = []
-    for rel, entry in sorted(listed.items()):
-        p = set_dir / rel
-        if rel not in present:
-            problems.append(Problem(rel, "missing"))
-        elif p.stat().st_size != entry.bytes:
-            problems.append(Problem(rel, f"size {p.stat().st_size} bytes, manifest says {entry.bytes}"))
-        else:
-            to_hash.append(p)
-    for got in hash_files(set_dir, to_hash, jobs):
-        if got.sha256 != listed[got.path].sha256:
-            problems.append(Problem(got.path, "sha256 differs from the manifest (file corrupted)"))
-    return problems
-
-
-# ---------------------------------------------------------------------------------- listing
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for p in path.rglob("*"):
-        try:
-            if p.is_file():
-                total += p.stat().st_size
-        except OSError:
-            pass
-    return total
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def partial_writer_pid(name: str) -> int | None:
-    m = re.search(r"-(\d+)\Z", name)  # \Z: "$" would also match before a trailing newline
-    return int(m.group(1)) if m else None
-
-
-def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
-    """Complete sets (oldest first), then leftovers: interrupted creations and directories
-    without a valid manifest."""
-    root = backup_dir or default_backup_dir()
-    if not root.is_dir():
-        return []
-    complete: list[BackupSetInfo] = []
-    leftovers: list[BackupSetInfo] = []
-    for entry in sorted(root.iterdir()):
-        if not entry.is_dir():
-            continue
-        if entry.name.startswith(PARTIAL_PREFIX):
-            pid = partial_writer_pid(entry.name)
-            running = pid is not None and _pid_alive(pid)
-            leftovers.append(BackupSetInfo(
-                entry.name, str(entry), "in-progress" if running else "incomplete", None, None,
-                None, _dir_bytes(entry),
-                problem="being written" if running else "creation did not finish",
-            ))
-            continue
-        if not NAME_RE.fullmatch(entry.name) and not (entry / MANIFEST).exists():
-            continue  # not ours
-        try:
-            m = read_manifest(entry)
-        except BackupError as exc:
-            leftovers.append(BackupSetInfo(entry.name, str(entry), "incomplete", None, None, None,
-                                           _dir_bytes(entry), problem=str(exc)))
-            continue
-        verified = None
-        if (entry / VERIFIED).is_file():
-            try:
-                verified = json.loads((entry / VERIFIED).read_text())
-            except (json.JSONDecodeError, OSError):
-                verified = None
-        complete.append(BackupSetInfo(
-            entry.name, str(entry), "complete", m.profile, m.database, m.started_at,
-            m.total_bytes, len(m.tables), m.total_rows, m.alembic_revision, str(m.compression),
-            verified,
-        ))
-    complete.sort(key=lambda s: s.created_at or "")
-    return complete + leftovers
-
-
-# -------------------------------------------------------------------------------- retention
-@dataclass
-class PruneDecision:
-    name: str
-    path: str
-    status: str
-    created_at: str | None
-    keep: bool
-    reasons: list[str]  # why kept (daily/weekly/monthly/only good backup) or removed
-    bytes: int
-
-
-@dataclass
-class PrunePlan:
-    backup_dir: str
-    keep_daily: int
-    keep_weekly: int
-    keep_monthly: int
-    decisions: list[PruneDecision]
-
-    @property
-    def to_delete(self) -> list[PruneDecision]:
-        return [d for d in self.decisions if not d.keep]
-
-    @property
-    def freed_bytes(self) -> int:
-        return sum(d.bytes for d in self.to_delete)
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).astimezone(timezone.utc)
-
-
-def prune_plan(backup_dir: Path | None, keep_daily: int, keep_weekly: int,
-               keep_monthly: int) -> PrunePlan:
-    """Grandfather-father-son over complete sets, per (profile, database): keep the newest set
-    of each of the newest ``keep_daily`` days, ``keep_weekly`` ISO weeks and ``keep_monthly``
-    months. The newest complete set of each database is always kept (never delete the only
-    good backup). Leftovers of interrupted creations are removed unless still being written."""
-    if min(keep_daily, keep_weekly, keep_monthly) < 0:
-        raise BackupError("keep counts must be 0 or more")
-    root = backup_dir or default_backup_dir()
-    sets = list_sets(root)
-    decisions: list[PruneDecision] = []
-    groups: dict[tuple[str | None, str | None], list[BackupSetInfo]] = {}
-    for s in sets:
-        if s.status == "complete":
-            groups.setdefault((s.profile, s.database), []).append(s)
-        else:
-            keep = s.status == "in-progress"
-            decisions.append(PruneDecision(
-                s.name, s.path, s.status, s.created_at, keep,
-                ["still being written"] if keep else [f"leftover: {s.problem}"], s.bytes))
-    for members in groups.values():
-        members.sort(key=lambda s: s.created_at or "", reverse=True)  # newest first
-        reasons: dict[str, list[str]] = {s.name: [] for s in members}
-        for label, count, key in (
-            ("daily", keep_daily, lambda t: t.strftime("%Y-%m-%d")),
-            ("weekly", keep_weekly, lambda t: "%d-W%02d" % t.isocalendar()[:2]),
-            ("monthly", keep_monthly, lambda t: t.strftime("%Y-%m")),
-        ):
-            seen: list[str] = []
-            for s in members:
-                period = key(_parse_time(s.created_at))  # type: ignore[arg-type]
-                if period in seen:
-                    continue
-                if len(seen) >= count:
-                    break
-                seen.append(period)
-                reasons[s.name].append(f"{label} {period}")
-        if not any(reasons.values()):
-            reasons[members[0].name].append("newest good backup (never delete the only one)")
-        for s in members:
-            keep = bool(reasons[s.name])
-            decisions.append(PruneDecision(
-                s.name, s.path, s.status, s.created_at, keep,
-                reasons[s.name] or ["outside the retention policy"], s.bytes))
-    decisions.sort(key=lambda d: (d.created_at or "", d.name))
-    return PrunePlan(str(root), keep_daily, keep_weekly, keep_monthly, decisions)
-
-
-def apply_prune(plan: PrunePlan) -> list[PruneDecision]:
-    """Delete what the plan says (a set is first renamed to a .partial- name, so a deletion
-    interrupted half-way never leaves something that looks complete)."""
-    done = []
-    for d in plan.to_delete:
-        path = Path(d.path)
-        if not path.exists():
-            continue
-        if not path.name.startswith(PARTIAL_PREFIX):
-            doomed = path.with_name(f"{PARTIAL_PREFIX}{path.name}-deleting")
-            os.rename(path, doomed)
-            path = doomed
-        shutil.rmtree(path)
-        done.append(d)
-    return done
+from studyhub.ops.backup import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PARTIAL_PREFIX,
+    BackupError,
+    BackupSetInfo,
+    Compression,
+    FileEntry,
+    Manifest,
+    Problem,
+    PruneDecision,
+    PrunePlan,
+    TableChecksum,
+    TableFile,
+    apply_prune,
+    default_backup_dir,
+    list_sets,
+    partial_writer_pid,
+    prune_plan,
+    read_manifest,
+    resolve_set,
+    set_name,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "PARTIAL_PREFIX",
+    "BackupError",
+    "BackupSetInfo",
+    "Compression",
+    "FileEntry",
+    "Manifest",
+    "Problem",
+    "PruneDecision",
+    "PrunePlan",
+    "TableChecksum",
+    "TableFile",
+    "apply_prune",
+    "default_backup_dir",
+    "list_sets",
+    "partial_writer_pid",
+    "prune_plan",
+    "read_manifest",
+    "resolve_set",
+    "set_name",
+]

@@ -4,7 +4,7 @@
 -- cancel out. hashtextextended() is the hash behind hash partitioning, so PostgreSQL keeps its
 -- values stable across versions; sum(bigint) is numeric, so it cannot overflow. Row text
 -- depends on TimeZone, DateStyle, IntervalStyle, extra_float_digits and bytea_output: the
--- caller pins them (CHECKSUM_SETTINGS in ops/backup.py) on both sides of the comparison.
+-- caller pins them (CHECKSUM_SETTINGS in ops/backup/checksums.py) on both sides of the comparison.
 -- ROW(t.*), not t: a table may have a column named t.
 SELECT count(*) AS rows,
        coalesce(sum(hashtextextended(ROW(t.*)::text, 0)), 0)::text AS checksum

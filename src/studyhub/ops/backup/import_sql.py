@@ -1,6 +1,6 @@
-"""Reading a plain SQL dump (the runbook's ``pg_dump URL | gzip > backup.sql.gz``) for
-``backup import``: statement by statement, each one read by PostgreSQL's own parser (pglast)
-and judged before it is sent, COPY data passed through as it is.
+"""``backup import``: a plain SQL dump (the runbook's ``pg_dump URL | gzip > backup.sql.gz``)
+read statement by statement, each one read by PostgreSQL's own parser (pglast) and judged
+before it is sent, COPY data passed through as it is, into a new database.
 
 A dump is a program. ``backup import`` runs it in a new database, as the app role, in one
 transaction that stops at the first error — and with no psql: psql would also run the
@@ -12,14 +12,38 @@ tablespaces, the server's configuration or files, are refused.
 
 from __future__ import annotations
 
+import gzip
 import re
+import time
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Callable, Iterator
 
+import psycopg
 from pglast import ast, enums
+from psycopg import sql
 
+from studyhub.audit import audited
+from studyhub.connect import connect, first_line
 from studyhub.errors import RefusedError, StudyhubError
-from studyhub.ops.sqltext import SQLParseError, Statement, parse_statements
+from studyhub.ops import privacy
+from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
+from studyhub.ops.backup.setformat import BackupError, default_backup_dir
+from studyhub.ops.backup.staging import (
+    admin_connection,
+    database_comment,
+    database_exists,
+    database_is_empty,
+    drop_database,
+    set_database_comment,
+    staging_name,
+    swap_in,
+)
+from studyhub.ops.backup.workers import ProgressEvent, ProgressFn, no_progress
+from studyhub.ops.space import table_sizes
+from studyhub.ops.sqltext import SQLParseError, Statement, execute_extended, parse_statements
+from studyhub.profiles import Profile
 
 MAX_STATEMENT_CHARS = 64 * 1024 * 1024  # an unterminated string must not eat all memory
 
@@ -234,3 +258,155 @@ def _copy_from_stdin(stmt: Statement) -> bool:
     node = stmt.node
     return isinstance(node, ast.CopyStmt) and node.is_from and node.filename is None \
         and not node.is_program
+
+
+# ------------------------------------------------------------------------------ import
+@dataclass
+class ImportResult:
+    file: str
+    profile: str
+    database: str
+    tables: int
+    rows: int
+    table_rows: dict[str, int]
+    bytes_read: int
+    duration_s: float
+    skipped_statements: dict[str, int]
+    erasures: privacy.ErasureReapply | None
+
+
+def _open_dump(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(raw file, decompressed stream); gzip recognised by its magic bytes."""
+    raw = open(path, "rb")
+    magic = raw.read(2)
+    raw.seek(0)
+    return raw, (gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
+
+
+def _create_extension_sql(node: "ast.CreateExtensionStmt") -> sql.Composed:
+    """The dump's CREATE EXTENSION, for the admin role: its name and schema only, from the
+    parse tree."""
+    q = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(node.extname))
+    schema = next((o.arg.sval for o in node.options or () if o.defname == "schema"), None)
+    if schema:
+        q += sql.SQL(" WITH SCHEMA {}").format(sql.Identifier(schema))
+    return q
+
+
+def _copy_from_stdin_sql(node: "ast.CopyStmt") -> sql.Composed:
+    """The dump's ``COPY table (columns) FROM stdin``, composed from its parse tree."""
+    rel = node.relation
+    target = sql.Identifier(*[p for p in (rel.catalogname, rel.schemaname, rel.relname) if p])
+    if not node.attlist:
+        return sql.SQL("COPY {} FROM STDIN").format(target)
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target, sql.SQL(", ").join(sql.Identifier(c.sval) for c in node.attlist))
+
+
+def import_plain_dump(
+    path: Path,
+    profile: Profile,
+    database: str,
+    *,
+    progress: ProgressFn = no_progress,
+    reapply_erasures: bool = True,
+) -> ImportResult:
+    """Load a runbook-style plain SQL dump (``pg_dump URL | gzip``) into a new database, then
+    counts, ANALYZE and the erasure ledger; the database gets its name only when all of that
+    succeeded. The dump runs as the app role, in one transaction that stops at the first
+    error, statement by statement: each read by PostgreSQL's own parser, judged
+    (``judge``: nothing that leaves that transaction or database) and sent on the
+    extended protocol (one statement per message), COPY rows as they are. No psql: a dump's
+    meta-commands (``\\!`` runs a shell command) are refused, never run. Refused where the
+    profile allows no change; audited as ``backup.import`` (database, file, tables, rows), a
+    failure too."""
+    profile.require_changes_allowed(f"import {path.name} into a new database {database}")
+    with audited("backup.import", profile.name, database=database, file=path.name) as line:
+        result = _import(path, profile, database, progress, reapply_erasures)
+        line.update(tables=result.tables, rows=result.rows)
+    return result
+
+
+def _import(path: Path, profile: Profile, database: str, progress: ProgressFn,
+            reapply_erasures: bool) -> ImportResult:
+    t0 = time.monotonic()
+    refuse_pooler(profile)
+    if not path.is_file():
+        raise BackupError(f"no such file: {path}")
+    staging = staging_name(database)
+    marker = f"studyhub import of {path.name}"
+    with admin_connection(profile) as admin:
+        if database_exists(admin, database) and not database_is_empty(profile, database):
+            raise RefusedError(f"database {database} exists and is not empty; import into a new name")
+        if database_exists(admin, staging):
+            comment = database_comment(admin, staging) or ""
+            if comment.startswith(("studyhub restore of ", "studyhub import of ")):
+                drop_database(admin, staging)
+            else:
+                raise RefusedError(f"database {staging} exists and is not ours; drop or rename it first")
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
+            sql.Identifier(staging), sql.Identifier(profile.users["app"])))
+        set_database_comment(admin, staging, f"{marker}: in progress")
+    skipped: dict[str, int] = {}
+    size = path.stat().st_size
+    raw, stream = _open_dump(path)
+    dump = PlainDump(
+        stream, on_read=lambda: progress(ProgressEvent("import", raw.tell(), size, raw.tell())))
+    line = 0
+    try:
+        with connect(profile, "admin", database=staging, autocommit=True,
+                     application_name="studyhub import") as ext_conn, \
+                connect(profile, "app", database=staging, autocommit=True,
+                        application_name="studyhub import") as conn:
+            for k, v in RESTORE_SETTINGS.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (k, v))
+            with conn.transaction():
+                for item in dump.items():
+                    line = item.line
+                    if item.statement is None:  # a psql meta-command line
+                        if not RESTRICT_LINE.fullmatch(item.meta or ""):
+                            raise RefusedError(
+                                f"psql meta-command {(item.meta or '').split()[0]} is not SQL; "
+                                "only SQL statements and COPY rows are imported, nothing else "
+                                "is run")
+                        skipped[SKIP_RESTRICT] = skipped.get(SKIP_RESTRICT, 0) + 1
+                        continue
+                    node = item.statement.node
+                    reason = judge(item.statement)  # RefusedError: refuse it all
+                    if reason is not None:
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                        if isinstance(node, ast.CreateExtensionStmt):
+                            ext_conn.execute(_create_extension_sql(node))
+                    elif isinstance(node, ast.CopyStmt):  # FROM stdin: judge said so
+                        with conn.cursor() as cur, cur.copy(_copy_from_stdin_sql(node)) as cp:
+                            for chunk in dump.copy_data():
+                                cp.write(chunk)
+                    else:  # one statement per message: the server refuses a second one
+                        execute_extended(conn, item.statement.text)
+    except RefusedError as exc:
+        raise RefusedError(f"refusing to import {path.name}: line {line}: {exc} (nothing was "
+                           f"kept in {database})") from None
+    except DumpError as exc:
+        raise BackupError(f"cannot import {path.name}: {exc} (nothing was kept in "
+                          f"{database})") from None
+    except psycopg.Error as exc:
+        raise BackupError(f"import stopped at the first error, nothing was kept in {database}: "
+                          f"line {line}: {first_line(exc)} (the partial import is in "
+                          f"{staging})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
+        raise BackupError(f"cannot read {path.name}: {exc}") from None
+    finally:
+        raw.close()
+    with connect(profile, "app", database=staging, autocommit=True,
+                 application_name="studyhub import") as conn:
+        conn.execute("ANALYZE")
+        space = table_sizes(conn, exact_counts=True)
+    table_rows = {f"{t.schema}.{t.table}": int(t.rows or 0) for t in space.tables}
+    erasures = None
+    if reapply_erasures:
+        live = profile.database if profile.database not in (database, staging) else None
+        erasures = privacy.reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
+    swap_in(profile, staging, database)
+    return ImportResult(str(path), profile.name, database, len(table_rows),
+                        sum(table_rows.values()), table_rows, size,
+                        round(time.monotonic() - t0, 3), skipped, erasures)

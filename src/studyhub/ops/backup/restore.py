@@ -1,0 +1,431 @@
+"""Restoring a backup set, always into a new (staging) database that is renamed to its final
+name only after the restore has been verified (``staging.py``); and ``verify``, which with
+``--restore`` restores into a scratch database and compares.
+
+The schema (pre-data) is restored by pg_restore in one transaction; then, for format 2, the
+scheduler (``schedule.py``) on ``--jobs`` connections loads each table, builds its indexes and
+keys as soon as it is loaded, its foreign keys once the tables they join are ready, checksums
+and ANALYZEs it; sequence values and the rest by ``pg_restore -j N``. Format 1 sets go through
+``pg_restore -j N`` for data and post-data. Then every table's count and checksum is compared
+with the manifest and the privacy erasure ledger re-applied. A restore that failed part-way
+resumes where it stopped when run again (the staging database's comment says how far it got).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from studyhub.atomic_file import write_json_atomically
+from studyhub.audit import audited
+from studyhub.connect import child_env, connect
+from studyhub.errors import RefusedError
+from studyhub.local.proc import pg_program
+from studyhub.ops import privacy
+from studyhub.ops.backup.checksums import compare_tables, table_checksums
+from studyhub.ops.backup.schedule import RestoreScheduler, RestoreStep
+from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
+from studyhub.ops.backup.setformat import (
+    DUMP_DIR,
+    VERIFIED,
+    BackupError,
+    Manifest,
+    Problem,
+    TableChecksum,
+    check_files,
+    read_manifest,
+)
+from studyhub.ops.backup.staging import (
+    admin_connection,
+    database_comment,
+    database_exists,
+    database_is_empty,
+    drop_database,
+    set_database_comment,
+    staging_name,
+    swap_in,
+)
+from studyhub.ops.backup.streams import FifoFeeder
+from studyhub.ops.backup.toc import (
+    ITEM_RE,
+    SERIAL_RE,
+    TocEntry,
+    is_extension_entry,
+    post_data_statements,
+    read_toc,
+    write_list,
+)
+from studyhub.ops.backup.workers import (
+    DEFAULT_JOBS,
+    ProgressEvent,
+    ProgressFn,
+    no_progress,
+    stderr_tail,
+)
+from studyhub.ops.queries import load
+from studyhub.profiles import Profile
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    path: str
+    ok: bool
+    files_checked: int
+    bytes_checked: int
+    problems: list[str]
+    restored: bool = False  # also restored into a scratch database and compared
+    tables_checked: int = 0
+    duration_s: float = 0.0
+    durations_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RestoreResult:
+    set_name: str
+    profile: str
+    database: str
+    replaced: str | None  # the previous database, kept under this name (--replace)
+    resumed: bool
+    tables: int
+    rows: int
+    jobs: int
+    settings: dict[str, str]
+    duration_s: float
+    phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
+    slowest_steps: list[RestoreStep]
+    erasures: privacy.ErasureReapply | None
+
+
+@dataclass
+class RestoreItem:
+    """One item pg_restore worked on, from its --verbose messages."""
+
+    desc: str
+    tag: str
+    start: float
+    end: float | None = None
+
+
+def run_pg_restore(profile: Profile, database: str, archive: Path, list_file: Path,
+                   sections: list[str], jobs: int, settings: dict[str, str],
+                   single_transaction: bool, progress: ProgressFn, total_items: int,
+                   items: dict[int, RestoreItem]) -> None:
+    """pg_restore of the items in ``list_file`` (``--use-list``) into ``database``, as the app
+    role with the restore's session settings; each item's start and end go into ``items``."""
+    argv = [str(pg_program("pg_restore")), "--dbname=", "--no-owner", "--no-acl",
+            "--exit-on-error", "--verbose", f"--use-list={list_file}",
+            *[f"--section={s}" for s in sections]]
+    if single_transaction:
+        argv.append("--single-transaction")
+    else:
+        argv.append(f"--jobs={jobs}")
+    argv.append(str(archive))
+    env = child_env(profile, "app", database)
+    env["PGAPPNAME"] = "studyhub restore"
+    env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    lines: list[str] = []
+    done = 0
+    last_serial: RestoreItem | None = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if len(lines) > 200:
+                del lines[:100]
+            now = time.monotonic()
+            m = ITEM_RE.search(line)
+            if m:
+                dump_id = int(m.group(2))
+                if m.group(1) == "launching":
+                    items[dump_id] = RestoreItem(m.group(3), m.group(4), now)
+                elif dump_id in items:
+                    items[dump_id].end = now
+                    done += 1
+                    progress(ProgressEvent("restore", done, total_items, message=f"{m.group(3)} {m.group(4)}"))
+                continue
+            s = SERIAL_RE.search(line)
+            if s and jobs == 1 and not single_transaction:
+                if last_serial:
+                    last_serial.end = now
+                    done += 1
+                    progress(ProgressEvent("restore", done, total_items, message=last_serial.tag))
+                desc = s.group(1) or "TABLE DATA"
+                last_serial = RestoreItem(desc, s.group(2) or s.group(3), now)
+                items[-len(items) - 1] = last_serial
+        rc = proc.wait()
+        if last_serial and last_serial.end is None:
+            last_serial.end = time.monotonic()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        reason = f"killed by signal {-rc}" if rc < 0 else stderr_tail(lines, 2)
+        raise BackupError(f"pg_restore failed: {reason}")
+
+
+def remaining_items(conn: psycopg.Connection, entries: list[TocEntry],
+                    manifest: Manifest) -> list[TocEntry]:
+    """For a resumed restore: the data and post-data items not yet in the database. A table's
+    data is one COPY (atomic), so a table with rows is complete; an index or constraint that
+    exists was built completely (a failed build leaves nothing)."""
+    expected_rows = {t.qualified: t.rows for t in manifest.tables}
+    remaining = []
+    for e in entries:
+        if e.desc == "TABLE DATA":
+            if expected_rows.get(f"{e.schema}.{e.tag}", 1) == 0:
+                continue
+            has_rows = conn.execute(sql.SQL(load("get_table_has_rows")).format(
+                table=sql.Identifier(e.schema, e.tag))).fetchone()[0]
+            if has_rows:
+                continue
+        elif e.desc == "INDEX":
+            if conn.execute(load("get_relation_exists"),
+                            {"name": sql.Identifier(e.schema, e.tag).as_string(conn)}).fetchone()[0]:
+                continue
+        elif e.desc in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER"):
+            table, _, name = e.tag.partition(" ")
+            query = "get_trigger_exists" if e.desc == "TRIGGER" else "get_constraint_exists"
+            found = conn.execute(load(query), {
+                "table": sql.Identifier(e.schema, table).as_string(conn), "name": name,
+            }).fetchone()[0]
+            if found:
+                continue
+        remaining.append(e)
+    conn.rollback()
+    return remaining
+
+
+def restore_backup(
+    set_dir: Path,
+    profile: Profile,
+    database: str,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    replace: bool = False,
+    settings: dict[str, str] | None = None,
+    reapply_erasures: bool = True,
+    verify_files_first: bool = True,
+    progress: ProgressFn = no_progress,
+) -> RestoreResult:
+    """Restore ``set_dir`` into ``database`` on ``profile`` (see the module docstring). Refused
+    where the profile allows no change; audited as ``backup.restore`` (database, set, replaced,
+    resumed, tables, rows, erasures), a failure too."""
+    profile.require_changes_allowed(
+        f"restore {set_dir.name} into {database}"
+        + (" replacing the existing database (kept, renamed)" if replace else ""))
+    with audited("backup.restore", profile.name, database=database, set=set_dir.name) as line:
+        result = _restore(set_dir, profile, database, jobs=jobs, replace=replace,
+                          settings=settings, reapply_erasures=reapply_erasures,
+                          verify_files_first=verify_files_first, progress=progress)
+        line.update(replaced=result.replaced, resumed=result.resumed, tables=result.tables,
+                    rows=result.rows,
+                    erasures=result.erasures.status if result.erasures else None)
+    return result
+
+
+def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, replace: bool,
+             settings: dict[str, str] | None, reapply_erasures: bool, verify_files_first: bool,
+             progress: ProgressFn) -> RestoreResult:
+    t0 = time.monotonic()
+    refuse_pooler(profile)
+    if jobs < 1:
+        raise BackupError("--jobs must be at least 1")
+    settings = {**RESTORE_SETTINGS, **(settings or {})}
+    manifest = read_manifest(set_dir)
+    phases: dict[str, float] = {}
+    if verify_files_first:
+        progress(ProgressEvent("verify files", 0, len(manifest.files)))
+        p0 = time.monotonic()
+        problems = check_files(set_dir, manifest, jobs)
+        phases["check files"] = round(time.monotonic() - p0, 3)
+        if problems:
+            raise BackupError(f"backup set {set_dir.name} is damaged, not restoring: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    staging = staging_name(database)
+    marker = f"studyhub restore of {set_dir.name}"
+    resumed = False
+    with admin_connection(profile) as admin:
+        if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
+            settings.setdefault("default_toast_compression", "lz4")
+        if manifest.server_major:
+            here = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
+            if here < manifest.server_major:
+                raise RefusedError(
+                    f"backup set {set_dir.name} holds binary COPY data from PostgreSQL "
+                    f"{manifest.server_major}; it restores onto PostgreSQL "
+                    f"{manifest.server_major} or newer, and {profile.name} runs {here}")
+        if database_exists(admin, database) and not database_is_empty(profile, database) and not replace:
+            raise RefusedError(
+                f"database {database} exists and is not empty; restore into a new name, or "
+                f"use --replace to swap it out after a verified restore (it is kept, renamed)")
+        if database_exists(admin, staging):
+            comment = database_comment(admin, staging) or ""
+            if comment == f"{marker}: schema done":
+                resumed = True
+            elif comment.startswith("studyhub restore of ") or database_is_empty(profile, staging):
+                drop_database(admin, staging)  # our own leftover, from another set or too early
+            else:
+                raise RefusedError(f"database {staging} exists and is not a restore of ours; "
+                                   "drop or rename it first")
+        if not resumed:
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {}").format(
+                sql.Identifier(staging), sql.Identifier(profile.users["app"]),
+                sql.Literal(manifest.encoding)))
+            set_database_comment(admin, staging, f"{marker}: in progress")
+    archive = set_dir / DUMP_DIR
+    entries = [e for e in read_toc(archive)]
+    keep = [e for e in entries if not is_extension_entry(e)]
+    ext_schemas = {x["schema"] for x in manifest.extensions if x["schema"] != "public"}
+    keep = [e for e in keep if not (e.desc == "SCHEMA" and e.tag in ext_schemas)]
+    work = Path(tempfile.mkdtemp(prefix="studyhub-restore-list-"))
+    items: dict[int, RestoreItem] = {}
+    data_steps: list[RestoreStep] = []
+    actual: list[TableChecksum] = []
+    try:
+        if not resumed:
+            p0 = time.monotonic()
+            progress(ProgressEvent("schema", 0, 1, message="extensions and schema"))
+            with connect(profile, "admin", database=staging, autocommit=True,
+                         application_name="studyhub restore") as conn:
+                for schema in sorted(ext_schemas):
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                        sql.Identifier(schema), sql.Identifier(profile.users["app"])))
+                for ext in manifest.extensions:
+                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                        sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
+            run_pg_restore(profile, staging, archive, write_list(work / "pre.list", keep),
+                           ["pre-data"], 1, settings, True, progress, 1, {})
+            with admin_connection(profile) as admin:
+                set_database_comment(admin, staging, f"{marker}: schema done")
+            phases["schema"] = round(time.monotonic() - p0, 3)
+            todo = keep
+        else:
+            with connect(profile, "app", database=staging, application_name="studyhub restore") as conn:
+                todo = remaining_items(conn, keep, manifest)
+        if manifest.format_version >= 2:
+            p0 = time.monotonic()
+            post, session = post_data_statements(archive, todo, work)
+            data_steps, actual, data_s = RestoreScheduler(
+                profile, staging, set_dir, manifest, post, session, jobs, settings,
+                progress).run()
+            phases["data, indexes, keys, FKs, verify (wall)"] = round(time.monotonic() - p0, 3)
+            phases["  of which until all data was loaded"] = data_s
+            done_ids = {p.entry.dump_id for p in post}
+            todo = [e for e in todo if e.dump_id not in done_ids]
+        p0 = time.monotonic()
+        n_items = len([e for e in todo if e.desc not in ("COMMENT", "ACL")])
+        feeder = (FifoFeeder(archive) if manifest.compression.method == "zstd"
+                  and manifest.format_version == 1 else None)
+        try:
+            if feeder:
+                feeder.start()
+            run_pg_restore(profile, staging, feeder.dir if feeder else archive,
+                           write_list(work / "rest.list", todo), ["data", "post-data"],
+                           jobs, settings, False, progress, n_items, items)
+        finally:
+            if feeder:
+                feeder.close()
+        phases["data + indexes + constraints (wall)" if manifest.format_version == 1
+               else "sequences and the rest (wall)"] = round(time.monotonic() - p0, 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    steps = [RestoreStep(f"{i.desc.lower()} {i.tag}", TocEntry(0, i.desc, "", "", "").kind,
+                         round((i.end or i.start) - i.start, 3)) for i in items.values()]
+    steps += data_steps
+    for label, kind in (("data (busy)", "data"), ("indexes (busy)", "index"),
+                        ("constraints (busy)", "constraint"), ("foreign keys (busy)", "fk"),
+                        ("verify + analyze (busy)", "verify")):
+        busy = sum(st.duration_s for st in steps if st.kind == kind)
+        if busy:
+            phases[label] = round(busy, 3)
+    # verify every table against the manifest; ANALYZE each on the way (fresh statistics).
+    # Format 2 did both in its scheduler, as soon as each table was complete.
+    if manifest.format_version == 1:
+        p0 = time.monotonic()
+        tables = [(t.schema, t.table) for t in sorted(manifest.tables, key=lambda t: -t.rows)]
+
+        def analyze(conn: psycopg.Connection, schema: str, table: str) -> None:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+
+        actual = table_checksums(profile, tables, database=staging, jobs=jobs, progress=progress,
+                                 after_each=analyze,
+                                 methods={t.qualified: t.method for t in manifest.tables})
+        phases["verify + analyze"] = round(time.monotonic() - p0, 3)
+    problems = compare_tables(manifest.tables, actual)
+    files_of = {f.qualified: f.path for f in manifest.table_files}
+    problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
+                for p in problems]
+    if problems:
+        raise BackupError(
+            f"restored database {staging} does not match the backup: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + f"; {database} was not touched, {staging} is kept for inspection")
+    erasures = None
+    if reapply_erasures:
+        p0 = time.monotonic()
+        live = profile.database if profile.database not in (database, staging) else None
+        if replace and database == profile.database:
+            live = database  # the database about to be replaced still holds the newest ledger
+        erasures = privacy.reapply_erasure_ledger(profile, staging, set_dir.parent, live)
+        phases["erasure ledger"] = round(time.monotonic() - p0, 3)
+    p0 = time.monotonic()
+    replaced = swap_in(profile, staging, database)
+    phases["rename"] = round(time.monotonic() - p0, 3)
+    slowest = sorted(steps, key=lambda s: -s.duration_s)[:8]
+    return RestoreResult(
+        set_dir.name, profile.name, database, replaced, resumed, len(manifest.tables),
+        manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,
+        erasures)
+
+
+def verify_backup(set_dir: Path, *, restore: bool = False, local_profile: Profile | None = None,
+                  jobs: int = DEFAULT_JOBS, progress: ProgressFn = no_progress) -> VerifyResult:
+    """Check every file against the manifest; with ``restore``, also restore into a scratch
+    database on the local cluster, compare every table's rows and checksum, drop it."""
+    t0 = time.monotonic()
+    manifest = read_manifest(set_dir)
+    durations: dict[str, float] = {}
+    progress(ProgressEvent("verify files", 0, len(manifest.files)))
+    problems = [str(p) for p in check_files(set_dir, manifest, jobs)]
+    durations["check files"] = round(time.monotonic() - t0, 3)
+    restored = False
+    if restore and not problems:
+        if local_profile is None or not local_profile.is_local:
+            raise RefusedError("verify --restore restores into a scratch database on the local "
+                               "cluster only (start it with: studyhub local up)")
+        scratch = f"studyhub_verify_{os.getpid()}_{int(time.time())}"
+        try:
+            result = _restore(set_dir, local_profile, scratch, jobs=jobs, replace=False,
+                              settings=None, reapply_erasures=False, verify_files_first=False,
+                              progress=progress)
+            durations.update({f"restore: {k}": v for k, v in result.phases_s.items()})
+            restored = True
+        except BackupError as exc:
+            problems.append(str(exc))
+        finally:
+            with admin_connection(local_profile) as admin:
+                drop_database(admin, scratch)
+                drop_database(admin, staging_name(scratch))
+    ok = not problems
+    result = VerifyResult(set_dir.name, str(set_dir), ok, len(manifest.files),
+                          manifest.total_bytes, problems, restored,
+                          len(manifest.tables) if restored else 0,
+                          round(time.monotonic() - t0, 3), durations)
+    write_json_atomically(set_dir / VERIFIED, {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ok": ok, "restored": restored, "problems": len(problems)}, overwrite=True)
+    return result

@@ -1,0 +1,96 @@
+"""The databases a restore or import works in: ``NAME_restoring``, created and marked (database
+comment) by the admin role on the maintenance database, and renamed to its final name only
+once verified — an existing database of that name is first renamed aside and kept
+(``--replace``), never dropped."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from studyhub.connect import connect
+from studyhub.ops.backup.setformat import BackupError
+from studyhub.ops.queries import load
+from studyhub.profiles import Profile
+
+
+def admin_database(profile: Profile) -> str:
+    return "postgres" if profile.is_local else "defaultdb"
+
+
+def admin_connection(profile: Profile) -> psycopg.Connection:
+    return connect(profile, "admin", database=admin_database(profile), autocommit=True,
+                   application_name="studyhub restore")
+
+
+def staging_name(target: str) -> str:
+    suffix = "_restoring"
+    return target.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+
+
+def database_exists(admin: psycopg.Connection, name: str) -> bool:
+    return bool(admin.execute(load("get_databases_like"), {"names": [name]}).fetchone())
+
+
+def database_comment(admin: psycopg.Connection, name: str) -> str | None:
+    row = admin.execute(load("get_database_comment"), {"name": name}).fetchone()
+    return row[0] if row else None
+
+
+def database_is_empty(profile: Profile, name: str) -> bool:
+    with connect(profile, "admin", database=name, application_name="studyhub restore") as conn:
+        return bool(conn.execute(load("get_database_is_empty")).fetchone()[0])
+
+
+def set_database_comment(admin: psycopg.Connection, db: str, text: str) -> None:
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(db), sql.Literal(text)))
+
+
+def drop_database(admin: psycopg.Connection, name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def swap_in(profile: Profile, staging: str, database: str) -> str | None:
+    """Give the verified staging database its final name; an existing database of that name
+    is kept under ``{name}_before_restore_{UTC time}`` (never dropped)."""
+    aside = None
+    with admin_connection(profile) as admin:
+        if database_exists(admin, database):
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+            aside = database.encode()[: 63 - 30].decode(errors="ignore") + f"_before_restore_{stamp}"
+            ident = sql.Identifier(database)
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident))
+            try:
+                admin.execute(load("do_terminate_database_sessions"), {"name": database})
+                rename_when_idle(admin, database, aside)
+            except BaseException:
+                admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident))
+                raise
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(aside)))
+        try:
+            rename_when_idle(admin, staging, database)
+        except BaseException:
+            if aside:
+                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(aside), sql.Identifier(database)))
+            raise
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(database)))
+    return aside
+
+
+def rename_when_idle(admin: psycopg.Connection, old: str, new: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(old), sql.Identifier(new)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise BackupError(f"database {old} is still in use; could not rename it to {new}") from None
+            admin.execute(load("do_terminate_database_sessions"), {"name": old})
+            time.sleep(0.1)
