@@ -16,7 +16,7 @@ from psycopg import sql
 
 from studyhub.errors import LocalClusterError
 from studyhub.local import proc
-from studyhub.local.cluster import LOG_PRIVACY_SETTINGS, LocalCluster
+from studyhub.local import LOG_PRIVACY_SETTINGS, LocalCluster
 from tests.conftest import connect_as, make_home
 
 
@@ -207,7 +207,7 @@ def _passwords(cluster: LocalCluster) -> dict[str, str]:
 def test_a_port_in_time_wait_counts_as_free_but_a_listener_does_not():
     """A stopped server's port keeps TIME_WAIT connections for a minute; PostgreSQL can listen
     on it again (SO_REUSEADDR), so `up` must not move the server to another port."""
-    from studyhub.local.cluster import port_is_free
+    from studyhub.local import port_is_free
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
