@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from tests.conftest import connect_as, make_home
 
 
