@@ -15,8 +15,7 @@ import pytest
 from psycopg import sql
 
 from studyhub.errors import LocalClusterError
-from studyhub.local import proc
-from studyhub.local import LOG_PRIVACY_SETTINGS, LocalCluster
+from studyhub.local import LOG_PRIVACY_SETTINGS, LocalCluster, proc
 from tests.conftest import connect_as, make_home
 
 
@@ -194,6 +193,28 @@ def test_destroy_needs_confirmation_and_keeps_audit(cli, own_cluster, monkeypatc
     assert not own_cluster.primary_dir.exists()
     audit = [json.loads(line) for line in own_cluster.audit_log.read_text().splitlines()]
     assert audit[-1]["action"] == "local.destroy"
+
+
+def test_a_destroy_that_fails_part_way_is_audited(own_cluster, monkeypatch, tmp_path):
+    """LocalCluster.destroy writes its own audit line, so a destroy that fails is on record
+    too (whoever called it), with the error named."""
+    monkeypatch.setenv("STUDYHUB_HOME", str(own_cluster.home))
+    own_cluster.home.mkdir(parents=True, exist_ok=True)
+    (own_cluster.home / "primary").mkdir()
+    elsewhere = tmp_path / "logs-elsewhere"
+    elsewhere.mkdir()
+    own_cluster.logs_dir.symlink_to(elsewhere)  # rmtree refuses a symlink: destroy fails there
+    try:
+        with pytest.raises(OSError):
+            own_cluster.destroy()
+        audit = json.loads(own_cluster.audit_log.read_text().splitlines()[-1])
+        assert (audit["action"], audit["outcome"], audit["error"]) == \
+            ("local.destroy", "failed", "OSError")
+        assert audit["home"] == str(own_cluster.home)
+        assert not (own_cluster.home / "primary").exists()  # what came before it is gone
+        assert elsewhere.is_dir()  # and what the link points to was not followed
+    finally:
+        own_cluster.logs_dir.unlink()
 
 
 def _passwords(cluster: LocalCluster) -> dict[str, str]:
