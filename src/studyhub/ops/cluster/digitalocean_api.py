@@ -117,7 +117,7 @@ class AttemptCounter(SansIOHTTPPolicy):
 
 
 def make_client(token: str, counter: AttemptCounter) -> Any:
-    import pydo
+    import pydo  # deferred on purpose: its generated client takes ~1.5 s to import
 
     return pydo.Client(
         token=token,
