@@ -197,6 +197,8 @@ class LocalArchive:
         }
         proc.write_private(part / BACKUP_META, json.dumps(meta, indent=2) + "\n",
                            server_owned=True)
+        # TODO(atomic_file): a directory written as <label>.part, then renamed; move to
+        # atomic_file once it has a helper for directories (write_atomically is for files).
         part.rename(root / label)
         for old in plan.params.get("delete") or []:
             progress(f"deleting base backup {old}")
