@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 home = bench_home()
 
-from studyhub.local import proc  # noqa: E402
-from studyhub.local.cluster import REPLICATION_ROLE, LocalCluster  # noqa: E402
+from studyhub.local import REPLICATION_ROLE, LocalCluster, proc  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402
-from studyhub.ops.cluster_local import LocalBackend  # noqa: E402
+from studyhub.ops.cluster import LocalBackend  # noqa: E402
 from tests.conftest import connect_as  # noqa: E402
 
 os.environ["STUDYHUB_HOME"] = str(home)  # tests.conftest clears STUDYHUB_* on import

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from studyhub.cli.main import main as cli_main
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.ops import migrate
 from studyhub.profiles import Profile
 

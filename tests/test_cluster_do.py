@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from studyhub.ops import cluster_do
+from studyhub.ops.cluster import digitalocean_api
 from tests.fake_digitalocean import FakeDigitalOcean, serve_tls
 
 BASE = "/v2/databases"
@@ -53,7 +53,7 @@ def do(do_server, cluster, migrated, monkeypatch, tmp_path):
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(cluster_do, "RETRY_BACKOFF_FACTOR", 0.01)
+    monkeypatch.setattr(digitalocean_api, "RETRY_BACKOFF_FACTOR", 0.01)
     return SimpleNamespace(fake=fake, cid=cid, server=server, passwords=passwords)
 
 
@@ -247,7 +247,7 @@ def test_429_and_5xx_are_retried_a_bounded_number_of_times(cli, do):
     do.fake.fail("GET", r"/pools$", 503, times=100)
     res = run(cli, "pool", "list")
     assert res.exit_code == 1
-    attempts = cluster_do.RETRY_TOTAL + 1
+    attempts = digitalocean_api.RETRY_TOTAL + 1
     assert f"answered 503 to listing connection pools after {attempts} attempt(s)" in res.stderr
     assert len(do.fake.requests) == attempts
     do.fake.faults.clear()

@@ -8,12 +8,15 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
-from studyhub.local.cluster import LocalCluster
+from studyhub.errors import RefusedError
+from studyhub.local import LocalCluster
+from studyhub.ops import cluster as cluster_ops
 from tests.conftest import connect_as, make_home
 
 
@@ -155,6 +158,29 @@ def test_basebackup_keep_deletes_older_backups_and_their_wal(cli, cluster, migra
 def test_resize_is_not_applicable_locally(cli, cluster):
     res = cli("cluster", "resize", "--size", "db-s-2vcpu-4gb", "--yes")
     assert res.exit_code == 1 and "does not apply to the local cluster" in res.stderr
+
+
+def test_a_failed_fork_stop_is_audited(cli, cluster):
+    res = cli("cluster", "forks", "stop", "no-such-fork")
+    assert res.exit_code == 1 and "no fork named 'no-such-fork'" in res.stderr
+    audit = json.loads(cluster.audit_log.read_text().splitlines()[-1])
+    assert (audit["action"], audit["name"], audit["outcome"]) == \
+        ("cluster.forks.stop", "no-such-fork", "failed")
+    assert audit["error"].startswith("no fork named 'no-such-fork'")
+
+
+def test_a_change_asks_the_profile_first_whoever_calls_it(cluster, migrated):
+    """apply_plan (the one way to carry out a planned change, for the CLI and any other caller)
+    refuses a protected profile that was not named explicitly, before doing anything."""
+    production = replace(migrated, name="production", protected=True, explicit=False)
+    backend = cluster_ops.LocalBackend(production, cluster)
+    plan = backend.basebackup_plan()
+    before = [b.label for b in backend.base_backups()]
+    with pytest.raises(RefusedError, match="refusing to cluster basebackup on production"):
+        cluster_ops.apply_plan(backend, plan)
+    assert [b.label for b in backend.base_backups()] == before
+    with pytest.raises(RefusedError, match="profile local is marked read-only"):
+        cluster_ops.fork_stop(replace(migrated, read_only=True), "any-fork")
 
 
 def test_info_shows_nodes_replica_lag_pools_and_backups(cli, migrated, with_replica, with_pooler):

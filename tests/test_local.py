@@ -15,8 +15,7 @@ import pytest
 from psycopg import sql
 
 from studyhub.errors import LocalClusterError
-from studyhub.local import proc
-from studyhub.local.cluster import LOG_PRIVACY_SETTINGS, LocalCluster
+from studyhub.local import LOG_PRIVACY_SETTINGS, LocalCluster, proc
 from tests.conftest import connect_as, make_home
 
 
@@ -196,6 +195,28 @@ def test_destroy_needs_confirmation_and_keeps_audit(cli, own_cluster, monkeypatc
     assert audit[-1]["action"] == "local.destroy"
 
 
+def test_a_destroy_that_fails_part_way_is_audited(own_cluster, monkeypatch, tmp_path):
+    """LocalCluster.destroy writes its own audit line, so a destroy that fails is on record
+    too (whoever called it), with the error named."""
+    monkeypatch.setenv("STUDYHUB_HOME", str(own_cluster.home))
+    own_cluster.home.mkdir(parents=True, exist_ok=True)
+    (own_cluster.home / "primary").mkdir()
+    elsewhere = tmp_path / "logs-elsewhere"
+    elsewhere.mkdir()
+    own_cluster.logs_dir.symlink_to(elsewhere)  # rmtree refuses a symlink: destroy fails there
+    try:
+        with pytest.raises(OSError):
+            own_cluster.destroy()
+        audit = json.loads(own_cluster.audit_log.read_text().splitlines()[-1])
+        assert (audit["action"], audit["outcome"], audit["error"]) == \
+            ("local.destroy", "failed", "OSError")
+        assert audit["home"] == str(own_cluster.home)
+        assert not (own_cluster.home / "primary").exists()  # what came before it is gone
+        assert elsewhere.is_dir()  # and what the link points to was not followed
+    finally:
+        own_cluster.logs_dir.unlink()
+
+
 def _passwords(cluster: LocalCluster) -> dict[str, str]:
     out = {}
     for line in cluster.passfile.read_text().splitlines():
@@ -207,7 +228,7 @@ def _passwords(cluster: LocalCluster) -> dict[str, str]:
 def test_a_port_in_time_wait_counts_as_free_but_a_listener_does_not():
     """A stopped server's port keeps TIME_WAIT connections for a minute; PostgreSQL can listen
     on it again (SO_REUSEADDR), so `up` must not move the server to another port."""
-    from studyhub.local.cluster import port_is_free
+    from studyhub.local import port_is_free
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -10,6 +10,10 @@ Passwords are never taken from the command line. They come from the environment
 (``STUDYHUB_<PROFILE>_PASSWORD``, ``..._OPS_PASSWORD``, ``..._ADMIN_PASSWORD``), from a secrets
 file that must be mode 0600 (``$STUDYHUB_SECRETS_FILE``, default
 ``~/.config/studyhub/secrets.toml``), or from libpq's own ``~/.pgpass``.
+
+``Profile`` and ``Endpoint`` (the data, and the rule for changes) are defined in
+``studyhub.profile_model`` and imported from here; the local profile is read from the embedded
+cluster's state (``studyhub.local.local_profile``), which sits below this module.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import (
@@ -29,14 +32,19 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from studyhub.errors import ConfigError, RefusedError
+from studyhub.errors import ConfigError
+from studyhub.local import local_profile
+from studyhub.profile_model import ROLES, Endpoint, Profile, Role
+
+__all__ = [
+    "ALL_SSLMODES", "PROFILE_NAMES", "ROLES", "SAFE_SSLMODES", "Endpoint", "Profile", "Role",
+    "Settings", "list_profiles", "load_settings", "read_secrets_file", "resolve_profile",
+    "secrets_file",
+]
 
 PROFILE_NAMES = ("local", "staging", "production")
 SAFE_SSLMODES = ("require", "verify-ca", "verify-full")
 ALL_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-Role = Literal["app", "ops", "admin", "replica", "pooler"]
-ROLES: tuple[str, ...] = ("app", "ops", "admin", "replica", "pooler")
 
 
 class RemoteProfileSettings(BaseModel):
@@ -128,145 +136,6 @@ def read_secrets_file(path: Path | None = None) -> dict[str, dict[str, str]]:
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One place to connect to, as one user. Holds no password."""
-
-    host: str
-    port: int
-    database: str
-    user: str
-    sslmode: str
-    passfile: Path | None = None
-    sslrootcert: str | None = None
-    via_pooler: bool = False
-
-    def conninfo(self) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "dbname": self.database,
-            "user": self.user,
-            "sslmode": self.sslmode,
-        }
-        if self.passfile:
-            params["passfile"] = str(self.passfile)
-        if self.sslrootcert:
-            params["sslrootcert"] = self.sslrootcert
-        return params
-
-    def url(self) -> str:
-        """A libpq URL without any password (a passfile path may be in it)."""
-        from urllib.parse import quote, urlencode
-
-        query: dict[str, str] = {"sslmode": self.sslmode}
-        if self.passfile:
-            query["passfile"] = str(self.passfile)
-        if self.sslrootcert:
-            query["sslrootcert"] = self.sslrootcert
-        return (
-            f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/"
-            f"{quote(self.database, safe='')}?{urlencode(query, safe='/')}"
-        )
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A resolved profile: where each role connects and where its password comes from."""
-
-    name: str
-    kind: Literal["local", "remote"]
-    host: str
-    port: int
-    database: str
-    sslmode: str
-    users: dict[str, str]
-    passwords: dict[str, SecretStr] = field(default_factory=dict, repr=False)
-    password_sources: dict[str, str] = field(default_factory=dict)
-    passfile: Path | None = None
-    sslrootcert: str | None = None
-    pooler_port: int | None = None
-    pooler_database: str | None = None
-    replica_host: str | None = None
-    replica_port: int | None = None
-    read_only: bool = False
-    protected: bool = False
-    explicit: bool = False  # named on the command line (needed for destructive work on production)
-    do_cluster_id: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.kind == "local"
-
-    def require_changes_allowed(self, action: str) -> None:
-        """The rule for every change, wherever it is asked for (command line, dashboard, a
-        schedule): a protected profile (production) must have been named explicitly
-        (``--profile production``), and a read-only profile refuses every change. Raises
-        RefusedError naming the action; nothing has been done yet."""
-        if self.protected and not self.explicit:
-            raise RefusedError(
-                f"refusing to {action} on {self.name}: name it explicitly with "
-                f"--profile {self.name}")
-        if self.read_only:
-            raise RefusedError(f"refusing to {action}: profile {self.name} is marked read-only")
-
-    def endpoint(self, role: str = "app", database: str | None = None) -> Endpoint:
-        """Where ``role`` connects: app/ops/admin to the primary's own port, replica to the
-        replica, pooler to the transaction pooler (as the app user)."""
-        if role not in ROLES:
-            raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-        db = database or self.database
-        common = dict(sslmode=self.sslmode, passfile=self.passfile, sslrootcert=self.sslrootcert)
-        if role == "replica":
-            if not (self.replica_host and self.replica_port):
-                raise ConfigError(
-                    f"profile {self.name} has no read replica"
-                    + (" (start one with: studyhub local up --replica)" if self.is_local else "")
-                )
-            return Endpoint(self.replica_host, self.replica_port, db, self.users["app"], **common)
-        if role == "pooler":
-            if not self.pooler_port:
-                raise ConfigError(
-                    f"profile {self.name} has no connection pooler"
-                    + (" (start one with: studyhub local up --pooler)" if self.is_local else "")
-                )
-            return Endpoint(
-                self.host,
-                self.pooler_port,
-                self.pooler_database or db,
-                self.users["app"],
-                via_pooler=True,
-                **common,
-            )
-        return Endpoint(self.host, self.port, db, self.users[role], **common)
-
-    def password_for(self, user: str) -> SecretStr | None:
-        for role, name in self.users.items():
-            if name == user and role in self.passwords:
-                return self.passwords[role]
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        """Everything about the profile that may be shown: no secret, only where it comes from."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "host": self.host,
-            "port": self.port,
-            "database": self.database,
-            "sslmode": self.sslmode,
-            "users": dict(self.users),
-            "passwords": {
-                role: self.password_sources.get(role, "not set (libpq ~/.pgpass)")
-                for role in ("app", "ops", "admin")
-            },
-            "pooler_port": self.pooler_port,
-            "replica": f"{self.replica_host}:{self.replica_port}" if self.replica_port else None,
-            "read_only": self.read_only,
-            "protected": self.protected,
-        }
-
-
 def _remote_profile(name: str, cfg: RemoteProfileSettings, explicit: bool) -> Profile:
     if cfg.sslmode not in ALL_SSLMODES:
         raise ConfigError(f"profile {name}: unknown sslmode {cfg.sslmode!r}")
@@ -339,9 +208,7 @@ def resolve_profile(name: str | None = None, *, settings: Settings | None = None
     if chosen not in PROFILE_NAMES:
         raise ConfigError(f"unknown profile {chosen!r}; choose one of {', '.join(PROFILE_NAMES)}")
     if chosen == "local":
-        from studyhub.local.cluster import LocalCluster
-
-        return LocalCluster().profile(explicit=explicit)
+        return local_profile(explicit=explicit)
     return _remote_profile(chosen, getattr(settings, chosen), explicit)
 
 

@@ -16,8 +16,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
-from studyhub.errors import StudyhubError
 from studyhub.cli.common import (
     DryRunOpt,
     JsonOpt,
@@ -74,16 +72,17 @@ def render_plan(plan: ops.Plan, *, dry_run: bool) -> None:
 def _change(
     profile: str | None,
     plan_fn: Callable[[Any, bool], ops.Plan],
-    run_fn: Callable[[Any, ops.Plan, ops.Progress], Any],
     *,
     dry_run: bool,
     yes: bool,
     json_: bool,
-    audit: Callable[[ops.Plan, Any], dict[str, Any]],
     render: Callable[[Any], None],
     confirm: bool | Callable[[ops.Plan], bool] = True,
+    timeout_s: float = 3600,
+    poll_interval_s: float = 10,
 ) -> None:
-    """Plan → show → (dry run: stop) → confirm → run with a progress display → audit."""
+    """Plan → show → (dry run: stop) → confirm → run with a progress display
+    (``ops.apply_plan``, which also writes the audit line)."""
     prof = profile_from(profile)
     backend = ops.backend_for(prof)
     plan = plan_fn(backend, dry_run)
@@ -97,22 +96,12 @@ def _change(
             return
     if confirm(plan) if callable(confirm) else confirm:
         confirm_destructive(prof, f"cluster {plan.action}", yes=yes)
-    action = f"cluster.{plan.action.replace(' ', '.')}"
-    try:
-        # a spinner's text is parsed as markup unless it is a Text
-        with err_console.status(Text(f"{plan.action}…")) as spinner:
-            result = run_fn(backend, plan, lambda msg: spinner.update(Text(msg)))
-    except BaseException as exc:
-        # The change may have been sent before it failed (a fork created, then the wait timed
-        # out): the attempt is on record either way. Our errors carry no secrets; others are
-        # named by type only.
-        error = (str(exc).splitlines() or [""])[0][:300] if isinstance(exc, StudyhubError) \
-            else type(exc).__name__
-        write_audit(action, prof.name, provider=plan.provider, cluster=plan.cluster,
-                    outcome="failed", error=error)
-        raise
-    write_audit(action, prof.name, provider=plan.provider, cluster=plan.cluster, outcome="ok",
-                **audit(plan, result))
+    if backend.provider == "local":  # a local fork checks its own recovery at least every 0.2 s
+        poll_interval_s = min(poll_interval_s, 0.2)
+    # a spinner's text is parsed as markup unless it is a Text
+    with err_console.status(Text(f"{plan.action}…")) as spinner:
+        result = ops.apply_plan(backend, plan, progress=lambda msg: spinner.update(Text(msg)),
+                                timeout_s=timeout_s, poll_interval_s=poll_interval_s)
     if json_:
         print_json({"plan": plan, "result": result})
     else:
@@ -262,16 +251,12 @@ def basebackup(
     """Take a base backup of the local primary (forks start from one). Schedule it from cron.
     With --keep it deletes older backups, which needs confirmation."""
 
-    def run(backend: Any, plan: ops.Plan, progress: ops.Progress) -> Any:
-        return backend.basebackup(plan, progress=progress)
-
     def render(b: ops.Backup) -> None:
         console.print(f"base backup {b.label}: {human_bytes(b.size_bytes)}, "
                       f"{iso(b.created_at)} … {iso(b.finished_at)}, in {b.path or ''}")
 
-    _change(profile, lambda b, dry: b.basebackup_plan(keep, offline=dry), run, dry_run=dry_run,
+    _change(profile, lambda b, dry: b.basebackup_plan(keep, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=render,
-            audit=lambda plan, b: {"label": b.label, "deleted": plan.params["delete"]},
             confirm=lambda plan: bool(plan.params["delete"]))
 
 
@@ -297,11 +282,6 @@ def fork(
     when = ops.parse_timestamp(at)
     reapply = not no_reapply_erasures
 
-    def run(backend: Any, plan: ops.Plan, progress: ops.Progress) -> Any:
-        return backend.fork(plan, progress=progress, timeout_s=timeout,
-                            poll_interval_s=min(poll_interval, 0.2)
-                            if backend.provider == "local" else poll_interval)
-
     def render(r: ops.ForkResult) -> None:
         f = r.fork
         console.print(Text.assemble((f"fork {f.name} is {f.status}", "green"),
@@ -318,17 +298,10 @@ def fork(
         render_verification(r.verification)
         render_fork_erasures(r.erasures)
 
-    def audit(plan: ops.Plan, r: ops.ForkResult) -> dict[str, Any]:
-        e = r.erasures
-        return {"name": name, "at": iso(when, "milliseconds"), "new_id": r.fork.id,
-                "port": r.fork.port, "base_backup": plan.params.get("base"),
-                "erasures": e.status if e else None,
-                "erasures_reapplied": e.reapplied if e else None,
-                "erasures_already_absent": e.already_absent if e else None}
-
     _change(profile, lambda b, dry: b.fork_plan(when, name, offline=dry,
                                                 reapply_erasures=reapply),
-            run, dry_run=dry_run, yes=yes, json_=json_, render=render, audit=audit)
+            dry_run=dry_run, yes=yes, json_=json_, render=render, timeout_s=timeout,
+            poll_interval_s=poll_interval)
     if no_reapply_erasures and not dry_run:
         err_console.print(Text(
             f"! erasure ledger NOT re-applied (--no-reapply-erasures): fork {name} may hold "
@@ -353,19 +326,15 @@ def forks_remove(
     json_: JsonOpt = False,
 ) -> None:
     """Stop and delete a fork (DigitalOcean: destroy the cluster; only studyhub's forks)."""
-    _change(profile, lambda b, dry: b.fork_remove_plan(name, offline=dry),
-            lambda b, plan, progress: b.fork_remove(plan), dry_run=dry_run, yes=yes,
-            json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"fork {name}: {r.status}"))
+    _change(profile, lambda b, dry: b.fork_remove_plan(name, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=lambda r: console.print(f"fork {name}: {r.status}"))
 
 
 @forks_app.command("stop")
 def forks_stop(name: Annotated[str, typer.Argument(help="The fork's name.")],
                profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     """Stop a local fork (its data stays; `forks start` brings it back)."""
-    prof = profile_from(profile)
-    result = ops.backend_for(prof).fork_stop(name)
-    write_audit("cluster.forks.stop", prof.name, name=name, status=result.status)
+    result = ops.fork_stop(profile_from(profile), name)
     print_json(result) if json_ else render_forks([result])
 
 
@@ -373,9 +342,7 @@ def forks_stop(name: Annotated[str, typer.Argument(help="The fork's name.")],
 def forks_start(name: Annotated[str, typer.Argument(help="The fork's name.")],
                 profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
     """Start a stopped local fork again."""
-    prof = profile_from(profile)
-    result = ops.backend_for(prof).fork_start(name)
-    write_audit("cluster.forks.start", prof.name, name=name, status=result.status)
+    result = ops.fork_start(profile_from(profile), name)
     print_json(result) if json_ else render_forks([result])
 
 
@@ -420,11 +387,8 @@ def replica_add(
 ) -> None:
     """Add a read replica and wait until it is online (local: a streaming replica)."""
     _change(profile, lambda b, dry: b.replica_add_plan(name, size, region, offline=dry),
-            lambda b, plan, progress: b.replica_add(plan, progress=progress, timeout_s=timeout,
-                                                    poll_interval_s=poll_interval),
-            dry_run=dry_run, yes=yes, json_=json_,
-            audit=lambda plan, r: {"name": r.name, "size": r.size, "region": r.region},
-            render=lambda r: _render_replicas([r]))
+            dry_run=dry_run, yes=yes, json_=json_, render=lambda r: _render_replicas([r]),
+            timeout_s=timeout, poll_interval_s=poll_interval)
 
 
 @replica_app.command("remove")
@@ -436,10 +400,8 @@ def replica_remove(
     json_: JsonOpt = False,
 ) -> None:
     """Remove a read replica (its readers must fall back to the primary)."""
-    _change(profile, lambda b, dry: b.replica_remove_plan(name, offline=dry),
-            lambda b, plan, progress: b.replica_remove(plan), dry_run=dry_run, yes=yes,
-            json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"replica {name}: {r.status}"))
+    _change(profile, lambda b, dry: b.replica_remove_plan(name, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=lambda r: console.print(f"replica {name}: {r.status}"))
 
 
 # ------------------------------------------------------------------------ resize
@@ -463,11 +425,8 @@ def resize(
         console.print(f"resized {d['from_size']} → {d['to_size']} ({d['from_nodes']} → "
                       f"{d['to_nodes']} node(s)): {r.status} after {r.duration_s:.1f} s")
 
-    _change(profile, lambda b, dry: b.resize_plan(size, nodes, offline=dry),
-            lambda b, plan, progress: b.resize(plan, progress=progress, timeout_s=timeout,
-                                               poll_interval_s=poll_interval),
-            dry_run=dry_run, yes=yes, json_=json_, render=render,
-            audit=lambda plan, r: dict(r.details))
+    _change(profile, lambda b, dry: b.resize_plan(size, nodes, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=render, timeout_s=timeout, poll_interval_s=poll_interval)
 
 
 # -------------------------------------------------------------------------- pools
@@ -509,10 +468,7 @@ def pool_add(
     """Add a connection pool on the pooler port."""
     _change(profile, lambda b, dry: b.pool_add_plan(name, database, user, mode, size,
                                                     offline=dry),
-            lambda b, plan, progress: b.pool_add(plan), dry_run=dry_run, yes=yes, json_=json_,
-            audit=lambda plan, p: {"name": p.name, "database": p.database, "mode": p.mode,
-                                   "size": p.size},
-            render=lambda p: _render_pools([p]))
+            dry_run=dry_run, yes=yes, json_=json_, render=lambda p: _render_pools([p]))
 
 
 @pool_app.command("remove")
@@ -524,7 +480,5 @@ def pool_remove(
     json_: JsonOpt = False,
 ) -> None:
     """Remove a connection pool (clients connected through it are cut off)."""
-    _change(profile, lambda b, dry: b.pool_remove_plan(name, offline=dry),
-            lambda b, plan, progress: b.pool_remove(plan), dry_run=dry_run, yes=yes,
-            json_=json_, audit=lambda plan, r: {"name": name},
-            render=lambda r: console.print(f"pool {name}: {r.status}"))
+    _change(profile, lambda b, dry: b.pool_remove_plan(name, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=lambda r: console.print(f"pool {name}: {r.status}"))

@@ -9,12 +9,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.audit import write_audit
 from studyhub.cli.common import JsonOpt, YesOpt, DryRunOpt, console, err_console, print_json
 from studyhub.connect import child_env
 from studyhub.errors import RefusedError
-from studyhub.local import proc
-from studyhub.local.cluster import ClusterStatus, LocalCluster
+from studyhub.local import ClusterStatus, LocalCluster, proc
 from studyhub.profiles import ROLES
 
 app = typer.Typer(help="Start, stop and reach the local embedded PostgreSQL.", no_args_is_help=True)
@@ -103,8 +101,7 @@ def destroy(yes: YesOpt = False, dry_run: DryRunOpt = False) -> None:
         if not os.isatty(0) or not typer.confirm("destroy the local cluster?", default=False):
             raise RefusedError("local destroy needs confirmation: re-run with --yes "
                                "(nothing was changed)")
-    removed = cluster.destroy()
-    write_audit("local.destroy", "local", removed=[p.name for p in removed], home=str(cluster.home))
+    cluster.destroy()  # writes the local.destroy audit line
     console.print(f"destroyed the local cluster under {cluster.home}")
 
 

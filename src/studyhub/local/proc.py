@@ -1,4 +1,5 @@
-"""Running PostgreSQL's programs as the right OS user, and finding them.
+"""Running PostgreSQL's programs as the right OS user, and finding them; the servers'
+processes (which postmaster serves a data directory, start and stop one, after a crash too).
 
 PostgreSQL's server, initdb and pgbouncer refuse to run as root. When we are root they run as
 the ``postgres`` OS user through ``runuser``; otherwise as ourselves. Credentials never go on a
@@ -10,14 +11,24 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
+from studyhub.atomic_file import write_atomically
 from studyhub.environ import inherited_environ
 from studyhub.errors import LocalClusterError
 
 PG_MAJOR = 15
+
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -121,24 +132,26 @@ def run_server_cmd(
     return proc
 
 
-def chown_to_server(path: Path) -> None:
+def chown_to_server(path: Path | int) -> None:
+    """Give a path (or an open file descriptor) to the server user."""
     user = server_user()
     if not user.is_self:
-        os.chown(path, user.uid, user.gid)
+        if isinstance(path, int):
+            os.fchown(path, user.uid, user.gid)
+        else:
+            os.chown(path, user.uid, user.gid)
 
 
 def write_private(path: Path, text: str, *, server_owned: bool = False) -> None:
-    """Write a 0600 file atomically (created with 0600, never briefly world-readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if server_owned:
-        chown_to_server(tmp)
-    os.replace(tmp, path)
+    """Write a 0600 file atomically (created with 0600, never briefly world-readable); with
+    ``server_owned`` it belongs to the server user before it appears under its name."""
+
+    def write(f: BinaryIO) -> None:
+        f.write(text.encode())
+        if server_owned:
+            chown_to_server(f.fileno())
+
+    write_atomically(path, write, mode=0o600, overwrite=True)
 
 
 def server_user_can_reach(path: Path) -> Path | None:
@@ -184,3 +197,87 @@ def pids_with_cwd(directory: Path) -> list[int]:
             if process_cwd(int(entry.name)) == target:
                 found.append(int(entry.name))
     return found
+
+
+# ------------------------------------------------------------------ server processes
+def postmaster_pid(datadir: Path) -> int | None:
+    """PID of a live postmaster serving ``datadir``; clears a stale postmaster.pid."""
+    pidfile = datadir / "postmaster.pid"
+    try:
+        first = pidfile.read_text().splitlines()[0]
+        pid = int(first)
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+    if process_exe_name(pid) == "postgres" and process_cwd(pid) == datadir.resolve():
+        return pid
+    return None
+
+
+def clear_crash_leftovers(datadir: Path, progress: Progress) -> None:
+    """After a crash: kill orphaned backends of a dead postmaster, drop its stale pid file."""
+    pidfile = datadir / "postmaster.pid"
+    orphans = [p for p in pids_with_cwd(datadir) if process_exe_name(p) == "postgres"]
+    if orphans:
+        progress(f"killing {len(orphans)} orphaned server process(es) of a crashed postmaster")
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            process_cwd(p) is not None for p in orphans
+        ):
+            time.sleep(0.05)
+    if pidfile.exists():
+        progress(f"removing stale {pidfile.name}")
+        pidfile.unlink()
+
+
+def start_postgres(datadir: Path, log: Path, name: str, progress: Progress) -> None:
+    """Start the server of ``datadir`` (logging to ``log``) unless it runs; wait until it
+    accepts connections."""
+    if postmaster_pid(datadir):
+        return
+    clear_crash_leftovers(datadir, progress)
+    progress(f"starting {name}")
+    result = run_server_cmd(
+        [str(pg_program("pg_ctl")), "-D", str(datadir), "-l", str(log), "-w",
+         "-t", "120", "start"],
+        check=False,
+        timeout=180,
+    )
+    if result.returncode != 0 or not postmaster_pid(datadir):
+        raise LocalClusterError(f"{name} did not start: {last_log_error(log)}")
+
+
+def last_log_error(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log written"
+    for line in reversed(lines[-50:]):
+        if "FATAL" in line or "ERROR" in line or "PANIC" in line:
+            return line.split(" ", 3)[-1] + f" (see {log})"
+    return (lines[-1] if lines else "no log output") + f" (see {log})"
+
+
+def stop_postgres(datadir: Path) -> bool:
+    """Fast shutdown of the server of ``datadir``; False if it was not running."""
+    if not postmaster_pid(datadir):
+        return False
+    run_server_cmd(
+        [str(pg_program("pg_ctl")), "-D", str(datadir), "-m", "fast", "-w", "-t",
+         "60", "stop"],
+        timeout=90,
+    )
+    return True
+
+
+def pgbouncer_pid(pidfile: Path) -> int | None:
+    """PID of the running PgBouncer that wrote ``pidfile``, or None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if process_exe_name(pid) == "pgbouncer" else None
