@@ -20,8 +20,8 @@ from fsrs import Scheduler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studyhub.api.auth import Passwords, TokenService, load_token_secret
-from studyhub.api.db import Databases, choose_topology
+from studyhub.api.auth import Passwords, TokenService
+from studyhub.api.db import Databases
 from studyhub.api.errors import document_errors, install_error_handlers
 from studyhub.api.read_marks import ReadMarks
 from studyhub.api.routers import (
@@ -34,8 +34,8 @@ from studyhub.api.routers import (
     sessions,
     subjects,
 )
-from studyhub.api.settings import ApiSettings
 from studyhub.profiles import Profile, resolve_profile
+from studyhub.serving import ApiSettings, choose_topology, load_token_secret
 
 ROUTERS = (health.router, accounts.router, subjects.router, notes.router, flashcards.router,
            sessions.router, ai.router, reviews.router)
