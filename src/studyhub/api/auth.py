@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from studyhub.api.errors import ApiError
 
 ISSUER = "studyhub"
 ALGORITHM = "HS256"
@@ -93,8 +94,6 @@ async def current_principal(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
-    from studyhub.api.errors import ApiError
-
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:

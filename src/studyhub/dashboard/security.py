@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, RedirectResponse
@@ -212,8 +213,6 @@ def host_name(header: str) -> str:
 
 
 def _urlencode(params: dict[str, str]) -> str:
-    from urllib.parse import urlencode
-
     return urlencode(params)
 
 

@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from studyhub.cli.common import DatabaseOpt, JsonOpt, ProfileOpt, console, ops_connection, print_json
+from studyhub.cli.common import (
+    DatabaseOpt,
+    JsonOpt,
+    ProfileOpt,
+    console,
+    ops_connection,
+    print_json,
+)
 from studyhub.ops import health
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
