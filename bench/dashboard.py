@@ -106,11 +106,11 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
 
     from studyhub.connect import connect
     from studyhub.dashboard.app import create_dashboard
-    from studyhub.dashboard.settings import DashboardSettings
     from studyhub.local.cluster import LocalCluster
     from studyhub.ops import activity, advisor, explain, health, indexes, migrate, space
     from studyhub.ops import statements
     from studyhub.ops.seed import seed_database
+    from studyhub.serving import DashboardSettings
 
     cluster = LocalCluster(home)
     cluster.up()
@@ -233,12 +233,10 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
             space.size_history(c, now - timedelta(days=7))
 
     def b_backups() -> None:
-        from studyhub.dashboard import optional
-        from studyhub.ops import cluster
+        from studyhub.ops import backup_set, cluster
 
         cluster.backend_for(profile).backups()
-        if optional.backups is not None:
-            optional.backups.list_sets()
+        backup_set.list_sets()
 
     def b_privacy() -> None:
         from studyhub.audit import read_audit

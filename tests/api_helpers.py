@@ -15,8 +15,8 @@ import httpx
 import uvicorn
 
 from studyhub.api.app import create_app
-from studyhub.api.settings import ApiSettings
 from studyhub.profiles import Profile
+from studyhub.serving import ApiSettings
 from tests.conftest import connect_as
 
 

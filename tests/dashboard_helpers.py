@@ -75,7 +75,8 @@ class DashboardServer:
     def __init__(self, settings) -> None:
         import uvicorn
 
-        from studyhub.dashboard.app import UVICORN_OPTIONS, create_dashboard
+        from studyhub.dashboard.app import create_dashboard
+        from studyhub.serving import UVICORN_OPTIONS
 
         self.app = create_dashboard(settings)
         self.port = free_port()

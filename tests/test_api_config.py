@@ -15,11 +15,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from studyhub.api.auth import load_token_secret, local_secret_path
-from studyhub.api.db import asyncpg_connect_args, choose_topology, make_engine
-from studyhub.api.settings import ApiSettings
+from studyhub.api.db import asyncpg_connect_args, make_engine
 from studyhub.errors import ConfigError
 from studyhub.profiles import Profile
+from studyhub.serving import ApiSettings, choose_topology, load_token_secret, local_secret_path
 from tests.test_secrets import CmdlineWatcher, _passwords
 
 

@@ -33,8 +33,8 @@ from schemathesis.generation import GenerationMode
 from schemathesis.python import asgi
 
 from studyhub.api.app import create_app
-from studyhub.api.settings import ApiSettings
 from studyhub.ops import migrate
+from studyhub.serving import ApiSettings
 from tests.api_helpers import make_subject
 
 pytestmark = pytest.mark.slow

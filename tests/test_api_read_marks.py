@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from studyhub.api.db import connection_budget
 from studyhub.api.read_marks import MARK_COOKIE, MARK_HEADER, ReadAfter, ReadMarks
 from studyhub.api.replica import parse_lsn
-from studyhub.api.settings import ApiSettings
+from studyhub.ops.connection_budget import connection_budget
 from studyhub.profiles import Profile
+from studyhub.serving import ApiSettings
 from tests.api_helpers import RunningApi, make_subject, register, running_api
 from tests.conftest import connect_as
 from tests.test_api_routing import READ_FROM, caught_up, replay_paused
@@ -177,7 +177,7 @@ def test_read_marks_sign_expire_and_hide_the_student():
 
 
 def test_connection_budget_warns_when_workers_outgrow_max_connections(full_profile):
-    from studyhub.api.db import choose_topology
+    from studyhub.serving import choose_topology
 
     direct = ApiSettings(workers=4, pool_size=30, use_pooler=False, use_replica=True,
                          replica_pool_size=20)

@@ -16,10 +16,9 @@ from studyhub.audit import read_audit
 from studyhub.dashboard import charts
 from studyhub.dashboard.capture import capture_profile
 from studyhub.dashboard.context import view_profile
-from studyhub.dashboard.forwarded import ForwardedError, ProxyTrust
-from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import ConfigError
 from studyhub.ops import migrate, space, statements
+from studyhub.serving import DashboardSettings, ForwardedError, ProxyTrust
 from tests.conftest import connect_as
 from tests.dashboard_helpers import DashboardServer, form_fields
 from tests.diag_helpers import Background, is_running, wait_for
@@ -607,3 +606,63 @@ def test_activity_pages_name_the_missing_grant_instead_of_looking_empty(
             res = c.get(path)
             assert res.status_code == 400 and f"GRANT pg_monitor TO {role.name};" in res.text
             assert 'class="grid sessions"' not in res.text
+
+
+# ------------------------------------------------------------------ how `studyhub dashboard` starts
+def test_settings_reach_the_app_through_the_environment_without_the_token(env):
+    """`studyhub dashboard` starts uvicorn with the app factory's name (it imports no part of
+    the dashboard) and hands the settings over in the environment; the token is never in it
+    (the app reads it from its own variable, as the command did)."""
+    from pydantic import SecretStr
+
+    from studyhub.dashboard.app import dashboard_from_environment
+    from studyhub.serving import TOKEN_ENV
+
+    settings = DashboardSettings(default_profile="staging",
+                                 explicit_profiles=frozenset({"production"}), database="other",
+                                 token=SecretStr(TOKEN), capture_every_s=0,
+                                 trusted_proxies=("10.0.0.0/24",), forwarded_header="Forwarded")
+    handed = settings.to_environment()
+    assert TOKEN not in str(handed)
+    for key, value in handed.items():
+        env.setenv(key, value)
+    env.setenv(TOKEN_ENV, TOKEN)
+    assert dashboard_from_environment().state.settings == settings
+
+
+@pytest.mark.slow
+def test_the_dashboard_command_serves_with_its_options(env, cluster, migrated, profile):
+    """The real command: --allow-actions production reaches the app started by name, which
+    then offers to act on production."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.dashboard_helpers import free_port
+
+    point_at_local(env, cluster, migrated, "production")
+    sleeper = Background(profile, "SELECT pg_sleep(60) /* started by the command */")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "studyhub.cli.main", "dashboard", "--port", str(port),
+         "--capture-every", "0", "--allow-actions", "production"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: is_running(profile, sleeper.pid, "pg_sleep"), what="the sleeper")
+        page = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/p/production/live/terminate/"
+                                 f"{sleeper.pid}", timeout=10)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+        sleeper.close()
+    assert page is not None and page.status_code == 200, output
+    assert 'id="confirm"' in page.text
+    assert "actions enabled on protected: production" in output

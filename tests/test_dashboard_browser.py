@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from studyhub.dashboard.settings import DashboardSettings
+from studyhub.serving import DashboardSettings
 from studyhub.ops import migrate, seed
 from tests.conftest import connect_as
 from tests.dashboard_helpers import (

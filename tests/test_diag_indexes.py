@@ -311,3 +311,71 @@ def test_default_index_names_are_cut_as_the_server_cuts_them(migrated):
                                       (f"ix_{table}_{'_'.join(columns)}",)).fetchone()
     assert len(server_name.encode()) <= 63
     assert indexes.index_name(table, columns) == server_name
+
+
+def test_create_index_reads_the_table_name_as_postgresql_does(profile, fresh_db, cli):
+    """The typed table name is read by PostgreSQL's own rules (parse_ident), not split on its
+    last dot: a quoted name may hold a dot, unquoted names fold to lower case, quoted ones keep
+    their case, and more than schema.table is one clear line."""
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute('CREATE TABLE "my.table" (id int PRIMARY KEY, v int)')
+        c.execute("CREATE TABLE widgets (id int PRIMARY KEY, v int)")
+        c.execute('CREATE SCHEMA "Shop"')
+        c.execute('CREATE TABLE "Shop"."Orders" (id int PRIMARY KEY, v int)')
+    res = cli("diag", "create-index", '"my.table"', "v", "-d", fresh_db, "--yes", "--json")
+    assert res.exit_code == 0, res.stderr
+    built = as_json(res)
+    assert (built["schema"], built["table"], built["index"]) == ("public", "my.table",
+                                                                 "ix_my.table_v")
+    res = cli("diag", "create-index", "Public.Widgets", "v", "-d", fresh_db, "--yes", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert (as_json(res)["schema"], as_json(res)["table"]) == ("public", "widgets")
+    res = cli("diag", "create-index", '"Shop"."Orders"', "v", "-d", fresh_db, "--yes", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert (as_json(res)["schema"], as_json(res)["table"]) == ("Shop", "Orders")
+    res = cli("diag", "create-index", "Shop.Orders", "v", "-d", fresh_db, "--yes")
+    assert res.exit_code == 1 and "no table shop.orders" in res.stderr  # folded, as SQL does
+    res = cli("diag", "create-index", "a.b.c", "v", "-d", fresh_db, "--yes")
+    assert res.exit_code == 1 and "names 3 parts" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    with connect_as(profile, "app", fresh_db) as c:
+        built = c.execute("SELECT i.indexrelid::regclass::text, i.indisvalid FROM pg_index i "
+                          "JOIN pg_class t ON t.oid = i.indrelid "
+                          "WHERE t.relname IN ('my.table', 'widgets', 'Orders') "
+                          "AND NOT i.indisprimary").fetchall()
+    assert sorted(built) == [('"Shop"."ix_Orders_v"', True), ('"ix_my.table_v"', True),
+                     ("ix_widgets_v", True)]
+
+
+def test_a_failed_build_is_audited_and_a_refused_one_is_not(profile, orders_db, cli):
+    """A build that starts writes one diag.create_index line however it ends — a failure with
+    ok false and the error's type only; a request refused before anything runs (no such
+    column) writes none."""
+    import threading
+
+    from tests.diag_helpers import audit_lines
+
+    before = len(audit_lines("diag.create_index"))
+    res = cli("diag", "create-index", "orders", "nope", "-d", orders_db, "--yes")
+    assert res.exit_code == 1 and "has no column(s) nope" in res.stderr
+    assert len(audit_lines("diag.create_index")) == before
+    writer = connect_as(profile, "app", orders_db, autocommit=False)
+    writer.execute("INSERT INTO orders VALUES (999996, 1, 1, 'open transaction')")
+    ender = threading.Timer(1.5, writer.rollback)  # lets the invalid leftover be dropped
+    ender.start()
+    try:
+        res = cli("diag", "create-index", "orders", "note", "-d", orders_db, "--yes",
+                  "--lock-timeout", "300ms", "--retries", "0")
+    finally:
+        ender.join()
+        writer.close()
+    assert res.exit_code == 1 and "lock timeout" in res.stderr
+    (line,) = audit_lines("diag.create_index")[before:]
+    assert (line["outcome"], line["ok"], line["error"]) == ("failed", False, "IndexBuildError")
+    assert (line["table"], line["index"], line["columns"]) == ("public.orders", "ix_orders_note",
+                                                               ["note"])
+    res = cli("diag", "create-index", "orders", "note", "-d", orders_db, "--yes")
+    assert res.exit_code == 0, res.stderr
+    line = audit_lines("diag.create_index")[-1]
+    assert (line["outcome"], line["index"], line["already_existed"]) == ("ok", "ix_orders_note",
+                                                                         False)

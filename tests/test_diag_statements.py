@@ -235,3 +235,43 @@ def test_explain_refuses_what_explain_cannot_take_before_confirming_or_auditing(
     assert res.exit_code == 1 and "no SQL statement given" in res.stderr
     assert _widgets(profile, app_db) == 100
     assert len(audit_lines("diag.explain")) == before  # nothing was confirmed or audited
+
+
+def test_a_failed_reset_is_audited(profile, app_db, cli):
+    from tests.diag_helpers import audit_lines
+
+    before = len(audit_lines("diag.slow_queries.reset"))
+    admin = connect_as(profile, "admin", app_db)
+    admin.execute("REVOKE EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) "
+                  "FROM studyhub_ops")
+    try:
+        res = cli("diag", "slow-queries", "-d", app_db, "--reset", "--yes")
+        assert res.exit_code == 1
+    finally:
+        admin.execute("GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) "
+                      "TO studyhub_ops")
+        admin.close()
+    (line,) = audit_lines("diag.slow_queries.reset")[before:]
+    assert line["outcome"] == "failed" and line["database"] == app_db
+    assert "may not reset pg_stat_statements" in line["error"]
+    res = cli("diag", "slow-queries", "-d", app_db, "--reset", "--yes")
+    assert res.exit_code == 0, res.stderr
+    line = audit_lines("diag.slow_queries.reset")[-1]
+    assert line["outcome"] == "ok" and line["snapshot_saved"] is True
+
+
+def test_a_confirmed_explain_analyze_that_fails_is_audited(profile, app_db, cli):
+    """Confirmed, the DELETE runs for real; it outlives its statement_timeout, so it is rolled
+    back and the line says it failed (the error's type only: no literals of the statement)."""
+    from tests.diag_helpers import audit_lines
+
+    before = len(audit_lines("diag.explain"))
+    res = cli("diag", "explain", "-d", app_db, "--analyze", "--yes", "--timeout", "200ms",
+              "DELETE FROM widgets WHERE pg_sleep(0.5) IS NOT NULL AND colour = 'red'")
+    assert res.exit_code == 1 and "statement_timeout" in res.stderr
+    (line,) = audit_lines("diag.explain")[before:]
+    assert (line["action"], line["statement_kind"], line["outcome"], line["error"]) == \
+        ("diag.explain.analyze", "DELETE", "failed", "StudyhubError")
+    assert "red" not in str(line)
+    with connect_as(profile, "app", app_db) as c:
+        assert c.execute("SELECT count(*) FROM widgets").fetchone()[0] == 100

@@ -232,3 +232,17 @@ def test_block_state_files_of_names_that_sanitize_alike_are_apart(monkeypatch, t
     legacy.write_text(json.dumps(asdict(state)))
     assert emergency.read_block_state("local", "a/b") == state
     assert emergency.read_block_state("local", "a_b") is None
+
+
+def test_a_block_that_fails_is_audited(profile, fresh_db):
+    """Blocking needs the database's owner: as the ops role it fails, changes nothing, leaves
+    no state file, and the attempt is on record."""
+    before = len(audit_lines("emergency.block_new"))
+    with connect_as(profile, "ops", fresh_db) as not_owner:
+        with pytest.raises(emergency.PrivilegeMissing, match="needs the database owner"):
+            emergency.block_new_connections(not_owner, "local", fresh_db)
+    assert _limit(profile, fresh_db) == -1
+    assert emergency.read_block_state("local", fresh_db) is None
+    (line,) = audit_lines("emergency.block_new")[before:]
+    assert (line["outcome"], line["database"]) == ("failed", fresh_db)
+    assert "needs the database owner" in line["error"]

@@ -113,7 +113,7 @@ def test_top_refuses_cancel_and_terminate_on_production_unless_named(
         with connect(implicit, "ops", autocommit=True) as conn:
             snap = activity.top_snapshot(conn)
             st = top_cli.TopState(text_filter="prod-victim")
-            st.rows = top_cli.sort_sessions(snap, st.sort, st.text_filter)
+            st.rows = activity.sort_sessions(snap, st.sort, st.text_filter)
             assert [r.pid for r in st.rows] == [victim.pid]
             for key in ("t", "c"):
                 assert top_cli._handle_key(implicit, conn, st, key) is False

@@ -4,9 +4,10 @@
 up front — so configuration errors are one clear line before any server starts — and opens the
 engines in the lifespan. Everything lives on ``app.state`` (``databases``, ``tokens``,
 ``read_marks``, ``passwords``, ``scheduler``); other routers (the dashboard) can be included on
-the same app and use the same state. ``app_from_environment()`` is the factory uvicorn's worker
-processes call (``studyhub serve --workers N``): settings from ``STUDYHUB_API_*``, the secret
-from the environment or its 0600 file, never from argv.
+the same app and use the same state. ``app_from_environment()`` is the factory ``studyhub
+serve`` starts uvicorn with, by name (``studyhub.serving.API_APP``), in its own process or in
+each of ``--workers N``: settings from ``STUDYHUB_API_*``, the secret from the environment or
+its 0600 file, never from argv.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from fsrs import Scheduler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studyhub.api.auth import Passwords, TokenService, load_token_secret
-from studyhub.api.db import Databases, choose_topology
+from studyhub.api.auth import Passwords, TokenService
+from studyhub.api.db import Databases
 from studyhub.api.errors import document_errors, install_error_handlers
 from studyhub.api.read_marks import ReadMarks
 from studyhub.api.routers import (
@@ -34,8 +35,8 @@ from studyhub.api.routers import (
     sessions,
     subjects,
 )
-from studyhub.api.settings import ApiSettings
 from studyhub.profiles import Profile, resolve_profile
+from studyhub.serving import ApiSettings, choose_topology, load_token_secret
 
 ROUTERS = (health.router, accounts.router, subjects.router, notes.router, flashcards.router,
            sessions.router, ai.router, reviews.router)
@@ -165,6 +166,6 @@ def create_app(settings: ApiSettings | None = None, *, profile: Profile | None =
 
 
 def app_from_environment() -> FastAPI:
-    """The app for one of uvicorn's worker processes: every setting from ``STUDYHUB_API_*``
-    (``studyhub serve`` puts its options there before starting the workers)."""
+    """The app ``studyhub serve`` runs (in its own process, or in each worker process): every
+    setting from ``STUDYHUB_API_*`` (``serve`` puts its options there before starting)."""
     return create_app(ApiSettings())

@@ -30,10 +30,9 @@ from sqlalchemy.pool import NullPool
 
 from studyhub.api.read_marks import ReadAfter
 from studyhub.api.replica import ReadRouter, ReplicaMonitor, first_line, parse_lsn
-from studyhub.api.settings import ApiSettings
-from studyhub.errors import ConfigError
 from studyhub.ops.queries import load
 from studyhub.profiles import Endpoint, Profile
+from studyhub.serving import ApiSettings, Topology, choose_topology
 
 log = logging.getLogger("studyhub.api.db")
 
@@ -114,84 +113,6 @@ def make_engine(profile: Profile, role: str, settings: ApiSettings, *, applicati
         kw.update(pool_size=size, max_overflow=overflow, pool_timeout=settings.pool_timeout_s,
                   pool_recycle=1800)
     return create_async_engine(url, **kw)
-
-
-@dataclass
-class Topology:
-    """Which endpoints the API uses (shown by ``studyhub serve`` and ``GET /health``)."""
-
-    profile: str
-    writer: str  # "pooler" or "direct"
-    replica: bool
-
-    def describe(self, profile: Profile) -> dict[str, str | None]:
-        w = profile.endpoint("pooler" if self.writer == "pooler" else "app")
-        r = profile.endpoint("replica") if self.replica else None
-        return {
-            "writer": f"{w.host}:{w.port} ({'PgBouncer' if w.via_pooler else 'primary'})",
-            "reader": f"{r.host}:{r.port} (replica)" if r else "the writer (no replica)",
-        }
-
-
-def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
-    """Resolve the automatic choices; refuse a pooler or replica the profile does not have."""
-    has_pooler = profile.pooler_port is not None and (
-        profile.is_local or profile.pooler_database is not None
-    )
-    has_replica = profile.replica_port is not None and profile.replica_host is not None
-    use_pooler = has_pooler if settings.use_pooler is None else settings.use_pooler
-    use_replica = has_replica if settings.use_replica is None else settings.use_replica
-    if use_pooler and not has_pooler:
-        profile.endpoint("pooler")  # raises the clear "no connection pooler" error
-        raise ConfigError(f"profile {profile.name} has no pooler database (pooler_database)")
-    if use_replica and not has_replica:
-        profile.endpoint("replica")  # raises "has no read replica (start one with ...)"
-    return Topology(profile.name, "pooler" if use_pooler else "direct", use_replica)
-
-
-@dataclass
-class ConnectionBudget:
-    """The most connections the API's workers may hold on one server, against its limit."""
-
-    server: str  # "primary", "PgBouncer" or "replica"
-    connections: int  # workers × (pool size + 1 probe connection)
-    max_connections: int | None = None  # None: not checked (PgBouncer, or not reachable)
-    superuser_reserved: int | None = None
-
-    @property
-    def over_limit(self) -> bool:
-        return (self.max_connections is not None and
-                self.connections > self.max_connections - (self.superuser_reserved or 0))
-
-
-def connection_budget(profile: Profile, settings: ApiSettings,
-                      topology: Topology) -> list[ConnectionBudget]:
-    """What ``settings.workers`` workers may open per server; PostgreSQL servers' own limits
-    are looked up (``get_connection_limits.sql``) when they answer within 3 s."""
-    from studyhub.connect import connect
-
-    budgets: list[tuple[ConnectionBudget, str | None]] = []
-    if topology.writer == "pooler":
-        budgets.append((ConnectionBudget(
-            "PgBouncer", settings.workers * (settings.writer_pool_size(True) + 1)), None))
-    else:
-        budgets.append((ConnectionBudget(
-            "primary", settings.workers * (settings.writer_pool_size(False) + 1)), "app"))
-    if topology.replica:
-        budgets.append((ConnectionBudget(
-            "replica", settings.workers * (settings.reader_pool_size() + 1)), "replica"))
-    for budget, role in budgets:
-        if role is None:
-            continue
-        try:
-            with connect(profile, role, autocommit=True, connect_timeout=3,
-                         application_name="studyhub-api-budget") as conn:
-                budget.max_connections, budget.superuser_reserved, _ = conn.execute(
-                    load("get_connection_limits")).fetchone()
-        except Exception as exc:  # noqa: BLE001 - a server that does not answer yet
-            log.info("connection limit of the %s not checked: %s", budget.server,
-                     first_line(exc))
-    return [b for b, _ in budgets]
 
 
 class Databases:

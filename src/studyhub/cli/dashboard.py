@@ -3,12 +3,15 @@ from one install; the access token comes from the environment, never from the co
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
 from studyhub.cli.common import ProfileOpt, console
 from studyhub.ops.statements import parse_duration
+from studyhub.profiles import load_settings
+from studyhub.serving import DASHBOARD_APP, UVICORN_OPTIONS, DashboardSettings, load_dashboard_token
 
 
 def dashboard(
@@ -45,22 +48,17 @@ def dashboard(
     backups and the erasure audit — for local, staging and production at once. --profile sets
     the profile it opens on; naming production there (or with --allow-actions) is what
     enables actions on it. Read-only profiles never act."""
-    import uvicorn
-
-    from studyhub.dashboard.app import UVICORN_OPTIONS, create_dashboard
-    from studyhub.dashboard.settings import DashboardSettings, load_token
-    from studyhub.profiles import load_settings
+    import uvicorn  # deferred: loads uvicorn's server stack, which only this command needs
 
     every = 0.0 if capture_every.strip() in ("0", "0s", "off") else \
         parse_duration(capture_every).total_seconds()
     default = profile or load_settings().profile
     explicit = set(allow_actions or []) | ({profile} if profile else set())
     settings = DashboardSettings(default_profile=default, explicit_profiles=frozenset(explicit),
-                                 database=database, host=host, token=load_token(),
+                                 database=database, host=host, token=load_dashboard_token(),
                                  capture_every_s=every,
                                  trusted_proxies=tuple(trusted_proxy or ()),
                                  forwarded_header=forwarded_header)
-    app = create_dashboard(settings)
     shown = f"[{host}]" if ":" in host else host
     console.print(
         f"StudyHub ops dashboard on http://{shown}:{port}/p/{default}/ · "
@@ -70,5 +68,9 @@ def dashboard(
         + (f" · client addresses from {settings.proxy_trust().describe()}"
            if settings.trusted_proxies else ""),
         highlight=False)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                **UVICORN_OPTIONS)
+    # The app is built by its factory (DASHBOARD_APP, imported by name: the command line imports
+    # no part of the dashboard) from these settings, handed over in the environment (no token:
+    # the app reads it from its own variable or file, as above).
+    os.environ.update(settings.to_environment())
+    uvicorn.run(DASHBOARD_APP, factory=True, host=host, port=port, access_log=access_log,
+                log_level="info", **UVICORN_OPTIONS)

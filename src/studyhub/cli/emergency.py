@@ -23,6 +23,7 @@ from studyhub.cli.common import (
     ops_connection,
     print_json,
     profile_from,
+    to_jsonable,
 )
 from studyhub.humanize import human_s, short
 from studyhub.errors import RefusedError
@@ -91,8 +92,6 @@ def queries(
 
 
 def activity_dict(s: activity.Session) -> dict:
-    from studyhub.cli.common import to_jsonable
-
     d = to_jsonable(s)
     d["age_s"] = s.age_s
     return d

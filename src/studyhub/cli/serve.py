@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from studyhub.cli.common import ProfileOpt, console, err_console
+from studyhub.ops.connection_budget import connection_budget
+from studyhub.profiles import resolve_profile
+from studyhub.serving import API_APP, ENV_PREFIX, ApiSettings, choose_topology, load_token_secret
 
-ENV_PREFIX = "STUDYHUB_API_"
 WORKER_HEALTHCHECK_TIMEOUT_S = 30
 
 
@@ -58,11 +60,7 @@ def serve(
     """Run the StudyHub API. The token secret comes from STUDYHUB_API_SECRET(_FILE) or, for
     the local profile, a 0600 file under the cluster's secrets/; never from the command line
     (worker processes get it the same way)."""
-    import uvicorn
-
-    from studyhub.api.app import create_app
-    from studyhub.api.db import connection_budget
-    from studyhub.api.settings import ApiSettings
+    import uvicorn  # deferred: loads uvicorn's server stack, which only this command needs
 
     overrides: dict[str, object] = {
         "profile": profile, "workers": workers, "pool_size": pool_size, "use_pooler": pooler,
@@ -73,15 +71,17 @@ def serve(
     # Resolves the profile, the topology and the token secret here, once: a configuration error
     # is one line before any worker starts, and the local secret file exists before several
     # workers could race to create it.
-    app = create_app(settings)
-    where = app.state.topology.describe(app.state.profile)
+    prof = resolve_profile(settings.profile)
+    topology = choose_topology(prof, settings)
+    load_token_secret(prof)
+    where = topology.describe(prof)
     console.print(
-        f"StudyHub API on http://{host}:{port} (docs at /docs) · profile {app.state.profile.name}"
+        f"StudyHub API on http://{host}:{port} (docs at /docs) · profile {prof.name}"
         f" · writes → {where['writer']} · reads → {where['reader']}"
-        + (f", max lag {settings.max_replica_lag_s:g} s" if app.state.topology.replica else ""),
+        + (f", max lag {settings.max_replica_lag_s:g} s" if topology.replica else ""),
         highlight=False,
     )
-    budgets = connection_budget(app.state.profile, settings, app.state.topology)
+    budgets = connection_budget(prof, settings, topology)
     console.print(
         f"{settings.workers} worker(s); connections at most: " + ", ".join(
             f"{b.server} {b.connections}"
@@ -104,19 +104,16 @@ def serve(
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["studyhub"] = {"handlers": ["default"], "level": "INFO",
                                          "propagate": False}
-    if settings.workers == 1:
-        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                    log_config=log_config, lifespan="on", server_header=False)
-        return
-    # Worker processes build their own app from the environment (spawned: nothing is inherited
-    # but the environment; the secret stays in env or its 0600 file, never on argv).
+    # The app is built by its factory (API_APP, imported by name: the command line imports no
+    # part of the API) from the environment — in this process with one worker, in each spawned
+    # worker process otherwise (nothing is inherited but the environment; the secret stays in
+    # env or its 0600 file, never on argv).
     for key, value in overrides.items():
         os.environ[ENV_PREFIX + key.upper()] = str(value).lower() if isinstance(value, bool) \
             else str(value)
     # A worker that has not answered the supervisor's ping within timeout_worker_healthcheck is
     # killed and replaced; uvicorn's 5 s is shorter than a spawn + imports + engine setup takes
     # on a busy 2-core machine (workers were killed in a loop), so allow 30 s.
-    uvicorn.run("studyhub.api.app:app_from_environment", factory=True, workers=settings.workers,
-                host=host, port=port, access_log=access_log, log_level="info",
-                log_config=log_config, lifespan="on", server_header=False,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)
+    uvicorn.run(API_APP, factory=True, workers=settings.workers, host=host, port=port,
+                access_log=access_log, log_level="info", log_config=log_config, lifespan="on",
+                server_header=False, timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)

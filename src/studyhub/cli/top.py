@@ -37,25 +37,6 @@ from studyhub.connect import connect
 from studyhub.errors import StudyhubError
 from studyhub.ops import activity, emergency
 
-SORTS = ("duration", "pid", "state", "blocking")
-
-
-def sort_sessions(snap: activity.TopSnapshot, sort: str, text_filter: str | None) -> list[activity.Session]:
-    blockers = {b for s in snap.sessions for b in s.blocked_by}
-    rows = [s for s in snap.sessions if not s.is_self]
-    if text_filter:
-        needle = text_filter.lower()
-        rows = [s for s in rows if any(needle in (v or "").lower() for v in
-                                       (s.role, s.application, s.database, s.query, s.state,
-                                        s.client_addr, str(s.pid)))]
-    key = {
-        "duration": lambda s: -(s.age_s or 0),
-        "pid": lambda s: s.pid,
-        "state": lambda s: (s.state, -(s.age_s or 0)),
-        "blocking": lambda s: (s.pid not in blockers, not s.blocked_by, -(s.age_s or 0)),
-    }[sort]
-    return sorted(rows, key=key)
-
 
 def snapshot_dict(snap: activity.TopSnapshot, rows: list[activity.Session]) -> dict:
     blockers = {b for s in snap.sessions for b in s.blocked_by}
@@ -184,8 +165,8 @@ def top(
     """Live view of sessions (running, waiting, blocking) with TPS, cache hit, connections and
     replication lag; cancel or terminate the selected one. Runs as the ops role. --once (with
     --json) prints one snapshot for scripts."""
-    if sort not in SORTS:
-        raise StudyhubError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
+    if sort not in activity.SORTS:
+        raise StudyhubError(f"unknown sort {sort!r}; choose one of {', '.join(activity.SORTS)}")
     prof = profile_from(profile)
     with connect(prof, "ops", database=database, autocommit=True,
                  application_name="studyhub top") as conn:
@@ -194,7 +175,7 @@ def top(
             first = activity.top_snapshot(conn, include_idle=include_idle)
             time.sleep(min(interval, 1.0))  # TPS and cache hit need two samples
             snap = activity.top_snapshot(conn, first, include_idle=include_idle)
-            rows = sort_sessions(snap, sort, filter_)
+            rows = activity.sort_sessions(snap, sort, filter_)
             if json_:
                 print_json(snapshot_dict(snap, rows))
             else:
@@ -215,7 +196,7 @@ def _interactive(prof, conn, st: TopState) -> None:
             if now >= next_at and not st.paused:
                 snap = activity.top_snapshot(conn, snap, include_idle=st.include_idle)
                 next_at = now + st.interval
-            st.rows = sort_sessions(snap, st.sort, st.text_filter)
+            st.rows = activity.sort_sessions(snap, st.sort, st.text_filter)
             st.selected = min(st.selected, max(0, len(st.rows) - 1))
             msg = st.message
             if st.typing is not None:
@@ -270,7 +251,8 @@ def _handle_key(prof, conn, st: TopState, key: str) -> bool:
     elif key in ("up", "k"):
         st.selected = max(0, st.selected - 1)
     elif key == "s":
-        st.sort = SORTS[(SORTS.index(st.sort) + 1) % len(SORTS)]
+        sorts = activity.SORTS
+        st.sort = sorts[(sorts.index(st.sort) + 1) % len(sorts)]
     elif key == "i":
         st.include_idle = not st.include_idle
     elif key == "/":

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 from studyhub.connect import first_line
 from studyhub.dashboard.context import all_profiles, connection
-from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import StudyhubError
 from studyhub.ops import space, statements
+from studyhub.serving import DashboardSettings
 
 
 @dataclass

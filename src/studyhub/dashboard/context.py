@@ -14,9 +14,9 @@ from typing import Iterator
 import psycopg
 
 from studyhub.connect import connect
-from studyhub.dashboard.settings import DashboardSettings
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.profiles import PROFILE_NAMES, Profile, load_settings, resolve_profile
+from studyhub.serving import DashboardSettings
 
 APP_NAME = "studyhub dashboard"
 ACTIONS = "cancel, terminate or build indexes"

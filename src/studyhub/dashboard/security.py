@@ -25,14 +25,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, RedirectResponse
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
-from studyhub.dashboard.forwarded import ProxyTrust
-from studyhub.dashboard.settings import DashboardSettings, is_loopback
+from studyhub.serving import DashboardSettings, ProxyTrust, is_loopback
 
 COOKIE = "studyhub_dashboard"
 SAFE_METHODS = ("GET", "HEAD")
@@ -138,7 +138,7 @@ def _recent(times: list[float], now: float) -> list[float]:
 
 def client_address(request: Request) -> str | None:
     """The client's address: the peer's, or behind trusted proxies the one they report
-    (studyhub.dashboard.forwarded). Raises ForwardedError when that header cannot be read."""
+    (studyhub.serving.forwarded). Raises ForwardedError when that header cannot be read."""
     trust: ProxyTrust = request.app.state.proxy_trust
     peer = request.client.host if request.client else None
     return trust.client_address(peer, request.headers.getlist(trust.header))
@@ -213,8 +213,6 @@ def host_name(header: str) -> str:
 
 
 def _urlencode(params: dict[str, str]) -> str:
-    from urllib.parse import urlencode
-
     return urlencode(params)
 
 

@@ -484,3 +484,27 @@ def top_snapshot(conn: psycopg.Connection, previous: TopSnapshot | None = None,
              and (include_idle or s.state != "idle")]
     return TopSnapshot(conn.info.dbname, tps, hit, dict(by_state), max_conn, lag_b, lag_s,
                        shown, counters)
+
+
+SORTS = ("duration", "pid", "state", "blocking")
+
+
+def sort_sessions(snap: TopSnapshot, sort: str, text_filter: str | None) -> list[Session]:
+    """The sessions of a ``top_snapshot`` as ``studyhub top`` and the dashboard's live page list
+    them: our own left out, only those whose user, app, database, query, state, client or PID
+    contains ``text_filter`` (any case), sorted by ``sort`` (one of ``SORTS``; "blocking": root
+    blockers first, then the blocked, each group longest first)."""
+    blockers = {b for s in snap.sessions for b in s.blocked_by}
+    rows = [s for s in snap.sessions if not s.is_self]
+    if text_filter:
+        needle = text_filter.lower()
+        rows = [s for s in rows if any(needle in (v or "").lower() for v in
+                                       (s.role, s.application, s.database, s.query, s.state,
+                                        s.client_addr, str(s.pid)))]
+    key = {
+        "duration": lambda s: -(s.age_s or 0),
+        "pid": lambda s: s.pid,
+        "state": lambda s: (s.state, -(s.age_s or 0)),
+        "blocking": lambda s: (s.pid not in blockers, not s.blocked_by, -(s.age_s or 0)),
+    }[sort]
+    return sorted(rows, key=key)

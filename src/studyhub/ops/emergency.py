@@ -30,7 +30,7 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
-from studyhub.audit import write_audit
+from studyhub.audit import audited
 from studyhub.connect import ConnectError, connect, first_line
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops import activity
@@ -136,6 +136,16 @@ def plan_signal(conn: psycopg.Connection, pids: list[int], *, other_databases: b
     return targets
 
 
+def require_same_session(target: Target, confirmed_start: str) -> None:
+    """Refuse when PID ``target.pid`` is no longer the session the operator confirmed: its
+    backend start (ISO 8601, as the confirmation showed it; empty when it had none) differs, so
+    the PID now belongs to another session (PIDs are reused)."""
+    seen = target.backend_start.isoformat() if target.backend_start else ""
+    if confirmed_start != seen:
+        raise RefusedError(f"PID {target.pid} is now a different session than the one you "
+                           "confirmed (nothing was changed)")
+
+
 def _still_there(conn: psycopg.Connection, t: Target) -> activity.Session | None:
     for s in activity.sessions(conn):
         if s.pid == t.pid and (t.backend_start is None or s.backend_start == t.backend_start):
@@ -153,16 +163,17 @@ def signal(conn: psycopg.Connection, targets: list[Target], action: str, *, prof
     ensure_can_signal(conn)
     outcomes = []
     for t in targets:
-        current = _still_there(conn, t)
-        if current is None:
-            outcomes.append(Outcome(t.pid, action, True, "already gone", t.fingerprint))
-        else:
-            outcomes.append(_signal_one(conn, t, current, action, wait_s))
-        o = outcomes[-1]
-        write_audit(audit_action or f"emergency.{action}", profile, pid=t.pid,
-                    database=t.database, role=t.role, backend_type=t.backend_type,
-                    state=t.state, age_s=None if t.age_s is None else round(t.age_s, 1),
-                    fingerprint=t.fingerprint, ok=o.ok, result=o.result, **(audit_extra or {}))
+        with audited(audit_action or f"emergency.{action}", profile, pid=t.pid,
+                     database=t.database, role=t.role, backend_type=t.backend_type,
+                     state=t.state, age_s=None if t.age_s is None else round(t.age_s, 1),
+                     fingerprint=t.fingerprint, **(audit_extra or {})) as line:
+            line["ok"] = False
+            current = _still_there(conn, t)
+            if current is None:
+                outcomes.append(Outcome(t.pid, action, True, "already gone", t.fingerprint))
+            else:
+                outcomes.append(_signal_one(conn, t, current, action, wait_s))
+            line.update(ok=outcomes[-1].ok, result=outcomes[-1].result)
     return outcomes
 
 
@@ -211,7 +222,7 @@ def plan_kill_all(conn: psycopg.Connection, database: str, *, ops_role: str,
     database is refused (a typo must not look like "nobody to kill")."""
     require_database(conn, database)
     slot_of = {pid: name for pid, name in conn.execute(load("get_slot_consumers")).fetchall()}
-    me = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    me = conn.execute(load("get_current_role_is_superuser")).fetchone()[0]
     targets, spared = [], []
     for s in activity.sessions(conn):
         t = Target.of(s)
@@ -237,11 +248,12 @@ def plan_kill_all(conn: psycopg.Connection, database: str, *, ops_role: str,
 
 def kill_all(conn: psycopg.Connection, plan: KillAllPlan, *, profile: str,
              wait_s: float = 5.0) -> list[Outcome]:
-    outcomes = signal(conn, plan.targets, "terminate", profile=profile, wait_s=wait_s,
-                      audit_action="emergency.kill_all.terminate")
-    write_audit("emergency.kill_all", profile, database=plan.database,
-                terminated=sum(o.ok for o in outcomes), failed=sum(not o.ok for o in outcomes),
-                spared=len(plan.spared))
+    with audited("emergency.kill_all", profile, database=plan.database,
+                 spared=len(plan.spared)) as line:
+        outcomes = signal(conn, plan.targets, "terminate", profile=profile, wait_s=wait_s,
+                          audit_action="emergency.kill_all.terminate")
+        line.update(terminated=sum(o.ok for o in outcomes),
+                    failed=sum(not o.ok for o in outcomes))
     return outcomes
 
 
@@ -309,19 +321,20 @@ def block_new_connections(conn: psycopg.Connection, profile: str, database: str)
                        stmt, _limit_sql(database, previous).as_string(conn),
                        conn.info.backend_pid)
     path = block_state_path(profile, database)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(state), indent=2) + "\n")  # before acting: crash → undo
-    try:
-        conn.execute(_limit_sql(database, 0))
-    except psycopg.errors.InsufficientPrivilege:
-        path.unlink(missing_ok=True)
-        raise PrivilegeMissing(
-            f"role {conn.info.user} may not change database {database} (owner: {owner}); "
-            "blocking new connections needs the database owner (nothing was changed)") from None
-    except psycopg.Error:
-        path.unlink(missing_ok=True)
-        raise
-    write_audit("emergency.block_new", profile, database=database, previous_limit=previous)
+    with audited("emergency.block_new", profile, database=database, previous_limit=previous):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(state), indent=2) + "\n")  # before acting: crash → undo
+        try:
+            conn.execute(_limit_sql(database, 0))
+        except psycopg.errors.InsufficientPrivilege:
+            path.unlink(missing_ok=True)
+            raise PrivilegeMissing(
+                f"role {conn.info.user} may not change database {database} (owner: {owner}); "
+                "blocking new connections needs the database owner (nothing was changed)"
+            ) from None
+        except psycopg.Error:
+            path.unlink(missing_ok=True)
+            raise
     return state
 
 
@@ -356,21 +369,22 @@ def unblock_new_connections(profile: Profile, database: str,
                 c = connect(profile, "app", database=db, autocommit=True,
                             application_name="studyhub emergency", connect_timeout=5)
             try:
-                require_database(c, database)
-                c.execute(_limit_sql(database, limit))
+                require_database(c, database)  # an unknown database: one line, no audit
+                with audited("emergency.unblock_new", profile.name, database=database,
+                             restored_limit=limit, from_state_file=state is not None):
+                    try:
+                        c.execute(_limit_sql(database, limit))
+                    except psycopg.errors.InsufficientPrivilege as exc:
+                        raise PrivilegeMissing(f"cannot restore the connection limit of "
+                                               f"{database}: {first_line(exc)}") from None
+                    while (found := _block_state_file(profile.name, database)) is not None:
+                        found[0].unlink()
             finally:
                 if own:
                     c.close()
         except (ConnectError, psycopg.OperationalError) as exc:
             tried.append(f"{db}: {first_line(exc)}")
             continue
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise PrivilegeMissing(f"cannot restore the connection limit of {database}: "
-                                   f"{first_line(exc)}") from None
-        while (found := _block_state_file(profile.name, database)) is not None:
-            found[0].unlink()
-        write_audit("emergency.unblock_new", profile.name, database=database,
-                    restored_limit=limit, from_state_file=state is not None)
         return UnblockResult(database, limit, state is not None, db)
     raise StudyhubError(f"could not reach the server to re-allow connections to {database} "
                         f"({'; '.join(tried)}); run `studyhub emergency unblock` again, or as "

@@ -16,11 +16,13 @@ from pglast import ast
 from pglast.visitors import Visitor
 from psycopg import sql
 
+from studyhub.audit import audited
 from studyhub.connect import first_line
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.queries import load
 from studyhub.ops.sqltext import Statement, execute_extended, one_statement, parse_statements
+from studyhub.profiles import Profile
 
 # What EXPLAIN takes on PostgreSQL 15 (its grammar's ExplainableStmt, less REFRESH MATERIALIZED
 # VIEW, which has no plan): SELECT (also VALUES, TABLE, SELECT INTO), INSERT, UPDATE, DELETE,
@@ -155,16 +157,36 @@ def _interval(value: str) -> str:
 
 def explain_statement(conn: psycopg.Connection, statement: str, *, analyze: bool = False,
                       timeout: str = "30s", lock_timeout: str = "2s",
-                      as_json: bool = False, allow_effects: bool = False) -> ExplainResult:
+                      as_json: bool = False, allow_effects: bool = False,
+                      profile: Profile | None = None) -> ExplainResult:
     """EXPLAIN (optionally ANALYZE, BUFFERS) ``statement`` in a transaction that is rolled back
-    whatever happens. ANALYZE of anything but a plain SELECT (see ``analyze_effects``) is
-    refused unless ``allow_effects`` (the caller confirmed it)."""
+    whatever happens. ANALYZE of anything but a plain SELECT (see ``analyze_effects``) runs it
+    for real: refused unless ``allow_effects`` (the caller confirmed it) with the ``profile``,
+    whose rule for changes applies (``Profile.require_changes_allowed``) and under whose name
+    the run is audited (``diag.explain.analyze``) however it ends."""
+    if allow_effects and profile is None:
+        raise ValueError("allow_effects needs the profile: the run is audited under its name")
     stmt = explainable(statement, analyze=analyze)
-    if analyze and not allow_effects:
-        effects = analyze_effects(conn, stmt.text)
-        if not effects.plain_select:
-            raise RefusedError(f"refusing EXPLAIN ANALYZE without confirmation: "
-                               f"{'; '.join(effects.reasons)} (nothing was run)")
+    effects = analyze_effects(conn, stmt.text) if analyze else None
+    if effects is None or effects.plain_select:
+        return _explain(conn, stmt, analyze=analyze, timeout=timeout, lock_timeout=lock_timeout,
+                        as_json=as_json)
+    if not allow_effects or profile is None:
+        raise RefusedError(f"refusing EXPLAIN ANALYZE without confirmation: "
+                           f"{'; '.join(effects.reasons)} (nothing was run)")
+    profile.require_changes_allowed(f"run this {effects.kind} for real under EXPLAIN ANALYZE "
+                                    "(rolled back afterwards)")
+    # The error's type only: a message about the statement may quote its literals.
+    with audited("diag.explain.analyze", profile.name, error_text=False,
+                 database=conn.info.dbname, statement_kind=effects.kind,
+                 effects=len(effects.reasons)):
+        return _explain(conn, stmt, analyze=analyze, timeout=timeout, lock_timeout=lock_timeout,
+                        as_json=as_json)
+
+
+def _explain(conn: psycopg.Connection, stmt: Statement, *, analyze: bool, timeout: str,
+             lock_timeout: str, as_json: bool) -> ExplainResult:
+    """``explain_statement``'s run, once the statement is judged."""
     # One run in JSON serves both outputs (the text form is rendered from it).
     options = sql.SQL(", ").join(
         [sql.SQL("FORMAT JSON")] + ([sql.SQL("ANALYZE"), sql.SQL("BUFFERS")] if analyze else []))
@@ -205,9 +227,8 @@ def generic_plan(conn: psycopg.Connection, stmt: Statement, options: sql.Composa
     ident = sql.Identifier(name)
     execute_extended(conn, sql.SQL("PREPARE {} AS ").format(ident) + sql.SQL(stmt.text))
     try:
-        nparams = conn.execute(
-            "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = %s",
-            (name,)).fetchone()[0]
+        nparams = conn.execute(load("get_prepared_statement_parameters"),
+                               {"name": name}).fetchone()[0]
         args = sql.SQL(", ").join([sql.NULL] * nparams)
         q = sql.SQL("EXPLAIN ({}) EXECUTE {}").format(options, ident)
         if nparams:

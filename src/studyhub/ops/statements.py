@@ -15,9 +15,11 @@ import re
 import psycopg
 from psycopg.rows import dict_row
 
+from studyhub.audit import audited
 from studyhub.errors import StudyhubError
 from studyhub.ops.extensions import require_extension
 from studyhub.ops.queries import load
+from studyhub.profiles import Profile
 
 SORTS = ("total", "mean", "calls", "io")
 SNAPSHOT_KEEP = "30 days"
@@ -299,18 +301,23 @@ class ResetResult:
     statements_before: int
 
 
-def reset_stats(conn: psycopg.Connection) -> ResetResult:
-    """Save a snapshot, then reset pg_stat_statements for this database."""
-    stats = current_stats(conn)
-    why = save_snapshot(conn, stats, stats_reset_at(conn))
-    try:
-        conn.execute(load("do_reset_statement_stats"))
-    except psycopg.errors.InsufficientPrivilege:
-        if not conn.autocommit:
-            conn.rollback()
-        raise PrivilegeMissing(
-            f"role {conn.info.user} may not reset pg_stat_statements: it lacks EXECUTE on "
-            "pg_stat_statements_reset; as an administrator run in database "
-            f"{conn.info.dbname}: GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, "
-            f"bigint) TO {conn.info.user};") from None
+def reset_stats(conn: psycopg.Connection, profile: Profile) -> ResetResult:
+    """Save a snapshot, then reset pg_stat_statements for this database: a change, so the
+    profile's rule applies first (``Profile.require_changes_allowed``) and it is audited
+    (``diag.slow_queries.reset``) however it ends."""
+    profile.require_changes_allowed(f"reset pg_stat_statements of {conn.info.dbname}")
+    with audited("diag.slow_queries.reset", profile.name, database=conn.info.dbname) as line:
+        stats = current_stats(conn)
+        why = save_snapshot(conn, stats, stats_reset_at(conn))
+        line.update(statements=len(stats), snapshot_saved=why is None)
+        try:
+            conn.execute(load("do_reset_statement_stats"))
+        except psycopg.errors.InsufficientPrivilege:
+            if not conn.autocommit:
+                conn.rollback()
+            raise PrivilegeMissing(
+                f"role {conn.info.user} may not reset pg_stat_statements: it lacks EXECUTE on "
+                "pg_stat_statements_reset; as an administrator run in database "
+                f"{conn.info.dbname}: GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, "
+                f"oid, bigint) TO {conn.info.user};") from None
     return ResetResult(conn.info.dbname, why is None, len(stats))

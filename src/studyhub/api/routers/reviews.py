@@ -25,13 +25,12 @@ from studyhub.api.deps import RequestDb, student_db
 from studyhub.api.pagination import decode_cursor, encode_cursor
 from studyhub.api.routers.flashcards import REVIEW_COLUMNS, reviews
 from studyhub.api.schemas import Limit, ReviewSyncOut, ReviewSyncPage
+from studyhub.ops.queries import load
 
 router = APIRouter(prefix="/reviews", tags=["flashcards"])
 
 # The oldest transaction start among the app's other open transactions, or now.
-HORIZON = sa.text(
-    "SELECT least(statement_timestamp(), min(xact_start)) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+HORIZON = sa.text(load("get_oldest_transaction_start"))
 
 
 @router.get("/sync", response_model=ReviewSyncPage)

@@ -1,19 +1,38 @@
 """How the dashboard runs: which profile it opens on, which protected profiles may be acted
-on, where it listens and the access token (from the environment, never from argv)."""
+on, where it listens and the access token (from the environment, never from argv).
+
+``studyhub dashboard`` checks the settings, puts them in the environment
+(``DashboardSettings.to_environment``: everything but the token, which the app reads from its
+own variable or file again) and starts uvicorn with ``DASHBOARD_APP``, the factory that reads
+them back (``DashboardSettings.from_environment``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from pydantic import SecretStr
 
-from studyhub.dashboard.forwarded import ProxyTrust
 from studyhub.errors import ConfigError
 from studyhub.profiles import PROFILE_NAMES
+from studyhub.serving.forwarded import ProxyTrust
+
+# The app factory uvicorn imports (by name: nothing here imports the dashboard).
+DASHBOARD_APP = "studyhub.dashboard.app:dashboard_from_environment"
+# How `studyhub dashboard` (and the tests) run uvicorn. No proxy headers: uvicorn would otherwise
+# take the client address from X-Forwarded-For whenever the peer is 127.0.0.1, which anyone on
+# the machine can send; the dashboard reads that header itself, and only from the proxies the
+# operator named (DashboardSettings.trusted_proxies).
+UVICORN_OPTIONS = {"proxy_headers": False, "server_header": False, "lifespan": "on"}
+# Where `studyhub dashboard` hands its settings to the app factory (JSON; no token in it).
+SETTINGS_ENV = "STUDYHUB_DASHBOARD_SETTINGS"
 
 TOKEN_ENV = "STUDYHUB_DASHBOARD_TOKEN"
 TOKEN_FILE_ENV = "STUDYHUB_DASHBOARD_TOKEN_FILE"
@@ -31,7 +50,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_token() -> SecretStr | None:
+def load_dashboard_token() -> SecretStr | None:
     """``$STUDYHUB_DASHBOARD_TOKEN`` or the first line of the 0600 file named by
     ``$STUDYHUB_DASHBOARD_TOKEN_FILE``; None when neither is set."""
     if os.environ.get(TOKEN_ENV):
@@ -72,7 +91,7 @@ class DashboardSettings:
     max_sessions: int = 1000
     # Reverse proxies in front of the dashboard (addresses or networks) and the header they set
     # (X-Forwarded-For or Forwarded): only then is a client address read from that header, and
-    # failed logins also counted per address (see studyhub.dashboard.forwarded).
+    # failed logins also counted per address (see studyhub.serving.forwarded).
     trusted_proxies: tuple[str, ...] = ()
     forwarded_header: str = "X-Forwarded-For"
 
@@ -90,3 +109,20 @@ class DashboardSettings:
 
     def proxy_trust(self) -> ProxyTrust:
         return ProxyTrust.configure(self.trusted_proxies, self.forwarded_header)
+
+    def to_environment(self) -> dict[str, str]:
+        """The settings as ``from_environment`` reads them back, token left out."""
+        values: dict[str, Any] = {f.name: getattr(self, f.name)
+                                  for f in dataclasses.fields(self) if f.name != "token"}
+        values["explicit_profiles"] = sorted(self.explicit_profiles)
+        values["trusted_proxies"] = list(self.trusted_proxies)
+        return {SETTINGS_ENV: json.dumps(values)}
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "DashboardSettings":
+        """The settings ``to_environment`` put in ``environ`` (the defaults without them), with
+        the token from its own variable or 0600 file (``load_dashboard_token``)."""
+        values = json.loads(environ[SETTINGS_ENV]) if environ.get(SETTINGS_ENV) else {}
+        values["explicit_profiles"] = frozenset(values.get("explicit_profiles", ()))
+        values["trusted_proxies"] = tuple(values.get("trusted_proxies", ()))
+        return cls(**values, token=load_dashboard_token())
