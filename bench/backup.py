@@ -32,7 +32,7 @@ from common import bench_home  # bench/common.py (scripts run from bench/)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from studyhub.connect import child_env, connect  # noqa: E402
-from studyhub.local.cluster import LocalCluster  # noqa: E402
+from studyhub.local import LocalCluster  # noqa: E402
 from studyhub.local.proc import pg_program  # noqa: E402
 from studyhub.ops import backup as ops  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402

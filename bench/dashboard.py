@@ -106,7 +106,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
 
     from studyhub.connect import connect
     from studyhub.dashboard.app import create_dashboard
-    from studyhub.local.cluster import LocalCluster
+    from studyhub.local import LocalCluster
     from studyhub.ops import activity, advisor, explain, health, indexes, migrate, space
     from studyhub.ops import statements
     from studyhub.ops.seed import seed_database
@@ -233,10 +233,10 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
             space.size_history(c, now - timedelta(days=7))
 
     def b_backups() -> None:
-        from studyhub.ops import backup_set, cluster
+        from studyhub.ops import backup, cluster
 
         cluster.backend_for(profile).backups()
-        backup_set.list_sets()
+        backup.list_sets()
 
     def b_privacy() -> None:
         from studyhub.audit import read_audit

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from studyhub.api.auth import TokenService  # noqa: E402
 from studyhub.api.read_marks import MARK_HEADER  # noqa: E402
-from studyhub.local.cluster import LocalCluster  # noqa: E402
+from studyhub.local import LocalCluster  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402
 from studyhub.ops.seed import seed_database  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 home = bench_home()
 
-from studyhub.local.cluster import LocalCluster  # noqa: E402
+from studyhub.local import LocalCluster  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402
 from tests.conftest import connect_as  # noqa: E402
 from tests.migration_examples import write_example  # noqa: E402

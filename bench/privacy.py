@@ -42,7 +42,7 @@ from pathlib import Path
 from common import bench_home  # bench/common.py (scripts run from bench/)
 
 from studyhub.connect import connect
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.ops import migrate, privacy
 from studyhub.ops.privacy import PseudonymKey
 

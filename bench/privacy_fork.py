@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 home = bench_home()
 
-from studyhub.local.cluster import LocalCluster  # noqa: E402
+from studyhub.local import LocalCluster  # noqa: E402
 from studyhub.ops import migrate, privacy  # noqa: E402
-from studyhub.ops.cluster_local import LocalBackend  # noqa: E402
+from studyhub.ops.cluster import LocalBackend  # noqa: E402
 from studyhub.ops.privacy import PseudonymKey  # noqa: E402
 from studyhub.ops.privacy import anonymize as anon  # noqa: E402
 from studyhub.ops.seed import seed_database  # noqa: E402

@@ -34,7 +34,7 @@ home = bench_home()
 import asyncpg  # noqa: E402
 
 from studyhub.api.routers.accounts import REGISTER_SQL  # noqa: E402
-from studyhub.local.cluster import LocalCluster  # noqa: E402
+from studyhub.local import LocalCluster  # noqa: E402
 from studyhub.ops import migrate  # noqa: E402
 from tests.api_helpers import running_api  # noqa: E402
 

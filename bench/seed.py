@@ -148,7 +148,7 @@ def main() -> int:
     home = bench_home(args.home)
 
     from studyhub.connect import connect
-    from studyhub.local.cluster import LocalCluster
+    from studyhub.local import LocalCluster
     from studyhub.ops import migrate
     from studyhub.ops.seed import seed_database
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from studyhub.api.replica import LagTracker, ReadRouter, ReplicaMonitor, ReplicaSnapshot
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.ops import migrate
 from studyhub.profiles import Profile
 from tests.api_helpers import RunningApi, make_subject, register, running_api

@@ -22,7 +22,7 @@ import pytest
 from studyhub.audit import read_audit
 from studyhub.connect import child_env
 from studyhub.errors import RefusedError, StudyhubError
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.local.proc import pg_program
 from studyhub.hashing import sha256_file
 from studyhub.ops import backup as ops

@@ -386,7 +386,7 @@ def test_the_backups_page_shows_sets_with_verification_and_age_and_the_window(
     import dataclasses
     import shutil
 
-    from studyhub.ops import backup, backup_set
+    from studyhub.ops import backup
     from tests.conftest import make_home
 
     out = make_home("studyhub-dashboard-backups-")
@@ -405,7 +405,7 @@ def test_the_backups_page_shows_sets_with_verification_and_age_and_the_window(
         assert migrated_db in row and "zstd" in row
         assert "creation did not finish" in page  # the leftover, named as such
         assert "recoverable window:" in page  # ops.cluster: base backups and WAL archive
-        assert [s.name for s in backup_set.list_sets(out) if s.status == "complete"] == [made.name]
+        assert [s.name for s in backup.list_sets(out) if s.status == "complete"] == [made.name]
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

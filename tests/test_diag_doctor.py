@@ -148,7 +148,7 @@ def test_replica_that_stops_replaying_is_detected(with_replica, profile, fresh_d
 def test_unreachable_replica_is_a_note_not_a_failure(migrated):
     import dataclasses
 
-    from studyhub.local.cluster import pick_free_port
+    from studyhub.local import pick_free_port
     from studyhub.ops import activity
 
     nowhere = dataclasses.replace(migrated, replica_host="127.0.0.1",
@@ -271,7 +271,7 @@ def test_doctor_flags_log_settings_that_copy_values_into_the_log(cluster, fresh_
 
 
 def test_log_value_leaks_judges_postgresql_defaults_and_the_local_settings():
-    from studyhub.local.cluster import LOG_PRIVACY_SETTINGS
+    from studyhub.local import LOG_PRIVACY_SETTINGS
     from studyhub.ops.health import log_value_leaks
 
     assert log_value_leaks(LOG_PRIVACY_SETTINGS) == []

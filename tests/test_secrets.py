@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from tests.conftest import make_home
 
 

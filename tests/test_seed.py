@@ -11,7 +11,7 @@ import pytest
 from fsrs import Card, Rating, Scheduler
 
 from studyhub.errors import RefusedError
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.ops import migrate
 from studyhub.ops.queries import load
 from studyhub.ops.seed import (

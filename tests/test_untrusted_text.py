@@ -15,9 +15,9 @@ import typer.main
 from psycopg import sql
 
 from studyhub.cli.main import app
-from studyhub.ops import backup_set as fmt
+from studyhub.ops.backup import setformat
 from studyhub.ops import cluster as cluster_ops
-from studyhub.ops.cluster_local import LocalBackend
+from studyhub.ops.cluster import LocalBackend
 from tests.conftest import connect_as
 
 # A closing tag that closes nothing (Rich raised MarkupError), valid style and link tags (they
@@ -181,11 +181,11 @@ def _set_on_disk(root: Path, name: str) -> Path:
     payload = b"x"
     (d / "dump" / "toc.dat").write_bytes(payload)
     when = "2026-01-01T00:00:00+00:00"
-    m = fmt.Manifest(1, "studyhub", "0", "pg_dump 15", "15", "local", "h", 1, "studyhub", "UTF8",
-                     True, ["0002"], when, when, "s", fmt.Compression("zstd", 3), 2, "directory",
-                     [], [], [fmt.FileEntry("dump/toc.dat", len(payload),
+    m = setformat.Manifest(1, "studyhub", "0", "pg_dump 15", "15", "local", "h", 1, "studyhub", "UTF8",
+                     True, ["0002"], when, when, "s", setformat.Compression("zstd", 3), 2, "directory",
+                     [], [], [setformat.FileEntry("dump/toc.dat", len(payload),
                                             hashlib.sha256(payload).hexdigest())])
-    (d / fmt.MANIFEST).write_text(json.dumps(m.to_dict()))
+    (d / setformat.MANIFEST).write_text(json.dumps(m.to_dict()))
     return d
 
 
@@ -193,7 +193,7 @@ def _set_on_disk(root: Path, name: str) -> Path:
 def test_markup_in_backup_set_and_leftover_names_prints_literally(cli, migrated, tmp_path,
                                                                   payload):
     complete = _set_on_disk(tmp_path, payload)
-    (tmp_path / f"{fmt.PARTIAL_PREFIX}{payload}").mkdir()  # an interrupted creation
+    (tmp_path / f"{setformat.PARTIAL_PREFIX}{payload}").mkdir()  # an interrupted creation
     for argv, code in (
         (["backup", "list", "--dir", tmp_path], 0),
         (["backup", "prune", "--dir", tmp_path, "--dry-run"], 0),
@@ -203,7 +203,7 @@ def test_markup_in_backup_set_and_leftover_names_prints_literally(cli, migrated,
         res = cli(*argv)
         _assert_shown_as_typed(res, payload, code, ECHOED)
     listed = cli("backup", "list", "--dir", tmp_path).stdout
-    assert f"{fmt.PARTIAL_PREFIX}{payload}: creation did not finish" in listed
+    assert f"{setformat.PARTIAL_PREFIX}{payload}: creation did not finish" in listed
 
 
 # ------------------------------------------------------------------ --help
@@ -263,15 +263,15 @@ def test_a_directory_named_like_a_set_plus_newline_is_not_taken_for_a_backup(cli
     theirs = tmp_path / "local-studyhub-20260101T000000Z\n"
     theirs.mkdir()
     (theirs / "keep.txt").write_text("not a backup")
-    assert [s.name for s in fmt.list_sets(tmp_path)] == []
+    assert [s.name for s in setformat.list_sets(tmp_path)] == []
     res = cli("backup", "prune", "--dir", tmp_path, "--yes")
     assert res.exit_code == 0, _output_of(res)
     assert (theirs / "keep.txt").read_text() == "not a backup"
 
 
 def test_partial_writer_pid_is_read_from_the_very_end_of_the_name():
-    assert fmt.partial_writer_pid(".partial-local-studyhub-20260101T000000Z-123") == 123
-    assert fmt.partial_writer_pid(".partial-local-studyhub-20260101T000000Z-1\n") is None
+    assert setformat.partial_writer_pid(".partial-local-studyhub-20260101T000000Z-123") == 123
+    assert setformat.partial_writer_pid(".partial-local-studyhub-20260101T000000Z-1\n") is None
 
 
 def test_wal_archive_counts_only_whole_segment_names(migrated, cluster):

@@ -113,6 +113,14 @@ class LocalHome:
                 found.append(data)
         return sorted(found, key=lambda b: b["finished_at"])
 
+    # ------------------------------------------------------------------ forks
+    def read_fork_metas(self) -> list[dict[str, Any]]:
+        """Every point-in-time fork's metadata file (``forks/NAME.json``: name, port,
+        target_time, created_at, status …), by name."""
+        if not self.forks_dir.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.forks_dir.glob("*.json"))]
+
 
 def local_profile(home: Path | None = None, *, explicit: bool = False) -> Profile:
     """The ``local`` profile: the primary's port, and the pooler and replica when the state

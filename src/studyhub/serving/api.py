@@ -27,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studyhub.errors import ConfigError
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.local.proc import write_private
 from studyhub.profiles import Profile
 

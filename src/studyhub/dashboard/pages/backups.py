@@ -1,6 +1,6 @@
 """``/p/NAME/backups``: the provider's backups and recoverable window (``ops.cluster``:
 DigitalOcean's API, or the local base backups and WAL archive) and our verified logical backup
-sets of this profile (``ops.backup_set``) with their verification and age. Needs no database
+sets of this profile (``ops.backup``) with their verification and age. Needs no database
 connection: it still shows when the database is down."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from studyhub.connect import first_line
 from studyhub.dashboard.render import profile_view, render
 from studyhub.errors import StudyhubError
-from studyhub.ops import backup_set, cluster
+from studyhub.ops import backup, cluster
 from studyhub.profiles import Profile
 
 def _age_s(iso_time: str | None) -> float | None:
@@ -41,8 +41,8 @@ def backups_context(profile: Profile) -> dict[str, Any]:
     if ctx["cluster"] is not None and ctx["cluster"].backups:
         newest = max(b.finished_at or b.created_at for b in ctx["cluster"].backups)
         ctx["cluster_newest_age_s"] = (datetime.now(timezone.utc) - newest).total_seconds()
-    ctx["backup_dir"] = str(backup_set.default_backup_dir())
-    listed = backup_set.list_sets()
+    ctx["backup_dir"] = str(backup.default_backup_dir())
+    listed = backup.list_sets()
     ctx["sets"] = [(s, _age_s(s.created_at), _age_s((s.verified or {}).get("time")))
                    for s in listed if s.status == "complete" and s.profile == profile.name]
     ctx["leftovers"] = [s for s in listed if s.status != "complete"]

@@ -27,7 +27,7 @@ from studyhub import __version__ as tool_version
 from studyhub.atomic_file import atomic_directory, write_json_atomically
 from studyhub.audit import audited
 from studyhub.connect import connect
-from studyhub.ops import privacy
+from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import list_tables, pin_checksum_settings, table_checksums
 from studyhub.ops.backup.dump import dump_tables_binary, pattern_literal, run_pg_dump
 from studyhub.ops.backup.session import refuse_pooler
@@ -152,7 +152,7 @@ def _dump_one_snapshot(profile: Profile, ep: Endpoint, partial: Path, out_dir: P
         extensions = [dict(zip(("name", "version", "schema"), r))
                       for r in conn.execute(load("get_extensions")).fetchall()]
         tables = list_tables(conn)
-        ledger_entries = privacy.save_ledger_beside_backups(profile, conn, out_dir)
+        ledger_entries = ledger.save_ledger_beside_backups(profile, conn, out_dir)
 
         sums: dict[str, list[TableChecksum]] = {}
         sum_error: list[BaseException] = []

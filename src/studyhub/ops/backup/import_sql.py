@@ -27,7 +27,7 @@ from psycopg import sql
 from studyhub.audit import audited
 from studyhub.connect import connect, first_line
 from studyhub.errors import RefusedError, StudyhubError
-from studyhub.ops import privacy
+from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
 from studyhub.ops.backup.setformat import BackupError, default_backup_dir
 from studyhub.ops.backup.staging import (
@@ -272,7 +272,7 @@ class ImportResult:
     bytes_read: int
     duration_s: float
     skipped_statements: dict[str, int]
-    erasures: privacy.ErasureReapply | None
+    erasures: ledger.ErasureReapply | None
 
 
 def _open_dump(path: Path) -> tuple[IO[bytes], IO[bytes]]:
@@ -405,7 +405,7 @@ def _import(path: Path, profile: Profile, database: str, progress: ProgressFn,
     erasures = None
     if reapply_erasures:
         live = profile.database if profile.database not in (database, staging) else None
-        erasures = privacy.reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
+        erasures = ledger.reapply_erasure_ledger(profile, staging, default_backup_dir(), live)
     swap_in(profile, staging, database)
     return ImportResult(str(path), profile.name, database, len(table_rows),
                         sum(table_rows.values()), table_rows, size,

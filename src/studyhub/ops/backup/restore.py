@@ -30,7 +30,7 @@ from studyhub.audit import audited
 from studyhub.connect import child_env, connect
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
-from studyhub.ops import privacy
+from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import compare_tables, table_checksums
 from studyhub.ops.backup.schedule import RestoreScheduler, RestoreStep
 from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
@@ -103,7 +103,7 @@ class RestoreResult:
     duration_s: float
     phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
     slowest_steps: list[RestoreStep]
-    erasures: privacy.ErasureReapply | None
+    erasures: ledger.ErasureReapply | None
 
 
 @dataclass
@@ -380,7 +380,7 @@ def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, repla
         live = profile.database if profile.database not in (database, staging) else None
         if replace and database == profile.database:
             live = database  # the database about to be replaced still holds the newest ledger
-        erasures = privacy.reapply_erasure_ledger(profile, staging, set_dir.parent, live)
+        erasures = ledger.reapply_erasure_ledger(profile, staging, set_dir.parent, live)
         phases["erasure ledger"] = round(time.monotonic() - p0, 3)
     p0 = time.monotonic()
     replaced = swap_in(profile, staging, database)

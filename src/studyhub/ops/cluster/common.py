@@ -12,7 +12,7 @@ from psycopg import sql
 
 from studyhub.connect import ConnectError, connect, first_line
 from studyhub.errors import StudyhubError
-from studyhub.ops.backup_set import default_backup_dir
+from studyhub.ops.backup.setformat import default_backup_dir
 from studyhub.ops.cluster.types import (
     ClusterOpError,
     ForkErasures,
@@ -20,7 +20,7 @@ from studyhub.ops.cluster.types import (
     TableCheck,
     Verification,
 )
-from studyhub.ops.privacy import reapply_erasure_ledger
+from studyhub.ops.privacy.ledger import reapply_erasure_ledger
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 

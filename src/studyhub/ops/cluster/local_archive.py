@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from studyhub.atomic_file import atomic_directory
 from studyhub.connect import connect
 from studyhub.local import BACKUP_META, REPLICATION_ROLE, SEGMENT_RE, LocalCluster, proc
 from studyhub.ops.cluster.types import (
@@ -163,9 +164,11 @@ class LocalArchive:
         while (root / label).exists() or (root / f"{label}.part").exists():
             n += 1
             label = "base-" + started.strftime("%Y%m%dT%H%M%SZ") + f"-{n}"
-        part = root / f"{label}.part"
-        progress(f"pg_basebackup → {part.name}")
-        try:
+        # Built as <label>.part (pg_basebackup makes the directory itself and syncs what it
+        # writes), renamed into place only once complete: never something that looks like one.
+        with atomic_directory(root / label, temp_name=f"{label}.part", create=False,
+                              fsync=False) as part:
+            progress(f"pg_basebackup → {part.name}")
             proc.run_server_cmd(
                 [str(proc.pg_program("pg_basebackup")), "-h", "127.0.0.1", "-p",
                  str(c.load_state().primary_port), "-U", REPLICATION_ROLE, "-D", str(part),
@@ -179,27 +182,21 @@ class LocalArchive:
             # pg_basebackup 15 compresses only base.tar with zstd; its WAL tar is compressed here.
             proc.run_server_cmd(["zstd", "-q", "-1", "--rm", str(part / "pg_wal.tar")],
                                 what="zstd (backup WAL)", timeout=3600)
-        except BaseException:
-            shutil.rmtree(part, ignore_errors=True)  # never leave something that looks like one
-            raise
-        manifest = json.loads((part / "backup_manifest").read_text())
-        wal = manifest["WAL-Ranges"][0]
-        meta = {
-            "label": label,
-            "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
-            "timeline": wal["Timeline"],
-            "start_lsn": wal["Start-LSN"],
-            "end_lsn": wal["End-LSN"],
-            "start_segment": _lsn_segment(wal["Timeline"], wal["Start-LSN"]),
-            "format": "tar+zstd",
-            "size_bytes": _dir_bytes(part),
-        }
-        proc.write_private(part / BACKUP_META, json.dumps(meta, indent=2) + "\n",
-                           server_owned=True)
-        # TODO(atomic_file): a directory written as <label>.part, then renamed; move to
-        # atomic_file once it has a helper for directories (write_atomically is for files).
-        part.rename(root / label)
+            manifest = json.loads((part / "backup_manifest").read_text())
+            wal = manifest["WAL-Ranges"][0]
+            meta = {
+                "label": label,
+                "started_at": started.isoformat(),
+                "finished_at": finished.isoformat(),
+                "timeline": wal["Timeline"],
+                "start_lsn": wal["Start-LSN"],
+                "end_lsn": wal["End-LSN"],
+                "start_segment": _lsn_segment(wal["Timeline"], wal["Start-LSN"]),
+                "format": "tar+zstd",
+                "size_bytes": _dir_bytes(part),
+            }
+            proc.write_private(part / BACKUP_META, json.dumps(meta, indent=2) + "\n",
+                               server_owned=True)
         for old in plan.params.get("delete") or []:
             progress(f"deleting base backup {old}")
             shutil.rmtree(root / old)

@@ -254,10 +254,7 @@ class LocalForks(LocalArchive):
                 _parse_pg_time(stop[-1]) if stop else None)
 
     def _fork_metas(self) -> list[dict[str, Any]]:
-        d = self.cluster.forks_dir
-        if not d.is_dir():
-            return []
-        return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+        return self.cluster.read_fork_metas()
 
     def _fork(self, meta: dict[str, Any]) -> Fork:
         running = self.cluster._postmaster_pid(self.cluster.forks_dir / meta["name"]) is not None

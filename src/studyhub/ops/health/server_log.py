@@ -9,7 +9,7 @@ import json
 import psycopg
 from psycopg import sql
 
-from studyhub.local.cluster import LOG_PRIVACY_SETTINGS
+from studyhub.local import LOG_PRIVACY_SETTINGS
 from studyhub.ops.health.registry import Check, CheckContext, check
 from studyhub.profiles import Profile
 

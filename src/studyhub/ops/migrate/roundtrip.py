@@ -20,7 +20,7 @@ from alembic import command
 from studyhub.audit import audited
 from studyhub.connect import connect
 from studyhub.errors import RefusedError
-from studyhub.local.cluster import LocalCluster
+from studyhub.local import LocalCluster
 from studyhub.ops.migrate.apply import run_unaudited
 from studyhub.ops.migrate.revisions import (
     DEFAULT_LOCK_TIMEOUT,

@@ -24,6 +24,7 @@ from studyhub.audit import audited
 from studyhub.connect import connect
 from studyhub.db.privacy_policy import POLICY, TablePolicy
 from studyhub.errors import StudyhubError
+from studyhub.hashing import HashingWriter
 from studyhub.ops.privacy.graph import (
     PersonalTable,
     PrivacyGraph,
@@ -69,33 +70,6 @@ class ExportResult:
     files: list[ExportedFile]
     zip_bytes: int
     duration_s: float
-
-
-class _ZipMemberHashingWriter:
-    """Buffers small writes (COPY yields a row at a time) into ~1 MiB blocks for the zip
-    stream, counting bytes and hashing as it goes. Call ``flush()`` before closing."""
-
-    BLOCK = 1 << 20
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.bytes = 0
-        self._buf = bytearray()
-
-    def write(self, data: bytes | str | memoryview) -> None:
-        if isinstance(data, str):
-            data = data.encode()
-        self._buf += data
-        if len(self._buf) >= self.BLOCK:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buf:
-            self.raw.write(self._buf)
-            self.sha.update(self._buf)
-            self.bytes += len(self._buf)
-            self._buf = bytearray()
 
 
 def _label_keys(graph: PrivacyGraph, table: PersonalTable) -> list[tuple[str, Any]]:
@@ -275,7 +249,7 @@ def export_person(conn: psycopg.Connection, out: Path, *, student_id: str | UUID
                         name = _csv_name(table.name)
                         with zf.open(_zip_info(name, exported_at), "w",
                                      force_zip64=True) as raw:
-                            w = _ZipMemberHashingWriter(raw)
+                            w = HashingWriter(raw, block_size=1 << 20)  # COPY yields a row at a time
                             cur = conn.cursor()
                             with cur.copy(_csv_query(graph, table)) as copy:
                                 for chunk in copy:
@@ -316,7 +290,7 @@ def _write_json(zf: zipfile.ZipFile, conn: psycopg.Connection, graph: PrivacyGra
                 exported_at: datetime, revision: str, files: list[ExportedFile]) -> None:
     name = "personal_data.json"
     with zf.open(_zip_info(name, exported_at), "w", force_zip64=True) as raw:
-        w = _ZipMemberHashingWriter(raw)
+        w = HashingWriter(raw, block_size=1 << 20)  # COPY yields a row at a time
         w.write("{\n")
         w.write(f'"format": {json.dumps(EXPORT_FORMAT)},\n"version": {EXPORT_VERSION},\n')
         w.write(f'"exported_at": {json.dumps(exported_at.isoformat())},\n')

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import psycopg
 
 from studyhub.audit import audit_path, read_audit
-from studyhub.local.cluster import LocalCluster
-from studyhub.ops import backup_set, cluster_local
+from studyhub.local import SEGMENT_RE, LocalHome
+from studyhub.ops.backup.setformat import default_backup_dir, list_sets
 from studyhub.ops.health import LOG_VALUE_SETTINGS, log_value_leaks
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
@@ -63,7 +63,7 @@ def _log_settings_verdict(conn: psycopg.Connection) -> str:
 
 def _server_log(profile: Profile, verdict: str) -> PlaceNotCleaned:
     if profile.is_local:
-        logs = LocalCluster().logs_dir
+        logs = LocalHome().logs_dir
         files = sorted(p.name for p in logs.glob("*.log")) if logs.is_dir() else []
         return PlaceNotCleaned(
             "server-log", str(logs), verdict,
@@ -86,17 +86,17 @@ def _server_log(profile: Profile, verdict: str) -> PlaceNotCleaned:
 
 def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNotCleaned]:
     if profile.is_local:
-        backend = cluster_local.LocalBackend(profile)
-        archive = backend.cluster.wal_archive_dir
+        home = LocalHome()
+        archive = home.wal_archive_dir
         try:
-            segments = sorted(p.name for p in archive.iterdir()
-                              if cluster_local.SEGMENT_RE.match(p.name))
+            segments = sorted(p.name for p in archive.iterdir() if SEGMENT_RE.fullmatch(p.name))
         except OSError:
             segments = []
-        bases = [b for b in backend.base_backups() if b.created_at < erased_at]
+        bases = [b for b in home.read_base_backups()
+                 if datetime.fromisoformat(b["started_at"]) < erased_at]
         oldest = bases[0] if bases else None
-        window = (f"a fork can go back to {_iso(oldest.finished_at or oldest.created_at)} (end "
-                  f"of base backup {oldest.label}), before the erasure"
+        window = (f"a fork can go back to {_iso(datetime.fromisoformat(oldest['finished_at']))} "
+                  f"(end of base backup {oldest['label']}), before the erasure"
                   if oldest else "no base backup: no fork can be made before the erasure")
         places = [PlaceNotCleaned(
             "wal", str(archive),
@@ -111,19 +111,19 @@ def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNo
                                                      if segments else "")])]
         if bases:
             places.append(PlaceNotCleaned(
-                "base-backup", str(backend.cluster.basebackups_dir),
+                "base-backup", str(home.basebackups_dir),
                 "a full copy of the cluster as it was, the person included",
                 "until pruned: studyhub cluster basebackup --keep N",
                 "forks restored from them are erased again from the ledger; prune them once a "
-                "newer base backup exists", [b.label or "" for b in bases]))
-        forks = [f for f in backend.forks() if f.created_at is None or f.created_at < erased_at]
+                "newer base backup exists", [b["label"] for b in bases]))
+        forks = [f["name"] for f in home.read_fork_metas()
+                 if (created := _parse(f.get("created_at"))) is None or created < erased_at]
         if forks:
             places.append(PlaceNotCleaned(
-                "fork", str(backend.cluster.forks_dir),
+                "fork", str(home.forks_dir),
                 "the person as of the fork's point in time (forks made before this erasure "
                 "were not erased again)", "until removed: studyhub cluster forks remove NAME",
-                "erase them there too: studyhub privacy reapply-erasures --fork NAME",
-                [f.name for f in forks]))
+                "erase them there too: studyhub privacy reapply-erasures --fork NAME", forks))
         return places
     if profile.do_cluster_id:
         until = _iso(erased_at + timedelta(days=DO_RETENTION_DAYS))
@@ -147,9 +147,9 @@ def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNo
 
 
 def _backup_sets(profile: Profile, database: str, erased_at: datetime) -> list[PlaceNotCleaned]:
-    root = backup_set.default_backup_dir()
+    root = default_backup_dir()
     names = []
-    for s in backup_set.list_sets(root):
+    for s in list_sets(root):
         created = _parse(s.created_at)
         if s.status != "complete":
             names.append(f"{s.name} ({s.status})")
