@@ -107,7 +107,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
     from studyhub.connect import connect
     from studyhub.dashboard.app import create_dashboard
     from studyhub.local import LocalCluster
-    from studyhub.ops import activity, advisor, explain, health, indexes, migrate, space
+    from studyhub.ops import activity, advisor, explain, health, indexes, migrate, replication, space
     from studyhub.ops import statements
     from studyhub.ops.seed import seed_database
     from studyhub.serving import DashboardSettings
@@ -224,7 +224,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
             activity.top_snapshot(c)
             activity.blocking_tree(c)
             activity.connection_report(c, "state", profile)
-            activity.replication_report(profile, c)
+            replication.replication_report(profile, c)
 
     def b_space() -> None:
         with ops() as c:

@@ -149,12 +149,12 @@ def test_unreachable_replica_is_a_note_not_a_failure(migrated):
     import dataclasses
 
     from studyhub.local import pick_free_port
-    from studyhub.ops import activity
+    from studyhub.ops import replication
 
     nowhere = dataclasses.replace(migrated, replica_host="127.0.0.1",
                                   replica_port=pick_free_port())
     with connect_as(migrated, "ops") as conn:
-        report = activity.replication_report(nowhere, conn)
+        report = replication.replication_report(nowhere, conn)
     assert report.replica_self is None
     assert "unreachable" in report.replica_note and str(nowhere.replica_port) in report.replica_note
 

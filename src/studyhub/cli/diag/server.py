@@ -24,6 +24,7 @@ from studyhub.cli.common import (
 from studyhub.connect import connect
 from studyhub.humanize import human_bytes, human_s, short
 from studyhub.ops import activity, space
+from studyhub.ops import replication as ops_replication
 
 APP_NAME = "studyhub diag"
 
@@ -115,7 +116,7 @@ def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = No
     prof, conn = ops_connection(profile, database, sees_activity="replication lag",
                                 application_name=APP_NAME)
     with conn:
-        report = activity.replication_report(prof, conn)
+        report = ops_replication.replication_report(prof, conn)
     if json_:
         print_json(report)
         return

@@ -24,7 +24,7 @@ from studyhub.dashboard.render import (
 )
 from studyhub.dashboard.security import flash
 from studyhub.errors import RefusedError, StudyhubError
-from studyhub.ops import activity, emergency
+from studyhub.ops import activity, emergency, replication
 
 TOP_PREVIOUS_MAX_AGE_S = 300
 
@@ -48,9 +48,9 @@ def live(request: Request, name: str, sort: str = "blocking", filter: str | None
         blockers = {b for s in snap.sessions for b in s.blocked_by}
         tree = activity.blocking_tree(conn)
         conns = activity.connection_report(conn, by, view.profile)
-        replication = activity.replication_report(view.profile, conn)
+        replica_report = replication.replication_report(view.profile, conn)
         return {"snap": snap, "rows": rows, "blockers": blockers, "tree": tree,
-                "conns": conns, "replication": replication, "sort": sort,
+                "conns": conns, "replication": replica_report, "sort": sort,
                 "sorts": activity.SORTS, "filter": filter or "", "idle": idle, "by": by,
                 "groupings": tuple(activity.GROUP_KEYS), "page": "live"}
 

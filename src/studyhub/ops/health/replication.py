@@ -3,7 +3,7 @@ inactive replication slots."""
 
 from __future__ import annotations
 
-from studyhub.ops import activity
+from studyhub.ops import replication
 from studyhub.ops.health.registry import Check, CheckContext, _fmt_bytes, check, grade, worst
 
 
@@ -16,7 +16,7 @@ def replication_lag(ctx: CheckContext) -> Check:
         items = [{"name": "(this replica)", "replay_lag_bytes": gap, "replay_lag_s": secs,
                   "paused": row["replay_pause_state"] != "not paused"}]
     else:
-        replicas, _ = activity.replication_from_primary(ctx.conn)
+        replicas, _ = replication.replication_from_primary(ctx.conn)
         if not replicas:
             return Check("replication_lag", "Replication lag", "ok", "no replicas", "-")
         items = [{"name": r.name, "state": r.state, "replay_lag_bytes": r.replay_lag_bytes,
@@ -44,7 +44,7 @@ def replication_lag(ctx: CheckContext) -> Check:
 
 @check("replication_slots")
 def replication_slots(ctx: CheckContext) -> Check:
-    slots = [activity.ReplicationSlot(**r) for r in ctx.rows("get_replication_slots")]
+    slots = [replication.ReplicationSlot(**r) for r in ctx.rows("get_replication_slots")]
     inactive = [s for s in slots if not s.active]
     crit = ctx.t("replication_slots.critical_retained_bytes")
     status = "ok"
