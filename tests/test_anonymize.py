@@ -180,7 +180,7 @@ def test_a_failed_anonymize_is_audited_and_not_named_among_the_exports(
     from datetime import datetime, timezone
 
     from studyhub.cli import common
-    from studyhub.ops.privacy import places_not_cleaned
+    from studyhub.ops.erasure import places_not_cleaned
 
     db, people = analytics_db
     prof = dataclasses.replace(migrated, database=db)

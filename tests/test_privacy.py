@@ -28,7 +28,9 @@ from studyhub.errors import RefusedError, StudyhubError
 from studyhub.local import proc
 from studyhub.ops import migrate
 from studyhub.ops import privacy
-from studyhub.ops.privacy import PseudonymKey, places_not_cleaned
+from studyhub.ops import erasure
+from studyhub.ops.erasure import places_not_cleaned
+from studyhub.ops.privacy import PseudonymKey
 from tests.conftest import connect_as
 from tests.privacy_data import SamplePerson, add_person
 
@@ -424,7 +426,7 @@ def test_erasing_an_unknown_student_is_audited_as_failed_without_the_id(migrated
                                                                         key_env):
     unknown = str(uuid.uuid4())
     with pytest.raises(privacy.PersonNotFound, match=unknown):
-        privacy.run_erase(cli_db_profile(migrated, pdb), key_env, student_id=unknown)
+        erasure.run_erase(cli_db_profile(migrated, pdb), key_env, student_id=unknown)
     line = last_audit_line()
     assert (line["action"], line["outcome"], line["error"]) == \
         ("privacy.erase", "failed", "PersonNotFound")
@@ -485,10 +487,10 @@ def test_erase_and_reapply_refuse_a_read_only_profile_before_connecting(migrated
         before = checksums(conn)
     with pytest.raises(RefusedError, match="refusing to erase a person: profile local is "
                                            "marked read-only"):
-        privacy.run_erase(read_only, key_env, student_id=people[0].student_id)
+        erasure.run_erase(read_only, key_env, student_id=people[0].student_id)
     with pytest.raises(RefusedError, match="refusing to re-apply erasures"):
-        privacy.run_reapply(read_only)
-    plan = privacy.run_erase(read_only, key_env, student_id=people[0].student_id, dry_run=True)
+        erasure.run_reapply(read_only)
+    plan = erasure.run_erase(read_only, key_env, student_id=people[0].student_id, dry_run=True)
     assert plan.dry_run and plan.rows_total > 0  # a dry run changes nothing: allowed
     with connect_as(migrated, "app", pdb) as conn:
         assert checksums(conn) == before

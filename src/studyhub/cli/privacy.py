@@ -21,6 +21,7 @@ from studyhub.cli.common import (
     profile_from,
 )
 from studyhub.connect import connect
+from studyhub.ops import erasure
 from studyhub.ops import privacy as ops
 from studyhub.ops.privacy import anonymize as anon
 from studyhub.ops.privacy import generate_key_file, key_file, load_key
@@ -158,7 +159,7 @@ def erase(
     if not dry_run:
         prof.require_changes_allowed("erase a person")
     key = load_key("erase (the audit line and ledger name the person by keyed pseudonym)")
-    plan = ops.run_erase(prof, key, student_id=student, email=email, dry_run=True,
+    plan = erasure.run_erase(prof, key, student_id=student, email=email, dry_run=True,
                          lock_timeout=lock_timeout)
     if dry_run:
         print_json(plan) if json_ else _render_erasure(plan)
@@ -166,7 +167,7 @@ def erase(
     if not json_ and not yes:
         _render_erasure(plan)
     confirm_destructive(prof, f"erase {plan.rows_total:,} rows about this person", yes=yes)
-    result = ops.run_erase(prof, key, student_id=student, email=email, lock_timeout=lock_timeout)
+    result = erasure.run_erase(prof, key, student_id=student, email=email, lock_timeout=lock_timeout)
     print_json(result) if json_ else _render_erasure(result)
 
 
@@ -221,7 +222,7 @@ def reapply_erasures(
     prof = profile_from(profile)
     options = dict(ledger_file=ledger_file, fork=fork, database=database,
                    lock_timeout=lock_timeout)
-    plan = ops.run_reapply(prof, dry_run=True, **options)
+    plan = erasure.run_reapply(prof, dry_run=True, **options)
     if dry_run or plan.people_present == 0:
         print_json(plan) if json_ else _render_reapply(plan)
         return
@@ -229,7 +230,7 @@ def reapply_erasures(
         _render_reapply(plan)
     confirm_destructive(prof, f"erase again {plan.people_present} person(s) "
                         f"({plan.rows_total:,} rows) in {plan.database}", yes=yes)
-    result = ops.run_reapply(prof, **options)
+    result = erasure.run_reapply(prof, **options)
     print_json(result) if json_ else _render_reapply(result)
 
 

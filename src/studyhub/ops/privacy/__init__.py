@@ -9,17 +9,16 @@ added later is either covered or makes these functions refuse.
 
 Modules: ``graph`` (the foreign-key graph from the catalog, checked against the policy),
 ``rows`` (the person and the SQL that reaches their rows), ``export``, ``erase``, ``ledger``,
-``outside`` (what erase could not clean), ``pseudonym``, ``anonymize`` (the analytics datasets:
-``anonymize.DATASETS``, ``anonymize.anonymize``).
+``pseudonym``, ``anonymize`` (the analytics datasets: ``anonymize.DATASETS``,
+``anonymize.anonymize``).
 
-The backup and cluster code import ``studyhub.ops.privacy.ledger`` only: it imports neither
-them nor ``outside`` (which reads backup sets, the local cluster's archive and forks).
+Nothing here imports the backup or cluster code: they re-apply this package's erasure ledger
+after a restore or a fork. The erasure *commands* that need them (what an erasure could not
+clean: backups, forks; re-applying to a fork) are in ``studyhub.ops.erasure``, above both.
 """
 
 from __future__ import annotations
 
-# The ledger first: backup and cluster modules import it while this package may still be
-# initialising (``outside`` imports them).
 from studyhub.ops.privacy.ledger import (
     LEDGER_FILE,
     LEDGER_TABLE,
@@ -53,6 +52,7 @@ from studyhub.ops.privacy.rows import (
     Person,
     PersonNotFound,
     check_person_args,
+    database_name,
     find_person,
     parse_uuid,
 )
@@ -73,8 +73,7 @@ from studyhub.ops.privacy.export import (
     export_person,
     run_export,
 )
-from studyhub.ops.privacy.outside import PlaceNotCleaned, places_not_cleaned
-from studyhub.ops.privacy.erase import ErasureResult, erase_person, run_erase, run_reapply
+from studyhub.ops.privacy.erase import ErasureResult, PlaceNotCleaned, erase_person
 from studyhub.ops.privacy import anonymize
 from studyhub.ops.privacy.anonymize import AnonymizeResult, run_anonymize
 
@@ -84,10 +83,10 @@ __all__ = [
     "ErasureError", "ErasureMonth", "ErasureReapply", "ErasureResult", "ExportResult",
     "ExportedFile", "LedgerEntry", "MissingKeyError", "Person", "PersonNotFound",
     "PlaceNotCleaned", "PolicyError", "PolicyReport", "PolicyRow", "PrivacyGraph",
-    "PseudonymKey", "ReappliedErasure", "ReapplyResult", "anonymize", "check_person_args",
+    "PseudonymKey", "ReappliedErasure", "ReapplyResult", "anonymize", "check_person_args", "database_name",
     "erase_person", "erasure_audit", "erasure_ledger", "export_person", "find_person",
     "generate_key_file", "key_file", "load_graph", "load_key", "merge_ledgers", "parse_uuid",
-    "places_not_cleaned", "policy_report", "read_ledger_file", "reapply_erasure_ledger",
-    "reapply_erasures", "run_anonymize", "run_erase", "run_export", "run_reapply",
+    "policy_report", "read_ledger_file", "reapply_erasure_ledger",
+    "reapply_erasures", "run_anonymize", "run_export", 
     "save_ledger_beside_backups", "write_ledger_file",
 ]

@@ -1,39 +1,24 @@
 """GDPR erasure (article 17) with proof: everything about one person deleted in one transaction,
 children first, verified before commit that no row in any policy table still points at them,
-recorded in the erasure ledger; then what it could not clean (``outside``). Also the command
-that erases again, in a restored database or a fork, the people of the ledger.
-
-``run_erase`` and ``run_reapply`` are the commands: profile → rule check → connection → work →
-audit line (written however the work ends).
+recorded in the erasure ledger. The commands around it (``run_erase``, which also names the
+places outside the database it could not clean, and ``run_reapply``, which reaches forks) are
+in ``studyhub.ops.erasure``: they need the backups and the cluster, which themselves need the
+ledger here.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from uuid import UUID
 
 import psycopg
 
-from studyhub.audit import audited
-from studyhub.connect import connect
 from studyhub.db.privacy_policy import POLICY, TablePolicy
-from studyhub.errors import RefusedError, StudyhubError
-from studyhub.ops import cluster
+from studyhub.errors import RefusedError
 from studyhub.ops.privacy.graph import load_graph
-from studyhub.ops.privacy.ledger import (
-    LEDGER_TABLE,
-    ReapplyResult,
-    erasure_ledger,
-    ledger_present,
-    merge_ledgers,
-    read_ledger_file,
-    reapply_erasures,
-)
-from studyhub.ops.privacy.outside import PlaceNotCleaned, places_not_cleaned
+from studyhub.ops.privacy.ledger import LEDGER_TABLE, ledger_present
 from studyhub.ops.privacy.pseudonym import PseudonymKey
 from studyhub.ops.privacy.rows import (
     DEFAULT_ATTEMPTS,
@@ -52,7 +37,19 @@ from studyhub.ops.privacy.rows import (
     with_retries,
 )
 from studyhub.ops.queries import load
-from studyhub.profiles import Profile
+
+
+@dataclass
+@dataclass
+class PlaceNotCleaned:
+    """A place outside the database that may still hold the erased person."""
+
+    kind: str  # server-log | wal | base-backup | fork | backup-set | export
+    location: str  # a directory, or the provider's service
+    holds: str  # what of the person it may hold
+    kept: str  # for how long
+    action: str  # what the operator does about it
+    items: list[str] = field(default_factory=list)  # log files, backups, forks, exports by name
 
 
 @dataclass
@@ -77,14 +74,12 @@ def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
                  student_id: str | UUID | None = None, email: str | None = None,
                  dry_run: bool = False, rehearse: bool = False,
                  lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-                 attempts: int = DEFAULT_ATTEMPTS, policy: dict[str, TablePolicy] = POLICY,
-                 profile: Profile | None = None) -> ErasureResult:
+                 attempts: int = DEFAULT_ATTEMPTS, policy: dict[str, TablePolicy] = POLICY) -> ErasureResult:
     """Delete everything about one person in one transaction, children first; verify before
     commit that nothing in any policy table still points at them; record them in the ledger.
     A dry run counts the same rows and changes nothing; a rehearsal (benchmarks, drills) does
-    and verifies everything, then rolls back. Given the ``profile`` ``conn`` belongs to, the
-    result also names the places outside the database that may still hold the person
-    (``not_cleaned``: server log, WAL, backups, forks, exports)."""
+    and verifies everything, then rolls back. ``not_cleaned`` stays empty here:
+    ``ops.erasure.run_erase`` fills it (it needs the backups and forks, which sit above)."""
     started = time.monotonic()
     check_person_args(student_id, email)
     timeout = lock_timeout_interval(lock_timeout)
@@ -126,71 +121,4 @@ def erase_person(conn: psycopg.Connection, key: PseudonymKey, *,
 
     result = with_retries(attempts, "erasure", run)
     result.duration_s = round(time.monotonic() - started, 3)
-    if profile is not None and not result.rolled_back:
-        assert result.erased_at is not None
-        result.not_cleaned = places_not_cleaned(conn, profile, database=result.database,
-                                                pseudonym=result.pseudonym,
-                                                erased_at=result.erased_at)
-    return result
-
-
-def run_erase(profile: Profile, key: PseudonymKey, *, student_id: str | UUID | None = None,
-              email: str | None = None, database: str | None = None, dry_run: bool = False,
-              lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> ErasureResult:
-    """``studyhub privacy erase`` on ``profile``. A dry run (the plan) counts the rows and
-    changes nothing. A real run checks that the profile allows changes, erases
-    (``erase_person``, naming what it could not clean) and writes the audit line
-    ``privacy.erase``, naming the person by keyed pseudonym — also when it fails, the error
-    then by type only (a message may name the person)."""
-    check_person_args(student_id, email)
-    if dry_run:
-        with connect(profile, "app", database=database,
-                     application_name="studyhub privacy erase") as conn:
-            return erase_person(conn, key, student_id=student_id, email=email, dry_run=True,
-                                lock_timeout=lock_timeout)
-    profile.require_changes_allowed("erase a person")
-    with audited("privacy.erase", profile.name, error_text=False) as line:
-        with connect(profile, "app", database=database,
-                     application_name="studyhub privacy erase") as conn:
-            line["database"] = database_name(conn)
-            result = erase_person(conn, key, student_id=student_id, email=email,
-                                  lock_timeout=lock_timeout, profile=profile)
-        line.update(database=result.database, person=result.pseudonym,
-                    rows_by_table=result.rows_by_table, rows_total=result.rows_total,
-                    attempts=result.attempts, duration_s=result.duration_s,
-                    not_cleaned=[p.kind for p in result.not_cleaned])
-    return result
-
-
-def run_reapply(profile: Profile, *, ledger_file: Path | None = None, fork: str | None = None,
-                database: str | None = None, dry_run: bool = False,
-                lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> ReapplyResult:
-    """``studyhub privacy reapply-erasures``: erase again, in ``database`` (e.g. a restored
-    backup) or in the running point-in-time fork ``fork`` of the profile's cluster, everyone
-    in the ledger — ``ledger_file``, else the ledger of the profile's own database, merged with
-    the target's own — who is present there. A dry run (the plan) changes nothing. A real run
-    checks that the profile allows changes and writes the audit line
-    ``privacy.reapply_erasures`` (also when it fails)."""
-    if fork and database:
-        raise StudyhubError("give either --fork or --database, not both")
-    if not dry_run:
-        profile.require_changes_allowed("re-apply erasures")
-    audit = nullcontext({}) if dry_run else audited("privacy.reapply_erasures", profile.name,
-                                                     fork=fork)
-    with audit as line:
-        target = cluster.fork_target(profile, fork) if fork else profile
-        if ledger_file:
-            source = read_ledger_file(ledger_file)
-        else:
-            with connect(profile, "app", application_name="studyhub privacy") as conn:
-                source = erasure_ledger(conn)
-        with connect(target, "app", database=database,
-                     application_name="studyhub privacy reapply") as conn:
-            line["database"] = database_name(conn)
-            entries = merge_ledgers(source, erasure_ledger(conn))
-            result = reapply_erasures(conn, entries, dry_run=dry_run, lock_timeout=lock_timeout)
-        line.update(database=result.database,
-                    people=[p.pseudonym for p in result.people if p.present],
-                    rows_total=result.rows_total, ledger_recorded=result.ledger_recorded,
-                    duration_s=result.duration_s)
     return result

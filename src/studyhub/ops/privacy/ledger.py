@@ -4,8 +4,8 @@ database, in a JSON-lines file kept beside the backups (``LEDGER_FILE``), and is
 both and re-applied to a restored database or a fork (``reapply_erasures``,
 ``reapply_erasure_ledger``).
 
-The backup and cluster code import this module (and only this one of the package); it imports
-neither them nor ``outside``.
+The backup and cluster code import this module (and only this one of the package); nothing in
+the package imports them.
 """
 
 from __future__ import annotations

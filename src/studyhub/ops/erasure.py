@@ -1,39 +1,47 @@
-"""What an erasure cannot reach: the places outside the database that may still hold the person
-after ``erase_person`` — the server log, the WAL (archive and point-in-time window), backups and
-forks made before the erasure, and exports already written. ``erase`` states them in its result
-so the operator knows what is left and what to do about each (docs/privacy.md).
+"""Erasure requests end to end, above ``ops.backup`` and ``ops.cluster`` (which re-apply the
+ledger of ``ops.privacy`` themselves): ``run_erase`` — profile → rule check → connection →
+``privacy.erase_person`` → the places outside the database that may still hold the person
+(``places_not_cleaned``: the server log, the WAL, backups and forks made before the erasure,
+exports already written) → one audit line, however it ends; ``run_reapply`` — the ledger
+erased again in a restored database or a point-in-time fork.
 
-Only cheap facts are gathered: file listings and small metadata files, the audit log, the
-server's log settings over the erasure's own connection. Nothing here changes anything.
+Only cheap facts are gathered for the places: file listings and small metadata files, the
+audit log, the server's log settings over the erasure's own connection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from datetime import datetime, timedelta
+from pathlib import Path
+from uuid import UUID
 
 import psycopg
 
-from studyhub.audit import audit_path, read_audit
+from studyhub.audit import audit_path, audited, read_audit
+from studyhub.connect import connect
+from studyhub.errors import StudyhubError
 from studyhub.local import SEGMENT_RE, LocalHome
-from studyhub.ops.backup.setformat import default_backup_dir, list_sets
+from studyhub.ops import backup, cluster
 from studyhub.ops.health import LOG_VALUE_SETTINGS, log_value_leaks
+from studyhub.ops.privacy import (
+    DEFAULT_LOCK_TIMEOUT,
+    ErasureResult,
+    PlaceNotCleaned,
+    PseudonymKey,
+    ReapplyResult,
+    check_person_args,
+    database_name,
+    erase_person,
+    erasure_ledger,
+    merge_ledgers,
+    read_ledger_file,
+    reapply_erasures,
+)
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 
 DO_RETENTION_DAYS = 7  # DigitalOcean: daily backups and point-in-time recovery, seven days
-
-
-@dataclass
-class PlaceNotCleaned:
-    """A place outside the database that may still hold the erased person."""
-
-    kind: str  # server-log | wal | base-backup | fork | backup-set | export
-    location: str  # a directory, or the provider's service
-    holds: str  # what of the person it may hold
-    kept: str  # for how long
-    action: str  # what the operator does about it
-    items: list[str] = field(default_factory=list)  # log files, backups, forks, exports by name
 
 
 def _iso(ts: datetime) -> str:
@@ -147,9 +155,9 @@ def _wal_and_base_backups(profile: Profile, erased_at: datetime) -> list[PlaceNo
 
 
 def _backup_sets(profile: Profile, database: str, erased_at: datetime) -> list[PlaceNotCleaned]:
-    root = default_backup_dir()
+    root = backup.default_backup_dir()
     names = []
-    for s in list_sets(root):
+    for s in backup.list_sets(root):
         created = _parse(s.created_at)
         if s.status != "complete":
             names.append(f"{s.name} ({s.status})")
@@ -195,3 +203,69 @@ def places_not_cleaned(conn: psycopg.Connection, profile: Profile, *, database: 
     places += _backup_sets(profile, database, erased_at)
     places += _exports(pseudonym, erased_at)
     return places
+
+
+def run_erase(profile: Profile, key: PseudonymKey, *, student_id: str | UUID | None = None,
+              email: str | None = None, database: str | None = None, dry_run: bool = False,
+              lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> ErasureResult:
+    """``studyhub privacy erase`` on ``profile``. A dry run (the plan) counts the rows and
+    changes nothing. A real run checks that the profile allows changes, erases
+    (``erase_person``, naming what it could not clean) and writes the audit line
+    ``privacy.erase``, naming the person by keyed pseudonym — also when it fails, the error
+    then by type only (a message may name the person)."""
+    check_person_args(student_id, email)
+    if dry_run:
+        with connect(profile, "app", database=database,
+                     application_name="studyhub privacy erase") as conn:
+            return erase_person(conn, key, student_id=student_id, email=email, dry_run=True,
+                                lock_timeout=lock_timeout)
+    profile.require_changes_allowed("erase a person")
+    with audited("privacy.erase", profile.name, error_text=False) as line:
+        with connect(profile, "app", database=database,
+                     application_name="studyhub privacy erase") as conn:
+            line["database"] = database_name(conn)
+            result = erase_person(conn, key, student_id=student_id, email=email,
+                                  lock_timeout=lock_timeout)
+            assert result.erased_at is not None
+            result.not_cleaned = places_not_cleaned(conn, profile, database=result.database,
+                                                    pseudonym=result.pseudonym,
+                                                    erased_at=result.erased_at)
+        line.update(database=result.database, person=result.pseudonym,
+                    rows_by_table=result.rows_by_table, rows_total=result.rows_total,
+                    attempts=result.attempts, duration_s=result.duration_s,
+                    not_cleaned=[p.kind for p in result.not_cleaned])
+    return result
+
+
+def run_reapply(profile: Profile, *, ledger_file: Path | None = None, fork: str | None = None,
+                database: str | None = None, dry_run: bool = False,
+                lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> ReapplyResult:
+    """``studyhub privacy reapply-erasures``: erase again, in ``database`` (e.g. a restored
+    backup) or in the running point-in-time fork ``fork`` of the profile's cluster, everyone
+    in the ledger — ``ledger_file``, else the ledger of the profile's own database, merged with
+    the target's own — who is present there. A dry run (the plan) changes nothing. A real run
+    checks that the profile allows changes and writes the audit line
+    ``privacy.reapply_erasures`` (also when it fails)."""
+    if fork and database:
+        raise StudyhubError("give either --fork or --database, not both")
+    if not dry_run:
+        profile.require_changes_allowed("re-apply erasures")
+    audit = nullcontext({}) if dry_run else audited("privacy.reapply_erasures", profile.name,
+                                                     fork=fork)
+    with audit as line:
+        target = cluster.fork_target(profile, fork) if fork else profile
+        if ledger_file:
+            source = read_ledger_file(ledger_file)
+        else:
+            with connect(profile, "app", application_name="studyhub privacy") as conn:
+                source = erasure_ledger(conn)
+        with connect(target, "app", database=database,
+                     application_name="studyhub privacy reapply") as conn:
+            line["database"] = database_name(conn)
+            entries = merge_ledgers(source, erasure_ledger(conn))
+            result = reapply_erasures(conn, entries, dry_run=dry_run, lock_timeout=lock_timeout)
+        line.update(database=result.database,
+                    people=[p.pseudonym for p in result.people if p.present],
+                    rows_total=result.rows_total, ledger_recorded=result.ledger_recorded,
+                    duration_s=result.duration_s)
+    return result
