@@ -6,6 +6,9 @@ blocks), then split and parsed by PostgreSQL's own parser (pglast). Alembic's bo
 (``alembic_version``) is left out. ``statement_locks`` maps a parsed statement to the table
 locks PostgreSQL 15 takes for it (the "Explicit Locking" chapter and each command's page of
 the manual); tests check the mapping against ``pg_locks`` on a real server.
+
+One module on purpose (~500 lines): the lock table and the walker that consults it for every
+statement kind are one mapping, read side by side; split, neither half stands alone.
 """
 
 from __future__ import annotations
