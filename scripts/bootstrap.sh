@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what StudyHub needs and is missing: uv (from PyPI, with pip), the Debian packages
-# postgresql-15, pgbouncer, postgresql-15-hypopg and, with --tests, chromium (browser tests); then the
+# postgresql-15, pgbouncer, postgresql-15-hypopg and, with --tests, chromium (browser tests) and
+# age (a backup set must decrypt with the stock age CLI); then the
 # Python environment (uv sync).
 # Idempotent: when everything is present it only checks, and returns in about a second.
 set -euo pipefail
@@ -16,6 +17,8 @@ command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
 # Chromium, never a downloaded one. The demo does not need it.
 if [ "${1:-}" = "--tests" ]; then
   [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+  # Debian's age: the test that decrypts an encrypted backup set by hand, as docs/backup.md shows
+  command -v age >/dev/null 2>&1 || need_pkgs+=(age)
 fi
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
