@@ -149,10 +149,12 @@ def test_round_trip_create_verify_restore_equal_per_table(cli, cluster, source, 
     assert {t.qualified: t.rows for t in manifest.tables} == expected
     assert manifest.alembic_revision == migrate.heads()
     assert manifest.direct and manifest.compression.method == "zstd"
-    assert manifest.files and all(f.sha256 and f.bytes > 0 for f in manifest.files)
+    assert manifest.files and all(f.sha256 and f.bytes > 0 for f in manifest.files
+                                  if f.path != manifest.ledger_file)  # no erasure: empty
+    assert manifest.ledger_file == "erasure-ledger.jsonl" and manifest.encryption is None
     methods = {t.qualified: t.method for t in manifest.tables}
     assert methods["ops.unhashable"] == "text-hash" and methods["public.notes"] == "record-hash"
-    assert manifest.format_version == ops.FORMAT_VERSION == 2
+    assert manifest.format_version == ops.FORMAT_VERSION == 3
     assert manifest.server_major == 15
     data_files = {f.qualified: f.path for f in manifest.table_files}
     assert set(data_files) == set(expected)  # every table's rows in a binary COPY file

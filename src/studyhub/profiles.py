@@ -11,6 +11,11 @@ Passwords are never taken from the command line. They come from the environment
 file that must be mode 0600 (``$STUDYHUB_SECRETS_FILE``, default
 ``~/.config/studyhub/secrets.toml``), or from libpq's own ``~/.pgpass``.
 
+Each profile may say where its backup sets go and how they are encrypted: a ``[<profile>.backup]``
+table (``BackupConfig``, read by ``backup_config``): a target URL, the object store's endpoint
+and region, the age recipients (public keys), paths of the credentials, identity and signing key
+files. Only public values and paths: a key that looks like a secret is refused there.
+
 ``Profile`` and ``Endpoint`` (the data, and the rule for changes) are defined in
 ``studyhub.profile_model`` and imported from here; the local profile is read from the embedded
 cluster's state (``studyhub.local.local_profile``), which sits below this module.
@@ -19,12 +24,14 @@ cluster's state (``studyhub.local.local_profile``), which sits below this module
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,14 +44,58 @@ from studyhub.local import local_profile
 from studyhub.profile_model import ROLES, Endpoint, Profile, Role
 
 __all__ = [
-    "ALL_SSLMODES", "PROFILE_NAMES", "ROLES", "SAFE_SSLMODES", "Endpoint", "Profile", "Role",
-    "Settings", "list_profiles", "load_settings", "read_secrets_file", "resolve_profile",
-    "secrets_file",
+    "ALL_SSLMODES", "PROFILE_NAMES", "ROLES", "SAFE_SSLMODES", "BackupConfig", "Endpoint",
+    "Profile", "Role", "Settings", "backup_config", "list_profiles", "load_settings",
+    "read_secrets_file", "resolve_profile", "secrets_file",
 ]
 
 PROFILE_NAMES = ("local", "staging", "production")
 SAFE_SSLMODES = ("require", "verify-ca", "verify-full")
 ALL_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+# names of keys that would hold a secret: never in studyhub.toml (its values are not secret)
+_SECRET_KEY_RE = re.compile(r"(?i).*(secret|password|token|access_key|key_id|private).*")
+
+
+class BackupSettings(BaseModel):
+    """``[<profile>.backup]`` in studyhub.toml: where the profile's backup sets go and who can
+    read them. Public values and file paths only (see docs/backup.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = None  # s3://BUCKET/PREFIX, file:///PATH or a directory
+    endpoint_url: str | None = None  # e.g. https://fra1.digitaloceanspaces.com (AWS: unset)
+    region: str | None = None  # e.g. fra1, eu-central-1
+    addressing_style: str = "auto"  # auto | virtual | path
+    recipients: list[str] = []  # age public keys (age1…): the sets are encrypted to each
+    encrypt_local: bool | None = None  # local directories: default = encrypt when recipients
+    credentials_file: str | None = None  # an AWS-style credentials file, mode 0600
+    credentials_section: str = "default"  # its section
+    identity_file: str | None = None  # the age identity (private key), 0600: restores only
+    signing_key_file: str | None = None  # ed25519 private key (PEM), 0600: signs manifests
+    verify_key: str | None = None  # its public key, "ed25519:BASE64": sets must be signed by it
+    part_size_mib: int = 8  # multipart upload part size
+    parts_in_flight: int = 4  # parts uploading (and held in memory) at once
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in ("credentials_file", "credentials_section", "signing_key_file") \
+                        and _SECRET_KEY_RE.fullmatch(str(key)):
+                    raise ValueError(
+                        f"{key}: credentials never go in studyhub.toml; use the environment, "
+                        "a 0600 credentials_file, or the AWS credential chain")
+        return data
+
+
+class LocalProfileSettings(BaseModel):
+    """The local profile is read from the embedded cluster's state; only its backup table is
+    configurable."""
+
+    backup: BackupSettings = BackupSettings()
 
 
 class RemoteProfileSettings(BaseModel):
@@ -69,6 +120,7 @@ class RemoteProfileSettings(BaseModel):
     read_only: bool = False
     protected: bool = False
     do_cluster_id: str | None = None
+    backup: BackupSettings = BackupSettings()
 
 
 class StagingSettings(RemoteProfileSettings):
@@ -96,6 +148,7 @@ class Settings(BaseSettings):
     )
 
     profile: str = "local"
+    local: LocalProfileSettings = LocalProfileSettings()
     staging: StagingSettings = StagingSettings()
     production: ProductionSettings = ProductionSettings()
 
@@ -225,3 +278,61 @@ def list_profiles() -> list[dict[str, Any]]:
         info["default"] = name == settings.profile
         rows.append(info)
     return rows
+
+
+# ------------------------------------------------------------------------------- backups
+@dataclass(frozen=True)
+class BackupConfig:
+    """A profile's backup settings, resolved (``[<profile>.backup]``; paths expanded). The
+    identity file may also come from ``$STUDYHUB_BACKUP_IDENTITY_FILE`` (a restore on another
+    machine), the signing key from ``$STUDYHUB_BACKUP_SIGNING_KEY_FILE``."""
+
+    profile: str = "local"
+    target: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    recipients: tuple[str, ...] = ()
+    encrypt_local: bool | None = None
+    credentials_file: Path | None = None
+    credentials_section: str = "default"
+    identity_file: Path | None = None
+    signing_key_file: Path | None = None
+    verify_key: str | None = None
+    part_size_mib: int = 8
+    parts_in_flight: int = 4
+
+
+def _path(raw: str | None) -> Path | None:
+    return Path(raw).expanduser() if raw else None
+
+
+def backup_config(name: str | None = None, *, settings: Settings | None = None) -> BackupConfig:
+    """The backup settings of profile ``name`` (``None`` → ``$STUDYHUB_PROFILE`` or local).
+    Needs no cluster and no database: ``backup list`` and the dashboard read it too."""
+    settings = settings or load_settings()
+    chosen = name or settings.profile
+    if chosen not in PROFILE_NAMES:
+        raise ConfigError(f"unknown profile {chosen!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    cfg: BackupSettings = getattr(settings, chosen).backup
+    if cfg.addressing_style not in ("auto", "virtual", "path"):
+        raise ConfigError(f"[{chosen}.backup] addressing_style must be auto, virtual or path")
+    if not 5 <= cfg.part_size_mib <= 512 or not 1 <= cfg.parts_in_flight <= 64:
+        raise ConfigError(f"[{chosen}.backup] part_size_mib must be 5-512 and parts_in_flight 1-64")
+    return BackupConfig(
+        profile=chosen,
+        target=cfg.target,
+        endpoint_url=cfg.endpoint_url,
+        region=cfg.region,
+        addressing_style=cfg.addressing_style,
+        recipients=tuple(cfg.recipients),
+        encrypt_local=cfg.encrypt_local,
+        credentials_file=_path(cfg.credentials_file),
+        credentials_section=cfg.credentials_section,
+        identity_file=_path(os.environ.get("STUDYHUB_BACKUP_IDENTITY_FILE") or cfg.identity_file),
+        signing_key_file=_path(os.environ.get("STUDYHUB_BACKUP_SIGNING_KEY_FILE")
+                               or cfg.signing_key_file),
+        verify_key=cfg.verify_key,
+        part_size_mib=cfg.part_size_mib,
+        parts_in_flight=cfg.parts_in_flight,
+    )

@@ -16,10 +16,18 @@ import (``import_sql.py``)
     A runbook-style plain ``.sql[.gz]`` dump, statement by statement through PostgreSQL's
     parser, in one transaction as the app role; no psql, nothing beyond the new database.
 the set on disk (``setformat.py``) and retention (``retention.py``)
-    Manifest, names, listing, file verification; grandfather-father-son pruning.
+    Manifest, names, listing, file verification; grandfather-father-son pruning per target.
+targets (``store.py``; one set written and read in ``setio.py``; S3 in ``s3.py``)
+    A local directory or an S3-compatible bucket and prefix (``s3://BUCKET/PREFIX``):
+    ``list_target_sets``, ``restore_set``, ``verify_set``, ``open_target``. Table streams go
+    from COPY through compression and encryption into multipart uploads; the manifest last.
+encryption (``crypto.py``: age via pyrage) and signing (``signing.py``: Ed25519)
+    Sets encrypted to the profile's age recipients (remote: always, unless refused
+    explicitly); manifests signed by the backup host's key and checked against the
+    profile's ``verify_key``; ``keygen`` writes either key.
 
 Mutating entry points audit themselves (``backup.create``, ``backup.restore``,
-``backup.import``, ``backup.prune``: one line whether they succeed or fail) and restore and
+``backup.import``, ``backup.prune``, ``backup.keygen``: one line whether they succeed or fail) and restore and
 import refuse a profile that allows no change (``Profile.require_changes_allowed``).
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
 flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
@@ -34,10 +42,13 @@ from studyhub.ops.backup.restore import (
     RestoreResult,
     VerifyResult,
     restore_backup,
+    restore_set,
     verify_backup,
+    verify_set,
 )
 from studyhub.ops.backup.retention import PruneDecision, PrunePlan, apply_prune, prune_plan
 from studyhub.ops.backup.schedule import RestoreStep
+from studyhub.ops.backup.s3 import memory_bound
 from studyhub.ops.backup.setformat import (
     FORMAT_VERSION,
     MANIFEST,
@@ -57,6 +68,17 @@ from studyhub.ops.backup.setformat import (
     resolve_set,
     set_name,
 )
+from studyhub.ops.backup.setio import SetSource
+from studyhub.ops.backup.signing import KeyResult, keygen
+from studyhub.ops.backup.store import (
+    DEFAULT_ABANDONED_AFTER_H,
+    LocalTarget,
+    RemoteTarget,
+    Target,
+    list_target_sets,
+    open_source,
+    open_target,
+)
 from studyhub.ops.backup.streams import DEFAULT_COMPRESSION, parse_compression
 from studyhub.ops.backup.workers import DEFAULT_JOBS, ProgressEvent, ProgressFn
 
@@ -74,4 +96,8 @@ __all__ = [
     "partial_writer_pid",
     # retention
     "prune_plan", "apply_prune", "PrunePlan", "PruneDecision",
+    # targets (local directories, object storage), keys
+    "Target", "LocalTarget", "RemoteTarget", "SetSource", "open_target", "open_source",
+    "list_target_sets", "restore_set", "verify_set", "DEFAULT_ABANDONED_AFTER_H",
+    "keygen", "KeyResult", "memory_bound",
 ]

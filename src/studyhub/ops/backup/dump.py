@@ -1,8 +1,9 @@
 """Writing a set's files: ``pg_dump --format=directory`` from the exported snapshot (the schema
 and sequence values; for format 1 also the table data, each file compressed with zstd while
 pg_dump writes it), and every table's rows as binary COPY by ``psql``, ``--jobs`` at a time,
-compressed and hashed as they stream. Every child gets its connection settings from
-``connect.child_env``: argv carries flags, paths and SQL without secrets."""
+compressed, encrypted (if) and hashed as they stream into the set's writer (a file, or an
+upload: ``setio.py``). Every child gets its connection settings from ``connect.child_env``:
+argv carries flags, paths and SQL without secrets."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from studyhub.connect import child_env
 from studyhub.local.proc import pg_program
 from studyhub.ops.backup.session import snapshot_literal
 from studyhub.ops.backup.setformat import DATA_DIR, BackupError, Compression, FileEntry, TableFile
+from studyhub.ops.backup.setio import SetWriter
 from studyhub.ops.backup.streams import DATA_SUFFIX, CompressedFile, StreamCompressor
 from studyhub.ops.backup.workers import (
     ProgressEvent,
@@ -134,12 +136,14 @@ def data_file_names(tables: list[tuple[str, str]], method: str) -> dict[tuple[st
     return names
 
 
-def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Path,
-                      compression: Compression, encoding: str,
+def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, writer: SetWriter,
+                      stored: str, compression: Compression, encoding: str,
                       procs: list[subprocess.Popen], abort: threading.Event) -> CompressedFile:
     """One table's rows, ``COPY … TO STDOUT (FORMAT binary)`` in a transaction that imported
     ``snapshot``, run by psql (its C client writes the stream; Python only moves 1 MB chunks
-    into the compressor, which releases the GIL). Credentials come from the environment."""
+    into the compressor, which releases the GIL), into the set's object ``stored``.
+    Credentials come from the environment."""
+    name = Path(stored).name
     argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
             "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             f"--command=SET TRANSACTION SNAPSHOT {snapshot_literal(snapshot)}",
@@ -147,10 +151,15 @@ def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Path
     env = child_env(profile, "app")
     env["PGAPPNAME"] = "studyhub backup data"
     env["PGCLIENTENCODING"] = encoding  # text values travel in the client encoding
-    out = CompressedFile(path, compression)
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd="/")
     procs.append(proc)
+    try:
+        out = writer.open_data(stored, compression)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     err: list[bytes] = []
     reader = threading.Thread(target=lambda: err.extend(proc.stderr.read().splitlines()),  # type: ignore[union-attr]
                               daemon=True)
@@ -175,18 +184,22 @@ def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, path: Path
         out.discard()
         msgs = [e.decode(errors="replace") for e in err]
         reason = f"killed by signal {-rc}" if rc < 0 else stderr_tail(msgs)
-        raise BackupError(f"dumping {path.name} failed ({reason}); no backup set was written")
-    out.close()
+        raise BackupError(f"dumping {name} failed ({reason}); no backup set was written")
+    try:
+        out.close()
+    except BaseException:
+        out.discard()
+        raise
     return out
 
 
 def dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: str,
                        tables: list[tuple[str, str]], columns: dict[tuple[str, str], list[str]],
-                       set_dir: Path, jobs: int, compression: Compression, encoding: str,
+                       writer: SetWriter, jobs: int, compression: Compression, encoding: str,
                        progress: ProgressFn) -> tuple[list[FileEntry], list[TableFile], float]:
     """Every table's data file, ``jobs`` at a time, biggest first (``tables`` is ordered)."""
-    (set_dir / DATA_DIR).mkdir()
-    names = data_file_names(tables, compression.method)
+    names = {t: writer.stored(rel) for t, rel in
+             data_file_names(tables, compression.method).items()}
     queue = list(tables)
     lock = threading.Lock()
     abort = threading.Event()
@@ -208,10 +221,10 @@ def dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: str
                         return
                     t = queue.pop(0)
                 rel = names[t]
-                f = dump_table_binary(profile, snapshot, copy_sql[t], set_dir / rel,
+                f = dump_table_binary(profile, snapshot, copy_sql[t], writer, rel,
                                       compression, encoding, procs, abort)
                 with lock:
-                    done[t] = (FileEntry(rel, f.out.bytes, f.out.sha.hexdigest()),
+                    done[t] = (FileEntry(rel, f.out.bytes, f.out.hexdigest()),
                                TableFile(t[0], t[1], rel, columns[t], f.raw_bytes))
                     written[0] += f.out.bytes
                     progress(ProgressEvent("dump", len(done), len(tables), written[0],

@@ -19,13 +19,12 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from studyhub.atomic_file import write_json_atomically
 from studyhub.audit import audited
 from studyhub.connect import child_env, connect
 from studyhub.errors import RefusedError
@@ -34,16 +33,8 @@ from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import compare_tables, table_checksums
 from studyhub.ops.backup.schedule import RestoreScheduler, RestoreStep
 from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
-from studyhub.ops.backup.setformat import (
-    DUMP_DIR,
-    VERIFIED,
-    BackupError,
-    Manifest,
-    Problem,
-    TableChecksum,
-    check_files,
-    read_manifest,
-)
+from studyhub.ops.backup.setformat import BackupError, Manifest, Problem, TableChecksum
+from studyhub.ops.backup.setio import LocalSetSource, SetSource, verified_record
 from studyhub.ops.backup.staging import (
     admin_connection,
     database_comment,
@@ -54,6 +45,7 @@ from studyhub.ops.backup.staging import (
     staging_name,
     swap_in,
 )
+from studyhub.ops.backup.store import Target, open_source
 from studyhub.ops.backup.streams import FifoFeeder
 from studyhub.ops.backup.toc import (
     ITEM_RE,
@@ -72,7 +64,7 @@ from studyhub.ops.backup.workers import (
     stderr_tail,
 )
 from studyhub.ops.queries import load
-from studyhub.profiles import Profile
+from studyhub.profiles import BackupConfig, Profile, backup_config
 
 
 @dataclass
@@ -210,7 +202,7 @@ def remaining_items(conn: psycopg.Connection, entries: list[TocEntry],
 
 
 def restore_backup(
-    set_dir: Path,
+    set_dir: Path | SetSource,
     profile: Profile,
     database: str,
     *,
@@ -220,43 +212,87 @@ def restore_backup(
     reapply_erasures: bool = True,
     verify_files_first: bool = True,
     progress: ProgressFn = no_progress,
+    config: BackupConfig | None = None,
+    identity_file: Path | None = None,
 ) -> RestoreResult:
-    """Restore ``set_dir`` into ``database`` on ``profile`` (see the module docstring). Refused
-    where the profile allows no change; audited as ``backup.restore`` (database, set, replaced,
-    resumed, tables, rows, erasures), a failure too."""
+    """Restore ``set_dir`` (a set directory, or any target's set: ``restore_set``) into
+    ``database`` on ``profile`` (see the module docstring). An encrypted set needs
+    ``identity_file`` (else the profile's). Refused where the profile allows no change;
+    audited as ``backup.restore`` (database, set, replaced, resumed, tables, rows, erasures),
+    a failure too."""
     profile.require_changes_allowed(
         f"restore {set_dir.name} into {database}"
         + (" replacing the existing database (kept, renamed)" if replace else ""))
     with audited("backup.restore", profile.name, database=database, set=set_dir.name) as line:
-        result = _restore(set_dir, profile, database, jobs=jobs, replace=replace,
+        refuse_pooler(profile)
+        source = _source(set_dir, profile, config)
+        line["target"] = source.location
+        result = _restore(source, profile, database, jobs=jobs, replace=replace,
                           settings=settings, reapply_erasures=reapply_erasures,
-                          verify_files_first=verify_files_first, progress=progress)
+                          verify_files_first=verify_files_first, progress=progress,
+                          identity_file=identity_file or _config(profile, config).identity_file)
         line.update(replaced=result.replaced, resumed=result.resumed, tables=result.tables,
                     rows=result.rows,
                     erasures=result.erasures.status if result.erasures else None)
     return result
 
 
-def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, replace: bool,
+def restore_set(target: str | Path | Target | None, name: str, profile: Profile, database: str,
+                *, config: BackupConfig | None = None, identity_file: Path | None = None,
+                **kwargs: Any) -> RestoreResult:
+    """Restore the set ``name`` of ``target`` (``s3://BUCKET/PREFIX``, a directory, or None:
+    the profile's configured target, else the backup directory) — ``restore_backup`` for any
+    target; ``kwargs`` as there (jobs, replace, reapply_erasures, progress …)."""
+    config = _config(profile, config)
+    source = open_source(name, target, config)
+    return restore_backup(source, profile, database, config=config,
+                          identity_file=identity_file, **kwargs)
+
+
+def _config(profile: Profile, config: BackupConfig | None) -> BackupConfig:
+    return config if config is not None else backup_config(profile.name)
+
+
+def _source(ref: Path | SetSource, profile: Profile, config: BackupConfig | None) -> SetSource:
+    if isinstance(ref, SetSource):
+        return ref
+    return LocalSetSource(Path(ref), _config(profile, config))
+
+
+def _restore(source: SetSource, profile: Profile, database: str, *, jobs: int, replace: bool,
              settings: dict[str, str] | None, reapply_erasures: bool, verify_files_first: bool,
-             progress: ProgressFn) -> RestoreResult:
+             progress: ProgressFn, identity_file: Path | None = None) -> RestoreResult:
     t0 = time.monotonic()
     refuse_pooler(profile)
     if jobs < 1:
         raise BackupError("--jobs must be at least 1")
     settings = {**RESTORE_SETTINGS, **(settings or {})}
-    manifest = read_manifest(set_dir)
+    manifest = source.manifest
+    source.unlock(identity_file)  # a wrong key is refused before anything is done
     phases: dict[str, float] = {}
     if verify_files_first:
         progress(ProgressEvent("verify files", 0, len(manifest.files)))
         p0 = time.monotonic()
-        problems = check_files(set_dir, manifest, jobs)
+        problems = source.size_problems()  # remote: sizes now, sha256 while each streams
         phases["check files"] = round(time.monotonic() - p0, 3)
         if problems:
-            raise BackupError(f"backup set {set_dir.name} is damaged, not restoring: {problems[0]}"
+            raise BackupError(f"backup set {source.name} is damaged, not restoring: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    p0 = time.monotonic()
+    with source.schema_dir() as archive:  # remote/encrypted: fetched before anything is made
+        if source.encrypted or not isinstance(source, LocalSetSource):
+            phases["fetch schema"] = round(time.monotonic() - p0, 3)
+        return _restore_into(source, archive, profile, database, jobs=jobs, replace=replace,
+                             settings=settings, reapply_erasures=reapply_erasures,
+                             progress=progress, t0=t0, phases=phases)
+
+
+def _restore_into(source: SetSource, archive: Path, profile: Profile, database: str, *,
+                  jobs: int, replace: bool, settings: dict[str, str], reapply_erasures: bool,
+                  progress: ProgressFn, t0: float, phases: dict[str, float]) -> RestoreResult:
+    manifest = source.manifest
     staging = staging_name(database)
-    marker = f"studyhub restore of {set_dir.name}"
+    marker = f"studyhub restore of {source.name}"
     resumed = False
     with admin_connection(profile) as admin:
         if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
@@ -265,7 +301,7 @@ def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, repla
             here = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
             if here < manifest.server_major:
                 raise RefusedError(
-                    f"backup set {set_dir.name} holds binary COPY data from PostgreSQL "
+                    f"backup set {source.name} holds binary COPY data from PostgreSQL "
                     f"{manifest.server_major}; it restores onto PostgreSQL "
                     f"{manifest.server_major} or newer, and {profile.name} runs {here}")
         if database_exists(admin, database) and not database_is_empty(profile, database) and not replace:
@@ -286,7 +322,6 @@ def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, repla
                 sql.Identifier(staging), sql.Identifier(profile.users["app"]),
                 sql.Literal(manifest.encoding)))
             set_database_comment(admin, staging, f"{marker}: in progress")
-    archive = set_dir / DUMP_DIR
     entries = [e for e in read_toc(archive)]
     keep = [e for e in entries if not is_extension_entry(e)]
     ext_schemas = {x["schema"] for x in manifest.extensions if x["schema"] != "public"}
@@ -320,7 +355,7 @@ def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, repla
             p0 = time.monotonic()
             post, session = post_data_statements(archive, todo, work)
             data_steps, actual, data_s = RestoreScheduler(
-                profile, staging, set_dir, manifest, post, session, jobs, settings,
+                profile, staging, source, manifest, post, session, jobs, settings,
                 progress).run()
             phases["data, indexes, keys, FKs, verify (wall)"] = round(time.monotonic() - p0, 3)
             phases["  of which until all data was loaded"] = data_s
@@ -380,52 +415,74 @@ def _restore(set_dir: Path, profile: Profile, database: str, *, jobs: int, repla
         live = profile.database if profile.database not in (database, staging) else None
         if replace and database == profile.database:
             live = database  # the database about to be replaced still holds the newest ledger
-        erasures = ledger.reapply_erasure_ledger(profile, staging, set_dir.parent, live)
+        carried = source.set_ledger()
+        erasures = ledger.reapply_erasure_ledger(
+            profile, staging, source.ledger_dir, live,
+            extra={f"backup set {source.name}": carried} if carried is not None else None)
         phases["erasure ledger"] = round(time.monotonic() - p0, 3)
     p0 = time.monotonic()
     replaced = swap_in(profile, staging, database)
     phases["rename"] = round(time.monotonic() - p0, 3)
     slowest = sorted(steps, key=lambda s: -s.duration_s)[:8]
     return RestoreResult(
-        set_dir.name, profile.name, database, replaced, resumed, len(manifest.tables),
+        source.name, profile.name, database, replaced, resumed, len(manifest.tables),
         manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,
         erasures)
 
 
-def verify_backup(set_dir: Path, *, restore: bool = False, local_profile: Profile | None = None,
-                  jobs: int = DEFAULT_JOBS, progress: ProgressFn = no_progress) -> VerifyResult:
-    """Check every file against the manifest; with ``restore``, also restore into a scratch
-    database on the local cluster, compare every table's rows and checksum, drop it."""
+def verify_backup(set_dir: Path | SetSource, *, restore: bool = False,
+                  local_profile: Profile | None = None, jobs: int = DEFAULT_JOBS,
+                  progress: ProgressFn = no_progress, config: BackupConfig | None = None,
+                  identity_file: Path | None = None) -> VerifyResult:
+    """Check every file against the manifest: its size, and its sha256 — each object read
+    once (a remote set's are downloaded and hashed, never kept); with ``restore``, also
+    restore into a scratch database on the local cluster (a remote set's objects are hashed
+    while they stream into it, not downloaded twice), compare every table's rows and
+    checksum, drop it. ``config``: the profile's backup settings (verify_key, identity)."""
     t0 = time.monotonic()
-    manifest = read_manifest(set_dir)
+    source = set_dir if isinstance(set_dir, SetSource) else LocalSetSource(Path(set_dir), config)
+    manifest = source.manifest
     durations: dict[str, float] = {}
     progress(ProgressEvent("verify files", 0, len(manifest.files)))
-    problems = [str(p) for p in check_files(set_dir, manifest, jobs)]
-    durations["check files"] = round(time.monotonic() - t0, 3)
+    found = source.size_problems()  # a local set: sizes and sha256 of every file
+    check_s = time.monotonic() - t0
+    remote = not isinstance(source, LocalSetSource)
     restored = False
-    if restore and not problems:
+    if restore and not found:
         if local_profile is None or not local_profile.is_local:
             raise RefusedError("verify --restore restores into a scratch database on the local "
                                "cluster only (start it with: studyhub local up)")
+        source.unlock(identity_file or (config.identity_file if config else None))
         scratch = f"studyhub_verify_{os.getpid()}_{int(time.time())}"
         try:
-            result = _restore(set_dir, local_profile, scratch, jobs=jobs, replace=False,
+            result = _restore(source, local_profile, scratch, jobs=jobs, replace=False,
                               settings=None, reapply_erasures=False, verify_files_first=False,
                               progress=progress)
             durations.update({f"restore: {k}": v for k, v in result.phases_s.items()})
             restored = True
         except BackupError as exc:
-            problems.append(str(exc))
+            found.append(Problem(source.name, str(exc)))
         finally:
             with admin_connection(local_profile) as admin:
                 drop_database(admin, scratch)
                 drop_database(admin, staging_name(scratch))
+    if remote:  # every object the restore did not read (or all of them): read once, hashed
+        h0 = time.monotonic()
+        found += source.hash_all(skip=source.hashed | {p.path for p in found})
+        check_s += time.monotonic() - h0
+    durations["check files"] = round(check_s, 3)
+    problems = [p.issue if p.path == source.name else str(p) for p in found]
     ok = not problems
-    result = VerifyResult(set_dir.name, str(set_dir), ok, len(manifest.files),
+    result = VerifyResult(source.name, source.location, ok, len(manifest.files),
                           manifest.total_bytes, problems, restored,
                           len(manifest.tables) if restored else 0,
                           round(time.monotonic() - t0, 3), durations)
-    write_json_atomically(set_dir / VERIFIED, {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ok": ok, "restored": restored, "problems": len(problems)}, overwrite=True)
+    source.record_verified(verified_record(ok, restored, len(problems)))
     return result
+
+
+def verify_set(target: str | Path | Target | None, name: str, *,
+               config: BackupConfig | None = None, **kwargs: Any) -> VerifyResult:
+    """``verify_backup`` of the set ``name`` of any target (None: the configured one, else
+    the backup directory)."""
+    return verify_backup(open_source(name, target, config), config=config, **kwargs)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -16,6 +16,7 @@ from psycopg import sql
 from studyhub.connect import connect
 from studyhub.ops.backup.checksums import checksum_one, pin_checksum_settings
 from studyhub.ops.backup.setformat import BackupError, Manifest, TableChecksum, TableFile
+from studyhub.ops.backup.setio import SetSource
 from studyhub.ops.backup.streams import data_chunks
 from studyhub.ops.backup.toc import IDENT, PostItem, TocEntry
 from studyhub.ops.backup.workers import ProgressEvent, ProgressFn, raise_first, run_threads
@@ -89,8 +90,11 @@ class RestoreScheduler:
     each task started as soon as what it needs is done (no barrier between phases):
 
     * data, biggest table first: one transaction per table, ``TRUNCATE ONLY t; COPY t (cols)
-      FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression. A table with rows is
-      complete, so a resumed restore skips it (reloading one would replace, not duplicate);
+      FROM STDIN (FORMAT binary, FREEZE)`` fed by streaming decompression (of the set's
+      object, downloaded, checked and decrypted as it streams where it is remote or
+      encrypted: an object that fails its check fails its table's transaction, before COMMIT).
+      A table with rows is complete, so a resumed restore skips it (reloading one would
+      replace, not duplicate);
     * an index or primary/unique key: once its table is loaded;
     * a foreign key: once both tables are loaded and the referenced table's keys and indexes
       are built;
@@ -110,10 +114,10 @@ class RestoreScheduler:
              "FK CONSTRAINT": 4, "ANALYZE": 5}
     BUILDS = ("INDEX", "CONSTRAINT", "KEY INDEX", "KEY ATTACH")
 
-    def __init__(self, profile: Profile, database: str, set_dir: Path, manifest: Manifest,
+    def __init__(self, profile: Profile, database: str, source: SetSource, manifest: Manifest,
                  post: list[PostItem], session: list[str], jobs: int,
                  settings: dict[str, str], progress: ProgressFn) -> None:
-        self.profile, self.database, self.set_dir = profile, database, set_dir
+        self.profile, self.database, self.source = profile, database, source
         self.manifest, self.session, self.jobs = manifest, session, jobs
         self.settings, self.progress = settings, progress
         sizes = {f.path: f.bytes for f in manifest.files}
@@ -237,17 +241,19 @@ class RestoreScheduler:
         copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(table, cols)
         s0 = time.monotonic()
         try:
-            with conn.transaction():
+            with conn.transaction(), closing(self.source.open_plain(f.path)) as fh:
                 conn.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
                 with conn.cursor().copy(copy) as cp:
-                    for chunk in data_chunks(self.set_dir / f.path,
-                                             self.manifest.compression.method):
+                    for chunk in data_chunks(fh, self.manifest.compression.method, f.path):
                         cp.write(chunk)
                         self.loaded_bytes += len(chunk)
         except psycopg.Error as exc:
             raise BackupError(f"loading {f.path} into {f.qualified} failed: "
                               f"{str(exc).strip().splitlines()[0]}") from None
-        except (OSError, EOFError, BackupError) as exc:
+        except BackupError as exc:
+            text = str(exc)
+            raise BackupError(text if f.path in text else f"cannot read {f.path}: {text}") from None
+        except (OSError, EOFError) as exc:
             raise BackupError(f"cannot read {f.path}: {exc}") from None
         except Exception as exc:  # zstandard.ZstdError and other decoder errors
             raise BackupError(f"cannot read {f.path}: {exc.__class__.__name__}: {exc}") from None

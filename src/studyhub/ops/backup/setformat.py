@@ -1,16 +1,23 @@
-"""The on-disk backup set: layout, manifest, file checksums, verification and listing
-(retention is in ``retention.py``).
+"""The backup set: layout, manifest, file checksums, verification and listing of a set
+directory (retention is in ``retention.py``; sets in object storage: ``store.py``).
 
-A backup set is one directory, named ``{profile}-{database}-{YYYYmmddTHHMMSSZ}``.
-Format 2 (written by ``backup create``)::
+A backup set is one directory (or one prefix of an object store), named
+``{profile}-{database}-{YYYYmmddTHHMMSSZ}``. Format 3 (written by ``backup create``)::
 
     manifest.json      what the set is: versions, revision, tables (rows + checksum), files,
-                       and which data file holds which table (with its column list)
+                       which data file holds which table (with its column list), and whether
+                       it is encrypted (age; the recipients' fingerprints, never keys)
+    manifest.sig       the manifest's Ed25519 signature, when the profile signs (signing.py)
     dump/              a pg_dump directory-format archive without table data: schema,
                        sequence values (SEQUENCE SET), indexes, constraints (toc.dat)
     data/              one file per table: its rows as ``COPY ... (FORMAT binary)``,
                        ``<schema>.<table>.bin.zst`` (``.bin.gz`` with gzip, ``.bin`` with none)
-    verified.json      written by ``backup verify`` (the only file not in the manifest)
+    erasure-ledger.jsonl  the erasure ledger at backup time (re-applied by a restore)
+    verified.json      written by ``backup verify`` (not in the manifest, like manifest.sig)
+
+In an encrypted set every file but manifest.json, manifest.sig and verified.json is an age
+file, named with ``.age`` added (``data/public.notes.bin.zst.age``). Format 2 is format 3
+without encryption, signature and ledger; it is still restored.
 
 Format 1 (still restored): ``dump/`` is a complete pg_dump directory archive, with one
 ``NNNN.dat[.zst|.gz]`` text-format COPY file per table, and there is no ``data/``.
@@ -36,9 +43,11 @@ from studyhub.errors import StudyhubError
 from studyhub.hashing import sha256_file
 from studyhub.paths import studyhub_home
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+LEDGER = "erasure-ledger.jsonl"
 DUMP_DIR = "dump"
 DATA_DIR = "data"
 VERIFIED = "verified.json"
@@ -122,6 +131,14 @@ class Manifest:
     erasure_ledger_entries: int | None = None  # entries kept beside the sets at backup time
     server_major: int | None = None  # format 2: binary COPY restores onto this major or newer
     table_files: list[TableFile] = field(default_factory=list)  # format 2
+    # format 3: {"method": "age-x25519", "recipients": ["sha256:…", …]} or None (in clear)
+    encryption: dict[str, Any] | None = None
+    ledger_file: str | None = None  # the erasure ledger inside the set (a file of ``files``)
+    signed_by: str | None = None  # fingerprint of the key whose signature is manifest.sig
+
+    @property
+    def recipients(self) -> list[str]:
+        return list((self.encryption or {}).get("recipients") or [])
 
     @property
     def total_rows(self) -> int:
@@ -161,6 +178,8 @@ class BackupSetInfo:
     compression: str | None = None
     verified: dict[str, Any] | None = None  # last `backup verify` result
     problem: str | None = None  # why it is not complete
+    encrypted_for: list[str] | None = None  # recipients' fingerprints (None: in clear)
+    target: str | None = None  # where it is: a directory, or s3://BUCKET/PREFIX
 
 
 @dataclass
@@ -209,12 +228,25 @@ def hash_files(root: Path, paths: Iterable[Path], jobs: int = 2) -> list[FileEnt
         return list(pool.map(one, paths))
 
 
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The manifest as stored (and signed): JSON, two-space indent, a final newline."""
+    return (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
+
+
 def read_manifest(set_dir: Path) -> Manifest:
     path = set_dir / MANIFEST
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise BackupError(f"{set_dir.name}: {MANIFEST} is missing") from None
+    return parse_manifest(set_dir.name, raw)
+
+
+def parse_manifest(name: str, raw: bytes) -> Manifest:
+    """A manifest from its bytes (``name``: the set, for messages)."""
+    set_dir = Path(name)
+    try:
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BackupError(f"{set_dir.name}: {MANIFEST} is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(data, dict) or data.get("format_version") not in READABLE_FORMATS:
@@ -237,7 +269,7 @@ def check_files(set_dir: Path, manifest: Manifest, jobs: int = 2) -> list[Proble
     present = {
         str(p.relative_to(set_dir))
         for p in set_dir.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST, VERIFIED, VERIFIED + ".tmp")
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE, VERIFIED, VERIFIED + ".tmp")
         and not is_temporary(p.name, VERIFIED)  # a `backup verify` writing it right now
     }
     for extra in sorted(present - listed.keys()):
@@ -302,6 +334,7 @@ def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
                 entry.name, str(entry), "in-progress" if running else "incomplete", None, None,
                 None, _dir_bytes(entry),
                 problem="being written" if running else "creation did not finish",
+                target=str(root),
             ))
             continue
         if not NAME_RE.fullmatch(entry.name) and not (entry / MANIFEST).exists():
@@ -310,7 +343,7 @@ def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
             m = read_manifest(entry)
         except BackupError as exc:
             leftovers.append(BackupSetInfo(entry.name, str(entry), "incomplete", None, None, None,
-                                           _dir_bytes(entry), problem=str(exc)))
+                                           _dir_bytes(entry), problem=str(exc), target=str(root)))
             continue
         verified = None
         if (entry / VERIFIED).is_file():
@@ -321,7 +354,7 @@ def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
         complete.append(BackupSetInfo(
             entry.name, str(entry), "complete", m.profile, m.database, m.started_at,
             m.total_bytes, len(m.tables), m.total_rows, m.alembic_revision, str(m.compression),
-            verified,
+            verified, encrypted_for=m.recipients if m.encryption else None, target=str(root),
         ))
     complete.sort(key=lambda s: s.created_at or "")
     return complete + leftovers

@@ -1,21 +1,26 @@
-"""The byte streams of a backup set: table data compressed with zstd (or gzip, or nothing) and
-hashed as it is written, and read back decompressed, in chunks of about 1 MB; a pg_dump table
-file compressed while pg_dump writes it, and served to pg_restore through a named pipe."""
+"""The byte streams of a backup set: table data compressed with zstd (or gzip, or nothing),
+encrypted with age when the set is (``crypto.py``) and hashed as it is written — to a file or an
+upload, whichever the sink is — and read back (checked, decrypted, decompressed) in chunks of
+about 1 MB; a pg_dump table file compressed while pg_dump writes it, and served to pg_restore
+through a named pipe."""
 
 from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator, Protocol
 
 import zstandard
+from pyrage import x25519
 
 from studyhub.hashing import HashingWriter
+from studyhub.ops.backup.crypto import EncryptingWriter
 from studyhub.ops.backup.setformat import BackupError, Compression
 
 DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
@@ -86,22 +91,36 @@ class StreamCompressor(threading.Thread):
             self.error = exc
 
 
-class CompressedFile:
-    """A file written through zstd, gzip or nothing, hashed (sha256) as it is written."""
+class Sink(Protocol):
+    """Where a stored object's bytes go: a file or an upload (``store.py``); ``close()``
+    makes it complete, ``abort()`` leaves nothing that counts."""
 
-    def __init__(self, path: Path, compression: Compression):
-        self.fh = open(path, "wb")
-        self.out = HashingWriter(self.fh)
+    def write(self, data: bytes) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class CompressedFile:
+    """One stored object written through zstd, gzip or nothing, then age encryption when
+    ``recipients`` are given, hashed (sha256, size: ``out``) as it reaches ``sink``."""
+
+    def __init__(self, sink: Sink | IO[bytes] | Any, compression: Compression,
+                 recipients: list[x25519.Recipient] | None = None):
+        self.sink = sink
+        self.out = HashingWriter(sink)
+        self.enc = EncryptingWriter(self.out, recipients) if recipients else None
+        below: Any = self.enc or self.out
         self.method = compression.method
         self.raw_bytes = 0
         if self.method == "zstd":
             self.w: Any = zstandard.ZstdCompressor(level=compression.level or 1).stream_writer(
-                self.out, closefd=False)
+                below, closefd=False)
         elif self.method == "gzip":
-            self.w = gzip.GzipFile(fileobj=self.out, mode="wb",  # type: ignore[arg-type]
+            self.w = gzip.GzipFile(fileobj=below, mode="wb",  # type: ignore[arg-type]
                                    compresslevel=compression.level or 1, mtime=0)
         else:
-            self.w = self.out
+            self.w = below
 
     def write(self, data: bytes) -> None:
         self.raw_bytes += len(data)
@@ -112,31 +131,75 @@ class CompressedFile:
             self.w.flush(zstandard.FLUSH_FRAME)
         elif self.method == "gzip":
             self.w.close()
-        self.fh.close()
+        if self.enc:
+            self.enc.close()
+        self.sink.close()
 
     def discard(self) -> None:
-        self.fh.close()
+        if self.enc:
+            self.enc.abort()
+        abort = getattr(self.sink, "abort", None)
+        (abort or self.sink.close)()
 
 
-def data_chunks(path: Path, method: str) -> Iterator[bytes]:
-    """The decompressed bytes of one data file, in chunks of about 1 MB in. A zstd frame that
-    does not end (a truncated file) is an error, not a silent short read."""
-    with open(path, "rb") as fh:
-        if method == "zstd":
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            while chunk := fh.read(1 << 20):
-                out = dobj.decompress(chunk)
-                if out:
-                    yield out
-            if not dobj.eof:
-                raise BackupError(f"{path.name} ends in the middle of its zstd frame (truncated)")
-        elif method == "gzip":
-            with gzip.GzipFile(fileobj=fh) as gz:
-                while chunk := gz.read(1 << 20):
-                    yield chunk
-        else:
-            while chunk := fh.read(1 << 20):
+class HashingReader:
+    """Reads ``source`` and checks, at its end, that it was exactly ``size`` bytes with this
+    sha256 (a remote object, checked while it streams): a mismatch is raised by the read
+    that reaches the end, before anything downstream can take the data as complete."""
+
+    def __init__(self, source: Any, what: str, size: int, sha256: str,
+                 on_checked: Callable[[str], None] | None = None) -> None:
+        self.source, self.what, self.size, self.expected = source, what, size, sha256
+        self.on_checked = on_checked
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self.checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n if n and n > 0 else 1 << 20)
+        if data:
+            self.sha.update(data)
+            self.bytes += len(data)
+            if self.bytes > self.size:
+                raise BackupError(f"{self.what} is longer than the manifest says ({self.size} "
+                                  "bytes): not the object the set was made with")
+        elif not self.checked:
+            if self.bytes != self.size:
+                raise BackupError(f"{self.what} ends after {self.bytes} of {self.size} bytes "
+                                  "(truncated)")
+            if self.sha.hexdigest() != self.expected:
+                raise BackupError(f"{self.what}: sha256 differs from the manifest (tampered "
+                                  "or corrupted)")
+            self.checked = True
+            if self.on_checked:
+                self.on_checked(self.what)
+        return data
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close:
+            close()
+
+
+def data_chunks(fh: Any, method: str, name: str) -> Iterator[bytes]:
+    """The decompressed bytes of one data stream ``fh`` (a file, or a checked and decrypted
+    remote object), in chunks of about 1 MB in. A zstd frame that does not end (a truncated
+    file) is an error, not a silent short read; so is any error of the reader itself."""
+    if method == "zstd":
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        while chunk := fh.read(1 << 20):
+            out = dobj.decompress(chunk)
+            if out:
+                yield out
+        if not dobj.eof:
+            raise BackupError(f"{name} ends in the middle of its zstd frame (truncated)")
+    elif method == "gzip":
+        with gzip.GzipFile(fileobj=fh) as gz:
+            while chunk := gz.read(1 << 20):
                 yield chunk
+    else:
+        while chunk := fh.read(1 << 20):
+            yield chunk
 
 
 class FifoFeeder:

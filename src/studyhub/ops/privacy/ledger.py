@@ -118,11 +118,17 @@ def _entry_to_json(e: LedgerEntry) -> dict[str, Any]:
             "rows_deleted": e.rows_deleted}
 
 
+def ledger_jsonl(entries: Iterable[LedgerEntry]) -> bytes:
+    """The ledger as JSON lines, one entry per line (the file's content; a backup set carries
+    the same, encrypted with the set)."""
+    return "".join(json.dumps(_entry_to_json(e), sort_keys=True) + "\n" for e in entries).encode()
+
+
 def write_ledger_file(entries: Iterable[LedgerEntry], path: Path) -> Path:
     """The ledger as JSON lines (one entry per line), written atomically with mode 0600 and
     replacing an older copy: keep it beside the backups."""
-    data = "".join(json.dumps(_entry_to_json(e), sort_keys=True) + "\n" for e in entries)
-    return write_atomically(Path(path), lambda f: f.write(data.encode()), overwrite=True)
+    data = ledger_jsonl(entries)
+    return write_atomically(Path(path), lambda f: f.write(data), overwrite=True)
 
 
 def read_ledger_file(path: Path) -> list[LedgerEntry]:
@@ -131,6 +137,12 @@ def read_ledger_file(path: Path) -> list[LedgerEntry]:
         text = path.read_text()
     except FileNotFoundError:
         raise StudyhubError(f"ledger file {path} not found") from None
+    return parse_ledger(text, str(path))
+
+
+def parse_ledger(text: str, source: str) -> list[LedgerEntry]:
+    """Ledger entries from JSON lines; a bad line is named by ``source`` and its number."""
+    path = source
     entries = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -256,13 +268,15 @@ def save_ledger_beside_backups(profile: Profile, conn: psycopg.Connection, backu
     return len(merged)
 
 
-def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
+def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path | None,
                            live_database: str | None, *,
-                           live_profile: Profile | None = None) -> ErasureReapply:
-    """Union of the ledgers of the live database, the backup directory's file and the restored
-    database itself, re-applied to the restored database (idempotent, one transaction). The
-    live database is on ``live_profile`` when given (a point-in-time fork's source), else on
-    ``profile``."""
+                           live_profile: Profile | None = None,
+                           extra: dict[str, list[LedgerEntry]] | None = None) -> ErasureReapply:
+    """Union of the ledgers of the live database, the backup directory's file (when there is
+    one: a remote backup target has none), ``extra`` (e.g. the ledger a backup set carries,
+    by source name) and the restored database itself, re-applied to the restored database
+    (idempotent, one transaction). The live database is on ``live_profile`` when given (a
+    point-in-time fork's source), else on ``profile``."""
     sources: dict[str, int] = {}
     lists: list[list[Any]] = []
     if live_database:
@@ -274,10 +288,13 @@ def reapply_erasure_ledger(profile: Profile, database: str, backup_dir: Path,
             lists.append(entries)
         except ConnectError:
             sources[f"live database {live_database} (unreachable)"] = 0
-    path = backup_dir / LEDGER_FILE
-    if path.exists():
+    path = backup_dir / LEDGER_FILE if backup_dir is not None else None
+    if path is not None and path.exists():
         entries = read_ledger_file(path)
         sources[f"file {path}"] = len(entries)
+        lists.append(entries)
+    for name, entries in (extra or {}).items():
+        sources[name] = len(entries)
         lists.append(entries)
     with connect(profile, "app", database=database,
                  application_name="studyhub restore ledger") as conn:
