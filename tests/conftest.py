@@ -129,3 +129,16 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """An S3-compatible server on loopback (moto's standalone server, in this process's
+    threads) for the session: the real boto3 client talks HTTP to it. Yields its URL. The
+    tests' AWS settings never reach a real account: no shared config files, no instance
+    metadata lookups."""
+    from tests.s3_server import start_s3_server
+
+    server, url = start_s3_server()
+    yield url
+    server.stop()

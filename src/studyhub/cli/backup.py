@@ -1,4 +1,5 @@
-"""``studyhub backup``: verified logical backups, restore, import of runbook dumps, retention."""
+"""``studyhub backup``: verified logical backups to a directory or object storage (encrypted),
+restore, import of runbook dumps, retention, keys."""
 
 from __future__ import annotations
 
@@ -26,15 +27,33 @@ from studyhub.cli.common import (
 from studyhub.errors import RefusedError
 from studyhub.humanize import human_bytes
 from studyhub.ops import backup, privacy
+from studyhub.profiles import BackupConfig, backup_config
 
-app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune.",
+app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune, keygen.",
                   no_args_is_help=True)
 
 DirOpt = Annotated[Path | None, typer.Option(
     "--dir", help="Backup directory (default $STUDYHUB_BACKUP_DIR or $STUDYHUB_HOME/backups).",
     show_default=False)]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--from", "--target", help="Where the sets are: s3://BUCKET/PREFIX, file:///PATH or a "
+    "directory (default: the profile's [backup] target, else the backup directory).",
+    show_default=False)]
+IdentityOpt = Annotated[Path | None, typer.Option(
+    "--identity", help="age identity file (0600) of an encrypted set (default: the profile's "
+    "identity_file, $STUDYHUB_BACKUP_IDENTITY_FILE).", show_default=False)]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Parallel connections (table dumps; table loads and index builds).")]
-SetArg = Annotated[str, typer.Argument(help="A backup set: its name (see backup list) or path.")]
+SetArg = Annotated[str, typer.Argument(help="A backup set: its name (see backup list), path or s3:// URL.")]
+
+
+def _config(profile: str | None) -> BackupConfig:
+    return backup_config(profile)
+
+
+def _where(dir_: Path | None, target: str | None) -> str | Path | None:
+    if dir_ is not None and target is not None:
+        raise RefusedError("give --dir or --from/--target, not both")
+    return dir_ if dir_ is not None else target
 
 
 @contextmanager
@@ -65,18 +84,29 @@ def progress_bar(enabled: bool) -> Iterator[backup.ProgressFn]:
 def create(
     profile: ProfileOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for the set (default: the backup directory).")] = None,
+    to: Annotated[str | None, typer.Option("--to", "--target", help="Where the set goes: s3://BUCKET/PREFIX, file:///PATH or a directory (default: the profile's [backup] target, else the backup directory).", show_default=False)] = None,
+    encrypt: Annotated[bool | None, typer.Option("--encrypt/--no-encrypt", help="Encrypt with age to the profile's recipients (default: always for object storage; for a directory when recipients are configured). --no-encrypt stores the data in clear.", show_default=False)] = None,
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(backup.DEFAULT_COMPRESSION),
     json_: JsonOpt = False,
 ) -> None:
     """Write one backup set from one exported snapshot: the schema by pg_dump, every table's
-    rows as binary COPY (parallel, compressed as they stream), per-table row counts and
-    checksums, a manifest with sha256 of every file. Written under a temporary name and
-    renamed only once fsynced and verified."""
+    rows as binary COPY (parallel, compressed and encrypted as they stream: into files, or
+    into multipart uploads to object storage), per-table row counts and checksums, a manifest
+    with sha256 of every file, written last (a directory is renamed into place only once
+    fsynced and verified)."""
     prof = profile_from(profile)
+    config = _config(prof.name)
     compression = backup.parse_compression(compress)
+    if out is not None and to is not None:
+        raise RefusedError("give --out or --to, not both")
+    if encrypt is False:
+        err_console.print(Text.assemble(
+            ("WARNING", "bold red"), ": --no-encrypt: this set holds every student's personal "
+            "data in clear, readable by anyone who can read where it is stored"))
     with progress_bar(not json_) as update:
-        result = backup.create_backup(prof, out_dir=out, jobs=jobs, compression=compression,
+        result = backup.create_backup(prof, out_dir=out, target=to, config=config,
+                                      encrypt=encrypt, jobs=jobs, compression=compression,
                                       progress=update)
     if json_:
         print_json(result)
@@ -84,23 +114,32 @@ def create(
     console.print(Text.assemble(("backup set complete", "green"), f" {result.path}"))
     console.print(f"  {result.tables} tables, {result.rows:,} rows, {human_bytes(result.bytes)} "
                   f"({result.compression}, {result.jobs} jobs) in {result.duration_s:.1f} s")
+    if result.encrypted_for:
+        console.print("  encrypted (age) for " + ", ".join(result.encrypted_for)
+                      + (f"; manifest signed by {result.signed_by}" if result.signed_by else ""))
+    else:
+        console.print(Text.assemble("  ", ("not encrypted", "bold yellow"),
+                                    (f"; manifest signed by {result.signed_by}"
+                                     if result.signed_by else "")))
     console.print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.durations_s.items()))
 
 
 @app.command("list")
-def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
-    """Complete backup sets (oldest first) and leftovers of interrupted ones."""
-    sets = backup.list_sets(dir_)
+def list_(dir_: DirOpt = None, target: TargetOpt = None, profile: ProfileOpt = None,
+          json_: JsonOpt = False) -> None:
+    """Complete backup sets (oldest first) and leftovers of interrupted ones, in a directory or
+    in object storage."""
+    where = backup.open_target(_where(dir_, target), _config(profile))
+    sets = where.list_sets()
     if json_:
         print_json(sets)
         return
-    root = dir_ or backup.default_backup_dir()
     if not sets:
-        console.print(f"no backup sets in {root}")
+        console.print(f"no backup sets in {where.url}")
         return
-    table = Table(title=f"backup sets in {root}", title_justify="left")
+    table = Table(title=f"backup sets in {where.url}", title_justify="left")
     table.add_column("set", no_wrap=True)
-    for col in ("status", "revision", "tables", "rows", "size", "compr.", "verified"):
+    for col in ("status", "revision", "tables", "rows", "size", "compr.", "encrypted", "verified"):
         table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left",
                          no_wrap=col in ("status", "verified"))
     for s in sets:
@@ -110,14 +149,15 @@ def list_(dir_: DirOpt = None, json_: JsonOpt = False) -> None:
             verified = Text.assemble(
                 ("ok", "green") if s.verified.get("ok") else ("FAILED", "red"),
                 " (restored)" if s.verified.get("restored") else " (files)")
+        encrypted = ("age" if s.encrypted_for else "no") if s.status == "complete" else ""
         table.add_row(s.name, status, ", ".join(s.alembic_revision or []),
                       str(s.tables or ""), f"{s.rows:,}" if s.rows is not None else "",
-                      human_bytes(s.bytes), s.compression or "", verified)
+                      human_bytes(s.bytes), s.compression or "", encrypted, verified)
     console.print(table)
     for s in sets:
         if s.status != "complete":
             console.print(Text.assemble((s.name, "yellow"), f": {s.problem}"))
-    if any(s.status == "incomplete" for s in sets):
+    if any(s.status not in ("complete", "in-progress") for s in sets):
         console.print(Text("incomplete entries are leftovers of interrupted backups; "
                            "`studyhub backup prune` removes them", style="yellow"))
 
@@ -127,15 +167,21 @@ def verify(
     set_: SetArg,
     restore: Annotated[bool, typer.Option("--restore", help="Also restore into a scratch database on the local cluster and compare every table.")] = False,
     dir_: DirOpt = None,
+    target: TargetOpt = None,
+    identity: IdentityOpt = None,
+    profile: ProfileOpt = None,
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     json_: JsonOpt = False,
 ) -> None:
-    """Check a set's files against its manifest (sizes, sha256); exit 1 on any problem."""
-    path = backup.resolve_set(set_, dir_)
+    """Check a set's files against its manifest (sizes, sha256; each object read once, from a
+    directory or object storage); exit 1 on any problem. The profile's verify_key, when set,
+    must have signed the manifest."""
+    config = _config(profile)
+    source = backup.open_source(set_, _where(dir_, target), config)
     local = profile_from("local") if restore else None
     with progress_bar(not json_) as update:
-        result = backup.verify_backup(path, restore=restore, local_profile=local, jobs=jobs,
-                                      progress=update)
+        result = backup.verify_backup(source, restore=restore, local_profile=local, jobs=jobs,
+                                      progress=update, config=config, identity_file=identity)
     if json_:
         print_json(result)
     elif result.ok:
@@ -160,31 +206,36 @@ def restore(
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     replace: Annotated[bool, typer.Option("--replace", help="Swap out an existing database after a verified restore (it is kept, renamed).")] = False,
     dir_: DirOpt = None,
+    target: TargetOpt = None,
+    identity: IdentityOpt = None,
     yes: YesOpt = False,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Restore a set into a new database: verified files, schema in one transaction, parallel
-    data loads with each table's index builds as soon as it is loaded, every table compared
-    with the manifest, erasures re-applied, then renamed into place. A failed restore resumes
-    where it stopped when run again."""
+    """Restore a set (from a directory or object storage) into a new database: verified files
+    (remote: streamed, decrypted and checked as they load, never staged whole on disk),
+    schema in one transaction, parallel data loads with each table's index builds as soon as
+    it is loaded, every table compared with the manifest, erasures re-applied, then renamed
+    into place. A failed restore resumes where it stopped when run again."""
     prof = profile_from(profile)
-    path = backup.resolve_set(set_, dir_)
-    manifest = backup.read_manifest(path)
-    action = (f"restore {path.name} into {database}"
+    config = _config(prof.name)
+    source = backup.open_source(set_, _where(dir_, target), config)
+    manifest = source.manifest
+    action = (f"restore {source.name} into {database}"
               + (" replacing the existing database (kept, renamed)" if replace else ""))
     prof.require_changes_allowed(action)
     (err_console if json_ else console).print(Text.assemble(
         ("would restore", "bold"),
-        f" {path.name} ({len(manifest.tables)} tables, {manifest.total_rows:,} rows, revision "
-        f"{', '.join(manifest.alembic_revision) or '-'}) into {prof.name}/{database}",
+        f" {source.location} ({len(manifest.tables)} tables, {manifest.total_rows:,} rows, "
+        f"revision {', '.join(manifest.alembic_revision) or '-'}"
+        + (", encrypted" if source.encrypted else "") + f") into {prof.name}/{database}",
         (" replacing it", "bold red") if replace else ""))
     if dry_run:
         return
     confirm_destructive(prof, action, yes=yes)
     with progress_bar(not json_) as update:
-        result = backup.restore_backup(path, prof, database, jobs=jobs, replace=replace,
-                                       progress=update)
+        result = backup.restore_backup(source, prof, database, jobs=jobs, replace=replace,
+                                       progress=update, config=config, identity_file=identity)
     if json_:
         print_json(result)
         return
@@ -270,14 +321,20 @@ def prune(
     keep_daily: Annotated[int, typer.Option("--keep-daily", help="Newest set of each of the last N days.")] = 7,
     keep_weekly: Annotated[int, typer.Option("--keep-weekly", help="Newest set of each of the last N ISO weeks.")] = 4,
     keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="Newest set of each of the last N months.")] = 6,
+    abandoned_after: Annotated[float, typer.Option("--abandoned-after", help="Object storage: hours after which a set without a manifest, and an unfinished multipart upload, count as abandoned (removed, aborted).")] = backup.DEFAULT_ABANDONED_AFTER_H,
     dir_: DirOpt = None,
+    target: TargetOpt = None,
+    profile: ProfileOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Grandfather-father-son retention over complete sets (per profile and database), plus
-    leftovers of interrupted backups. Never deletes the newest good set of a database."""
-    plan = backup.prune_plan(dir_, keep_daily, keep_weekly, keep_monthly)
+    """Grandfather-father-son retention over complete sets of one target (per profile and
+    database), plus leftovers of interrupted backups (in object storage: objects without a
+    manifest and unfinished multipart uploads, once abandoned). Never deletes the newest good
+    set of a database."""
+    plan = backup.prune_plan(dir_, keep_daily, keep_weekly, keep_monthly, target=target,
+                             config=_config(profile), abandoned_after_h=abandoned_after)
     if json_ and (dry_run or not plan.to_delete):
         print_json(plan)
         return
@@ -301,3 +358,24 @@ def prune(
         print_json(plan)
     else:
         console.print(f"deleted {len(deleted)} set(s)")
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="File to write (0600; never overwritten).")],
+    signing: Annotated[bool, typer.Option("--signing", help="An Ed25519 key that signs manifests (put the printed verify_key in the profile) instead of an age identity.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Write a new age identity (the private key that restores encrypted sets; keep a copy
+    offline) and print its recipient for [<profile>.backup] recipients — or, with --signing,
+    a manifest signing key and the verify_key that checks it."""
+    result = backup.keygen(out, signing=signing)
+    if json_:
+        print_json(result)
+        return
+    console.print(Text.assemble(("wrote", "green"), f" {result.path} ({result.kind}, 0600, "
+                                f"{result.fingerprint})"))
+    console.print(f"add to [<profile>.backup] in studyhub.toml: {result.profile_line}")
+    if not signing:
+        console.print("keep a copy of the identity offline: without it no encrypted set can be "
+                      "restored")

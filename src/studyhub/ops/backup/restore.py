@@ -415,10 +415,8 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
         live = profile.database if profile.database not in (database, staging) else None
         if replace and database == profile.database:
             live = database  # the database about to be replaced still holds the newest ledger
-        carried = source.set_ledger()
-        erasures = ledger.reapply_erasure_ledger(
-            profile, staging, source.ledger_dir, live,
-            extra={f"backup set {source.name}": carried} if carried is not None else None)
+        erasures = ledger.reapply_erasure_ledger(profile, staging, source.ledger_dir, live,
+                                                 extra=source.carried_ledgers())
         phases["erasure ledger"] = round(time.monotonic() - p0, 3)
     p0 = time.monotonic()
     replaced = swap_in(profile, staging, database)

@@ -344,7 +344,7 @@ class Uploader:
             multipart_threshold=part, multipart_chunksize=part,
             max_request_concurrency=store.config.parts_in_flight,
             max_in_memory_upload_chunks=store.config.parts_in_flight,
-            max_submission_concurrency=streams + 1, use_threads=True)
+            max_submission_concurrency=streams + 1)
         self.manager: TransferManager | None = None
         self.sinks: list[UploadSink] = []
 

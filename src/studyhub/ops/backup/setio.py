@@ -44,6 +44,7 @@ from studyhub.ops.backup.s3 import S3Store, StoredObject
 from studyhub.ops.backup.setformat import (
     DUMP_DIR,
     MANIFEST,
+    NAME_RE,
     PARTIAL_PREFIX,
     SIGNATURE,
     VERIFIED,
@@ -247,6 +248,7 @@ class SetSource:
     def __init__(self, name: str, raw_manifest: bytes, signature: bytes | None,
                  config: BackupConfig | None) -> None:
         self.name = name
+        self.config = config
         if config is not None and config.verify_key:
             check_signature(name, raw_manifest, signature, config.verify_key)
         self.manifest = parse_manifest(name, raw_manifest)
@@ -261,7 +263,7 @@ class SetSource:
     def unlock(self, identity_file: Path | None) -> None:
         """Load the identity an encrypted set needs and check it is one of the set's
         recipients (before anything is restored); nothing to do for a set in clear."""
-        if not self.encrypted:
+        if not self.encrypted or (self.identity is not None and identity_file is None):
             return
         made_for = ", ".join(self.manifest.recipients) or "no recipients"
         if identity_file is None:
@@ -344,6 +346,12 @@ class SetSource:
             src.close()
         return ledger.parse_ledger(data.decode(), f"{self.name}/{rel}")
 
+    def carried_ledgers(self) -> dict[str, list[ledger.LedgerEntry]]:
+        """The erasure ledgers a restore re-applies from the target, by source name: the one
+        this set carries (a local directory also has its ledger file beside the sets)."""
+        own = self.set_ledger()
+        return {f"backup set {self.name}": own} if own is not None else {}
+
     def record_verified(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -412,6 +420,37 @@ class RemoteSetSource(SetSource):
             raise BackupError(f"{rel} is not in the manifest of {self.name}")
         return HashingReader(self.store.reader(f"{self.name}/{rel}"), rel, entry.bytes,
                              entry.sha256, on_checked=self.hashed.add)
+
+    def carried_ledgers(self) -> dict[str, list[ledger.LedgerEntry]]:
+        """This set's ledger and those of the newer sets of the same database in the bucket:
+        object storage has no ledger file beside the sets, the newest set carries the newest
+        ledger (so an old set restored after the live database was lost still has its later
+        erasures re-applied). A newer set this identity cannot read (other recipients), or
+        whose signature does not verify where one is required, is skipped and named."""
+        out = super().carried_ledgers()
+        mine = NAME_RE.fullmatch(self.name)
+        names = sorted({o.rel.split("/", 1)[0] for o in self.store.objects()
+                        if o.rel.endswith(f"/{MANIFEST}")})
+        for name in names:
+            other_name = NAME_RE.fullmatch(name)
+            if not mine or not other_name or other_name["stamp"] <= mine["stamp"]:
+                continue
+            try:
+                other = RemoteSetSource(self.store, name, self.store.objects(f"{name}/"),
+                                        self.config)
+                if (other.manifest.database != self.manifest.database
+                        or not other.manifest.ledger_file):
+                    continue
+                other.identity = self.identity if other.encrypted else None
+                if other.encrypted and (self.identity is None or identity_fingerprint(
+                        self.identity) not in other.manifest.recipients):
+                    raise BackupError("not encrypted for this identity")
+                entries = other.set_ledger()
+            except BackupError:
+                out[f"backup set {name} (unreadable)"] = []
+                continue
+            out[f"backup set {name}"] = entries or []
+        return out
 
     def record_verified(self, record: dict[str, Any]) -> None:
         self.store.put_bytes(f"{self.name}/{VERIFIED}", json.dumps(record).encode())
