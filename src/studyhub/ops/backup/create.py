@@ -60,7 +60,7 @@ from studyhub.ops.backup.workers import (
     tool_version_line,
 )
 from studyhub.ops.queries import load
-from studyhub.profiles import BackupConfig, Endpoint, Profile
+from studyhub.profiles import BackupConfig, Endpoint, Profile, backup_config
 
 
 @dataclass
@@ -118,7 +118,8 @@ def create_backup(
     """Write one verified backup set of the profile's app database (see module docstring)
     into ``target`` (``s3://BUCKET/PREFIX``, ``file:///PATH``, a directory; ``out_dir`` is a
     directory too), else the profile's configured target (``config.target``), else the backup
-    directory. ``encrypt``: None = the default for the target, False = in clear (say so).
+    directory. ``config``: the profile's [backup] settings (default: read for the profile).
+    ``encrypt``: None = the default for the target, False = in clear (say so).
     ``format_version=1`` writes the oldest format (pg_dump's own text-format table data, local
     and in clear only), kept so that sets of that format stay tested. Audited as
     ``backup.create`` (database, set, target, encrypted, tables, rows, bytes), a failure too.
@@ -130,7 +131,7 @@ def create_backup(
         raise BackupError("--jobs must be at least 1")
     if out_dir is not None and target is not None:
         raise BackupError("give a directory or a target, not both")
-    config = config or BackupConfig(profile=profile.name)
+    config = config if config is not None else backup_config(profile.name)
     where = open_target(out_dir if out_dir is not None else target, config)
     with audited("backup.create", profile.name, database=profile.database,
                  target=where.url) as line:
