@@ -37,7 +37,7 @@ DirOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 TargetOpt = Annotated[str | None, typer.Option(
     "--from", "--target", help="Where the sets are: s3://BUCKET/PREFIX, file:///PATH or a "
-    "directory (default: the profile's [backup] target, else the backup directory).",
+    r"directory (default: the profile's \[backup] target, else the backup directory).",
     show_default=False)]
 IdentityOpt = Annotated[Path | None, typer.Option(
     "--identity", help="age identity file (0600) of an encrypted set (default: the profile's "
@@ -84,7 +84,7 @@ def progress_bar(enabled: bool) -> Iterator[backup.ProgressFn]:
 def create(
     profile: ProfileOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for the set (default: the backup directory).")] = None,
-    to: Annotated[str | None, typer.Option("--to", "--target", help="Where the set goes: s3://BUCKET/PREFIX, file:///PATH or a directory (default: the profile's [backup] target, else the backup directory).", show_default=False)] = None,
+    to: Annotated[str | None, typer.Option("--to", "--target", help=r"Where the set goes: s3://BUCKET/PREFIX, file:///PATH or a directory (default: the profile's \[backup] target, else the backup directory).", show_default=False)] = None,
     encrypt: Annotated[bool | None, typer.Option("--encrypt/--no-encrypt", help="Encrypt with age to the profile's recipients (default: always for object storage; for a directory when recipients are configured). --no-encrypt stores the data in clear.", show_default=False)] = None,
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(backup.DEFAULT_COMPRESSION),
@@ -366,8 +366,8 @@ def keygen(
     signing: Annotated[bool, typer.Option("--signing", help="An Ed25519 key that signs manifests (put the printed verify_key in the profile) instead of an age identity.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Write a new age identity (the private key that restores encrypted sets; keep a copy
-    offline) and print its recipient for [<profile>.backup] recipients — or, with --signing,
+    r"""Write a new age identity (the private key that restores encrypted sets; keep a copy
+    offline) and print its recipient for \[<profile>.backup] recipients — or, with --signing,
     a manifest signing key and the verify_key that checks it."""
     result = backup.keygen(out, signing=signing)
     if json_:
