@@ -17,10 +17,15 @@ import (``import_sql.py``)
     parser, in one transaction as the app role; no psql, nothing beyond the new database.
 the set on disk (``setformat.py``) and retention (``retention.py``)
     Manifest, names, listing, file verification; grandfather-father-son pruning.
+targets (``targets.py``) and restore drills (``drill.py``)
+    Where a profile's sets are kept and the newest one of its database; ``backup drill``
+    restores that set into a scratch database on the local cluster, compares every table,
+    drops it, and records the result in the source's ``ops.backup_drills``.
 
 Mutating entry points audit themselves (``backup.create``, ``backup.restore``,
-``backup.import``, ``backup.prune``: one line whether they succeed or fail) and restore and
-import refuse a profile that allows no change (``Profile.require_changes_allowed``).
+``backup.import``, ``backup.prune``, ``backup.drill``: one line whether they succeed or fail)
+and restore and import refuse a profile that allows no change
+(``Profile.require_changes_allowed``).
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
 flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
 """
@@ -29,8 +34,18 @@ from __future__ import annotations
 
 from studyhub.ops.backup.checksums import compare_tables, list_tables, table_checksums
 from studyhub.ops.backup.create import BackupResult, create_backup
+from studyhub.ops.backup.drill import (
+    DrillRecord,
+    DrillResult,
+    DrillsUnavailable,
+    DrillTable,
+    drill_backup,
+    last_drills,
+    recent_drills,
+)
 from studyhub.ops.backup.import_sql import ImportResult, import_plain_dump
 from studyhub.ops.backup.restore import (
+    RestoreMismatch,
     RestoreResult,
     VerifyResult,
     restore_backup,
@@ -58,12 +73,13 @@ from studyhub.ops.backup.setformat import (
     set_name,
 )
 from studyhub.ops.backup.streams import DEFAULT_COMPRESSION, parse_compression
+from studyhub.ops.backup.targets import backup_targets, newest_set, set_time
 from studyhub.ops.backup.workers import DEFAULT_JOBS, ProgressEvent, ProgressFn
 
 __all__ = [
     # create, restore, verify, import
     "create_backup", "BackupResult", "restore_backup", "RestoreResult", "RestoreStep",
-    "verify_backup", "VerifyResult", "import_plain_dump", "ImportResult",
+    "verify_backup", "VerifyResult", "import_plain_dump", "ImportResult", "RestoreMismatch",
     "DEFAULT_JOBS", "DEFAULT_COMPRESSION", "parse_compression", "ProgressEvent", "ProgressFn",
     # checksums
     "table_checksums", "compare_tables", "list_tables",
@@ -74,4 +90,7 @@ __all__ = [
     "partial_writer_pid",
     # retention
     "prune_plan", "apply_prune", "PrunePlan", "PruneDecision",
+    # targets and restore drills
+    "backup_targets", "newest_set", "set_time", "drill_backup", "DrillResult", "DrillTable",
+    "DrillRecord", "DrillsUnavailable", "recent_drills", "last_drills",
 ]
