@@ -410,6 +410,60 @@ def test_the_backups_page_shows_sets_with_verification_and_age_and_the_window(
         shutil.rmtree(out, ignore_errors=True)
 
 
+def test_the_backups_page_shows_the_newest_sets_age_and_the_last_drills_graded(
+        client, env, profile, migrated_db):
+    import dataclasses
+    import json
+    import shutil
+
+    from studyhub.ops import backup
+    from tests.conftest import make_home
+
+    out = make_home("studyhub-dashboard-drills-")
+    env.setenv("STUDYHUB_BACKUP_DIR", str(out))
+    try:
+        c = client(database=migrated_db)
+        page = c.get("/p/local/backups").text
+        drills = re.search(r'<section id="drills">.*?</section>', page, re.S).group(0)
+        assert 'class="status warn">warn</span> no complete set<' in drills  # no set yet
+        assert "No restore drill of local/" in drills and "never drilled" in drills
+
+        source = dataclasses.replace(profile, database=migrated_db)
+        made = backup.create_backup(source, out_dir=out, jobs=1)
+        result = backup.drill_backup(source, out, jobs=1)  # a real drill, recorded
+        assert result.ok and result.recorded
+        with connect_as(profile, "app", migrated_db) as conn:  # and a failed one since
+            conn.execute(
+                "INSERT INTO ops.backup_drills (drilled_at, profile, database, target, "
+                "set_name, set_created_at, ok, duration_s, tables, rows, problems) VALUES "
+                "(now(), 'local', %s, %s, %s, now(), false, 1.5, 0, 0, %s)",
+                (migrated_db, str(out), made.name, ["data/public.notes.bin.zst: sha256 <b>"]))
+        page = c.get("/p/local/backups").text
+        age_row = re.search(rf"<tr><td>{re.escape(str(out))}</td><td>{made.name}</td>.*?</tr>",
+                            page, re.S).group(0)
+        assert re.search(r'class="status ok">ok</span> [\d.]+(ms|s|min)<', age_row), age_row
+        check = re.search(r'<p id="drill-check">.*?</p>', page, re.S).group(0)
+        assert 'class="status warn">warn<' in check and "last drill FAILED" in check
+        rows = re.findall(r"<tr><td>\d{4}-\d\d-\d\d [\d:]+ UTC</td>.*?</tr>",
+                          re.search(r'<table class="grid" id="drills-table">.*?</table>', page,
+                                    re.S).group(0), re.S)
+        assert len(rows) == 2
+        assert 'class="status critical">failed<' in rows[0]
+        assert "sha256 &lt;b&gt;" in rows[0]  # escaped
+        assert 'class="status ok">ok<' in rows[1] and made.name in rows[1]
+        assert f'<td class="num">{result.tables}</td>' in rows[1]
+
+        manifest = json.loads((out / made.name / "manifest.json").read_text())
+        manifest["started_at"] = (datetime.now(timezone.utc) - timedelta(hours=60)).isoformat()
+        (out / made.name / "manifest.json").write_text(json.dumps(manifest))
+        page = c.get("/p/local/backups").text
+        age_row = re.search(rf"<tr><td>{re.escape(str(out))}</td><td>{made.name}</td>.*?</tr>",
+                            page, re.S).group(0)
+        assert re.search(r'class="status critical">critical</span> 60\.0h<', age_row), age_row
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def test_the_privacy_page_shows_erasure_counts_and_no_personal_data(client, env, profile,
                                                                     migrated_db):
     from studyhub.audit import write_audit

@@ -25,11 +25,11 @@ from studyhub.cli.common import (
     profile_from,
 )
 from studyhub.errors import RefusedError
-from studyhub.humanize import human_bytes
+from studyhub.humanize import human_bytes, human_s
 from studyhub.ops import backup, privacy
 from studyhub.profiles import BackupConfig, backup_config
 
-app = typer.Typer(help="Verified backups: create, list, verify, restore, import, prune, keygen.",
+app = typer.Typer(help="Verified backups: create, list, verify, restore, drill, import, prune, keygen.",
                   no_args_is_help=True)
 
 DirOpt = Annotated[Path | None, typer.Option(
@@ -272,6 +272,67 @@ def render_erasures(erasures: privacy.ErasureReapply | None) -> None:
                       f"(sources: {', '.join(f'{k}: {v}' for k, v in erasures.sources.items())})")
     elif erasures.status == "no-ledger":
         console.print("  erasure ledger: no erasures recorded")
+
+
+@app.command()
+def drill(
+    target: Annotated[Path | None, typer.Option("--target", help="Where the sets are: a backup directory (default $STUDYHUB_BACKUP_DIR or $STUDYHUB_HOME/backups).", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    jobs: JobsOpt = backup.DEFAULT_JOBS,
+    json_: JsonOpt = False,
+) -> None:
+    """Prove the newest backup set of the profile's database restores: restore it into a
+    scratch database on the local cluster (never onto the profile), compare every table's rows
+    and checksum with the manifest, time it, drop the scratch database, and record the result
+    in the profile's ops.backup_drills (diag doctor's restore_drill check reads it; a read-only
+    profile gets no row). Exit 1 when the drill failed."""
+    prof = profile_from(profile)
+    with progress_bar(not json_) as update:
+        result = backup.drill_backup(prof, target, jobs=jobs, progress=update)
+    if json_:
+        print_json(result)
+    else:
+        render_drill(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def render_drill(result: backup.DrillResult) -> None:
+    where = f"{result.profile}/{result.database}"
+    if result.set_name is None:  # one line: nothing was restored
+        console.print(Text.assemble(
+            ("drill FAILED", "red"), f" {where}: {result.problems[0]} ("
+            + ("recorded as a failed drill" if result.recorded else result.record_note or "")
+            + ")"))
+        return
+    if result.ok:
+        console.print(Text.assemble(
+            ("drill ok", "green"),
+            f" {result.set_name} ({human_s(result.set_age_s)} old, from {result.target}): "
+            f"restored into {result.restored_on} in {result.duration_s:.1f} s, all "
+            f"{result.tables} tables ({result.rows:,} rows) match rows and checksums; "
+            "no scratch database left"))
+    else:
+        console.print(Text.assemble(
+            ("drill FAILED", "red"),
+            f" {result.set_name} ({human_s(result.set_age_s)} old, from {result.target}) after "
+            f"{result.duration_s:.1f} s; no scratch database left:"))
+        for p in result.problems:
+            console.print(f"  {p}")
+    if result.table_results:
+        table = Table(title_justify="left")
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        table.add_column("rows and checksum")
+        for t in result.table_results:
+            table.add_row(t.table, f"{t.rows:,}" if t.rows is not None else "-",
+                          Text("match", style="green") if t.ok
+                          else Text(t.problem or "differs", style="red"))
+        console.print(table)
+    if result.recorded:
+        console.print(f"recorded in {where} ops.backup_drills")
+    else:
+        err_console.print(Text(result.record_note or "not recorded", style="yellow"))
 
 
 @app.command("import")

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Double,
     ForeignKey,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -357,6 +359,28 @@ class TableSizeSnapshot(Base):
     heap_bytes: Mapped[int] = mapped_column(BigInteger)
     index_bytes: Mapped[int] = mapped_column(BigInteger)
     toast_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class BackupDrill(Base):
+    """ops: one restore drill of this database's newest backup set (``studyhub backup drill``):
+    which set, from where, how long the restore and its verification took, and whether every
+    table matched. Failed drills too. Names, times and counts only: no app rows."""
+
+    __tablename__ = "backup_drills"
+    __table_args__ = {"schema": "ops"}
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    drilled_at: Mapped[datetime]  # when the drill finished
+    profile: Mapped[str]  # the profile whose backups were drilled (local, staging, production)
+    database: Mapped[str]  # its database (sets are per profile and database)
+    target: Mapped[str]  # where the set came from: a backup directory, later a remote URL
+    set_name: Mapped[str | None]  # None: no complete set to drill
+    set_created_at: Mapped[datetime | None]
+    ok: Mapped[bool]
+    duration_s: Mapped[float]  # the restore and its verification
+    tables: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    problems: Mapped[list[str]] = mapped_column(ARRAY(Text))
 
 
 APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]

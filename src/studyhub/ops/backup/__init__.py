@@ -25,10 +25,15 @@ encryption (``crypto.py``: age via pyrage) and signing (``signing.py``: Ed25519)
     Sets encrypted to the profile's age recipients (remote: always, unless refused
     explicitly); manifests signed by the backup host's key and checked against the
     profile's ``verify_key``; ``keygen`` writes either key.
+restore drills (``drill.py``; a profile's targets and newest set in ``targets.py``)
+    ``backup drill`` restores the newest set of a target into a scratch database on the
+    local cluster, compares every table, drops it, and records the result in the source's
+    ``ops.backup_drills``.
 
 Mutating entry points audit themselves (``backup.create``, ``backup.restore``,
-``backup.import``, ``backup.prune``, ``backup.keygen``: one line whether they succeed or fail) and restore and
-import refuse a profile that allows no change (``Profile.require_changes_allowed``).
+``backup.import``, ``backup.prune``, ``backup.keygen``, ``backup.drill``: one line whether
+they succeed or fail) and restore and import refuse a profile that allows no change
+(``Profile.require_changes_allowed``).
 Subprocesses get every connection setting from ``connect.child_env``: their argv carries only
 flags, paths and SQL without secrets. Dumps never go through the transaction pooler.
 """
@@ -37,8 +42,18 @@ from __future__ import annotations
 
 from studyhub.ops.backup.checksums import compare_tables, list_tables, table_checksums
 from studyhub.ops.backup.create import BackupResult, create_backup
+from studyhub.ops.backup.drill import (
+    DrillRecord,
+    DrillResult,
+    DrillsUnavailable,
+    DrillTable,
+    drill_backup,
+    last_drills,
+    recent_drills,
+)
 from studyhub.ops.backup.import_sql import ImportResult, import_plain_dump
 from studyhub.ops.backup.restore import (
+    RestoreMismatch,
     RestoreResult,
     VerifyResult,
     restore_backup,
@@ -80,12 +95,13 @@ from studyhub.ops.backup.store import (
     open_target,
 )
 from studyhub.ops.backup.streams import DEFAULT_COMPRESSION, parse_compression
+from studyhub.ops.backup.targets import backup_targets, newest_set, set_time
 from studyhub.ops.backup.workers import DEFAULT_JOBS, ProgressEvent, ProgressFn
 
 __all__ = [
     # create, restore, verify, import
     "create_backup", "BackupResult", "restore_backup", "RestoreResult", "RestoreStep",
-    "verify_backup", "VerifyResult", "import_plain_dump", "ImportResult",
+    "verify_backup", "VerifyResult", "import_plain_dump", "ImportResult", "RestoreMismatch",
     "DEFAULT_JOBS", "DEFAULT_COMPRESSION", "parse_compression", "ProgressEvent", "ProgressFn",
     # checksums
     "table_checksums", "compare_tables", "list_tables",
@@ -100,4 +116,7 @@ __all__ = [
     "Target", "LocalTarget", "RemoteTarget", "SetSource", "open_target", "open_source",
     "list_target_sets", "restore_set", "verify_set", "DEFAULT_ABANDONED_AFTER_H",
     "keygen", "KeyResult", "memory_bound",
+    # targets and restore drills
+    "backup_targets", "newest_set", "set_time", "drill_backup", "DrillResult", "DrillTable",
+    "DrillRecord", "DrillsUnavailable", "recent_drills", "last_drills",
 ]

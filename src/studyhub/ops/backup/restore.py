@@ -96,6 +96,19 @@ class RestoreResult:
     phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
     slowest_steps: list[RestoreStep]
     erasures: ledger.ErasureReapply | None
+    # every table's rows and checksum as restored (each equal to the manifest's)
+    verified_tables: list[TableChecksum] = field(default_factory=list)
+
+
+class RestoreMismatch(BackupError):
+    """The restored database does not match the manifest: ``problems`` names each table that
+    differs, ``restored`` holds what every table came back as."""
+
+    def __init__(self, message: str, problems: list[Problem],
+                 restored: list[TableChecksum]) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.restored = restored
 
 
 @dataclass
@@ -405,10 +418,11 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
     problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
                 for p in problems]
     if problems:
-        raise BackupError(
+        raise RestoreMismatch(
             f"restored database {staging} does not match the backup: {problems[0]}"
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-            + f"; {database} was not touched, {staging} is kept for inspection")
+            + f"; {database} was not touched, {staging} is kept for inspection",
+            problems, actual)
     erasures = None
     if reapply_erasures:
         p0 = time.monotonic()
@@ -425,7 +439,7 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
     return RestoreResult(
         source.name, profile.name, database, replaced, resumed, len(manifest.tables),
         manifest.total_rows, jobs, settings, round(time.monotonic() - t0, 3), phases, slowest,
-        erasures)
+        erasures, actual)
 
 
 def verify_backup(set_dir: Path | SetSource, *, restore: bool = False,

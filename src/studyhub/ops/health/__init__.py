@@ -4,8 +4,9 @@ the fix; the CLI, ``--json`` and the dashboard render the same list.
 
 The checks live by area — ``sessions``, ``replication``, ``limits`` (XID wraparound,
 sequences), ``schema`` (indexes, constraints), ``maintenance`` (cache hit, vacuum), ``queries``
-(pg_stat_statements), ``server_log`` (settings that copy values into the log) — and register
-in that order, which is the report's order. ``registry`` holds the types and ``@check``,
+(pg_stat_statements), ``server_log`` (settings that copy values into the log), ``backups``
+(the newest backup set's age, the last restore drill) — and register in that order, which is
+the report's order. ``registry`` holds the types and ``@check``,
 ``thresholds`` the defaults and their overrides (``[doctor]`` in studyhub.toml, ``--set``),
 ``doctor`` runs them (``run_doctor``).
 """
@@ -18,6 +19,8 @@ from studyhub.ops.health import schema as _schema  # noqa: F401
 from studyhub.ops.health import maintenance as _maintenance  # noqa: F401
 from studyhub.ops.health import queries as _queries  # noqa: F401
 from studyhub.ops.health import server_log as _server_log  # noqa: F401
+from studyhub.ops.health import backups as _backups  # noqa: F401
+from studyhub.ops.health.backups import backup_age_check, restore_drill_check
 from studyhub.ops.health.doctor import TITLES, run_doctor
 from studyhub.ops.health.maintenance import judge_cache_hit
 from studyhub.ops.health.registry import (
@@ -36,7 +39,7 @@ from studyhub.ops.health.server_log import DO_LOG_CONFIG, LOG_VALUE_SETTINGS, lo
 from studyhub.ops.health.thresholds import DEFAULT_THRESHOLDS, parse_settings, thresholds
 
 __all__ = [
-    "Check", "CheckContext", "DEFAULT_THRESHOLDS", "DO_LOG_CONFIG", "DoctorReport", "EXIT_CODES",
+    "Check", "CheckContext", "backup_age_check", "restore_drill_check", "DEFAULT_THRESHOLDS", "DO_LOG_CONFIG", "DoctorReport", "EXIT_CODES",
     "LOG_VALUE_SETTINGS", "NEEDS_ALL_STATS", "REGISTRY", "STATUSES", "TITLES", "check", "grade",
     "judge_cache_hit", "log_value_leaks", "parse_settings", "run_doctor", "thresholds", "worst",
 ]

@@ -40,6 +40,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "analyze.min_modified_rows": 10_000,
     "slow_queries.min_calls": 100,         # PgHero's defaults
     "slow_queries.min_mean_ms": 20,
+    # newest complete backup set per target: daily backups plus 2 h of slack, and two missed
+    "backup_age.warn_h": 26,
+    "backup_age.critical_h": 50,
+    # newest successful restore drill: weekly drills plus a day of slack, and two missed
+    "restore_drill.warn_days": 8,
+    "restore_drill.critical_days": 15,
 }
 
 
