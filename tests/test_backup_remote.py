@@ -731,3 +731,25 @@ def test_erasures_recorded_in_a_newer_remote_set_are_reapplied_to_an_older_one(
             assert conn.execute("SELECT count(*) FROM students").fetchone()[0] == 2
     finally:
         drop(cluster, name, target, target + "_restoring")
+
+
+def test_drill_and_doctor_read_the_profiles_remote_target(cluster, source, config, remote_set,
+                                                          monkeypatch, tmp_path):
+    """With [local.backup] pointing at the bucket, ``backup drill`` takes the newest set from
+    there (streamed, decrypted with the profile's identity, signature checked), restores it on
+    the local cluster, compares every table and records the drill; the doctor's backup_age
+    check grades that same target."""
+    from studyhub.ops import health
+
+    use_toml(monkeypatch, tmp_path / "studyhub.toml", config)
+    result = ops.drill_backup(source, jobs=2)
+    assert result.ok, result.problems
+    assert (result.target, result.set_name) == (config.target, remote_set.name)
+    assert result.tables > 0 and result.rows > 0 and result.recorded
+    assert not databases_like(cluster, "studyhub_drill_%")
+    with connect_as(source, "app", source.database) as conn:
+        [drill] = ops.recent_drills(conn, source.name, source.database, limit=1)
+    assert drill.ok and drill.target == config.target and drill.set_name == remote_set.name
+    check = health.backup_age_check(source, source.database, health.thresholds())
+    [item] = check.items
+    assert (item["target"], item["set"], item["status"]) == (config.target, remote_set.name, "ok")

@@ -276,7 +276,10 @@ def render_erasures(erasures: privacy.ErasureReapply | None) -> None:
 
 @app.command()
 def drill(
-    target: Annotated[Path | None, typer.Option("--target", help="Where the sets are: a backup directory (default $STUDYHUB_BACKUP_DIR or $STUDYHUB_HOME/backups).", show_default=False)] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Where the sets are: s3://BUCKET/PREFIX, file:///PATH or a directory "
+                         "(default: the profile's configured target, else $STUDYHUB_BACKUP_DIR "
+                         "or $STUDYHUB_HOME/backups).", show_default=False)] = None,
     profile: ProfileOpt = None,
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     json_: JsonOpt = False,

@@ -5,8 +5,9 @@ with the manifest, time it, drop the scratch database however the drill ends, an
 result in the source's ``ops.backup_drills`` (failed drills too), where ``diag doctor`` and
 the dashboard of that profile read it.
 
-The set storage is reached only through the package's public functions (``list_sets`` via
-``targets.newest_set``, ``restore_backup``): a target is one parameter.
+The set storage is reached only through a target (``store.Target``: a directory or object
+storage, ``targets.newest_set``) and ``restore_set``, streamed and decrypted like any restore
+(the source profile's backup settings give the identity file and the verify key).
 
 What the drill changes: a scratch database on the local cluster, created and dropped; one row
 in the source's ``ops.backup_drills``. The source's data is only read (from the set), so a
@@ -30,9 +31,10 @@ from psycopg.rows import dict_row
 from studyhub.audit import audited
 from studyhub.connect import ConnectError, connect, first_line
 from studyhub.errors import LocalClusterError, RefusedError, StudyhubError
-from studyhub.ops.backup.restore import RestoreMismatch, restore_backup
+from studyhub.ops.backup.restore import RestoreMismatch, restore_set
 from studyhub.ops.backup.setformat import BackupError
 from studyhub.ops.backup.staging import admin_connection, drop_database, staging_name
+from studyhub.ops.backup.store import Target, open_target
 from studyhub.ops.backup.targets import (
     age_s,
     backup_targets,
@@ -42,7 +44,7 @@ from studyhub.ops.backup.targets import (
 )
 from studyhub.ops.backup.workers import DEFAULT_JOBS, ProgressEvent, ProgressFn, no_progress
 from studyhub.ops.queries import load
-from studyhub.profiles import Profile, resolve_profile
+from studyhub.profiles import Profile, backup_config, resolve_profile
 
 SCRATCH_PREFIX = "studyhub_drill_"
 DRILLS_TABLE = "ops.backup_drills"
@@ -127,7 +129,8 @@ def require_local_cluster(local: Profile) -> None:
             "database there: start it with: studyhub local up") from None
 
 
-def drill_backup(source: Profile, target: Path | None = None, *, local: Profile | None = None,
+def drill_backup(source: Profile, target: str | Path | Target | None = None, *,
+                 local: Profile | None = None,
                  jobs: int = DEFAULT_JOBS, progress: ProgressFn = no_progress) -> DrillResult:
     """Drill the newest complete set of ``source``'s database in ``target`` (default: the
     profile's first target) on the local cluster; record the result in the source (see the
@@ -139,13 +142,14 @@ def drill_backup(source: Profile, target: Path | None = None, *, local: Profile 
     if target is None:  # the profile's own: not there yet means no set yet (a failed drill)
         target = backup_targets(source)[0]
     else:  # named: a typo must not record a failed drill
+        target = open_target(target, backup_config(source.name))
         require_target(target)
     local = local if local is not None else resolve_profile("local")
     require_local_cluster(local)
     result: DrillResult | None = None
     try:
         with audited("backup.drill", source.name, database=source.database,
-                     target=str(target)) as line:
+                     target=target.url) as line:
             result = _drill(source, target, local, jobs, progress)
             result.recorded, result.record_note = record_drill(source, result)
             line.update(set=result.set_name, restored_on=result.restored_on, ok=result.ok,
@@ -159,28 +163,32 @@ def drill_backup(source: Profile, target: Path | None = None, *, local: Profile 
     return result
 
 
-def _drill(source: Profile, target: Path, local: Profile, jobs: int,
+def _drill(source: Profile, target: Target, local: Profile, jobs: int,
            progress: ProgressFn) -> DrillResult:
     problems: list[str] = []
     try:
         info = newest_set(target, source.name, source.database)
     except OSError as exc:
         info = None
-        problems.append(f"cannot list {target}: {exc.strerror or exc}")
+        problems.append(f"cannot list {target.url}: {exc.strerror or exc}")
+    except BackupError as exc:  # the store's own one line (unreachable bucket, credential)
+        info = None
+        problems.append(f"cannot list {target.url}: {exc}")
     tables: list[DrillTable] = []
     n_tables = rows = 0
     duration = 0.0
     scratch = None
     if info is None and not problems:
         problems.append(f"no complete backup set of {source.name}/{source.database} in "
-                        f"{target}; make one: studyhub backup create -p {source.name}")
+                        f"{target.url}; make one: studyhub backup create -p {source.name}")
     elif info is not None:
         scratch = scratch_name()
         progress(ProgressEvent("drill", 0, 1, message=info.name))
         t0 = time.monotonic()
         try:
-            restored = restore_backup(Path(info.path), local, scratch, jobs=jobs,
-                                      reapply_erasures=False, progress=progress)
+            restored = restore_set(target, info.name, local, scratch,
+                                   config=backup_config(source.name), jobs=jobs,
+                                   reapply_erasures=False, progress=progress)
             tables = [DrillTable(t.qualified, t.rows, True)
                       for t in sorted(restored.verified_tables, key=lambda t: t.qualified)]
             n_tables, rows = restored.tables, restored.rows
@@ -201,7 +209,7 @@ def _drill(source: Profile, target: Path, local: Profile, jobs: int,
     now = datetime.now(timezone.utc)
     created = set_time(info) if info else None
     return DrillResult(
-        source.name, source.database, str(target), info.name if info else None,
+        source.name, source.database, target.url, info.name if info else None,
         created.isoformat(timespec="seconds") if created else None,
         round(age_s(created, now), 1) if created else None,
         f"{local.name}/{scratch}" if scratch else None, now.isoformat(timespec="seconds"),

@@ -48,14 +48,14 @@ def backup_age_check(profile: Profile | None, database: str,
     for target in backup.backup_targets(profile):
         try:
             info = backup.newest_set(target, profile.name, database)
-        except OSError as exc:
-            items.append({"target": str(target), "set": None, "created_at": None,
-                          "age_s": None, "status": "warn",
-                          "problem": f"cannot list: {exc.strerror or exc}"})
+        except (OSError, backup.BackupError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            items.append({"target": target.url, "set": None, "created_at": None,
+                          "age_s": None, "status": "warn", "problem": f"cannot list: {why}"})
             continue
         when = backup.set_time(info) if info else None
         age = _age_s(when, now)
-        items.append({"target": str(target), "set": info.name if info else None,
+        items.append({"target": target.url, "set": info.name if info else None,
                       "created_at": when.isoformat(timespec="seconds") if when else None,
                       "age_s": None if age is None else round(age, 1),
                       "status": "warn" if age is None else grade(age / 3600, warn_h, crit_h),
