@@ -733,14 +733,16 @@ def test_erasures_recorded_in_a_newer_remote_set_are_reapplied_to_an_older_one(
         drop(cluster, name, target, target + "_restoring")
 
 
-def test_drill_and_doctor_read_the_profiles_remote_target(cluster, source, config, remote_set,
+def test_drill_and_doctor_read_the_profiles_remote_target(cluster, source, config, bucket,
                                                           monkeypatch, tmp_path):
     """With [local.backup] pointing at the bucket, ``backup drill`` takes the newest set from
     there (streamed, decrypted with the profile's identity, signature checked), restores it on
     the local cluster, compares every table and records the drill; the doctor's backup_age
-    check grades that same target."""
+    check grades that same target. (A prefix of its own: other tests plant damaged copies.)"""
     from studyhub.ops import health
 
+    config = dataclasses.replace(config, target=f"s3://{bucket}/drill-{uuid.uuid4().hex[:8]}")
+    remote_set = ops.create_backup(source, config=config, jobs=2)
     use_toml(monkeypatch, tmp_path / "studyhub.toml", config)
     result = ops.drill_backup(source, jobs=2)
     assert result.ok, result.problems
