@@ -77,6 +77,7 @@ class BackupSettings(BaseModel):
     verify_key: str | None = None  # its public key, "ed25519:BASE64": sets must be signed by it
     part_size_mib: int = 8  # multipart upload part size
     parts_in_flight: int = 4  # parts uploading (and held in memory) at once
+    request_attempts: int = 8  # tries of each request (a part, a listing) before giving up
 
     @model_validator(mode="before")
     @classmethod
@@ -301,6 +302,7 @@ class BackupConfig:
     verify_key: str | None = None
     part_size_mib: int = 8
     parts_in_flight: int = 4
+    request_attempts: int = 8
 
 
 def _path(raw: str | None) -> Path | None:
@@ -319,6 +321,8 @@ def backup_config(name: str | None = None, *, settings: Settings | None = None) 
         raise ConfigError(f"[{chosen}.backup] addressing_style must be auto, virtual or path")
     if not 5 <= cfg.part_size_mib <= 512 or not 1 <= cfg.parts_in_flight <= 64:
         raise ConfigError(f"[{chosen}.backup] part_size_mib must be 5-512 and parts_in_flight 1-64")
+    if not 1 <= cfg.request_attempts <= 20:
+        raise ConfigError(f"[{chosen}.backup] request_attempts must be 1-20")
     return BackupConfig(
         profile=chosen,
         target=cfg.target,
@@ -335,4 +339,5 @@ def backup_config(name: str | None = None, *, settings: Settings | None = None) 
         verify_key=cfg.verify_key,
         part_size_mib=cfg.part_size_mib,
         parts_in_flight=cfg.parts_in_flight,
+        request_attempts=cfg.request_attempts,
     )

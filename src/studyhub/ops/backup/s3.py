@@ -15,8 +15,9 @@ s3transfer upload of a non-seekable stream, in parts of ``part_size_mib``; the m
 bounded by the transfer manager (``max_in_memory_upload_chunks`` parts uploading, plus one part
 being filled per stream). A failed or cancelled upload is aborted by s3transfer (no orphaned
 multipart upload); each part is retried by botocore (standard retry mode: exponential backoff
-with jitter). Downloads stream (:class:`ObjectReader`), resuming from the byte they stopped at
-with a ranged GET of the same ETag.
+with jitter, up to ``request_attempts`` tries in all, 8 by default). Downloads stream
+(:class:`ObjectReader`), resuming from the byte they stopped at with a ranged GET of the same
+ETag.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class S3Store:
         if self._client is None:
             quiet_library_logs()
             cfg = Config(
-                retries={"mode": "standard", "max_attempts": 8},
+                retries={"mode": "standard",
+                         "total_max_attempts": self.config.request_attempts},
                 connect_timeout=10, read_timeout=120, tcp_keepalive=True,
                 max_pool_connections=max(10, 2 * self.config.parts_in_flight + 4),
                 s3={"addressing_style": self.config.addressing_style},
