@@ -52,9 +52,8 @@ from studyhub.ops.backup.drill import (
     recent_drills,
 )
 from studyhub.ops.backup.import_sql import ImportResult, import_plain_dump
+from studyhub.ops.backup.finish import RestoreMismatch, RestoreResult
 from studyhub.ops.backup.restore import (
-    RestoreMismatch,
-    RestoreResult,
     VerifyResult,
     restore_backup,
     restore_set,
