@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from studyhub import __version__ as tool_version
 from studyhub.audit import audited
@@ -35,7 +34,7 @@ from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import list_tables, pin_checksum_settings, table_checksums
 from studyhub.ops.backup.dump import dump_tables_binary, pattern_literal, run_pg_dump
 from studyhub.ops.backup.s3 import memory_bound
-from studyhub.ops.backup.session import refuse_pooler
+from studyhub.ops.backup.session import hold_snapshot_locks, refuse_pooler
 from studyhub.ops.backup.crypto import METHOD, fingerprint, parse_recipients
 from studyhub.ops.backup.setformat import (
     DUMP_DIR,
@@ -291,10 +290,7 @@ def _create_v2_parts(profile: Profile, conn: psycopg.Connection, snapshot: str,
     excluded (by exact name: a pattern would also drop SEQUENCE SET), beside it every table's
     rows as binary COPY from the same snapshot. The snapshot's own transaction holds ACCESS
     SHARE locks on every table until the end, as pg_dump does (no DROP/ALTER meanwhile)."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_timeout)))
-    if tables:
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-            sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(*t)) for t in tables)))
+    hold_snapshot_locks(conn, tables, lock_wait_timeout)
     columns = {(r[0], r[1]): list(r[2])
                for r in conn.execute(load("get_backup_table_columns")).fetchall()}
     schema_result: dict[str, Any] = {}

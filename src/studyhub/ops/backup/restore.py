@@ -37,6 +37,7 @@ from studyhub.ops.backup.setformat import BackupError, Manifest, Problem, TableC
 from studyhub.ops.backup.setio import LocalSetSource, SetSource, verified_record
 from studyhub.ops.backup.staging import (
     admin_connection,
+    create_extensions,
     drop_database,
     prepare_staging,
     set_database_comment,
@@ -296,14 +297,7 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
         if not resumed:
             p0 = time.monotonic()
             progress(ProgressEvent("schema", 0, 1, message="extensions and schema"))
-            with connect(profile, "admin", database=staging, autocommit=True,
-                         application_name="studyhub restore") as conn:
-                for schema in sorted(ext_schemas):
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-                        sql.Identifier(schema), sql.Identifier(profile.users["app"])))
-                for ext in manifest.extensions:
-                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
-                        sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
+            create_extensions(profile, staging, manifest.extensions)
             run_pg_restore(profile, staging, archive, write_list(work / "pre.list", keep),
                            ["pre-data"], 1, settings, True, progress, 1, {})
             with admin_connection(profile) as admin:

@@ -83,6 +83,20 @@ def prepare_staging(admin: psycopg.Connection, profile: Profile, database: str, 
     return staging, resumed
 
 
+def create_extensions(profile: Profile, database: str, extensions: list[dict[str, str]]) -> None:
+    """The manifest's extensions in ``database``, created by the admin role before the
+    schema is restored (the owner role may not create most of them); a schema of an
+    extension's own is created first, owned by the app role."""
+    with connect(profile, "admin", database=database, autocommit=True,
+                 application_name="studyhub restore") as conn:
+        for schema in sorted({x["schema"] for x in extensions if x["schema"] != "public"}):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(profile.users["app"])))
+        for ext in extensions:
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
+
+
 def swap_in(profile: Profile, staging: str, database: str) -> str | None:
     """Give the verified staging database its final name; an existing database of that name
     is kept under ``{name}_before_restore_{UTC time}`` (never dropped)."""
