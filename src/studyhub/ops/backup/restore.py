@@ -34,6 +34,7 @@ from studyhub.ops.backup.finish import RestoreResult, reapply_and_swap_in, requi
 from studyhub.ops.backup.schedule import RestoreScheduler, RestoreStep
 from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
 from studyhub.ops.backup.setformat import BackupError, Manifest, Problem, TableChecksum
+from studyhub.ops.backup.sql_set import restore_sql_set
 from studyhub.ops.backup.setio import LocalSetSource, SetSource, verified_record
 from studyhub.ops.backup.staging import (
     admin_connection,
@@ -259,6 +260,10 @@ def _restore(source: SetSource, profile: Profile, database: str, *, jobs: int, r
         if problems:
             raise BackupError(f"backup set {source.name} is damaged, not restoring: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    if manifest.format == "sql":  # one plain SQL dump: its own load (sql_set.py)
+        return restore_sql_set(source, profile, database, jobs=jobs, replace=replace,
+                               settings=settings, reapply_erasures=reapply_erasures,
+                               progress=progress, t0=t0, phases=phases)
     p0 = time.monotonic()
     with source.schema_dir() as archive:  # remote/encrypted: fetched before anything is made
         if source.encrypted or not isinstance(source, LocalSetSource):
