@@ -402,7 +402,7 @@ def test_the_backups_page_shows_sets_with_verification_and_age_and_the_window(
         page = client().get("/p/local/backups").text
         row = re.search(rf"<tr><td>{made.name}</td>.*?</tr>", page, re.S).group(0)
         assert re.search(r'class="status ok">ok</span> files, [\d.]+(ms|s) ago', row), row
-        assert migrated_db in row and "zstd" in row
+        assert migrated_db in row and "zstd" in row and "<td>native</td>" in row
         assert "creation did not finish" in page  # the leftover, named as such
         assert "recoverable window:" in page  # ops.cluster: base backups and WAL archive
         assert [s.name for s in backup.list_sets(out) if s.status == "complete"] == [made.name]

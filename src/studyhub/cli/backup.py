@@ -88,13 +88,16 @@ def create(
     encrypt: Annotated[bool | None, typer.Option("--encrypt/--no-encrypt", help="Encrypt with age to the profile's recipients (default: always for object storage; for a directory when recipients are configured). --no-encrypt stores the data in clear.", show_default=False)] = None,
     jobs: JobsOpt = backup.DEFAULT_JOBS,
     compress: Annotated[str, typer.Option("--compress", help="zstd[:1-19], gzip[:1-9] or none.")] = str(backup.DEFAULT_COMPRESSION),
+    format_: Annotated[str, typer.Option("--format", metavar="[native|sql]", help="native: the schema and every table's rows as binary COPY, restored by studyhub (fastest). sql: one plain SQL dump by pg_dump, restorable without studyhub (age -d | zstd -d | psql).")] = "native",
     json_: JsonOpt = False,
 ) -> None:
     """Write one backup set from one exported snapshot: the schema by pg_dump, every table's
     rows as binary COPY (parallel, compressed and encrypted as they stream: into files, or
-    into multipart uploads to object storage), per-table row counts and checksums, a manifest
-    with sha256 of every file, written last (a directory is renamed into place only once
-    fsynced and verified)."""
+    into multipart uploads to object storage) — or, with --format sql, one plain SQL dump by
+    pg_dump, streamed the same way — per-table row counts and checksums, a manifest with
+    sha256 of every file, written last (a directory is renamed into place only once fsynced
+    and verified)."""
+    set_format = backup.parse_set_format(format_)
     prof = profile_from(profile)
     config = _config(prof.name)
     compression = backup.parse_compression(compress)
@@ -107,13 +110,15 @@ def create(
     with progress_bar(not json_) as update:
         result = backup.create_backup(prof, out_dir=out, target=to, config=config,
                                       encrypt=encrypt, jobs=jobs, compression=compression,
-                                      progress=update)
+                                      progress=update, set_format=set_format)
     if json_:
         print_json(result)
         return
     console.print(Text.assemble(("backup set complete", "green"), f" {result.path}"))
+    how = (f"plain SQL, {result.compression}" if result.format == "sql"
+           else f"{result.compression}, {result.jobs} jobs")
     console.print(f"  {result.tables} tables, {result.rows:,} rows, {human_bytes(result.bytes)} "
-                  f"({result.compression}, {result.jobs} jobs) in {result.duration_s:.1f} s")
+                  f"({how}) in {result.duration_s:.1f} s")
     if result.encrypted_for:
         console.print("  encrypted (age) for " + ", ".join(result.encrypted_for)
                       + (f"; manifest signed by {result.signed_by}" if result.signed_by else ""))
@@ -139,7 +144,8 @@ def list_(dir_: DirOpt = None, target: TargetOpt = None, profile: ProfileOpt = N
         return
     table = Table(title=f"backup sets in {where.url}", title_justify="left")
     table.add_column("set", no_wrap=True)
-    for col in ("status", "revision", "tables", "rows", "size", "compr.", "encrypted", "verified"):
+    for col in ("status", "format", "revision", "tables", "rows", "size", "compr.", "encrypted",
+                "verified"):
         table.add_column(col, justify="right" if col in ("tables", "rows", "size") else "left",
                          no_wrap=col in ("status", "verified"))
     for s in sets:
@@ -150,7 +156,7 @@ def list_(dir_: DirOpt = None, target: TargetOpt = None, profile: ProfileOpt = N
                 ("ok", "green") if s.verified.get("ok") else ("FAILED", "red"),
                 " (restored)" if s.verified.get("restored") else " (files)")
         encrypted = ("age" if s.encrypted_for else "no") if s.status == "complete" else ""
-        table.add_row(s.name, status, ", ".join(s.alembic_revision or []),
+        table.add_row(s.name, status, s.format or "", ", ".join(s.alembic_revision or []),
                       str(s.tables or ""), f"{s.rows:,}" if s.rows is not None else "",
                       human_bytes(s.bytes), s.compression or "", encrypted, verified)
     console.print(table)
@@ -228,7 +234,8 @@ def restore(
         ("would restore", "bold"),
         f" {source.location} ({len(manifest.tables)} tables, {manifest.total_rows:,} rows, "
         f"revision {', '.join(manifest.alembic_revision) or '-'}"
-        + (", encrypted" if source.encrypted else "") + f") into {prof.name}/{database}",
+        + (", encrypted" if source.encrypted else "")
+        + (", plain SQL" if manifest.format == "sql" else "") + f") into {prof.name}/{database}",
         (" replacing it", "bold red") if replace else ""))
     if dry_run:
         return

@@ -12,6 +12,10 @@ restore (``restore.py``; the staging database in ``staging.py``, the archive's c
 ``toc.py``, the parallel scheduler in ``schedule.py``)
     Always into a new database, renamed to its final name only once every table's count and
     checksum matches the manifest and the erasure ledger is re-applied; resumes a failed run.
+portable sets (``sql_set.py``)
+    ``create --format sql``: one plain SQL dump by pg_dump from the same snapshot, streamed
+    through zstd and age into the target; restored through the importer below, or by hand
+    with ``age -d | zstd -d | psql``.
 import (``import_sql.py``)
     A runbook-style plain ``.sql[.gz]`` dump, statement by statement through PostgreSQL's
     parser, in one transaction as the app role; no psql, nothing beyond the new database.
@@ -52,9 +56,8 @@ from studyhub.ops.backup.drill import (
     recent_drills,
 )
 from studyhub.ops.backup.import_sql import ImportResult, import_plain_dump
+from studyhub.ops.backup.finish import RestoreMismatch, RestoreResult
 from studyhub.ops.backup.restore import (
-    RestoreMismatch,
-    RestoreResult,
     VerifyResult,
     restore_backup,
     restore_set,
@@ -64,10 +67,12 @@ from studyhub.ops.backup.restore import (
 from studyhub.ops.backup.retention import PruneDecision, PrunePlan, apply_prune, prune_plan
 from studyhub.ops.backup.schedule import RestoreStep
 from studyhub.ops.backup.s3 import memory_bound
+from studyhub.ops.backup.sql_set import parse_set_format
 from studyhub.ops.backup.setformat import (
     FORMAT_VERSION,
     MANIFEST,
     PARTIAL_PREFIX,
+    SET_FORMATS,
     BackupError,
     BackupSetInfo,
     Compression,
@@ -103,6 +108,7 @@ __all__ = [
     "create_backup", "BackupResult", "restore_backup", "RestoreResult", "RestoreStep",
     "verify_backup", "VerifyResult", "import_plain_dump", "ImportResult", "RestoreMismatch",
     "DEFAULT_JOBS", "DEFAULT_COMPRESSION", "parse_compression", "ProgressEvent", "ProgressFn",
+    "SET_FORMATS", "parse_set_format",
     # checksums
     "table_checksums", "compare_tables", "list_tables",
     # the set on disk

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from studyhub import __version__ as tool_version
 from studyhub.audit import audited
@@ -35,7 +34,8 @@ from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import list_tables, pin_checksum_settings, table_checksums
 from studyhub.ops.backup.dump import dump_tables_binary, pattern_literal, run_pg_dump
 from studyhub.ops.backup.s3 import memory_bound
-from studyhub.ops.backup.session import refuse_pooler
+from studyhub.ops.backup.sql_set import DUMP_FORMAT, dump_plain_sql, parse_set_format
+from studyhub.ops.backup.session import hold_snapshot_locks, refuse_pooler
 from studyhub.ops.backup.crypto import METHOD, fingerprint, parse_recipients
 from studyhub.ops.backup.setformat import (
     DUMP_DIR,
@@ -80,6 +80,7 @@ class BackupResult:
     encrypted_for: list[str] | None = None  # recipients' fingerprints; None: in clear
     signed_by: str | None = None  # the signing key's fingerprint
     memory_bound_bytes: int | None = None  # uploads: parts held at most (docs/backup.md)
+    format: str = "native"  # native | sql (one plain SQL dump by pg_dump: portable)
 
 
 def choose_recipients(target: Target, config: BackupConfig, encrypt: bool | None) -> list[Any] | None:
@@ -114,6 +115,7 @@ def create_backup(
     lock_wait_timeout: str = "60s",
     progress: ProgressFn = no_progress,
     format_version: int = FORMAT_VERSION,
+    set_format: str = "native",
 ) -> BackupResult:
     """Write one verified backup set of the profile's app database (see module docstring)
     into ``target`` (``s3://BUCKET/PREFIX``, ``file:///PATH``, a directory; ``out_dir`` is a
@@ -121,20 +123,26 @@ def create_backup(
     directory. ``config``: the profile's [backup] settings (default: read for the profile).
     ``encrypt``: None = the default for the target, False = in clear (say so).
     ``format_version=1`` writes the oldest format (pg_dump's own text-format table data, local
-    and in clear only), kept so that sets of that format stay tested. Audited as
-    ``backup.create`` (database, set, target, encrypted, tables, rows, bytes), a failure too.
+    and in clear only), kept so that sets of that format stay tested. ``set_format="sql"``
+    writes a portable set: one plain SQL dump by pg_dump instead of the schema archive and
+    the binary COPY files (``sql_set.py``; ``jobs`` then only sizes the upload streams).
+    Audited as ``backup.create`` (database, set, format, target, encrypted, tables, rows,
+    bytes), a failure too.
     Reads the database only, so it is not refused on a read-only or implicitly chosen
     production profile."""
     if format_version not in (1, FORMAT_VERSION):
         raise BackupError(f"cannot write backup set format {format_version} (1 or {FORMAT_VERSION})")
     if jobs < 1:
         raise BackupError("--jobs must be at least 1")
+    set_format = parse_set_format(set_format)
+    if set_format == "sql" and format_version != FORMAT_VERSION:
+        raise BackupError(f"sql sets are written in format {FORMAT_VERSION} only")
     if out_dir is not None and target is not None:
         raise BackupError("give a directory or a target, not both")
     config = config if config is not None else backup_config(profile.name)
     where = open_target(out_dir if out_dir is not None else target, config)
     with audited("backup.create", profile.name, database=profile.database,
-                 target=where.url) as line:
+                 target=where.url, format=set_format) as line:
         refuse_pooler(profile)
         recipients = choose_recipients(where, config, encrypt)
         line["encrypted"] = recipients is not None
@@ -143,7 +151,8 @@ def create_backup(
         signing_key = load_signing_key(config.signing_key_file) if config.signing_key_file else None
         where.check_writable()  # a missing bucket or refused credentials: before any snapshot
         result = _write_set(profile, where, config, recipients, signing_key, jobs,
-                            compression, lock_wait_timeout, progress, format_version, line)
+                            compression, lock_wait_timeout, progress, format_version,
+                            set_format, line)
         line.update(database=result.database, set=result.name, tables=result.tables,
                     rows=result.rows, bytes=result.bytes)
     return result
@@ -152,7 +161,7 @@ def create_backup(
 def _write_set(profile: Profile, target: Target, config: BackupConfig,
                recipients: list[Any] | None, signing_key: Any, jobs: int,
                compression: Compression, lock_wait_timeout: str, progress: ProgressFn,
-               format_version: int, line: dict[str, Any]) -> BackupResult:
+               format_version: int, set_format: str, line: dict[str, Any]) -> BackupResult:
     t0 = time.monotonic()
     started = datetime.now(timezone.utc)
     ep = profile.endpoint("app")
@@ -164,7 +173,8 @@ def _write_set(profile: Profile, target: Target, config: BackupConfig,
     signed_by = key_fingerprint(public_text(signing_key.public_key())) if signing_key else None
     with target.writer(name, recipients, signing_key, jobs) as writer:
         manifest = _dump_one_snapshot(profile, ep, writer, target, started, jobs, compression,
-                                      lock_wait_timeout, progress, format_version, durations)
+                                      lock_wait_timeout, progress, format_version, set_format,
+                                      durations)
         manifest.encryption, manifest.signed_by = encryption, signed_by
         f0 = time.monotonic()
         location = writer.finish(manifest)
@@ -174,13 +184,14 @@ def _write_set(profile: Profile, target: Target, config: BackupConfig,
                         len(manifest.tables), manifest.total_rows, manifest.total_bytes,
                         str(compression), jobs, round(total, 3), durations, target.url,
                         encryption["recipients"] if encryption else None, signed_by,
-                        memory_bound(config, jobs) if target.remote else None)
+                        memory_bound(config, jobs) if target.remote else None,
+                        manifest.format)
 
 
 def _dump_one_snapshot(profile: Profile, ep: Endpoint, writer: SetWriter, target: Target,
                        started: datetime, jobs: int, compression: Compression,
                        lock_wait_timeout: str, progress: ProgressFn, format_version: int,
-                       durations: dict[str, float]) -> Manifest:
+                       set_format: str, durations: dict[str, float]) -> Manifest:
     """Export a snapshot, write every file of the set through ``writer`` from it (and checksum
     every table from it, on another connection), and describe the result as a manifest."""
     partial = writer.staging
@@ -215,7 +226,12 @@ def _dump_one_snapshot(profile: Profile, ep: Endpoint, writer: SetWriter, target
         checker = threading.Thread(target=run_checksums, daemon=True)
         checker.start()
         table_files: list[TableFile] = []
-        if format_version == 1:
+        sql_file = None
+        if set_format == "sql":
+            entry = dump_plain_sql(profile, conn, snapshot, tables, writer, compression,
+                                   lock_wait_timeout, progress, durations)
+            written, sql_file = {entry.path: entry}, entry.path
+        elif format_version == 1:
             written, dump_times = run_pg_dump(profile, snapshot, partial / DUMP_DIR, jobs,
                                               compression, len(tables), progress,
                                               lock_wait_timeout)
@@ -253,11 +269,12 @@ def _dump_one_snapshot(profile: Profile, ep: Endpoint, writer: SetWriter, target
         started_at=started.isoformat(timespec="seconds"),
         finished_at=finished.isoformat(timespec="seconds"), snapshot=snapshot,
         compression=compression, jobs=jobs,
-        dump_format="directory" if format_version == 1 else "directory without table data + binary COPY per table",
+        dump_format=(DUMP_FORMAT if sql_file else "directory" if format_version == 1
+                     else "directory without table data + binary COPY per table"),
         extensions=extensions, tables=sums["tables"], files=files,
         durations_s=durations, erasure_ledger_entries=ledger_entries,
-        server_major=_major(server_version) if format_version != 1 else None,
-        table_files=table_files, ledger_file=ledger_file,
+        server_major=_major(server_version) if format_version != 1 and not sql_file else None,
+        table_files=table_files, ledger_file=ledger_file, format=set_format, sql_file=sql_file,
     )
 
 
@@ -291,10 +308,7 @@ def _create_v2_parts(profile: Profile, conn: psycopg.Connection, snapshot: str,
     excluded (by exact name: a pattern would also drop SEQUENCE SET), beside it every table's
     rows as binary COPY from the same snapshot. The snapshot's own transaction holds ACCESS
     SHARE locks on every table until the end, as pg_dump does (no DROP/ALTER meanwhile)."""
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_timeout)))
-    if tables:
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-            sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(*t)) for t in tables)))
+    hold_snapshot_locks(conn, tables, lock_wait_timeout)
     columns = {(r[0], r[1]): list(r[2])
                for r in conn.execute(load("get_backup_table_columns")).fetchall()}
     schema_result: dict[str, Any] = {}

@@ -31,7 +31,8 @@ from psycopg.rows import dict_row
 from studyhub.audit import audited
 from studyhub.connect import ConnectError, connect, first_line
 from studyhub.errors import LocalClusterError, RefusedError, StudyhubError
-from studyhub.ops.backup.restore import RestoreMismatch, restore_set
+from studyhub.ops.backup.finish import RestoreMismatch
+from studyhub.ops.backup.restore import restore_set
 from studyhub.ops.backup.setformat import BackupError
 from studyhub.ops.backup.staging import admin_connection, drop_database, staging_name
 from studyhub.ops.backup.store import Target, open_target

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 from psycopg import sql
@@ -136,21 +137,17 @@ def data_file_names(tables: list[tuple[str, str]], method: str) -> dict[tuple[st
     return names
 
 
-def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, writer: SetWriter,
-                      stored: str, compression: Compression, encoding: str,
-                      procs: list[subprocess.Popen], abort: threading.Event) -> CompressedFile:
-    """One table's rows, ``COPY … TO STDOUT (FORMAT binary)`` in a transaction that imported
-    ``snapshot``, run by psql (its C client writes the stream; Python only moves 1 MB chunks
-    into the compressor, which releases the GIL), into the set's object ``stored``.
-    Credentials come from the environment."""
+def stream_child_output(argv: list[str], env: dict[str, str], writer: SetWriter, stored: str,
+                        compression: Compression, procs: list[subprocess.Popen],
+                        abort: threading.Event,
+                        on_chunk: Callable[[int], None] | None = None) -> CompressedFile:
+    """Run a client program whose standard output becomes the set's object ``stored``:
+    compressed, encrypted (if) and hashed as it streams into the writer's sink (a file or a
+    multipart upload), in 1 MB chunks moved by this thread (the compressor and age release the
+    GIL). ``env`` carries the connection settings (``connect.child_env``), never argv. A
+    failure — of the program, told in one line from its stderr, or of the sink — discards the
+    object; so does ``abort`` (another worker failed)."""
     name = Path(stored).name
-    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
-            "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            f"--command=SET TRANSACTION SNAPSHOT {snapshot_literal(snapshot)}",
-            f"--command={copy_sql}", "--command=COMMIT"]
-    env = child_env(profile, "app")
-    env["PGAPPNAME"] = "studyhub backup data"
-    env["PGCLIENTENCODING"] = encoding  # text values travel in the client encoding
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd="/")
     procs.append(proc)
@@ -171,6 +168,8 @@ def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, writer: Se
                 proc.kill()  # started after another table failed: stop it (nobody reads on)
                 break
             out.write(chunk)
+            if on_chunk is not None:
+                on_chunk(out.raw_bytes)
         rc = proc.wait()
         reader.join()
     except BaseException:
@@ -191,6 +190,23 @@ def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, writer: Se
         out.discard()
         raise
     return out
+
+
+def dump_table_binary(profile: Profile, snapshot: str, copy_sql: str, writer: SetWriter,
+                      stored: str, compression: Compression, encoding: str,
+                      procs: list[subprocess.Popen], abort: threading.Event) -> CompressedFile:
+    """One table's rows, ``COPY … TO STDOUT (FORMAT binary)`` in a transaction that imported
+    ``snapshot``, run by psql (its C client writes the stream; Python only moves 1 MB chunks
+    into the compressor, which releases the GIL), into the set's object ``stored``.
+    Credentials come from the environment."""
+    argv = [str(pg_program("psql")), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+            "--command=BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            f"--command=SET TRANSACTION SNAPSHOT {snapshot_literal(snapshot)}",
+            f"--command={copy_sql}", "--command=COMMIT"]
+    env = child_env(profile, "app")
+    env["PGAPPNAME"] = "studyhub backup data"
+    env["PGCLIENTENCODING"] = encoding  # text values travel in the client encoding
+    return stream_child_output(argv, env, writer, stored, compression, procs, abort)
 
 
 def dump_tables_binary(profile: Profile, conn: psycopg.Connection, snapshot: str,

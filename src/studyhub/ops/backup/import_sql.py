@@ -303,6 +303,63 @@ def _copy_from_stdin_sql(node: "ast.CopyStmt") -> sql.Composed:
         target, sql.SQL(", ").join(sql.Identifier(c.sval) for c in node.attlist))
 
 
+def load_dump(stream: IO[bytes], profile: Profile, staging: str, *, what: str, verb: str,
+              database: str, on_read: Callable[[], None] = lambda: None,
+              kept_note: str = "") -> dict[str, int]:
+    """Run the plain dump read from ``stream`` in ``staging``: as the app role, in one
+    transaction that stops at the first error, statement by statement — each read by
+    PostgreSQL's parser, judged (:func:`judge`) and sent on the extended protocol, COPY rows
+    as they are; CREATE EXTENSION by the admin role. Returns what was left out, by reason.
+    Failures are one line naming ``what`` and the dump's line (``verb``: import or restore;
+    ``database``: the name nothing was kept under); a failure of ``stream`` itself (a
+    checksum or decryption that fails at its end) is raised as it is, before COMMIT."""
+    skipped: dict[str, int] = {}
+    dump = PlainDump(stream, on_read=on_read)
+    line = 0
+    try:
+        with connect(profile, "admin", database=staging, autocommit=True,
+                     application_name=f"studyhub {verb}") as ext_conn, \
+                connect(profile, "app", database=staging, autocommit=True,
+                        application_name=f"studyhub {verb}") as conn:
+            for k, v in RESTORE_SETTINGS.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (k, v))
+            with conn.transaction():
+                for item in dump.items():
+                    line = item.line
+                    if item.statement is None:  # a psql meta-command line
+                        if not RESTRICT_LINE.fullmatch(item.meta or ""):
+                            raise RefusedError(
+                                f"psql meta-command {(item.meta or '').split()[0]} is not SQL; "
+                                "only SQL statements and COPY rows are imported, nothing else "
+                                "is run")
+                        skipped[SKIP_RESTRICT] = skipped.get(SKIP_RESTRICT, 0) + 1
+                        continue
+                    node = item.statement.node
+                    reason = judge(item.statement)  # RefusedError: refuse it all
+                    if reason is not None:
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                        if isinstance(node, ast.CreateExtensionStmt):
+                            ext_conn.execute(_create_extension_sql(node))
+                    elif isinstance(node, ast.CopyStmt):  # FROM stdin: judge said so
+                        with conn.cursor() as cur, cur.copy(_copy_from_stdin_sql(node)) as cp:
+                            for chunk in dump.copy_data():
+                                cp.write(chunk)
+                    else:  # one statement per message: the server refuses a second one
+                        execute_extended(conn, item.statement.text)
+    except RefusedError as exc:
+        raise RefusedError(f"refusing to {verb} {what}: line {line}: {exc} (nothing was "
+                           f"kept in {database})") from None
+    except DumpError as exc:
+        raise BackupError(f"cannot {verb} {what}: {exc} (nothing was kept in "
+                          f"{database})") from None
+    except psycopg.Error as exc:
+        raise BackupError(f"{verb} stopped at the first error, nothing was kept in {database}: "
+                          f"line {line}: {first_line(exc)}{kept_note}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
+        raise BackupError(f"cannot read {what}: {exc}") from None
+    return skipped
+
+
 def import_plain_dump(
     path: Path,
     profile: Profile,
@@ -347,54 +404,13 @@ def _import(path: Path, profile: Profile, database: str, progress: ProgressFn,
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
             sql.Identifier(staging), sql.Identifier(profile.users["app"])))
         set_database_comment(admin, staging, f"{marker}: in progress")
-    skipped: dict[str, int] = {}
     size = path.stat().st_size
     raw, stream = _open_dump(path)
-    dump = PlainDump(
-        stream, on_read=lambda: progress(ProgressEvent("import", raw.tell(), size, raw.tell())))
-    line = 0
     try:
-        with connect(profile, "admin", database=staging, autocommit=True,
-                     application_name="studyhub import") as ext_conn, \
-                connect(profile, "app", database=staging, autocommit=True,
-                        application_name="studyhub import") as conn:
-            for k, v in RESTORE_SETTINGS.items():
-                conn.execute("SELECT set_config(%s, %s, false)", (k, v))
-            with conn.transaction():
-                for item in dump.items():
-                    line = item.line
-                    if item.statement is None:  # a psql meta-command line
-                        if not RESTRICT_LINE.fullmatch(item.meta or ""):
-                            raise RefusedError(
-                                f"psql meta-command {(item.meta or '').split()[0]} is not SQL; "
-                                "only SQL statements and COPY rows are imported, nothing else "
-                                "is run")
-                        skipped[SKIP_RESTRICT] = skipped.get(SKIP_RESTRICT, 0) + 1
-                        continue
-                    node = item.statement.node
-                    reason = judge(item.statement)  # RefusedError: refuse it all
-                    if reason is not None:
-                        skipped[reason] = skipped.get(reason, 0) + 1
-                        if isinstance(node, ast.CreateExtensionStmt):
-                            ext_conn.execute(_create_extension_sql(node))
-                    elif isinstance(node, ast.CopyStmt):  # FROM stdin: judge said so
-                        with conn.cursor() as cur, cur.copy(_copy_from_stdin_sql(node)) as cp:
-                            for chunk in dump.copy_data():
-                                cp.write(chunk)
-                    else:  # one statement per message: the server refuses a second one
-                        execute_extended(conn, item.statement.text)
-    except RefusedError as exc:
-        raise RefusedError(f"refusing to import {path.name}: line {line}: {exc} (nothing was "
-                           f"kept in {database})") from None
-    except DumpError as exc:
-        raise BackupError(f"cannot import {path.name}: {exc} (nothing was kept in "
-                          f"{database})") from None
-    except psycopg.Error as exc:
-        raise BackupError(f"import stopped at the first error, nothing was kept in {database}: "
-                          f"line {line}: {first_line(exc)} (the partial import is in "
-                          f"{staging})") from None
-    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
-        raise BackupError(f"cannot read {path.name}: {exc}") from None
+        skipped = load_dump(
+            stream, profile, staging, what=path.name, verb="import", database=database,
+            on_read=lambda: progress(ProgressEvent("import", raw.tell(), size, raw.tell())),
+            kept_note=f" (the partial import is in {staging})")
     finally:
         raw.close()
     with connect(profile, "app", database=staging, autocommit=True,

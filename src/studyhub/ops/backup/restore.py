@@ -29,21 +29,20 @@ from studyhub.audit import audited
 from studyhub.connect import child_env, connect
 from studyhub.errors import RefusedError
 from studyhub.local.proc import pg_program
-from studyhub.ops.privacy import ledger
-from studyhub.ops.backup.checksums import compare_tables, table_checksums
+from studyhub.ops.backup.checksums import table_checksums
+from studyhub.ops.backup.finish import RestoreResult, reapply_and_swap_in, require_match
 from studyhub.ops.backup.schedule import RestoreScheduler, RestoreStep
 from studyhub.ops.backup.session import RESTORE_SETTINGS, refuse_pooler
 from studyhub.ops.backup.setformat import BackupError, Manifest, Problem, TableChecksum
+from studyhub.ops.backup.sql_set import restore_sql_set
 from studyhub.ops.backup.setio import LocalSetSource, SetSource, verified_record
 from studyhub.ops.backup.staging import (
     admin_connection,
-    database_comment,
-    database_exists,
-    database_is_empty,
+    create_extensions,
     drop_database,
+    prepare_staging,
     set_database_comment,
     staging_name,
-    swap_in,
 )
 from studyhub.ops.backup.store import Target, open_source
 from studyhub.ops.backup.streams import FifoFeeder
@@ -79,36 +78,6 @@ class VerifyResult:
     tables_checked: int = 0
     duration_s: float = 0.0
     durations_s: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RestoreResult:
-    set_name: str
-    profile: str
-    database: str
-    replaced: str | None  # the previous database, kept under this name (--replace)
-    resumed: bool
-    tables: int
-    rows: int
-    jobs: int
-    settings: dict[str, str]
-    duration_s: float
-    phases_s: dict[str, float]  # schema, data, indexes, constraints, foreign keys, verify ...
-    slowest_steps: list[RestoreStep]
-    erasures: ledger.ErasureReapply | None
-    # every table's rows and checksum as restored (each equal to the manifest's)
-    verified_tables: list[TableChecksum] = field(default_factory=list)
-
-
-class RestoreMismatch(BackupError):
-    """The restored database does not match the manifest: ``problems`` names each table that
-    differs, ``restored`` holds what every table came back as."""
-
-    def __init__(self, message: str, problems: list[Problem],
-                 restored: list[TableChecksum]) -> None:
-        super().__init__(message)
-        self.problems = problems
-        self.restored = restored
 
 
 @dataclass
@@ -291,6 +260,10 @@ def _restore(source: SetSource, profile: Profile, database: str, *, jobs: int, r
         if problems:
             raise BackupError(f"backup set {source.name} is damaged, not restoring: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    if manifest.format == "sql":  # one plain SQL dump: its own load (sql_set.py)
+        return restore_sql_set(source, profile, database, jobs=jobs, replace=replace,
+                               settings=settings, reapply_erasures=reapply_erasures,
+                               progress=progress, t0=t0, phases=phases)
     p0 = time.monotonic()
     with source.schema_dir() as archive:  # remote/encrypted: fetched before anything is made
         if source.encrypted or not isinstance(source, LocalSetSource):
@@ -304,9 +277,7 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
                   jobs: int, replace: bool, settings: dict[str, str], reapply_erasures: bool,
                   progress: ProgressFn, t0: float, phases: dict[str, float]) -> RestoreResult:
     manifest = source.manifest
-    staging = staging_name(database)
     marker = f"studyhub restore of {source.name}"
-    resumed = False
     with admin_connection(profile) as admin:
         if admin.execute(load("get_server_has_lz4")).fetchone()[0]:
             settings.setdefault("default_toast_compression", "lz4")
@@ -317,24 +288,8 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
                     f"backup set {source.name} holds binary COPY data from PostgreSQL "
                     f"{manifest.server_major}; it restores onto PostgreSQL "
                     f"{manifest.server_major} or newer, and {profile.name} runs {here}")
-        if database_exists(admin, database) and not database_is_empty(profile, database) and not replace:
-            raise RefusedError(
-                f"database {database} exists and is not empty; restore into a new name, or "
-                f"use --replace to swap it out after a verified restore (it is kept, renamed)")
-        if database_exists(admin, staging):
-            comment = database_comment(admin, staging) or ""
-            if comment == f"{marker}: schema done":
-                resumed = True
-            elif comment.startswith("studyhub restore of ") or database_is_empty(profile, staging):
-                drop_database(admin, staging)  # our own leftover, from another set or too early
-            else:
-                raise RefusedError(f"database {staging} exists and is not a restore of ours; "
-                                   "drop or rename it first")
-        if not resumed:
-            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {}").format(
-                sql.Identifier(staging), sql.Identifier(profile.users["app"]),
-                sql.Literal(manifest.encoding)))
-            set_database_comment(admin, staging, f"{marker}: in progress")
+        staging, resumed = prepare_staging(admin, profile, database, marker, manifest.encoding,
+                                           replace=replace, resume_at="schema done")
     entries = [e for e in read_toc(archive)]
     keep = [e for e in entries if not is_extension_entry(e)]
     ext_schemas = {x["schema"] for x in manifest.extensions if x["schema"] != "public"}
@@ -347,14 +302,7 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
         if not resumed:
             p0 = time.monotonic()
             progress(ProgressEvent("schema", 0, 1, message="extensions and schema"))
-            with connect(profile, "admin", database=staging, autocommit=True,
-                         application_name="studyhub restore") as conn:
-                for schema in sorted(ext_schemas):
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-                        sql.Identifier(schema), sql.Identifier(profile.users["app"])))
-                for ext in manifest.extensions:
-                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
-                        sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
+            create_extensions(profile, staging, manifest.extensions)
             run_pg_restore(profile, staging, archive, write_list(work / "pre.list", keep),
                            ["pre-data"], 1, settings, True, progress, 1, {})
             with admin_connection(profile) as admin:
@@ -413,28 +361,9 @@ def _restore_into(source: SetSource, archive: Path, profile: Profile, database: 
                                  after_each=analyze,
                                  methods={t.qualified: t.method for t in manifest.tables})
         phases["verify + analyze"] = round(time.monotonic() - p0, 3)
-    problems = compare_tables(manifest.tables, actual)
-    files_of = {f.qualified: f.path for f in manifest.table_files}
-    problems = [Problem(p.path, p.issue + (f" (data file {files_of[p.path]})" if p.path in files_of else ""))
-                for p in problems]
-    if problems:
-        raise RestoreMismatch(
-            f"restored database {staging} does not match the backup: {problems[0]}"
-            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-            + f"; {database} was not touched, {staging} is kept for inspection",
-            problems, actual)
-    erasures = None
-    if reapply_erasures:
-        p0 = time.monotonic()
-        live = profile.database if profile.database not in (database, staging) else None
-        if replace and database == profile.database:
-            live = database  # the database about to be replaced still holds the newest ledger
-        erasures = ledger.reapply_erasure_ledger(profile, staging, source.ledger_dir, live,
-                                                 extra=source.carried_ledgers())
-        phases["erasure ledger"] = round(time.monotonic() - p0, 3)
-    p0 = time.monotonic()
-    replaced = swap_in(profile, staging, database)
-    phases["rename"] = round(time.monotonic() - p0, 3)
+    require_match(manifest, actual, staging, database)
+    erasures, replaced = reapply_and_swap_in(source, profile, staging, database, replace=replace,
+                                             reapply_erasures=reapply_erasures, phases=phases)
     slowest = sorted(steps, key=lambda s: -s.duration_s)[:8]
     return RestoreResult(
         source.name, profile.name, database, replaced, resumed, len(manifest.tables),

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import re
 
+import psycopg
+from psycopg import sql
+
 from studyhub.errors import RefusedError
 from studyhub.ops.backup.setformat import BackupError
 from studyhub.profiles import Profile
@@ -41,3 +44,13 @@ def snapshot_literal(value: str) -> str:
     if not re.fullmatch(r"[0-9A-Fa-f-]+", value):
         raise BackupError(f"unexpected snapshot id {value!r}")
     return f"'{value}'"
+
+
+def hold_snapshot_locks(conn: psycopg.Connection, tables: list[tuple[str, str]],
+                        lock_wait_timeout: str) -> None:
+    """ACCESS SHARE locks on every table, in the snapshot's own transaction (``conn``), held
+    until it ends, as pg_dump takes them: no DROP/ALTER while the dump runs."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_timeout)))
+    if tables:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+            sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(*t)) for t in tables)))

@@ -15,6 +15,10 @@ A backup set is one directory (or one prefix of an object store), named
     erasure-ledger.jsonl  the erasure ledger at backup time (re-applied by a restore)
     verified.json      written by ``backup verify`` (not in the manifest, like manifest.sig)
 
+A portable set (``"format": "sql"`` in its manifest, ``sql_set.py``) has, instead of ``dump/``
+and ``data/``, one plain SQL dump by pg_dump, ``dump.sql.zst`` (``.sql.gz``, ``.sql``),
+restorable with stock tools; the manifest, signature and ledger are as in a native set.
+
 In an encrypted set every file but manifest.json, manifest.sig and verified.json is an age
 file, named with ``.age`` added (``data/public.notes.bin.zst.age``). Format 2 is format 3
 without encryption, signature and ledger; it is still restored.
@@ -45,6 +49,7 @@ from studyhub.paths import studyhub_home
 
 FORMAT_VERSION = 3
 READABLE_FORMATS = (1, 2, 3)
+SET_FORMATS = ("native", "sql")  # a manifest's "format": binary COPY per table, or plain SQL
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 LEDGER = "erasure-ledger.jsonl"
@@ -135,6 +140,8 @@ class Manifest:
     encryption: dict[str, Any] | None = None
     ledger_file: str | None = None  # the erasure ledger inside the set (a file of ``files``)
     signed_by: str | None = None  # fingerprint of the key whose signature is manifest.sig
+    format: str = "native"  # native | sql (one plain SQL dump: ``sql_file``)
+    sql_file: str | None = None  # the sql set's dump (a file of ``files``)
 
     @property
     def recipients(self) -> list[str]:
@@ -180,6 +187,7 @@ class BackupSetInfo:
     problem: str | None = None  # why it is not complete
     encrypted_for: list[str] | None = None  # recipients' fingerprints (None: in clear)
     target: str | None = None  # where it is: a directory, or s3://BUCKET/PREFIX
+    format: str | None = None  # a complete set's: native | sql
 
 
 @dataclass
@@ -255,10 +263,17 @@ def parse_manifest(name: str, raw: bytes) -> Manifest:
             f"{data.get('format_version') if isinstance(data, dict) else '?'} (this version "
             f"reads formats {', '.join(map(str, READABLE_FORMATS))})"
         )
+    if data.get("format", "native") not in SET_FORMATS:
+        raise BackupError(f"{set_dir.name}: unsupported set format {data.get('format')!r} (this "
+                          f"version reads {' and '.join(SET_FORMATS)} sets)")
     try:
-        return Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data)
     except (TypeError, KeyError) as exc:
         raise BackupError(f"{set_dir.name}: {MANIFEST} is malformed ({exc})") from None
+    if manifest.format == "sql" and manifest.sql_file not in {f.path for f in manifest.files}:
+        raise BackupError(f"{set_dir.name}: {MANIFEST} is malformed (its SQL dump is not one "
+                          "of its files)")
+    return manifest
 
 
 def check_files(set_dir: Path, manifest: Manifest, jobs: int = 2) -> list[Problem]:
@@ -355,6 +370,7 @@ def list_sets(backup_dir: Path | None = None) -> list[BackupSetInfo]:
             entry.name, str(entry), "complete", m.profile, m.database, m.started_at,
             m.total_bytes, len(m.tables), m.total_rows, m.alembic_revision, str(m.compression),
             verified, encrypted_for=m.recipients if m.encryption else None, target=str(root),
+            format=m.format,
         ))
     complete.sort(key=lambda s: s.created_at or "")
     return complete + leftovers

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from studyhub.connect import connect
+from studyhub.errors import RefusedError
 from studyhub.ops.backup.setformat import BackupError
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
@@ -51,6 +52,49 @@ def set_database_comment(admin: psycopg.Connection, db: str, text: str) -> None:
 
 def drop_database(admin: psycopg.Connection, name: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def prepare_staging(admin: psycopg.Connection, profile: Profile, database: str, marker: str,
+                    encoding: str, *, replace: bool, resume_at: str | None = None) -> tuple[str, bool]:
+    """The staging database of a restore into ``database``, marked ``{marker}: in progress``:
+    refused when ``database`` holds data and ``replace`` was not asked for; a leftover staging
+    database of ours (``studyhub restore of …``) is dropped and made again, or resumed when its
+    comment says ``{marker}: {resume_at}``; one that is not ours is refused. Returns its name
+    and whether it was resumed."""
+    staging = staging_name(database)
+    resumed = False
+    if database_exists(admin, database) and not database_is_empty(profile, database) and not replace:
+        raise RefusedError(
+            f"database {database} exists and is not empty; restore into a new name, or "
+            f"use --replace to swap it out after a verified restore (it is kept, renamed)")
+    if database_exists(admin, staging):
+        comment = database_comment(admin, staging) or ""
+        if resume_at is not None and comment == f"{marker}: {resume_at}":
+            resumed = True
+        elif comment.startswith("studyhub restore of ") or database_is_empty(profile, staging):
+            drop_database(admin, staging)  # our own leftover, from another set or too early
+        else:
+            raise RefusedError(f"database {staging} exists and is not a restore of ours; "
+                               "drop or rename it first")
+    if not resumed:
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {}").format(
+            sql.Identifier(staging), sql.Identifier(profile.users["app"]), sql.Literal(encoding)))
+        set_database_comment(admin, staging, f"{marker}: in progress")
+    return staging, resumed
+
+
+def create_extensions(profile: Profile, database: str, extensions: list[dict[str, str]]) -> None:
+    """The manifest's extensions in ``database``, created by the admin role before the
+    schema is restored (the owner role may not create most of them); a schema of an
+    extension's own is created first, owned by the app role."""
+    with connect(profile, "admin", database=database, autocommit=True,
+                 application_name="studyhub restore") as conn:
+        for schema in sorted({x["schema"] for x in extensions if x["schema"] != "public"}):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(profile.users["app"])))
+        for ext in extensions:
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                sql.Identifier(ext["name"]), sql.Identifier(ext["schema"])))
 
 
 def swap_in(profile: Profile, staging: str, database: str) -> str | None:

@@ -167,7 +167,7 @@ class RemoteTarget(Target):
                     name, path, "complete", m.profile, m.database, m.started_at, m.total_bytes,
                     len(m.tables), m.total_rows, m.alembic_revision, str(m.compression),
                     verified, encrypted_for=m.recipients if m.encryption else None,
-                    target=self.url))
+                    target=self.url, format=m.format))
                 if ups:  # cannot happen by our hand; aborted by prune all the same
                     newest = max(u.initiated for u in ups)
                     leftovers.append(BackupSetInfo(
