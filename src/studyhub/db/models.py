@@ -383,6 +383,44 @@ class BackupDrill(Base):
     problems: Mapped[list[str]] = mapped_column(ARRAY(Text))
 
 
+class AgentHeartbeat(Base):
+    """ops: the newest sign of life of one running ``studyhub agent`` for one profile it
+    watches (upserted every ``heartbeat_every_s``); the doctor grades its age."""
+
+    __tablename__ = "agent_heartbeats"
+    __table_args__ = {"schema": "ops"}
+
+    agent: Mapped[str] = mapped_column(primary_key=True)  # the agent's name (default: host name)
+    profile: Mapped[str] = mapped_column(primary_key=True)
+    host: Mapped[str]
+    pid: Mapped[int]
+    started_at: Mapped[datetime]  # when this agent process started
+    beat_at: Mapped[datetime]
+
+
+class AgentRun(Base):
+    """ops: one finished run of one agent job for one profile: when, how long, how it ended
+    (``missed``: skipped because the previous run still ran) and a one-line detail."""
+
+    __tablename__ = "agent_runs"
+    __table_args__ = (
+        Index(None, "profile", "job", "started_at"),
+        CheckConstraint("outcome IN ('ok', 'failed', 'timeout', 'cancelled', 'missed')",
+                        name="outcome"),
+        {"schema": "ops"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    agent: Mapped[str]
+    profile: Mapped[str]
+    job: Mapped[str]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    duration_s: Mapped[float]
+    outcome: Mapped[str]
+    detail: Mapped[str | None]
+
+
 APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]
 
 
