@@ -22,7 +22,8 @@ from studyhub.profiles import Profile
 
 TITLES = {"idle_in_transaction": "Sessions idle in a transaction",
           "long_queries": "Long-running queries", "blocked_queries": "Queries waiting for a lock",
-          "replication_lag": "Replication lag", "slow_queries": "Slow queries"}
+          "replication_lag": "Replication lag", "slow_queries": "Slow queries",
+          "replicas": "Replicas connected and streaming"}
 
 
 def run_doctor(conn: psycopg.Connection, profile: Profile | None = None, *,

@@ -46,6 +46,15 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     # newest successful restore drill: weekly drills plus a day of slack, and two missed
     "restore_drill.warn_days": 8,
     "restore_drill.critical_days": 15,
+    # oldest WAL segment waiting to be archived (archiving falls behind or fails), and the free
+    # space of the local WAL archive's file system
+    "wal_archive.warn_lag_s": 300,
+    "wal_archive.critical_lag_s": 1800,
+    "wal_archive.warn_free_pct": 20,
+    "wal_archive.critical_free_pct": 10,
+    # age of an agent's newest heartbeat: it beats every 15 s by default, so 4 and 20 missed
+    "agent_heartbeat.warn_s": 60,
+    "agent_heartbeat.critical_s": 300,
 }
 
 
