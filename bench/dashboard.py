@@ -7,7 +7,7 @@ each page measured in the same run.
 Starts (or reuses) a local cluster under its own STUDYHUB_HOME, seeds a database at the
 migrations' head with ``--students`` students (``studyhub.ops.seed``; kept between runs: a
 database that already has them is reused), stores ``--history-hours`` of 5-minute statement
-snapshots (500 statements each, what the capture loop leaves after a week), runs an app-like
+snapshots (500 statements each, what the agent's capture job leaves after a week), runs an app-like
 workload so pg_stat_statements has something to show, then serves the dashboard (uvicorn on
 loopback) and requests every page ``--rounds`` times after a warm-up.
 
@@ -94,7 +94,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--home", default=DEFAULT_HOME, help="STUDYHUB_HOME of the bench cluster")
     parser.add_argument("--history-hours", type=float, default=168,
-                        help="stored statement history to fabricate, as a capture loop every "
+                        help="stored statement history to fabricate, as a capture job every "
                              "5 minutes keeping 500 statements would have left")
     args = parser.parse_args()
 
@@ -108,7 +108,7 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
     from studyhub.dashboard.app import create_dashboard
     from studyhub.local import LocalCluster
     from studyhub.ops import activity, advisor, explain, health, indexes, migrate, replication, space
-    from studyhub.ops import statements
+    from studyhub.ops import capture, statements
     from studyhub.ops.seed import seed_database
     from studyhub.serving import DashboardSettings
 
@@ -144,16 +144,16 @@ def main() -> int:  # noqa: C901 - a script: set up, measure, print
                       f"{time.perf_counter() - started:.0f} s", flush=True)
 
     # workload and history: three snapshots with work in between
-    settings = DashboardSettings(database=DATABASE, capture_every_s=0)
+    settings = DashboardSettings(database=DATABASE)
     app = create_dashboard(settings)
     with connect(profile, "app", database=DATABASE, autocommit=True) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM students ORDER BY id LIMIT 200")]
         for _ in range(3):
-            app.state.capture.capture_all()
+            capture.capture_snapshots(profile, database=DATABASE)  # what the agent's job does
             for i, sid in enumerate(ids):
                 for q in WORKLOAD:
                     conn.execute(q, {"s": sid, "t": f"Note {i}"})
-        app.state.capture.capture_all()
+        capture.capture_snapshots(profile, database=DATABASE)
         qid = conn.execute(
             "SELECT queryid FROM pg_stat_statements WHERE query LIKE 'SELECT count(*) FROM "
             "flashcards WHERE student_id%' ORDER BY calls DESC LIMIT 1").fetchone()[0]

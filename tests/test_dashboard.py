@@ -1,6 +1,6 @@
 """The dashboard over HTTP (a real server on loopback, real database): CSRF on every POST, access
 token and Host checks, read-only and protected profiles, history and growth from stored
-snapshots, the capture loop, and the SVG charts."""
+snapshots (stored by ``ops.capture``, the agent's capture job), and the SVG charts."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import pytest
 
 from studyhub.audit import read_audit
 from studyhub.dashboard import charts
-from studyhub.dashboard.capture import capture_profile
 from studyhub.dashboard.context import view_profile
 from studyhub.errors import ConfigError
-from studyhub.ops import migrate, space, statements
+from studyhub.ops import capture, migrate, space, statements
 from studyhub.serving import DashboardSettings, ForwardedError, ProxyTrust
 from tests.conftest import connect_as
 from tests.dashboard_helpers import DashboardServer, form_fields
@@ -41,7 +40,6 @@ def client(env):
     with those settings; ``.app`` is the dashboard's app."""
     with ExitStack() as stack:
         def make(**settings) -> httpx.Client:
-            settings.setdefault("capture_every_s", 0)
             server = stack.enter_context(DashboardServer(DashboardSettings(**settings)))
             http = stack.enter_context(httpx.Client(base_url=server.url, timeout=30,
                                                     follow_redirects=False))
@@ -123,9 +121,10 @@ def test_a_read_only_profile_shows_no_actions_and_refuses_them(client, env, clus
         assert not [a for a in read_audit() if a["action"].startswith("emergency.")]
         indexes_page = c.get("/p/staging/indexes")
         assert "create concurrently" not in indexes_page.text
-        settings = DashboardSettings(capture_every_s=0)  # nor does the capture loop write there
-        status = capture_profile(view_profile("staging", settings), settings)
-        assert status.notes == ["no history captured: profile staging is marked read-only"]
+        # nor does the agent's capture job write there
+        result = capture.capture_snapshots(view_profile("staging", DashboardSettings()).profile)
+        assert result.notes == ["no history captured: profile staging is marked read-only"]
+        assert result.skipped and not result.statements_stored and result.database is None
     finally:
         sleeper.close()
 
@@ -552,21 +551,23 @@ def test_size_history_gives_growth_per_table_and_the_space_page_charts_it(client
     assert "growth per table over the window" in page.text and "<rect" in page.text
 
 
-def test_the_capture_loop_stores_snapshots_and_says_why_when_it_cannot(env, profile, migrated_db,
-                                                                       cluster):
-    settings = DashboardSettings(database=migrated_db, capture_every_s=0)
-    status = capture_profile(view_profile("local", settings), settings)
-    assert status.notes == []
+def test_capture_snapshots_stores_both_and_says_why_when_it_cannot(env, profile, migrated_db,
+                                                                   cluster):
+    result = capture.capture_snapshots(profile, database=migrated_db)
+    assert result.notes == [] and result.ok
+    assert (result.statements_stored, result.sizes_stored, result.database) == (
+        True, True, migrated_db)
     with connect_as(profile, "ops", migrated_db) as conn:
-        assert statements.latest_snapshot_at(conn) is not None
+        assert statements.latest_snapshot_at(conn) == result.captured_at
+        assert space.latest_size_snapshot_at(conn) == result.captured_at
         assert conn.execute("SELECT count(*) FROM ops.table_size_snapshots").fetchone()[0] > 0
     bare = "t_bare_" + migrated_db[-6:]
     cluster.create_database(bare)
     try:
-        settings = DashboardSettings(database=bare, capture_every_s=0)
-        status = capture_profile(view_profile("local", settings), settings)
-        assert any("ops.statement_snapshots is missing" in n for n in status.notes)
-        assert any("ops.table_size_snapshots is missing" in n for n in status.notes)
+        result = capture.capture_snapshots(profile, database=bare)
+        assert not result.ok and not result.statements_stored and not result.sizes_stored
+        assert any("ops.statement_snapshots is missing" in n for n in result.notes)
+        assert any("ops.table_size_snapshots is missing" in n for n in result.notes)
     finally:
         cluster.drop_database(bare)
 
@@ -674,7 +675,7 @@ def test_settings_reach_the_app_through_the_environment_without_the_token(env):
 
     settings = DashboardSettings(default_profile="staging",
                                  explicit_profiles=frozenset({"production"}), database="other",
-                                 token=SecretStr(TOKEN), capture_every_s=0,
+                                 token=SecretStr(TOKEN), history_stale_after_s=60,
                                  trusted_proxies=("10.0.0.0/24",), forwarded_header="Forwarded")
     handed = settings.to_environment()
     assert TOKEN not in str(handed)
@@ -700,7 +701,7 @@ def test_the_dashboard_command_serves_with_its_options(env, cluster, migrated, p
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "studyhub.cli.main", "dashboard", "--port", str(port),
-         "--capture-every", "0", "--allow-actions", "production"],
+         "--allow-actions", "production"],
         env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: is_running(profile, sleeper.pid, "pg_sleep"), what="the sleeper")

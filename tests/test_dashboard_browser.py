@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from studyhub.serving import DashboardSettings
-from studyhub.ops import migrate, seed
+from studyhub.ops import capture, migrate, seed
 from tests.conftest import connect_as
 from tests.dashboard_helpers import (
     CHROMIUM,
@@ -64,11 +64,11 @@ def world(cluster, migrated, tmp_path_factory):
                             "min(code) FROM subjects)",
                             database=db, setup=["SET application_name = 'waiter'"])
         wait_for(lambda: is_waiting_for_lock(migrated, waiter.pid), what="the planted waiter")
-        settings = DashboardSettings(database=db, capture_every_s=0)
+        settings = DashboardSettings(database=db)
         with Workload(migrated, db) as workload, DashboardServer(settings) as server:
             for rounds in (0, 10, 20):  # history: a baseline and two intervals of work
                 wait_for(lambda n=rounds: workload.rounds >= n, what="the workload")
-                server.app.state.capture.capture_all()
+                capture.capture_snapshots(migrated, database=db)  # the agent's capture job
             with playwright_api.sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 context = browser.new_context(viewport={"width": 1400, "height": 900})

@@ -4,8 +4,10 @@ replicas that were set up but are gone; all as the ops role, and what they say w
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -214,3 +216,61 @@ def test_replicas_check_without_pg_monitor_says_what_is_missing(migrated):
     check = _check_without_grants(migrated, "replicas")
     assert check.status == "warn" and check.value == "not visible"
     assert "pg_monitor" in (check.fix or "") + (check.detail or "")
+
+
+# ------------------------------------------------------- capture (the agent's job) + staleness
+@pytest.fixture
+def history_db(fresh_db, profile) -> str:
+    from studyhub.ops import migrate
+
+    migrate.upgrade(profile, database=fresh_db)
+    return fresh_db
+
+
+def test_capture_snapshots_stores_one_of_each_as_the_ops_role(profile, history_db):
+    from studyhub.ops import capture, space, statements
+
+    with connect_as(profile, "ops", history_db) as conn:  # the agent's own connection
+        result = capture.capture_snapshots(profile, conn)
+        assert result.ok and result.notes == [] and result.database == history_db
+        assert statements.latest_snapshot_at(conn) == result.captured_at
+        assert space.latest_size_snapshot_at(conn) == result.captured_at
+        fresh = capture.history_freshness(conn)
+        assert not fresh.stale and fresh.note is None
+
+
+def test_the_dashboard_says_when_history_is_stale_and_stops_once_captured(
+        monkeypatch, tmp_path, profile, history_db):
+    import httpx
+
+    from studyhub.ops import capture
+    from studyhub.serving import DashboardSettings
+    from tests.dashboard_helpers import DashboardServer
+
+    monkeypatch.setenv("STUDYHUB_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("STUDYHUB_SECRETS_FILE", str(tmp_path / "absent-secrets.toml"))
+
+    def notices(http: httpx.Client) -> dict[str, str | None]:
+        found = {}
+        for page in ("queries", "space"):
+            res = http.get(f"/p/local/{page}")
+            assert res.status_code == 200, res.text  # works with or without history
+            m = re.search(r'<p class="flash \w+ history-freshness"[^>]*>([^<]*)</p>', res.text)
+            found[page] = m.group(1) if m else None
+        return found
+
+    settings = DashboardSettings(database=history_db, history_stale_after_s=900)
+    with DashboardServer(settings) as server, httpx.Client(base_url=server.url,
+                                                           timeout=30) as http:
+        before = notices(http)  # nothing captured yet
+        assert all("no history captured yet" in n and "studyhub agent" in n
+                   for n in before.values()), before
+
+        an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        assert capture.capture_snapshots(profile, database=history_db, now=an_hour_ago).ok
+        stale = notices(http)  # an agent captured, then stopped
+        assert all(n.startswith("history is stale") and "is `studyhub agent` running?" in n
+                   for n in stale.values()), stale
+
+        assert capture.capture_snapshots(profile, database=history_db).ok  # it runs again
+        assert notices(http) == {"queries": None, "space": None}

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from studyhub.cli.common import ProfileOpt, console
-from studyhub.ops.statements import parse_duration
 from studyhub.profiles import load_settings
 from studyhub.serving import DASHBOARD_APP, UVICORN_OPTIONS, DashboardSettings, load_dashboard_token
 
@@ -27,10 +26,6 @@ def dashboard(
         "--allow-actions",
         help="Enable cancel / terminate / create index on this protected profile "
              "(production), as naming it with --profile does (repeatable).")] = None,
-    capture_every: Annotated[str, typer.Option(
-        "--capture-every",
-        help="Store a query-stats and size snapshot of every profile this often (history "
-             "and growth charts); 0 to turn off.")] = "5m",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request.")] = False,
     trusted_proxy: Annotated[list[str] | None, typer.Option(
@@ -45,18 +40,17 @@ def dashboard(
 ) -> None:
     """Serve the operations dashboard: health, queries (with history and EXPLAIN), indexes
     (advice, create concurrently), live activity (cancel, terminate), space and growth,
-    backups and the erasure audit — for local, staging and production at once. --profile sets
+    backups and the erasure audit — for local, staging and production at once. The query and
+    growth history comes from `studyhub agent` (its capture job); the pages say when it is
+    stale. --profile sets
     the profile it opens on; naming production there (or with --allow-actions) is what
     enables actions on it. Read-only profiles never act."""
     import uvicorn  # deferred: loads uvicorn's server stack, which only this command needs
 
-    every = 0.0 if capture_every.strip() in ("0", "0s", "off") else \
-        parse_duration(capture_every).total_seconds()
     default = profile or load_settings().profile
     explicit = set(allow_actions or []) | ({profile} if profile else set())
     settings = DashboardSettings(default_profile=default, explicit_profiles=frozenset(explicit),
                                  database=database, host=host, token=load_dashboard_token(),
-                                 capture_every_s=every,
                                  trusted_proxies=tuple(trusted_proxy or ()),
                                  forwarded_header=forwarded_header)
     shown = f"[{host}]" if ":" in host else host
@@ -64,7 +58,6 @@ def dashboard(
         f"StudyHub ops dashboard on http://{shown}:{port}/p/{default}/ · "
         + ("access token required" if settings.token else "loopback only, no token")
         + (f" · actions enabled on protected: {', '.join(sorted(explicit))}" if explicit else "")
-        + (f" · history captured every {capture_every}" if every else " · no history capture")
         + (f" · client addresses from {settings.proxy_trust().describe()}"
            if settings.trusted_proxies else ""),
         highlight=False)

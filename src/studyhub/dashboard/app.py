@@ -5,23 +5,21 @@ no engine of its own, only a short connection per page to the profile being show
 Pages (``/p/{profile}/…``, one module each in ``studyhub.dashboard.pages``): overview (doctor),
 queries (+ history and EXPLAIN), indexes (+ advisor, create concurrently), live (sessions,
 blocking tree, connections; cancel and terminate), space (sizes and growth), backups, privacy.
-``/`` lists every profile. ``dashboard_from_environment`` is the factory ``studyhub dashboard``
+``/`` lists every profile. The history the pages chart is stored by ``studyhub agent``'s capture job
+(``studyhub.ops.capture``), not by the dashboard; those pages say when it is stale.
+``dashboard_from_environment`` is the factory ``studyhub dashboard``
 starts uvicorn with (``studyhub.serving.DASHBOARD_APP``).
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
-
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from studyhub.dashboard import jobs
-from studyhub.dashboard.capture import CaptureLoop
 from studyhub.dashboard import pages
 from studyhub.dashboard.render import HERE, Renderer, render
 from studyhub.dashboard.security import (
@@ -36,24 +34,13 @@ from studyhub.serving import DashboardSettings
 
 def create_dashboard(settings: DashboardSettings | None = None) -> FastAPI:
     settings = settings or DashboardSettings()
-    capture = CaptureLoop(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        capture.start()
-        try:
-            yield
-        finally:
-            capture.stop()
-
-    app = FastAPI(title="StudyHub operations dashboard", lifespan=lifespan,
+    app = FastAPI(title="StudyHub operations dashboard",
                   dependencies=[Depends(csrf_guard)], docs_url=None, redoc_url=None,
                   openapi_url=None)
     store = SessionStore(settings.max_sessions)
     app.state.settings = settings
     app.state.proxy_trust = settings.proxy_trust()
     app.state.sessions = store
-    app.state.capture = capture
     app.state.jobs = jobs.IndexJobs()
     app.state.top_previous = {}
     app.state.render = Renderer(settings)

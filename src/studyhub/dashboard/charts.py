@@ -65,7 +65,7 @@ def line_chart(series: Sequence[Series], *, title: str, y_format: Formatter = _p
     label = escape(title)
     if len(pts) < 2:
         return Markup(f'<p class="chart-empty">{label}: not enough history yet '
-                      "(the capture loop stores a point every interval)</p>")
+                      "(<code>studyhub agent</code> stores a point every capture interval)</p>")
     left, right, top, bottom = 64, 12, 22, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     t0 = min(p[0] for p in pts).timestamp()

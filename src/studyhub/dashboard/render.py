@@ -22,7 +22,7 @@ from studyhub.dashboard.context import ProfileView, all_profiles, connection, vi
 from studyhub.dashboard.security import client_address, session_of
 from studyhub.errors import ConfigError, RefusedError, StudyhubError
 from studyhub.humanize import human_bytes, human_s, short
-from studyhub.ops import activity, indexes
+from studyhub.ops import activity, capture, indexes
 from studyhub.profiles import PROFILE_NAMES
 from studyhub.serving import DashboardSettings, ForwardedError
 
@@ -82,7 +82,6 @@ class Renderer:
             flashes=flashes,
             logged_in=self.settings.token is not None and session.authenticated,
             elapsed_ms=lambda: (time.monotonic() - started) * 1000,
-            capture_status=request.app.state.capture.status.get(view.name) if view else None,
             database_override=self.settings.database,
             now=datetime.now(timezone.utc),
         )
@@ -131,6 +130,14 @@ def run_page(request: Request, view: ProfileView, template: str,
     except psycopg.Error as exc:
         return render(request, "error.html", view, status=500, error=first_line(exc))
     return render(request, template, view, **ctx)
+
+
+def history_freshness(request: Request, view: ProfileView,
+                      conn: psycopg.Connection) -> capture.HistoryFreshness:
+    """For pages that chart stored history: how old it is (their notice when it is stale)."""
+    return capture.history_freshness(
+        conn, stale_after_s=settings_of(request).history_stale_after_s,
+        read_only=bool(view.profile and view.profile.read_only))
 
 
 def pick_window(value: str | None, default: str) -> tuple[str, timedelta]:

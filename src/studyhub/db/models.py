@@ -332,7 +332,7 @@ class StatementSnapshot(Base):
 
 
 class DatabaseSizeSnapshot(Base):
-    """ops: the database's size over time, captured by the dashboard's capture loop (growth
+    """ops: the database's size over time, captured by `studyhub agent`'s capture job (growth
     charts). Sizes only: no rows, no names beyond the database's."""
 
     __tablename__ = "database_size_snapshots"

@@ -1,6 +1,7 @@
 """How big things are: tables, their indexes and TOAST, and (optionally) exact row counts; and
 how they grew, from the snapshots stored in ``ops.database_size_snapshots`` and
-``ops.table_size_snapshots`` (migration w01; taken by the dashboard's capture loop)."""
+``ops.table_size_snapshots`` (migration w01; taken by ``studyhub agent``'s capture job,
+``studyhub.ops.capture``)."""
 
 from __future__ import annotations
 
@@ -80,9 +81,17 @@ def save_size_snapshot(conn: psycopg.Connection, space: DatabaseSpace,
     return None
 
 
-def capture_sizes(conn: psycopg.Connection) -> str | None:
+def capture_sizes(conn: psycopg.Connection, captured_at: datetime | None = None) -> str | None:
     """Measure (estimates only: works as the ops role) and store one size snapshot."""
-    return save_size_snapshot(conn, table_sizes(conn))
+    return save_size_snapshot(conn, table_sizes(conn), captured_at)
+
+
+def latest_size_snapshot_at(conn: psycopg.Connection) -> datetime | None:
+    """When this database's sizes were last stored (None: never, or no history table)."""
+    exists = conn.execute(load("get_table_exists"), {"name": "ops.database_size_snapshots"})
+    if not exists.fetchone()[0]:
+        return None
+    return conn.execute(load("get_latest_size_snapshot")).fetchone()[0]
 
 
 @dataclass

@@ -232,10 +232,11 @@ def statement_history(conn: psycopg.Connection, since: datetime,
     return list(out.values())
 
 
-def capture_snapshot(conn: psycopg.Connection) -> str | None:
+def capture_snapshot(conn: psycopg.Connection, captured_at: datetime | None = None) -> str | None:
     """Store the current counters (what every ``slow_queries`` run does, for schedulers such as
-    the dashboard's capture loop); returns why not when it cannot."""
-    return save_snapshot(conn, current_stats(conn), stats_reset_at(conn))
+    ``studyhub agent``'s capture job, ``studyhub.ops.capture``); returns why not when it
+    cannot."""
+    return save_snapshot(conn, current_stats(conn), stats_reset_at(conn), captured_at)
 
 
 def latest_snapshot_at(conn: psycopg.Connection) -> datetime | None:

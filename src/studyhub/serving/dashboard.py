@@ -85,7 +85,9 @@ class DashboardSettings:
     database: str | None = None  # another database of each profile's server (default: its own)
     host: str = "127.0.0.1"
     token: SecretStr | None = field(default=None, repr=False)
-    capture_every_s: float = 300.0
+    # the history pages (queries, space) say it is stale when the newest statement or size
+    # snapshot is older than this (studyhub agent's capture job stores them every 5 min)
+    history_stale_after_s: float = 900.0
     statement_timeout_ms: int = 15_000
     connect_timeout_s: int = 5
     max_sessions: int = 1000

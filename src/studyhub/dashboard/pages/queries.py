@@ -15,6 +15,7 @@ from studyhub.connect import ConnectError, first_line
 from studyhub.dashboard.context import connection
 from studyhub.dashboard.render import (
     WINDOWS,
+    history_freshness,
     pick_window,
     profile_view,
     render,
@@ -51,7 +52,8 @@ def queries(request: Request, name: str, sort: str = "total", window: str | None
                   for key, h in history.items()}
         return {"report": report, "sparks": sparks, "sort": sort, "window": win_key,
                 "windows": TABLE_WINDOWS, "limit": limit, "page": "queries",
-                "chart_window": chart_key, "latest": statements.latest_snapshot_at(conn)}
+                "chart_window": chart_key, "latest": statements.latest_snapshot_at(conn),
+                "history_freshness": history_freshness(request, view, conn)}
 
     return run_page(request, view, "queries.html", build, monitor="the queries page")
 
@@ -79,6 +81,7 @@ def query_detail(request: Request, name: str, queryid: int, role: str | None = N
                 "calls_points": [(p.captured_at, p.calls_per_min) for p in points],
                 "mean_points": [(p.captured_at, p.mean_ms) for p in points
                                 if p.mean_ms is not None],
+                "history_freshness": history_freshness(request, view, conn),
                 "page": "queries"}
 
     return run_page(request, view, "query.html", build, monitor="the query page")

@@ -11,7 +11,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from studyhub.dashboard import charts
-from studyhub.dashboard.render import WINDOWS, pick_window, profile_view, run_page, table_label
+from studyhub.dashboard.render import (
+    WINDOWS,
+    history_freshness,
+    pick_window,
+    profile_view,
+    run_page,
+    table_label,
+)
 from studyhub.ops import indexes, space
 
 GROWTH_SERIES = 6
@@ -36,6 +43,7 @@ def space_page(request: Request, name: str, window: str | None = None) -> Respon
                 "growth_bars": [(table_label(t.schema, t.table), t.growth_bytes)
                                 for t in growing],
                 "growth_by_table": {(t.schema, t.table): t for t in history.tables},
+                "history_freshness": history_freshness(request, view, conn),
                 "window": win_key, "windows": WINDOWS, "page": "space"}
 
     return run_page(request, view, "space.html", build)
