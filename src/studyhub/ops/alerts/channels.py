@@ -196,6 +196,7 @@ def send_email(alerts: list[Alert], settings: EmailSettings) -> Delivery:
         return Delivery(label, False, len(alerts), 0, str(exc))
     secret = password.get_secret_value() if password else ""
     msg = email_message(alerts, settings)
+    phase = "connect"
     try:
         if settings.tls == "tls":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(settings.host, settings.port,
@@ -205,9 +206,12 @@ def send_email(alerts: list[Alert], settings: EmailSettings) -> Delivery:
             smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_s)
         with smtp:
             if settings.tls == "starttls":
+                phase = "STARTTLS"
                 smtp.starttls(context=_tls_context(settings))
             if settings.username:
+                phase = "login"
                 smtp.login(settings.username, secret)
+            phase = "sending"
             refused = smtp.send_message(msg)
         if refused:
             return Delivery(label, False, len(alerts), 1,
@@ -218,9 +222,11 @@ def send_email(alerts: list[Alert], settings: EmailSettings) -> Delivery:
     except smtplib.SMTPNotSupportedError:
         error = f"{label}: the server does not offer STARTTLS (or AUTH)"
     except smtplib.SMTPResponseException as exc:
-        error = f"{label}: SMTP {exc.smtp_code}"
+        error = f"{label}: SMTP {exc.smtp_code} during {phase}"
+    except smtplib.SMTPServerDisconnected:
+        error = f"{label}: the server closed the connection during {phase}"
     except smtplib.SMTPException as exc:
-        error = f"{label}: {type(exc).__name__}"
+        error = f"{label}: {type(exc).__name__} during {phase}"
     except ssl.SSLCertVerificationError as exc:
         error = f"{label}: TLS certificate not trusted ({exc.verify_message})"
     except ssl.SSLError as exc:
