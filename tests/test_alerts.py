@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -405,19 +406,24 @@ def test_alert_hook_with_real_doctor_reports_sends_once_and_resolves_once(
 
 def test_alert_hook_ticks_repeats_on_its_own_thread(tmp_path):
     sent: list[list] = []
+    repeated = threading.Event()
     clock = [T0]
+
+    def record(alerts, settings):
+        sent.append(alerts)
+        if any(a.kind == "repeat" for a in alerts):
+            repeated.set()
+        return []
+
     hook = AlertHook(AlertSettings(repeat_every_s=60), tmp_path / "s.json", tick_every_s=0.01,
-                     send=lambda alerts, s: sent.append(alerts) or [], clock=lambda: clock[0])
+                     send=record, clock=lambda: clock[0])
     try:
         hook.job_finished(JobOutcome("a", "local", "drill", "drill", "timeout", T0, 9.0, None,
                                      None))
         assert hook.flush()
         assert [a.kind for batch in sent for a in batch] == ["firing"]
-        clock[0] = T0 + timedelta(seconds=61)
-        import time
-        deadline = time.monotonic() + 30
-        while len(sent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # waiting for the hook's thread, not measuring it
+        clock[0] = T0 + timedelta(seconds=61)  # no job finishes: only the hook's ticks run
+        assert repeated.wait(timeout=30)
         assert [a.kind for batch in sent for a in batch] == ["firing", "repeat"]
     finally:
         hook.close()
