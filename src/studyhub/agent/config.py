@@ -84,6 +84,8 @@ class AgentConfig(BaseModel):
     name: str = Field(default_factory=socket.gethostname, min_length=1)
     profiles: list[str] = ["local"]
     heartbeat_every_s: float = Field(default=15, gt=0)
+    stop_grace_s: float = Field(default=30, ge=0)  # on SIGTERM: running jobs may finish this long
+    reconnect_max_s: float = Field(default=60, gt=0)  # backoff cap for an unreachable profile
     state_dir: str | None = None  # default $STUDYHUB_HOME/agent
     jobs: dict[str, JobConfig] = {}
     history: HistorySettings = HistorySettings()
