@@ -262,7 +262,8 @@ class Agent:
         self.hooks = list(hooks)
         self.kinds = kinds
         targets = list(profiles) if profiles else list(config.profiles)
-        self.loops = [ProfileLoop(self, t) for t in dict.fromkeys(targets)]
+        by_name = {t if isinstance(t, str) else t.name: t for t in targets}  # once each
+        self.loops = [ProfileLoop(self, t) for t in by_name.values()]
 
     def describe_jobs(self, slots: Slots) -> dict[str, dict[str, Any]]:
         return {s.name: {"kind": s.job.kind, "schedule": s.job.schedule,
