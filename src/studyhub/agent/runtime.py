@@ -342,7 +342,8 @@ class Agent:
             except Exception as exc:  # noqa: BLE001
                 log.warning("hook %s failed to close: %s", type(hook).__name__, error_line(exc))
         for lp in self.loops:
-            lp._flush() if lp.state == "up" else None
+            if lp.state == "up":
+                lp._flush()
             lp.close()
         self.status.finish()
 
