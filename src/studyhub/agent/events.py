@@ -1,5 +1,7 @@
-"""STUB (helper C): the interface of helper A's studyhub/agent/events.py, exactly as in the
-shared plan; A's version replaces this file at merge."""
+"""What the agent hands its hooks: one ``JobOutcome`` per finished run (also ``missed``,
+``timeout`` and ``cancelled`` ones), and the ``AgentHooks`` protocol the alert and metrics hooks
+implement. The runtime calls ``job_finished`` from its own threads (a hook must not block: hand
+the work to a thread of its own) and ``close`` once at shutdown."""
 
 from __future__ import annotations
 
@@ -7,18 +9,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+OUTCOMES = ("ok", "failed", "timeout", "cancelled", "missed")
+
 
 @dataclass(frozen=True)
 class JobOutcome:
     agent: str
     profile: str
-    job: str
-    kind: str
-    outcome: str
-    started_at: datetime
+    job: str  # the configured job name (e.g. "doctor", "backup")
+    kind: str  # doctor | sample | prune_history | capture | backup | prune | basebackup | drill
+    outcome: str  # ok | failed | timeout | cancelled | missed
+    started_at: datetime  # aware UTC
     duration_s: float
-    result: object | None
-    error: str | None
+    result: object | None  # the ops function's typed result (DoctorReport, SampleResult, ...)
+    error: str | None  # one line, never a secret
 
 
 class AgentHooks(Protocol):
