@@ -6,6 +6,10 @@ never query text, personal data or secrets.
 
 Mutating ops functions audit themselves with ``audited`` (one line whether the work succeeds,
 fails or is interrupted), so no renderer can forget it and a failure is on record too.
+
+Work done on someone's behalf — ``studyhub agent`` running a scheduled backup — names them as
+``actor`` (``acting_as("agent ops-1")`` around the work, or ``write_audit(..., actor=...)``);
+``operator`` stays the OS user the process runs as.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Iterator
 
 from studyhub.errors import StudyhubError
@@ -33,7 +38,21 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def write_audit(action: str, profile: str, **details: Any) -> dict[str, Any]:
+_ACTOR: ContextVar[str | None] = ContextVar("studyhub_audit_actor", default=None)
+
+
+@contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Every audit line written in this block (this thread or task) names ``actor``."""
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
+def write_audit(action: str, profile: str, *, actor: str | None = None,
+                **details: Any) -> dict[str, Any]:
     record = {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "operator": operator(),
@@ -41,6 +60,9 @@ def write_audit(action: str, profile: str, **details: Any) -> dict[str, Any]:
         "action": action,
         **details,
     }
+    actor = actor or _ACTOR.get()
+    if actor:
+        record["actor"] = actor
     path = audit_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.text import Text
 
+from studyhub.cli import agent as agent_cli
 from studyhub.cli import backup as backup_cli
 from studyhub.cli import cluster as cluster_cli
 from studyhub.cli import dashboard as dashboard_cli
@@ -36,6 +37,7 @@ app.add_typer(backup_cli.app, name="backup")
 app.add_typer(privacy_cli.app, name="privacy")
 app.add_typer(emergency_cli.app, name="emergency")
 app.add_typer(cluster_cli.app, name="cluster")
+app.add_typer(agent_cli.app, name="agent")
 app.command("profiles")(profiles_cli.profiles)
 app.command("seed")(seed_cli.seed)
 app.command("top")(top_cli.top)
