@@ -37,7 +37,7 @@ from studyhub.agent.config import AgentConfig, JobConfig
 from studyhub.connect import first_line
 from studyhub.errors import StudyhubError
 from studyhub.humanize import human_bytes
-from studyhub.ops import activity, backup, cluster, health, history, space, statements
+from studyhub.ops import activity, backup, capture, cluster, health, history
 from studyhub.profiles import Profile, backup_config
 
 APPLICATION_NAME = "studyhub-agent"
@@ -143,25 +143,10 @@ def run_prune_history(ctx: JobContext) -> tuple[Any, str]:
     return r, ", ".join(f"{k} {v}" for k, v in counts.items()) or "pruned"
 
 
-@dataclass
-class CaptureNotes:
-    notes: list[str]  # why something was not stored (no pg_stat_statements, ...)
-
-
-def capture_snapshots(conn: psycopg.Connection) -> CaptureNotes:
-    """Statement and size snapshots (the one place the agent calls them)."""
-    notes = []
-    for fn in (statements.capture_snapshot, space.capture_sizes):
-        why = fn(conn)
-        if why:
-            notes.append(why)
-    return CaptureNotes(notes)
-
-
 def run_capture(ctx: JobContext) -> tuple[Any, str]:
-    if ctx.profile.read_only:
-        return None, f"not stored: profile {ctx.profile.name} is marked read-only"
-    result = capture_snapshots(ctx.connect("ops"))
+    """Statement and size snapshots (``ops.capture``); a read-only profile is not connected to."""
+    result = capture.capture_snapshots(
+        ctx.profile, None if ctx.profile.read_only else ctx.connect("ops"))
     return result, "; ".join(result.notes) or "statements and sizes stored"
 
 

@@ -4,7 +4,8 @@ died, hangs or lost the database — and nothing else (scheduled backups, drills
 
 An agent is expected once one has ever beaten for this profile: no rows at all is ``ok``
 ("no agent has run"). A retired agent's row stays until deleted (the fix says how). Read as the
-ops role (SELECT granted by migration 0010), ages by the server's clock.
+ops role (SELECT granted by migration 0010; read with ``ops.agent_records.heartbeats``, what
+``agent status`` shows), ages by the server's clock.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from typing import Any
 import psycopg
 
 from studyhub.humanize import human_s
+from studyhub.ops import agent_records
 from studyhub.ops.health.registry import Check, CheckContext, _fmt_s, check, grade, worst
 
 TITLE = "Agent heartbeat"
 TABLE = "ops.agent_heartbeats"
 
 
-def _item(row: dict[str, Any], warn: float, crit: float) -> dict[str, Any]:
-    age = max(0.0, row["age_s"] or 0.0)
-    return {"agent": row["agent"], "host": row["host"], "pid": row["pid"],
-            "started_at": row["started_at"].isoformat(timespec="seconds"),
-            "beat_at": row["beat_at"].isoformat(timespec="seconds"),
+def _item(beat: agent_records.HeartbeatRecord, warn: float, crit: float) -> dict[str, Any]:
+    age = max(0.0, beat.age_s or 0.0)
+    return {"agent": beat.agent, "host": beat.host, "pid": beat.pid,
+            "started_at": beat.started_at.isoformat(timespec="seconds"),
+            "beat_at": beat.beat_at.isoformat(timespec="seconds"),
             "age_s": round(age, 1), "status": grade(age, warn, crit)}
 
 
@@ -51,7 +53,7 @@ def agent_heartbeat(ctx: CheckContext) -> Check:
                      f"GRANT USAGE ON SCHEMA ops TO {ctx.conn.info.user}; "
                      f"GRANT SELECT ON {TABLE} TO {ctx.conn.info.user};",
                      detail=f"role {ctx.conn.info.user} may not read {TABLE}")
-    rows = ctx.rows("get_agent_heartbeats", {"profile": ctx.profile.name})
+    rows = agent_records.heartbeats(ctx.conn, ctx.profile.name)
     if not rows:
         return Check("agent_heartbeat", TITLE, "ok", "no agent has run", threshold,
                      detail="no agent has ever beaten for this profile, so none is expected; "
