@@ -412,8 +412,10 @@ def summarize(conn: psycopg.Connection, start: datetime, end: datetime, *,
 
 
 def _descendants(node: activity.LockNode) -> list[activity.LockNode]:
-    out = []
+    """The sessions behind ``node``, each once (one waiting on two blockers of the same chain
+    appears under both in the tree)."""
+    out: dict[int, activity.LockNode] = {}
     for c in node.children:
-        out.append(c)
-        out.extend(_descendants(c))
-    return out
+        for n in (c, *_descendants(c)):
+            out.setdefault(n.pid, n)
+    return list(out.values())
