@@ -268,3 +268,40 @@ def test_history_settings_refuse_unknown_keys_and_silly_values():
         HistorySettings(keep_forever=True)
     with pytest.raises(ValidationError):
         HistorySettings(sample_every_s=0)
+
+
+# ------------------------------------------------------------------ dashboard
+def test_the_live_page_slides_back_to_the_chain(profile, hist_db, chain, monkeypatch, tmp_path):
+    import httpx
+
+    from studyhub.serving import DashboardSettings
+    from tests.dashboard_helpers import DashboardServer
+
+    monkeypatch.setenv("STUDYHUB_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("STUDYHUB_SECRETS_FILE", str(tmp_path / "absent-secrets.toml"))
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    with connect_as(profile, "ops", hist_db) as conn:
+        taken = history.take_sample(conn).taken_at
+    chain.close()
+    settings = DashboardSettings(database=hist_db, capture_every_s=0)
+    with DashboardServer(settings) as server, httpx.Client(base_url=server.url,
+                                                           timeout=30) as c:
+        live = c.get("/p/local/live")
+        assert live.status_code == 200
+        assert 'type="range" name="at_s"' in live.text and "(1 snapshots)" in live.text
+        assert f"session-{chain.holder_pid}" not in live.text  # over: not live any more
+        for query in ({"at": (taken + timedelta(seconds=5)).isoformat()},
+                      {"at_s": str(taken.timestamp() + 5)}):
+            page = c.get("/p/local/live", params=query)
+            assert page.status_code == 200
+            assert "Replay · local/" in page.text and 'id="replay-note"' in page.text
+            assert 'data-refresh' not in page.text  # a replay does not auto-refresh
+            assert f'id="session-{chain.holder_pid}" class="blocking"' in page.text
+            assert f'id="session-{chain.row_waiter.pid}" class="blocking"' in page.text
+            assert f'id="session-{chain.ddl_waiter.pid}" class="blocked"' in page.text
+            assert "root blocker" in page.text and "/terminate/" not in page.text
+            assert SECRET not in page.text
+        bad = c.get("/p/local/live", params={"at": "not a time"})
+        assert bad.status_code == 400 and "invalid time" in bad.text
+        far = c.get("/p/local/live", params={"at": "2001-01-01T00:00:00+00:00"})
+        assert far.status_code == 400 and "no activity snapshot within" in far.text
