@@ -32,10 +32,11 @@ from studyhub.cli.common import (
     print_json,
     profile_from,
 )
-from studyhub.humanize import human_bytes, human_s, short
+from studyhub.cli.diag.server import lock_tree, replay_line
 from studyhub.connect import connect
 from studyhub.errors import StudyhubError
-from studyhub.ops import activity, emergency
+from studyhub.humanize import human_bytes, human_s, short
+from studyhub.ops import activity, emergency, history
 
 
 def snapshot_dict(snap: activity.TopSnapshot, rows: list[activity.Session]) -> dict:
@@ -60,7 +61,9 @@ def snapshot_dict(snap: activity.TopSnapshot, rows: list[activity.Session]) -> d
 def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session], *,
            sort: str, text_filter: str | None, include_idle: bool, selected: int | None = None,
            interval: float | None = None, paused: bool = False, message: str | None = None,
-           height: int | None = None) -> Group:
+           height: int | None = None, replay: str | None = None) -> Group:
+    """One frame; ``replay`` (which past snapshot this is) replaces the live-only header
+    numbers (TPS, cache hit, replication lag are not sampled)."""
     blockers = {b for s in snap.sessions for b in s.blocked_by}
     conns = sum(snap.connections_by_state.values())
     states = "  ".join(f"{k}: {v}" for k, v in sorted(snap.connections_by_state.items()))
@@ -68,11 +71,16 @@ def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session
     hit = "-" if snap.cache_hit_pct is None else f"{snap.cache_hit_pct:.2f}%"
     lag = "no replicas" if snap.replication_lag_bytes is None else \
         f"{human_bytes(snap.replication_lag_bytes)} / {human_s(snap.replication_lag_s)}"
-    header = Text.assemble(
-        ("studyhub top", "bold"), f" · {profile}/{snap.database} · ",
-        ("TPS ", "dim"), tps, ("  cache hit ", "dim"), hit,
-        ("  connections ", "dim"), f"{conns}/{snap.max_connections}",
-        ("  replication lag ", "dim"), lag)
+    if replay:
+        header = Text.assemble(
+            ("studyhub top", "bold"), f" · {profile} · ", (replay, "bold"),
+            ("  connections ", "dim"), f"{conns}/{snap.max_connections}")
+    else:
+        header = Text.assemble(
+            ("studyhub top", "bold"), f" · {profile}/{snap.database} · ",
+            ("TPS ", "dim"), tps, ("  cache hit ", "dim"), hit,
+            ("  connections ", "dim"), f"{conns}/{snap.max_connections}",
+            ("  replication lag ", "dim"), lag)
     sub = Text.assemble((f"states: {states or '-'}", "dim"),
                         f"   sort: {sort}  idle: {'shown' if include_idle else 'hidden'}"
                         + (f"  filter: {text_filter}" if text_filter else "")
@@ -103,6 +111,8 @@ def render(profile: str, snap: activity.TopSnapshot, rows: list[activity.Session
         table.add_row(str(s.pid), s.database or "", s.role or "", s.application,
                       s.state.replace("idle in transaction", "idle in xact"), human_s(s.age_s), wait, ",".join(map(str, s.blocked_by)),
                       short(s.query, 300), style=style)
+    if replay:
+        return Group(header, sub, table)
     footer = Text(message or "↑/↓ select  s sort  i idle  / filter  c cancel  t terminate  "
                              "p pause  +/- interval  q quit", style="dim")
     return Group(header, sub, table, footer)
@@ -161,13 +171,22 @@ def top(
     include_idle: Annotated[bool, typer.Option("--idle", help="Show idle sessions too.")] = False,
     database: Annotated[str | None, typer.Option(
         "--database", "-d", help="Database for the header's TPS and cache hit.")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="Replay a past moment from the agent's history (the nearest snapshot at "
+                     "or before it): '2026-12-02 09:41' (local time) or ISO 8601 with an "
+                     "offset.")] = None,
 ) -> None:
     """Live view of sessions (running, waiting, blocking) with TPS, cache hit, connections and
     replication lag; cancel or terminate the selected one. Runs as the ops role. --once (with
-    --json) prints one snapshot for scripts."""
+    --json) prints one snapshot for scripts; --at replays a past moment (sessions and blocking
+    tree) from the activity history `studyhub agent` samples."""
     if sort not in activity.SORTS:
         raise StudyhubError(f"unknown sort {sort!r}; choose one of {', '.join(activity.SORTS)}")
+    when = history.parse_when(at, what="--at time") if at else None
     prof = profile_from(profile)
+    if when is not None:
+        _replay(prof, when, database, json_=json_, sort=sort, text_filter=filter_)
+        return
     with connect(prof, "ops", database=database, autocommit=True,
                  application_name="studyhub top") as conn:
         activity.require_monitor(conn, "studyhub top")
@@ -185,6 +204,28 @@ def top(
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             raise StudyhubError("studyhub top needs a terminal; use --once (or --json) in scripts")
         _interactive(prof, conn, TopState(sort, filter_, include_idle, interval))
+
+
+def _replay(prof, when, database: str | None, *, json_: bool, sort: str,
+            text_filter: str | None) -> None:
+    """``top --at``: the sessions and blocking tree of the nearest sampled moment."""
+    with connect(prof, "ops", database=database, autocommit=True,
+                 application_name="studyhub top") as conn:
+        m = history.moment(conn, when)
+        snap = m.as_top(conn.info.dbname)
+    rows = activity.sort_sessions(snap, sort, text_filter)
+    if json_:
+        print_json({**snapshot_dict(snap, rows), "taken_at": m.taken_at, "asked_at": m.asked_at,
+                    "gap_s": m.gap_s, "waiting": m.waiting, "blocked_chains": m.blocked_chains,
+                    "longest_transaction_s": m.longest_transaction_s, "tree": m.tree})
+        return
+    console.print(render(prof.name, snap, rows, sort=sort, text_filter=text_filter,
+                         include_idle=False, height=10_000, replay=replay_line(m)))
+    if m.tree:
+        console.print(lock_tree(f"blocking tree: {sum(1 + r.count() for r in m.tree)} sessions "
+                                "involved", m.tree))
+    else:
+        console.print("no session was waiting for a lock")
 
 
 def _interactive(prof, conn, st: TopState) -> None:

@@ -50,6 +50,10 @@ def _templates() -> Jinja2Templates:
         t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         ago=lambda t: "-" if t is None else human_s(
             (datetime.now(timezone.utc) - t).total_seconds()) + " ago",
+        # epoch seconds (the live page's time slider) as a UTC time / as ISO 8601 for ?at=
+        epoch_ts=lambda s: datetime.fromtimestamp(s, timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"),
+        epoch_iso=lambda s: datetime.fromtimestamp(s, timezone.utc).isoformat(),
     )
     env.globals.update(line_chart=charts.line_chart, bar_chart=charts.bar_chart,
                        sparkline=charts.sparkline, Series=charts.Series,

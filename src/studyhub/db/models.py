@@ -34,7 +34,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, INET
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -419,6 +419,72 @@ class AgentRun(Base):
     duration_s: Mapped[float]
     outcome: Mapped[str]
     detail: Mapped[str | None]
+
+
+class ActivitySnapshot(Base):
+    """ops: one sample of the server's activity (``studyhub agent``'s sample job, as the ops
+    role): client sessions by state, lock waits, the oldest transaction. Counts only; the
+    sessions worth keeping are in :class:`ActivitySample`. See docs/agent-history.md."""
+
+    __tablename__ = "activity_snapshots"
+    __table_args__ = {"schema": "ops"}
+
+    taken_at: Mapped[datetime] = mapped_column(primary_key=True)
+    max_connections: Mapped[int]
+    sessions: Mapped[int]  # client backends, ours left out
+    active: Mapped[int]
+    idle: Mapped[int]
+    idle_in_transaction: Mapped[int]  # aborted ones included
+    other: Mapped[int]
+    waiting: Mapped[int]  # sessions waiting for a lock
+    blocked_chains: Mapped[int]  # root blockers
+    sampled: Mapped[int]  # rows in activity_samples
+    longest_transaction_s: Mapped[float | None]
+
+
+class ActivitySample(Base):
+    """ops: one session of one :class:`ActivitySnapshot` that was doing something (not idle)
+    or blocked someone. Its statement only as a fingerprint (``queryid``, text in
+    :class:`StatementFingerprint`): never pg_stat_activity's query text, never literals."""
+
+    __tablename__ = "activity_samples"
+    __table_args__ = {"schema": "ops"}
+
+    taken_at: Mapped[datetime] = mapped_column(
+        ForeignKey("ops.activity_snapshots.taken_at", ondelete="CASCADE"), primary_key=True)
+    pid: Mapped[int] = mapped_column(primary_key=True)
+    database: Mapped[str | None]
+    role: Mapped[str | None]
+    application: Mapped[str | None]
+    client_addr: Mapped[str | None] = mapped_column(INET)
+    backend_type: Mapped[str]
+    state: Mapped[str | None]
+    wait_event_type: Mapped[str | None]
+    wait_event: Mapped[str | None]
+    xact_start: Mapped[datetime | None]
+    query_start: Mapped[datetime | None]
+    state_change: Mapped[datetime | None]
+    queryid: Mapped[int | None] = mapped_column(BigInteger)
+    blocked_by: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))  # pg_blocking_pids
+    lock_type: Mapped[str | None]  # what it waits for: relation, tuple, transactionid, …
+    lock_mode: Mapped[str | None]
+    lock_object: Mapped[str | None]  # the relation's name (or "transaction 1234")
+    held_mode: Mapped[str | None]  # for blockers: the strongest relation lock held
+    held_object: Mapped[str | None]
+
+
+class StatementFingerprint(Base):
+    """ops: the normalised text pg_stat_statements keeps for a query id seen in
+    :class:`ActivitySample` (constants as $1, $2 …). Text that pg_stat_statements did not
+    normalise (utility statements, anything with a quote left) is stored as NULL."""
+
+    __tablename__ = "statement_fingerprints"
+    __table_args__ = {"schema": "ops"}
+
+    queryid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    query: Mapped[str | None]
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]  # refreshed at most hourly (no update per sample)
 
 
 APP_TABLES = [t.name for t in Base.metadata.sorted_tables if t.schema is None]

@@ -278,6 +278,18 @@ def blocking_tree(conn: psycopg.Connection) -> list[LockNode]:
     with conn.cursor(row_factory=dict_row) as cur:
         held = {r["pid"]: r for r in cur.execute(load("get_held_locks"),
                                                  {"pids": list(involved)}).fetchall()}
+    return build_tree(waits, by_pid, held)
+
+
+def build_tree(waits: dict[int, dict[str, Any]], by_pid: dict[int, Session],
+               held: dict[int, dict[str, Any]]) -> list[LockNode]:
+    """The blocking tree from its parts (live: :func:`blocking_tree`; replayed from the
+    activity history: ``ops.history.moment``): ``waits`` PID → its ``blocked_by``,
+    ``waiting_mode`` and ``locked_object``; ``by_pid`` the sessions; ``held`` PID → the
+    ``held_mode`` and ``held_object`` of a blocker."""
+    if not waits:
+        return []
+    involved = set(waits) | {b for w in waits.values() for b in w["blocked_by"]}
 
     def node(pid: int) -> LockNode:
         s, w, h = by_pid.get(pid), waits.get(pid), held.get(pid, {})

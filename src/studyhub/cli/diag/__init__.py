@@ -2,7 +2,7 @@
 catalogs, never app rows); ``explain``, ``advise`` and ``create-index`` need the app role (the
 tables' owner) because they plan or change the app's own tables.
 
-One module per group of commands: ``doctor``, ``queries`` (slow-queries, explain),
+One module per group of commands: ``doctor``, ``queries`` (slow-queries, explain), ``incident`` (history),
 ``indexing`` (indexes, create-index, advise), ``server`` (connections, locks, replication,
 sizes)."""
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from studyhub.cli.diag import doctor, indexing, queries, server
+from studyhub.cli.diag import doctor, incident, indexing, queries, server
 
 app = typer.Typer(help="Diagnostics: health report, slow queries, indexes, locks, connections, "
                        "replication, sizes.", no_args_is_help=True)
@@ -20,6 +20,7 @@ app.command("indexes")(indexing.indexes_cmd)
 app.command("create-index")(indexing.create_index)
 app.command()(server.connections)
 app.command()(server.locks)
+app.command("history")(incident.history)
 app.command()(server.replication)
 app.command()(server.sizes)
 app.command()(queries.explain)

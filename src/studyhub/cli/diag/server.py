@@ -23,10 +23,13 @@ from studyhub.cli.common import (
 )
 from studyhub.connect import connect
 from studyhub.humanize import human_bytes, human_s, short
-from studyhub.ops import activity, space
+from studyhub.ops import activity, history, space
 from studyhub.ops import replication as ops_replication
 
 APP_NAME = "studyhub diag"
+AtOpt = Annotated[str | None, typer.Option(
+    "--at", help="Replay a past moment from the agent's history: '2026-12-02 09:41' (local "
+                 "time) or ISO 8601 with an offset.")]
 
 
 def connections(
@@ -68,22 +71,9 @@ def connections(
         err_console.print(Text.assemble(("note:", "yellow"), f" {report.pooler_note}"))
 
 
-def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
-          json_: JsonOpt = False) -> None:
-    """The blocking tree of the whole server: who blocks whom, lock modes, objects and waiting
-    time, root blockers first (objects are named in the database connected to). Runs as the
-    ops role (needs pg_monitor to see other roles' queries)."""
-    prof, conn = ops_connection(profile, database, sees_activity="the blocking tree",
-                                application_name=APP_NAME)
-    with conn:
-        roots = activity.blocking_tree(conn)
-    if json_:
-        print_json({"profile": prof.name, "roots": roots})
-        return
-    if not roots:
-        console.print(f"locks · {prof.name}: no session is waiting for a lock")
-        return
-    tree = Tree(f"locks · {prof.name}: {sum(1 + r.count() for r in roots)} sessions involved")
+def lock_tree(title: str, roots: list[activity.LockNode]) -> Tree:
+    """The blocking tree as ``diag locks`` prints it (live, or replayed from the history)."""
+    tree = Tree(title)
 
     def label(n: activity.LockNode) -> Text:
         head = Text.assemble((str(n.pid), "bold"),
@@ -105,7 +95,43 @@ def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
 
     for r in roots:
         add(tree, r)
-    console.print(tree)
+    return tree
+
+
+def replay_line(m: history.Moment) -> str:
+    """Which snapshot a replay shows, and how far it is from the asked time."""
+    return (f"snapshot of {m.taken_at.astimezone():%Y-%m-%d %H:%M:%S %z}, "
+            f"{human_s(m.gap_s)} before the asked {m.asked_at.astimezone():%H:%M:%S}")
+
+
+def locks(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,
+          json_: JsonOpt = False, at: AtOpt = None) -> None:
+    """The blocking tree of the whole server: who blocks whom, lock modes, objects and waiting
+    time, root blockers first (objects are named in the database connected to). --at replays
+    the nearest sampled moment at or before that time from the agent's history. Runs as the
+    ops role (needs pg_monitor to see other roles' queries)."""
+    when = history.parse_when(at, what="--at time") if at else None
+    prof, conn = ops_connection(profile, database, sees_activity="the blocking tree",
+                                application_name=APP_NAME)
+    with conn:
+        if when is not None:
+            m = history.moment(conn, when)
+            roots, replay = m.tree, m
+        else:
+            roots, replay = activity.blocking_tree(conn), None
+    if json_:
+        out: dict = {"profile": prof.name, "roots": roots}
+        if replay is not None:
+            out.update(taken_at=replay.taken_at, asked_at=replay.asked_at, gap_s=replay.gap_s)
+        print_json(out)
+        return
+    where = f"locks · {prof.name}" + (f" · {replay_line(replay)}" if replay else "")
+    if not roots:
+        console.print(f"{where}: no session was waiting for a lock" if replay else
+                      f"{where}: no session is waiting for a lock")
+        return
+    console.print(lock_tree(f"{where}: {sum(1 + r.count() for r in roots)} sessions involved",
+                            roots))
 
 
 def replication(profile: ProfileOpt = None, database: ServerWideDatabaseOpt = None,

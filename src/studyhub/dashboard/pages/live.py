@@ -5,6 +5,7 @@ session than the one confirmed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,17 +25,34 @@ from studyhub.dashboard.render import (
 )
 from studyhub.dashboard.security import flash
 from studyhub.errors import RefusedError, StudyhubError
-from studyhub.ops import activity, emergency, replication
+from studyhub.ops import activity, emergency, history, replication
 
 TOP_PREVIOUS_MAX_AGE_S = 300
 
 def live(request: Request, name: str, sort: str = "blocking", filter: str | None = None,
-         idle: int = 0, by: str = "state") -> Response:
+         idle: int = 0, by: str = "state", at: str | None = None,
+         at_s: float | None = None) -> Response:
+    """The live view, or with ``at`` (ISO 8601; ``at_s``: epoch seconds, from the time slider)
+    a past moment replayed from the agent's activity history."""
     view = profile_view(request, name)
     if sort not in activity.SORTS:
         sort = "blocking"
 
+    def replay(conn: psycopg.Connection) -> dict[str, Any]:
+        when = (datetime.fromtimestamp(at_s, timezone.utc) if at_s is not None
+                else history.parse_when(at or "", what="time"))
+        m = history.moment(conn, when)
+        snap = m.as_top(conn.info.dbname)
+        rows = activity.sort_sessions(snap, sort, filter)
+        return {"snap": snap, "rows": rows, "blockers": {b for s in snap.sessions
+                                                         for b in s.blocked_by},
+                "tree": m.tree, "moment": m, "slider": _slider(conn, m.taken_at),
+                "sort": sort, "sorts": activity.SORTS, "filter": filter or "", "idle": idle,
+                "by": by, "groupings": tuple(activity.GROUP_KEYS), "page": "live"}
+
     def build(conn: psycopg.Connection) -> dict[str, Any]:
+        if at is not None or at_s is not None:
+            return replay(conn)
         prev_store = request.app.state.top_previous
         prev = prev_store.get(name)
         if prev is not None and (datetime.now(timezone.utc) - prev.counters.measured_at
@@ -50,11 +68,37 @@ def live(request: Request, name: str, sort: str = "blocking", filter: str | None
         conns = activity.connection_report(conn, by, view.profile)
         replica_report = replication.replication_report(view.profile, conn)
         return {"snap": snap, "rows": rows, "blockers": blockers, "tree": tree,
-                "conns": conns, "replication": replica_report, "sort": sort,
+                "conns": conns, "replication": replica_report, "moment": None,
+                "slider": _slider(conn, None), "sort": sort,
                 "sorts": activity.SORTS, "filter": filter or "", "idle": idle, "by": by,
                 "groupings": tuple(activity.GROUP_KEYS), "page": "live"}
 
     return run_page(request, view, "live.html", build, monitor="the live activity page")
+
+
+@dataclass
+class Slider:
+    """The time slider over the activity history: its range (epoch seconds), the step (the
+    sampling interval seen) and the position shown."""
+
+    first_s: int
+    last_s: int
+    value_s: int
+    step_s: int
+    snapshots: int
+
+
+def _slider(conn: psycopg.Connection, shown: datetime | None) -> Slider | None:
+    """None when the history is empty or not readable here (the live view still works)."""
+    try:
+        span = history.history_range(conn)
+    except StudyhubError:
+        return None
+    if not span.snapshots:
+        return None
+    first, last = int(span.first_at.timestamp()), int(span.last_at.timestamp()) + 1
+    step = max(1, round((last - first) / (span.snapshots - 1))) if span.snapshots > 1 else 1
+    return Slider(first, last, int((shown or span.last_at).timestamp()), step, span.snapshots)
 
 
 def signal_confirm(request: Request, name: str, action: str, pid: int) -> Response:
