@@ -283,7 +283,7 @@ def test_the_live_page_slides_back_to_the_chain(profile, hist_db, chain, monkeyp
     with connect_as(profile, "ops", hist_db) as conn:
         taken = history.take_sample(conn).taken_at
     chain.close()
-    settings = DashboardSettings(database=hist_db, capture_every_s=0)
+    settings = DashboardSettings(database=hist_db)
     with DashboardServer(settings) as server, httpx.Client(base_url=server.url,
                                                            timeout=30) as c:
         live = c.get("/p/local/live")

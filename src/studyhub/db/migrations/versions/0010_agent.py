@@ -66,6 +66,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_agent_runs_profile_job_started_at"), table_name="agent_runs", schema="ops")
+    # the index goes with its table
     op.drop_table("agent_runs", schema="ops")
     op.drop_table("agent_heartbeats", schema="ops")
