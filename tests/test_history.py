@@ -109,6 +109,38 @@ def test_a_sample_stores_the_blocking_chain_as_the_ops_role_without_literals(pro
     _no_secret_stored(profile, hist_db)
 
 
+def test_without_pg_stat_statements_the_chain_is_sampled_with_query_ids_only(profile, fresh_db):
+    """A database where pg_stat_statements is not installed: the sample still stores who
+    blocks whom, and no statement text at all."""
+    migrate.upgrade(profile, database=fresh_db)
+    with connect_as(profile, "app", fresh_db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO t VALUES (1, 'a')")
+    with connect_as(profile, "admin", fresh_db) as c:
+        c.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
+    holder = connect_as(profile, "app", fresh_db, autocommit=False)
+    holder.execute(f"UPDATE t SET v = '{SECRET}' WHERE id = 1")
+    holder_pid = holder.info.backend_pid
+    waiter = Background(profile, f"UPDATE t SET v = '{SECRET}' WHERE id = 1", database=fresh_db)
+    try:
+        wait_for(lambda: is_waiting_for_lock(profile, waiter.pid), what="the waiter")
+        with connect_as(profile, "ops", fresh_db) as conn:
+            result = history.take_sample(conn)
+            history.take_sample(conn)  # the second one knows to leave the view out
+    finally:
+        holder.rollback()
+        holder.close()
+        waiter.close()
+    assert result.waiting == 1 and result.blocked_chains == 1
+    with connect_as(profile, "admin", fresh_db) as c:
+        blocked_by = c.execute("SELECT blocked_by FROM ops.activity_samples WHERE pid = %s "
+                               "AND taken_at = %s", (waiter.pid, result.taken_at)).fetchone()[0]
+        texts = c.execute("SELECT count(*) FROM ops.statement_fingerprints "
+                          "WHERE query IS NOT NULL").fetchone()[0]
+    assert blocked_by == [holder_pid] and texts == 0
+    _no_secret_stored(profile, fresh_db)
+
+
 def test_the_chain_replays_afterwards_as_a_moment(profile, hist_db, chain):
     with connect_as(profile, "ops", hist_db) as conn:
         taken = history.take_sample(conn).taken_at

@@ -90,7 +90,7 @@ def take_sample(conn: psycopg.Connection, *, now: datetime | None = None) -> Sam
     row = None
     if conn not in _without_statements:
         try:
-            row = _run_sample(conn, "insert_activity_sample", params)
+            row = _run_sample(conn, _sample_sql(with_statements=True), params)
         except (psycopg.errors.UndefinedTable, psycopg.errors.ObjectNotInPrerequisiteState,
                 psycopg.errors.UndefinedFunction) as exc:
             if "pg_stat_statements" not in str(exc):
@@ -98,7 +98,7 @@ def take_sample(conn: psycopg.Connection, *, now: datetime | None = None) -> Sam
             _without_statements.add(conn)  # not installed / not preloaded: ids only
     if row is None:
         try:
-            row = _run_sample(conn, "insert_activity_sample_without_statements", params)
+            row = _run_sample(conn, _sample_sql(with_statements=False), params)
         except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as exc:
             raise _history_error(conn, exc) from None
     by_state = {"active": row["active"], "idle": row["idle"],
@@ -108,10 +108,22 @@ def take_sample(conn: psycopg.Connection, *, now: datetime | None = None) -> Sam
                         row["new_fingerprints"])
 
 
-def _run_sample(conn: psycopg.Connection, name: str, params: dict[str, Any]) -> dict[str, Any]:
+def _sample_sql(*, with_statements: bool) -> str:
+    """insert_activity_sample.sql; without pg_stat_statements its ``texts`` part (between the
+    file's begin/end marks) is replaced by an empty one: query ids only."""
+    sql = load("insert_activity_sample")
+    if with_statements:
+        return sql
+    head, rest = sql.split("-- pg_stat_statements: begin", 1)
+    _texts, tail = rest.split("-- pg_stat_statements: end", 1)
+    return head + "texts AS (SELECT NULL::bigint AS queryid, NULL::text AS query WHERE false)," \
+        + tail
+
+
+def _run_sample(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> dict[str, Any]:
     try:
         with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(load(name), params).fetchone()
+            row = cur.execute(sql, params).fetchone()
         if not conn.autocommit:
             conn.commit()
     except psycopg.errors.InsufficientPrivilege as exc:

@@ -120,6 +120,8 @@ unknown AS MATERIALIZED (
                         AND (f.query IS NOT NULL
                              OR f.last_seen > (SELECT taken_at FROM t) - interval '1 minute'))
 ),
+-- pg_stat_statements: begin (where it is not usable, take_sample runs this statement with
+-- the lines down to its "end" replaced by: texts AS (SELECT NULL::bigint, NULL::text WHERE false))
 texts AS (
     SELECT DISTINCT ON (p.queryid) p.queryid, p.query
     FROM pg_stat_statements p
@@ -127,6 +129,7 @@ texts AS (
       AND p.queryid IN (SELECT queryid FROM unknown)
     ORDER BY p.queryid
 ),
+-- pg_stat_statements: end
 new_fingerprints AS (
     INSERT INTO ops.statement_fingerprints AS f (queryid, query, first_seen, last_seen)
     SELECT u.queryid,
