@@ -46,7 +46,8 @@ from studyhub.ops.backup.setformat import BackupError
 from studyhub.profiles import BackupConfig
 
 MIB = 1 << 20
-READ_ATTEMPTS = 5
+READ_ATTEMPTS = 5  # tries of one read without progress (each reopens with a ranged GET)
+READ_BACKOFF_S = 0.5  # first wait before reopening; doubles, at most 8 s
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # fullmatch
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*")  # fullmatch
 _STREAM_ERRORS = (bex.ReadTimeoutError, bex.ResponseStreamingError, bex.IncompleteReadError,
@@ -316,7 +317,7 @@ class ObjectReader:
                 return data
             except _STREAM_ERRORS:
                 self.close()
-                time.sleep(min(8.0, 0.5 * 2 ** attempt))
+                time.sleep(min(8.0, READ_BACKOFF_S * 2 ** attempt))
         raise BackupError(f"reading {self.rel} from {self.store.url} failed {READ_ATTEMPTS} "
                           f"times (the connection kept dropping at byte {self.pos})")
 
