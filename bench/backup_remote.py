@@ -246,7 +246,8 @@ def child(spec: dict) -> None:
     if spec["op"] == "create":
         res = ops.create_backup(prof, target=spec["target"], config=config,
                                 encrypt=spec["encrypt"], jobs=spec["jobs"])
-        out.update(name=res.name, bytes=res.bytes, memory_bound=res.memory_bound_bytes)
+        out.update(name=res.name, bytes=res.bytes, memory_bound=res.memory_bound_bytes,
+                   inside=res.durations_s)
     else:
         res = ops.restore_set(spec["target"], spec["name"], prof, spec["database"],
                               config=config, jobs=spec["jobs"], reapply_erasures=False)
@@ -320,6 +321,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each contender's best counts")
     ap.add_argument("--scale", type=int, default=4, help="data multiple for the memory check")
     ap.add_argument("--keep", action="store_true", help="keep the cluster and data for next time")
+    ap.add_argument("--only", default="backup,restore,memory,age",
+                    help="parts to run besides the backup comparison (default: all)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -422,7 +425,11 @@ def main() -> None:
                   f"wall, {100 * (on['cpu_s'] / off['cpu_s'] - 1):+.0f}% CPU (aim <= +10%)")
         print(f"  memory bound of the uploads (parts in flight x part size): "
               f"{b['store age']['memory_bound'] / MIB:.0f} MiB")
+        for name in ("dir age", "store age"):
+            print(f"  inside {name}: " + ", ".join(f"{k} {v:.1f} s"
+                                                   for k, v in b[name]["inside"].items()))
 
+        parts = set(args.only.split(","))
         # ----------------------------------------------------------------- restore
         def rspec(kind: str, encrypt: bool, db: str) -> dict:
             s = spec(kind, encrypt, op="restore", database=db)
@@ -430,41 +437,46 @@ def main() -> None:
             databases.append(db)
             return s
 
-        r = best_of({"dir clear": rspec("dir", False, "bench_r_dir_clear"),
+        r = {} if "restore" not in parts else best_of({"dir clear": rspec("dir", False, "bench_r_dir_clear"),
                      "dir age": rspec("dir", True, "bench_r_dir_age"),
                      "store age": rspec("store", True, "bench_r_store_age")}, args.rounds)
-        print(f"\nrestore (best of {args.rounds}, interleaved; verified)  wall s   CPU s"
-              "   store CPU s")
+        if r:
+            print(f"\nrestore (best of {args.rounds}, interleaved; verified)  wall s   CPU s"
+                  "   store CPU s")
         for name, o in r.items():
             print(f"  {name:<12}                             {o['wall_s']:6.1f}  {o['cpu_s']:6.1f}"
                   f"   {o['store_cpu_s']:10.1f}")
-        print(f"  store vs dir (age): {r['store age']['wall_s'] / r['dir age']['wall_s']:.2f}x "
-              f"wall, {r['store age']['cpu_s'] / r['dir age']['cpu_s']:.2f}x CPU (aim <= 1.25x)")
-        print(f"  decryption cost, dir: "
-              f"{100 * (r['dir age']['wall_s'] / r['dir clear']['wall_s'] - 1):+.0f}% wall, "
-              f"{100 * (r['dir age']['cpu_s'] / r['dir clear']['cpu_s'] - 1):+.0f}% CPU")
+        if r:
+            print(f"  store vs dir (age): {r['store age']['wall_s'] / r['dir age']['wall_s']:.2f}x"
+                  f" wall, {r['store age']['cpu_s'] / r['dir age']['cpu_s']:.2f}x CPU "
+                  "(aim <= 1.25x)")
+            print(f"  decryption cost, dir: "
+                  f"{100 * (r['dir age']['wall_s'] / r['dir clear']['wall_s'] - 1):+.0f}% wall, "
+                  f"{100 * (r['dir age']['cpu_s'] / r['dir clear']['cpu_s'] - 1):+.0f}% CPU")
 
         # ------------------------------------------------------------------ memory
-        base_bytes = b["dir age"]["bytes"]
-        extra = (args.scale - 1) * base_bytes
-        print(f"\nmemory: adding {human(extra)} of incompressible rows (ops.bench_blob) for "
-              f"{args.scale}x the set's size ...", flush=True)
-        add_incompressible(prof, extra)
-        big = {}
-        for name, sp in (("dir age", spec("dir", True)), ("store age", spec("store", True))):
-            big[name] = measure(name, sp, {})
-        drop_incompressible(prof)
-        print(f"peak RSS of the backup process (VmHWM)   1x ({human(base_bytes)})   "
-              f"{args.scale}x ({human(big['dir age']['bytes'])})")
-        for name in ("dir age", "store age"):
-            print(f"  {name:<12}                          {b[name]['hwm_mib']:6.0f} MiB"
-                  f"   {big[name]['hwm_mib']:6.0f} MiB   (wall {big[name]['wall_s']:.1f} s)")
-        print(f"  store server's peak RSS: {store.rss_mib():.0f} MiB")
+        if "memory" in parts:
+            base_bytes = b["dir age"]["bytes"]
+            extra = (args.scale - 1) * base_bytes
+            print(f"\nmemory: adding {human(extra)} of incompressible rows (ops.bench_blob) for "
+                  f"{args.scale}x the set's size ...", flush=True)
+            add_incompressible(prof, extra)
+            big = {}
+            for name, sp in (("dir age", spec("dir", True)), ("store age", spec("store", True))):
+                big[name] = measure(name, sp, {})
+            drop_incompressible(prof)
+            print(f"peak RSS of the backup process (VmHWM)   1x ({human(base_bytes)})   "
+                  f"{args.scale}x ({human(big['dir age']['bytes'])})")
+            for name in ("dir age", "store age"):
+                print(f"  {name:<12}                          {b[name]['hwm_mib']:6.0f} MiB"
+                      f"   {big[name]['hwm_mib']:6.0f} MiB   (wall {big[name]['wall_s']:.1f} s)")
+            print(f"  store server's peak RSS: {store.rss_mib():.0f} MiB")
 
         # --------------------------------------------------------------------- age
-        enc, dec = age_throughput(recipient, identity)
-        print(f"\nage (pyrage, one core, memory to memory): encrypt {enc:.0f} MB/s, decrypt "
-              f"{dec:.0f} MB/s")
+        if "age" in parts:
+            enc, dec = age_throughput(recipient, identity)
+            print(f"\nage (pyrage, one core, memory to memory): encrypt {enc:.0f} MB/s, "
+                  f"decrypt {dec:.0f} MB/s")
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         for db in databases:
