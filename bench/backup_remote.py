@@ -169,7 +169,7 @@ class WeedStore(Store):
         cmd = [str(weed), f"-logdir={self.dir / 'logs'}", "server", f"-dir={self.dir / 'data'}",
                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
                f"-s3.config={self.dir / 's3.json'}", "-s3.port.iceberg=0",
-               "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
+               "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-volume.preStopSeconds=0"]
         cmd += [f"-{k}={v}" for k, v in self.ports.items()]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -234,7 +234,9 @@ def child(spec: dict) -> None:
     config = BackupConfig(profile="local", target=spec["target"],
                           endpoint_url=spec.get("endpoint_url"), region="us-east-1",
                           recipients=tuple(spec.get("recipients", ())),
-                          identity_file=Path(spec["identity"]) if spec.get("identity") else None)
+                          identity_file=Path(spec["identity"]) if spec.get("identity") else None,
+                          part_size_mib=spec.get("part_size_mib", 8),
+                          parts_in_flight=spec.get("parts_in_flight", 4))
 
     def cpu() -> float:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
