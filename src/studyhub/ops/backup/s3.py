@@ -282,7 +282,9 @@ class S3Store:
 
 class ObjectReader:
     """An object's bytes as a stream; a dropped connection resumes from the next byte with a
-    ranged GET of the same version (``If-Match`` its ETag), up to READ_ATTEMPTS times."""
+    ranged GET of the same version (``If-Match`` its ETag). One read gives up after
+    READ_ATTEMPTS tries that bring no byte (backoff READ_BACKOFF_S, doubling, at most 8 s); a
+    connection that drops again after some progress starts a new count."""
 
     def __init__(self, store: S3Store, rel: str) -> None:
         self.store, self.rel = store, rel
