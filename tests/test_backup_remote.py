@@ -511,6 +511,37 @@ def test_revoked_credential_one_line_and_no_secret_anywhere(cli, source, config,
         assert ACCESS_KEY not in text and SECRET_KEY not in text
 
 
+def test_no_credentials_at_all_is_one_line_and_writes_nothing(cli, source, config, s3_server,
+                                                            bucket, tmp_path, monkeypatch):
+    """No key in the environment, no credentials file, no ~/.aws (the tests point the AWS
+    config files nowhere and turn instance metadata off): create, list and restore each stop
+    in one line saying where credentials come from — before a snapshot, with no object
+    written and no traceback."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
+    where = dataclasses.replace(config, target=f"s3://{bucket}/no-credentials")
+    expected = (f"no credentials for {where.target}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a 0600 credentials_file in the profile's [backup] "
+                "table, or ~/.aws/credentials")
+    with pytest.raises(ops.BackupError) as err:
+        ops.create_backup(source, config=where)
+    assert str(err.value) == expected
+    (line,) = read_audit()
+    assert line["outcome"] == "failed" and "set" not in line  # no snapshot was taken
+    use_toml(monkeypatch, tmp_path / "studyhub.toml", where)
+    for args in (("backup", "create"), ("backup", "list"),
+                 ("backup", "restore", "local-studyhub-20250101T000000Z", "-d", "bkr_nocred",
+                  "--yes")):
+        res = cli(*args)
+        assert res.exit_code != 0, args
+        assert res.stderr.strip() == f"error: {expected}", (args, res.stderr)
+        assert "Traceback" not in res.stderr + res.stdout
+    assert objects(s3_server, bucket, "no-credentials/") == {}
+    assert s3_client(s3_server).list_multipart_uploads(
+        Bucket=bucket, Prefix="no-credentials/").get("Uploads", []) == []
+
+
 def test_credentials_file_must_be_private_and_is_used(source, config, tmp_path, monkeypatch,
                                                      remote_set):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import re
+import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,13 +21,16 @@ import pytest
 
 from studyhub.errors import StudyhubError
 from studyhub.ops import backup as ops
+from studyhub.ops.backup import s3
 from tests.test_backup import drop, table_rows
 from tests.test_backup_remote import (  # noqa: F401 - module fixtures reused
     aws_env,
     bucket,
     config,
+    databases_like,
     keys,
     objects,
+    remote_set,
     s3_client,
     source,
 )
@@ -162,3 +167,174 @@ def test_a_store_that_keeps_refusing_ends_in_one_line_and_leaves_nothing(source,
     assert objects(s3_server, bucket, prefix + "/") == {}
     where = dataclasses.replace(where, endpoint_url=s3_server)
     assert ops.list_target_sets(where.target, config=where) == []
+
+
+# ------------------------------------------------------------------ dropped downloads
+_REQUEST_HEAD = re.compile(rb"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.S)
+
+
+class DroppingProxy:
+    """A loopback TCP proxy in front of ``upstream`` that passes bytes both ways and, on a
+    connection carrying a GET of a key containing ``cut_key``, closes both sides after the
+    answer's head and ``after_bytes`` of its body — the first ``cuts`` times (``cuts=None``:
+    every time).
+    Records each GET of that key with its Range header (None: the whole object)."""
+
+    def __init__(self, upstream: str, cut_key: str, after_bytes: int,
+                 cuts: int | None = 1) -> None:
+        u = urlsplit(upstream)
+        self.upstream = (u.hostname, u.port)
+        self.cut_key, self.after_bytes, self.cuts_left = cut_key.encode(), after_bytes, cuts
+        self.gets: list[str | None] = []
+        self.cut = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopping = False
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            armed = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, armed),
+                             daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, armed),
+                             daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket,
+                  armed: threading.Event) -> None:
+        buf = b""
+        try:
+            while data := client.recv(1 << 16):
+                buf = (buf + data)[-(1 << 16):]  # request heads are small; bodies pass by
+                for m in _REQUEST_HEAD.finditer(buf):
+                    if m[1] == b"GET" and self.cut_key in m[2]:
+                        rng = re.search(rb"(?im)^range: *(\S+)", m[3])
+                        with self.lock:
+                            self.gets.append(rng[1].decode() if rng else None)
+                            if self.cuts_left is None or self.cut < self.cuts_left:
+                                armed.set()
+                if buf.endswith(b"\r\n\r\n"):
+                    buf = b""
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _answers(self, upstream: socket.socket, client: socket.socket,
+                 armed: threading.Event) -> None:
+        head, body = b"", None  # body: bytes of the armed answer's body passed on so far
+        try:
+            while data := upstream.recv(1 << 16):
+                if armed.is_set():
+                    if body is None:  # pass the answer's head on whole
+                        head += data
+                        end = head.find(b"\r\n\r\n")
+                        if end < 0:
+                            client.sendall(data)
+                            continue
+                        extra = len(head) - end - 4  # body bytes in this chunk
+                        client.sendall(data[: len(data) - extra])
+                        data, body = data[len(data) - extra:], 0
+                    if body + len(data) >= self.after_bytes:
+                        client.sendall(data[: self.after_bytes - body])
+                        with self.lock:
+                            self.cut += 1
+                        break  # the connection drops mid-answer
+                    body += len(data)
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def __enter__(self) -> DroppingProxy:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping = True
+        self.listener.close()
+
+
+def _blob_object(where, name: str) -> str:
+    source_set = ops.open_target(where.target, where).open_set(name, where)
+    return next(f.path for f in source_set.manifest.table_files if f.table == "blob")
+
+
+def test_a_download_cut_mid_object_resumes_with_a_ranged_get_and_restores_equal(
+        cluster, source, config, remote_set, monkeypatch):
+    """The 12 MiB table's object: its connection is cut after 3 MiB of the answer. The restore
+    (which hashes every object while it streams) reopens it at the byte it reached with a
+    ranged GET, and the database restored equals the source."""
+    monkeypatch.setattr(s3, "READ_BACKOFF_S", 0.01)
+    rel = _blob_object(config, remote_set.name)
+    with DroppingProxy(config.endpoint_url, rel, after_bytes=3 << 20, cuts=1) as proxy:
+        where = dataclasses.replace(config, endpoint_url=proxy.url)
+        target_db = f"bkr_cut_{uuid.uuid4().hex[:8]}"
+        try:
+            result = ops.restore_set(None, remote_set.name, source, target_db, config=where,
+                                     jobs=2)
+            assert table_rows(source, target_db) == table_rows(source, source.database)
+            assert result.tables > 0
+        finally:
+            drop(cluster, target_db, target_db + "_restoring")
+    assert proxy.cut == 1
+    first, again = proxy.gets  # one whole GET, cut; one ranged GET from where it stopped
+    assert first is None
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", again)[1])
+    assert 0 < resumed_at <= 3 << 20
+
+
+def test_verify_through_a_cut_connection_reads_on_and_every_hash_matches(
+        config, remote_set, monkeypatch):
+    monkeypatch.setattr(s3, "READ_BACKOFF_S", 0.01)
+    rel = _blob_object(config, remote_set.name)
+    with DroppingProxy(config.endpoint_url, rel, after_bytes=5 << 20, cuts=2) as proxy:
+        where = dataclasses.replace(config, endpoint_url=proxy.url)
+        result = ops.verify_set(where.target, remote_set.name, config=where)
+    assert result.ok, result.problems
+    assert proxy.cut == 2 and len(proxy.gets) == 3 and proxy.gets[0] is None
+    offsets = [int(re.fullmatch(r"bytes=(\d+)-", g)[1]) for g in proxy.gets[1:]]
+    assert 0 < offsets[0] < offsets[1]  # each resumed where the last one stopped
+
+
+def test_a_download_that_keeps_dropping_ends_in_one_line_and_restores_nothing(
+        cluster, source, config, remote_set, monkeypatch):
+    """Every answer for the 12 MiB object is cut right after its head: no read makes progress,
+    so after READ_ATTEMPTS tries the restore stops in one line. Nothing exists under the
+    target's name; the marked staging database is what a later run resumes (and it does,
+    once the store answers)."""
+    monkeypatch.setattr(s3, "READ_BACKOFF_S", 0.01)
+    rel = _blob_object(config, remote_set.name)
+    target_db = f"bkr_drop_{uuid.uuid4().hex[:8]}"
+    try:
+        with DroppingProxy(config.endpoint_url, rel, after_bytes=0, cuts=None) as proxy:
+            where = dataclasses.replace(config, endpoint_url=proxy.url)
+            with pytest.raises(StudyhubError) as err:
+                ops.restore_set(None, remote_set.name, source, target_db, config=where, jobs=2)
+        message = str(err.value)
+        assert "\n" not in message
+        assert (f"reading {remote_set.name}/{rel} from {config.target} failed "
+                f"{s3.READ_ATTEMPTS} times") in message, message
+        assert proxy.cut == s3.READ_ATTEMPTS == len(proxy.gets)
+        assert databases_like(cluster, target_db) == []  # nothing under the target's name
+        assert databases_like(cluster, f"{target_db}%") in ([], [f"{target_db}_restoring"])
+        ops.restore_set(None, remote_set.name, source, target_db, config=config, jobs=2)
+        assert table_rows(source, target_db) == table_rows(source, source.database)
+    finally:
+        drop(cluster, target_db, target_db + "_restoring")

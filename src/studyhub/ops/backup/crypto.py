@@ -204,11 +204,31 @@ class EncryptingWriter:
         self._thread.join(timeout=30)
 
 
+class _SourceErrors:
+    """``source`` as pyrage reads it, keeping the first error its reads raised: pyrage turns
+    an exception from a read into its own DecryptError ("header unreadable" …), which would
+    tell a dropped download or a truncated object as tampering."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.error: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.source.read(n)
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+
 class DecryptingReader(io.RawIOBase):
     """A read-only stream of the plaintext of age ciphertext read from ``source``. Reads
     ``source`` to its end (so a HashingReader there sees every byte); any failure —
-    decryption, authentication, the source's own check — is raised by the read that would
-    otherwise have returned the end of the stream, never as a silent short read."""
+    decryption, authentication, the source's own check or read — is raised by the read that
+    would otherwise have returned the end of the stream, never as a silent short read. A
+    failure of the source itself (a download that kept dropping, a truncated object) is raised
+    as itself, not as the decryption error it caused."""
 
     def __init__(self, source: Any, identity: x25519.Identity, what: str) -> None:
         super().__init__()
@@ -224,12 +244,13 @@ class DecryptingReader(io.RawIOBase):
         self._thread.start()
 
     def _run(self, source: Any, identity: x25519.Identity) -> None:
+        recorded = _SourceErrors(source)
         try:
-            pyrage.decrypt_io(source, self._wfile, [identity])
-            while source.read(1 << 20):  # the rest (none for a good object): hashed, checked
+            pyrage.decrypt_io(recorded, self._wfile, [identity])
+            while recorded.read(1 << 20):  # the rest (none for a good object): hashed, checked
                 pass
         except BaseException as exc:  # noqa: BLE001 - raised by the reader's last read
-            self.error = exc
+            self.error = recorded.error or exc
         finally:
             try:
                 self._wfile.close()

@@ -46,7 +46,8 @@ from studyhub.ops.backup.setformat import BackupError
 from studyhub.profiles import BackupConfig
 
 MIB = 1 << 20
-READ_ATTEMPTS = 5
+READ_ATTEMPTS = 5  # tries of one read without progress (each reopens with a ranged GET)
+READ_BACKOFF_S = 0.5  # first wait before reopening; doubles, at most 8 s
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # fullmatch
 _PREFIX_RE = re.compile(r"[A-Za-z0-9._=+-]+(/[A-Za-z0-9._=+-]+)*")  # fullmatch
 _STREAM_ERRORS = (bex.ReadTimeoutError, bex.ResponseStreamingError, bex.IncompleteReadError,
@@ -281,7 +282,9 @@ class S3Store:
 
 class ObjectReader:
     """An object's bytes as a stream; a dropped connection resumes from the next byte with a
-    ranged GET of the same version (``If-Match`` its ETag), up to READ_ATTEMPTS times."""
+    ranged GET of the same version (``If-Match`` its ETag). One read gives up after
+    READ_ATTEMPTS tries that bring no byte (backoff READ_BACKOFF_S, doubling, at most 8 s); a
+    connection that drops again after some progress starts a new count."""
 
     def __init__(self, store: S3Store, rel: str) -> None:
         self.store, self.rel = store, rel
@@ -316,7 +319,7 @@ class ObjectReader:
                 return data
             except _STREAM_ERRORS:
                 self.close()
-                time.sleep(min(8.0, 0.5 * 2 ** attempt))
+                time.sleep(min(8.0, READ_BACKOFF_S * 2 ** attempt))
         raise BackupError(f"reading {self.rel} from {self.store.url} failed {READ_ATTEMPTS} "
                           f"times (the connection kept dropping at byte {self.pos})")
 
