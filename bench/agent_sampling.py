@@ -4,10 +4,13 @@ stores per day at 200 connections.
 One run, one throwaway local cluster (max_connections raised to 260), baselines in the same
 run:
 
-1. Throughput: pgbench (TPC-B-like, ``-c CLIENTS -j 2 -M prepared``) on its own database,
-   ROUNDS rounds of "sampling off" and "sampling every 1 s" (``ops.history.take_sample`` as
-   the ops role, as the agent runs it, but 10× as often as its default), the order alternating
-   each round. Printed: TPS of each run, the median on/off ratio and the cost in %.
+1. Throughput: one pgbench run (TPC-B-like, ``-c CLIENTS -j 2 -M prepared -P 1``) on its own
+   database, cut into 2 × ROUNDS + 1 blocks of BLOCK_S seconds: sampling every 1 s
+   (``ops.history.take_sample`` as the ops role, as the agent runs it, but 10× as often as its
+   default) in every other block, off in the rest. Each "on" block's throughput is compared
+   with the "off" blocks on either side of it (the shared machine's slower swings cancel out;
+   separate runs of 10 s differed by ±50% here). Printed: each pair, the median on/off ratio
+   and the cost in %.
 2. The sampler's CPU: its server backend's CPU time (from /proc, we run as root) and this
    process's CPU per sample, as a share of one core at 1 s and at the default 10 s.
 3. Storage at 200 connections: 200 open client connections (idle, busy, idle in transaction,
@@ -17,7 +20,7 @@ run:
 
 Everything shares this machine's cores (pgbench client included): read the ratios.
 
-Run: scripts/uv run python bench/agent_sampling.py [DURATION_S] [ROUNDS] [CLIENTS]
+Run: scripts/uv run python bench/agent_sampling.py [BLOCK_S] [ROUNDS] [CLIENTS]
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ from tests.conftest import connect_as  # noqa: E402
 
 os.environ["STUDYHUB_HOME"] = str(home)  # tests.conftest clears STUDYHUB_* on import
 
-DURATION_S = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+BLOCK_S = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 30
 CLIENTS = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 SAMPLES = 60
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
@@ -98,25 +101,51 @@ def pgbench(env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
-def throughput(profile, env) -> tuple[list[tuple[float, float]], list[Sampler]]:
-    pairs, samplers = [], []
-    for r in range(ROUNDS):
-        order = ("off", "on") if r % 2 == 0 else ("on", "off")
-        tps = {}
-        for mode in order:
-            args = ("-c", str(CLIENTS), "-j", "2", "-M", "prepared", "-T", str(DURATION_S),
-                    "-n", "bench")
-            if mode == "on":
-                with Sampler(profile, 1.0) as s:
-                    out = pgbench(env, *args)
-                samplers.append(s)
-            else:
-                out = pgbench(env, *args)
-            tps[mode] = float(re.search(r"tps = ([\d.]+)", out).group(1))
-        pairs.append((tps["off"], tps["on"]))
-        print(f"  round {r + 1}: off {tps['off']:8.1f} tps   on (1 s) {tps['on']:8.1f} tps   "
-              f"on/off {tps['on'] / tps['off']:.3f}", flush=True)
-    return pairs, samplers
+class ToggledSampler(Sampler):
+    """Samples every second during "on" blocks of BLOCK_S seconds and not at all during the
+    "off" blocks between them (block 0 off, 1 on, 2 off, ...), counted from ``t0`` (epoch)."""
+
+    def __init__(self, profile, t0: float) -> None:
+        super().__init__(profile, 1.0)
+        self.t0 = t0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = time.time()
+            if int((now - self.t0) // BLOCK_S) % 2 == 1:
+                t0 = time.thread_time()
+                history.take_sample(self.conn)
+                self.client_cpu_s += time.thread_time() - t0
+                self.samples += 1
+            self.stop.wait(1.0 - (time.time() - self.t0) % 1.0)
+
+
+def throughput(profile, env) -> tuple[list[float], Sampler, int]:
+    """One pgbench run of ROUNDS × 2 blocks; per-second throughput from ``-P 1``; each "on"
+    block compared with the mean of the "off" blocks on either side of it, so that the
+    machine's slower drifts (other work on the shared cores) cancel out."""
+    blocks = 2 * ROUNDS + 1
+    t0 = time.time() + 0.5
+    with ToggledSampler(profile, t0) as sampler:
+        out = subprocess.run(
+            [PGBENCH, "-c", str(CLIENTS), "-j", "2", "-M", "prepared", "-T",
+             str(int(blocks * BLOCK_S + 1)), "-P", "1", "--progress-timestamp", "-n", "bench"],
+            env=env, capture_output=True, text=True, check=True)
+    per_block: dict[int, list[float]] = {}
+    for ts, tps in re.findall(r"progress: ([\d.]+) s, ([\d.]+) tps", out.stderr):
+        end = float(ts) - t0
+        first, last = int((end - 1) // BLOCK_S), int(end // BLOCK_S)
+        if first == last and 0 <= first < blocks:  # seconds wholly inside one block
+            per_block.setdefault(first, []).append(float(tps))
+    mean = {b: statistics.fmean(v) for b, v in per_block.items() if v}
+    ratios = []
+    for b in range(1, blocks, 2):
+        if b in mean and b - 1 in mean and b + 1 in mean:
+            off = (mean[b - 1] + mean[b + 1]) / 2
+            ratios.append(mean[b] / off)
+            print(f"  block {b // 2 + 1}: on (1 s) {mean[b]:8.1f} tps   off around it "
+                  f"{off:8.1f} tps   on/off {mean[b] / off:.3f}", flush=True)
+    return ratios, sampler, len(mean)
 
 
 def history_bytes(profile) -> int:
@@ -204,16 +233,13 @@ def main() -> None:
     pgbench(env, "-i", "-s", "10", "-q", "bench")
     pgbench(env, "-c", str(CLIENTS), "-j", "2", "-T", "5", "-n", "bench")  # warm up
     try:
-        print(f"1. throughput: pgbench -c {CLIENTS} -T {DURATION_S}, {ROUNDS} rounds, "
-              "sampling off vs every 1 s", flush=True)
-        pairs, samplers = throughput(profile, env)
-        ratios = [on / off for off, on in pairs]
+        print(f"1. throughput: one pgbench -c {CLIENTS} run, {2 * ROUNDS + 1} blocks of "
+              f"{BLOCK_S} s, sampling every 1 s in every other block", flush=True)
+        ratios, s, nblocks = throughput(profile, env)
         med = statistics.median(ratios)
-        print(f"   median on/off {med:.3f}  →  cost {100 * (1 - med):+.2f}% "
-              f"(min ratio {min(ratios):.3f}, max {max(ratios):.3f})")
-        n = sum(s.samples for s in samplers)
-        server = sum(s.server_cpu_s for s in samplers)
-        client = sum(s.client_cpu_s for s in samplers)
+        print(f"   median on/off {med:.3f}  →  cost {100 * (1 - med):+.2f}% over {len(ratios)} "
+              f"on blocks (min ratio {min(ratios):.3f}, max {max(ratios):.3f})")
+        n, server, client = s.samples, s.server_cpu_s, s.client_cpu_s
         print(f"2. sampler CPU under load ({n} samples): server backend "
               f"{1000 * server / n:.2f} ms/sample, this process {1000 * client / n:.2f} "
               f"ms/sample  →  {100 * (server + client) / n:.2f}% of one core at 1 s, "
