@@ -21,10 +21,10 @@ app = typer.Typer(help="The always-on agent: scheduled doctor, history sampling,
                        "backups, prune, drills; its status.", no_args_is_help=True)
 
 ProfilesOpt = Annotated[list[str] | None, typer.Option(
-    "--profile", "-p", help="A profile to watch (repeatable; default: [agent] profiles).",
+    "--profile", "-p", help=r"A profile to watch (repeatable; default: \[agent] profiles).",
     show_default=False)]
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="The studyhub.toml to read [agent] from (default $STUDYHUB_CONFIG or "
+    "--config", help=r"The studyhub.toml to read \[agent] from (default $STUDYHUB_CONFIG or "
                      "./studyhub.toml).", show_default=False)]
 
 
