@@ -354,6 +354,7 @@ def upgrade(profile: Profile, to: str = "head", *, database: str | None = None,
     findings go to the audit line). Audited as ``migrate.up`` (revisions before and after,
     attempts, the gate) or ``migrate.up.failed`` (reason — ``lint_errors`` for the gate's
     refusal —, attempts, blocking pids)."""
+    _interval(lock_timeout)  # bad input first, before anything connects
     unsafe_reason = check_unsafe_reason(profile, unsafe_reason)
     profile.require_changes_allowed(f"upgrade to {to}")
     with _audited_migration("migrate.up", profile, database, target=to) as line:
