@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,7 @@ from studyhub.cli.common import (
     profile_from,
     to_jsonable,
 )
+from studyhub.errors import StudyhubError
 from studyhub.humanize import human_bytes
 from studyhub.ops import migrate
 
@@ -96,19 +99,34 @@ def up(
     retry_wait: Annotated[float, typer.Option(
         "--retry-wait", help="Seconds before the first retry; doubles each time (max 30 s).")
     ] = 1.0,
+    versions_dir: VersionsDirOpt = None,
+    unsafe: Annotated[str | None, typer.Option(
+        "--unsafe", metavar="REASON", help="Apply even though lint finds unacknowledged errors "
+        "in the pending migrations, once; the reason (at least 10 characters) and the findings "
+        "go to the audit log. Refused on production unless named with --profile.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Upgrade the database to head (or --to REV). Each statement waits at most
-    --lock-timeout for its lock; on a lock timeout the sessions that blocked it are shown and
-    the migration is retried with backoff. Invalid indexes a failed attempt left are dropped.
-    Refused on a read-only profile, and on production unless named with --profile."""
+    """Upgrade the database to head (or --to REV). First lints exactly the pending migrations
+    and refuses unacknowledged errors before connecting for writing (each named with its
+    file:line and the LINT_ACK that would allow it; --unsafe "reason" overrides once). Each
+    statement waits at most --lock-timeout for its lock; on a lock timeout the sessions that
+    blocked it are shown and the migration is retried with backoff. Invalid indexes a failed
+    attempt left are dropped. Refused on a read-only profile, and on production unless named
+    with --profile."""
     prof = profile_from(profile)
     result = migrate.upgrade(prof, to, database=database, lock_timeout=lock_timeout,
                              retries=retries, backoff_s=retry_wait,
-                             on_attempt=_attempt_printer(json_))
+                             on_attempt=_attempt_printer(json_), unsafe_reason=unsafe,
+                             extra_versions=versions_dir or ())
     if json_:
         print_json(result)
         return
+    if result.gate is not None and result.gate.blocking:
+        console.print(Text(f"applied despite {len(result.gate.blocking)} unacknowledged lint "
+                           f"error(s) (--unsafe: {result.gate.unsafe_reason}; audited):",
+                           style="yellow"))
+        for f in result.gate.blocking:
+            console.print(f"  {migrate.gate.describe(f)}")
     for note in result.notes:
         console.print(f"  {note}")
     _show(result, "upgraded")
@@ -216,6 +234,13 @@ def ops_report_dict(report: migrate.DriftReport) -> dict:
 
 
 # --------------------------------------------------------------------------- lint
+class LintFormat(str, Enum):
+    text = "text"
+    json = "json"
+    github = "github"
+    sarif = "sarif"
+
+
 def _lint_dict(report: migrate.lint.LintReport) -> dict:
     return {
         "range": report.rev_range, "direction": report.direction,
@@ -240,11 +265,17 @@ def lint(
     downgrade: Annotated[bool, typer.Option(
         "--downgrade", help="Lint the migrations' downgrades (newest first, as `migrate down` "
         "runs them) instead of their upgrades; acknowledged in LINT_ACK_DOWNGRADE.")] = False,
+    format_: Annotated[LintFormat | None, typer.Option(
+        "--format", help="text (default), json (= --json), github (GitHub Actions workflow "
+        "commands: annotations on the migration's lines) or sarif (SARIF 2.1.0 for code "
+        "scanning). The exit code is the same in every format.", show_default=False)] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Lint the SQL each migration runs (pglast + squawk + schema-aware rules). Exit 1 when a
     finding is an error that the migration does not acknowledge in LINT_ACK (downgrades:
     LINT_ACK_DOWNGRADE)."""
+    fmt = _lint_format(format_, json_)
+    json_ = fmt == "json"
     if rules:
         if json_:
             print_json(migrate.lint.rules())
@@ -261,12 +292,26 @@ def lint(
     prof = profile_from(profile) if profile else None
     report = migrate.lint.lint(rev_range, profile=prof, database=database,
                                extra_versions=versions_dir or (), downgrade=downgrade)
-    if json_:
+    if fmt == "json":
         print_json(_lint_dict(report))
+    elif fmt == "sarif":
+        print_json(migrate.lint.ci.sarif(report))
+    elif fmt == "github":
+        for command in migrate.lint.ci.github_commands(report):  # literally, never wrapped
+            sys.stdout.write(command + "\n")
+        sys.stdout.flush()
+        _render_summary(report)
     else:
         _render_lint(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _lint_format(format_: LintFormat | None, json_: bool) -> str:
+    if format_ is not None and json_ and format_.value != "json":
+        raise StudyhubError(f"--json and --format {format_.value} contradict each other; "
+                            "use one")
+    return format_.value if format_ is not None else ("json" if json_ else "text")
 
 
 def _render_lint(report: migrate.lint.LintReport) -> None:
@@ -301,6 +346,10 @@ def _render_lint(report: migrate.lint.LintReport) -> None:
             console.print(f"  {rev} {rule} ×{len(group)}"
                           + (f" ({', '.join(tables)})" if tables else "")
                           + f": {group[0].acknowledged or ''}")
+    _render_summary(report)
+
+
+def _render_summary(report: migrate.lint.LintReport) -> None:
     colour = "green" if report.ok else "red"
     sizes = f"; sizes from {report.sizes_from}" if report.sizes_from else ""
     what = "downgrade(s)" if report.direction == "downgrade" else "migration(s)"

@@ -11,6 +11,8 @@ Migrations", and what keeps a migration from locking the app out.
 - ``statements``: each migration's SQL rendered offline and parsed, and the table locks each
   statement takes;
 - ``lint``: the statements that would lock a busy table (rules, analyzer, squawk, LINT_ACK);
+- ``gate``: what ``upgrade`` checks first — lint of exactly the pending migrations, refusing
+  unacknowledged errors before connecting for writing (``unsafe_reason`` overrides, audited);
 - ``plan``: before applying, each statement's locks, how long they are held, table sizes;
 - ``roundtrip``: up → down → up on a throwaway database with a full schema comparison.
 
@@ -18,7 +20,7 @@ Callers use this surface: ``from studyhub.ops import migrate`` then ``migrate.up
 ``migrate.lint.lint(...)``, ``migrate.plan.plan(...)``, ``migrate.roundtrip.roundtrip(...)``.
 """
 
-from studyhub.ops.migrate import lint, plan, roundtrip, statements
+from studyhub.ops.migrate import gate, lint, plan, roundtrip, statements
 from studyhub.ops.migrate.apply import (
     Attempt,
     LockTimeoutError,
@@ -31,6 +33,7 @@ from studyhub.ops.migrate.apply import (
     upgrade,
 )
 from studyhub.ops.migrate.drift import DriftReport, compare, new_revision
+from studyhub.ops.migrate.gate import GateResult, UnsafeMigrationError
 from studyhub.ops.migrate.revisions import (
     DEFAULT_LOCK_TIMEOUT,
     ExtraVersions,
@@ -44,7 +47,8 @@ from studyhub.ops.migrate.revisions import (
 )
 
 __all__ = [
-    "DEFAULT_LOCK_TIMEOUT", "Attempt", "DriftReport", "ExtraVersions", "LockTimeoutError",
+    "DEFAULT_LOCK_TIMEOUT", "Attempt", "DriftReport", "ExtraVersions", "GateResult",
+    "LockTimeoutError", "UnsafeMigrationError", "gate",
     "MigrationError", "MigrationResult", "RevisionInfo", "compare", "current",
     "describe_downgrade", "downgrade", "downgrade_plan", "heads", "history", "invalid_indexes",
     "lint", "migration_connection", "new_revision", "next_revision_id", "plan", "roundtrip",

@@ -29,6 +29,14 @@ from studyhub.db import migration_helpers
 from studyhub.durations import parse_timeout
 from studyhub.errors import RefusedError, StudyhubError
 from studyhub.ops.blockers import Blocker, BlockerWatcher
+from studyhub.ops.migrate.gate import (
+    REFUSED_BEFORE,
+    GateResult,
+    UnsafeMigrationError,
+    audit_details,
+    check_unsafe_reason,
+    gate,
+)
 from studyhub.ops.migrate.revisions import (
     DEFAULT_LOCK_TIMEOUT,
     ExtraVersions,
@@ -71,6 +79,7 @@ class MigrationResult:
     steps: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what migration helpers reported
+    gate: GateResult | None = None  # upgrade: what the gate linted (and what was overridden)
 
 
 @contextmanager
@@ -312,6 +321,8 @@ def _failure_details(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, LockTimeoutError):
         return {"reason": "lock_timeout", "attempts": len(exc.attempts),
                 "blocking_pids": sorted({b.pid for a in exc.attempts for b in a.blockers})}
+    if isinstance(exc, UnsafeMigrationError):  # the gate refused; nothing connected to write
+        return {"reason": "lint_errors", "refused": REFUSED_BEFORE}
     return {"reason": "error"}
 
 
@@ -332,17 +343,31 @@ def _audited_migration(action: str, profile: Profile, database: str | None,
 def upgrade(profile: Profile, to: str = "head", *, database: str | None = None,
             lock_timeout: str = DEFAULT_LOCK_TIMEOUT, retries: int = 0, backoff_s: float = 1.0,
             max_backoff_s: float = 30.0, on_attempt: Progress | None = None,
-            extra_versions: ExtraVersions = ()) -> MigrationResult:
+            extra_versions: ExtraVersions = (),
+            unsafe_reason: str | None = None) -> MigrationResult:
     """Upgrade to ``to`` (see ``run_unaudited`` for timeouts and retries). Refused before
     connecting on a read-only profile, and on production unless it was named explicitly.
-    Audited as ``migrate.up`` (revisions before and after, attempts) or ``migrate.up.failed``
-    (reason, attempts, blocking pids)."""
+
+    First the gate (``gate.gate``) lints the pending migrations, reading only; unacknowledged
+    errors raise ``UnsafeMigrationError`` before anything connects for writing, unless
+    ``unsafe_reason`` overrides them (refused on production unless named; the reason and the
+    findings go to the audit line). Audited as ``migrate.up`` (revisions before and after,
+    attempts, the gate) or ``migrate.up.failed`` (reason — ``lint_errors`` for the gate's
+    refusal —, attempts, blocking pids)."""
+    _interval(lock_timeout)  # bad input first, before anything connects
+    unsafe_reason = check_unsafe_reason(profile, unsafe_reason)
     profile.require_changes_allowed(f"upgrade to {to}")
     with _audited_migration("migrate.up", profile, database, target=to) as line:
+        checked = gate(profile, to, database=database, extra_versions=extra_versions,
+                       unsafe_reason=unsafe_reason)
+        line.update(audit_details(checked))
+        if not checked.allowed:
+            raise UnsafeMigrationError(checked)
         result = run_unaudited(profile, command.upgrade, to, database, lock_timeout,
                                retries=retries, backoff_s=backoff_s,
                                max_backoff_s=max_backoff_s, on_attempt=on_attempt,
                                extra_versions=extra_versions)
+        result.gate = checked
         line.update(from_revisions=result.from_revisions, to_revisions=result.to_revisions,
                     attempts=len(result.attempts))
     return result

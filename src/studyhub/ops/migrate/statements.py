@@ -14,10 +14,12 @@ statement kind are one mapping, read side by side; split, neither half stands al
 from __future__ import annotations
 
 import io
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pglast
 from alembic import command
@@ -93,6 +95,8 @@ class Statement:
     node: Any = field(repr=False, compare=False, default=None)
     start: int = field(repr=False, compare=False, default=0)  # char offsets in lint_sql
     end: int = field(repr=False, compare=False, default=0)
+    # the line of the migration file whose call emitted it (None: Alembic's own statements)
+    source_line: int | None = None
 
 
 @dataclass
@@ -155,9 +159,11 @@ def render_migrations(rev_range: str | None = None, *,
         down = rev.down_revision
         if isinstance(down, (tuple, list)):
             down = down[0] if down else None
-        text = _render_one(rev.revision, down, tuple(str(p) for p in extra_versions),
-                           lock_timeout, Path(rev.path).stat().st_mtime_ns, downgrade)
-        rendered = parse_migration(rev.revision, text)
+        text, source_lines = _render_one(rev.revision, down,
+                                         tuple(str(p) for p in extra_versions), lock_timeout,
+                                         rev.path, Path(rev.path).stat().st_mtime_ns,
+                                         downgrade)
+        rendered = parse_migration(rev.revision, text, source_lines)
         rendered.direction = "downgrade" if downgrade else "upgrade"
         rendered.down_revision = down
         rendered.message = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
@@ -167,11 +173,36 @@ def render_migrations(rev_range: str | None = None, *,
     return out
 
 
+class _SourceTracingBuffer(io.StringIO):
+    """Alembic's offline output that remembers, for each write (one statement each: Alembic's
+    ``static_output``), the line of the migration file whose call emitted it."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = os.path.realpath(source)
+        self.lines: list[tuple[int, int | None]] = []  # (byte offset of the write, line)
+        self._bytes = 0
+
+    def write(self, text: str) -> int:
+        line = None
+        frame = sys._getframe(1)
+        while frame is not None:
+            if os.path.realpath(frame.f_code.co_filename) == self.source:
+                line = frame.f_lineno
+                break
+            frame = frame.f_back
+        self.lines.append((self._bytes, line))
+        self._bytes += len(text.encode())
+        return super().write(text)
+
+
 @lru_cache(maxsize=256)
 def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_timeout: str,
-                _mtime: int, downgrade: bool = False) -> str:
+                source: str, _mtime: int, downgrade: bool = False
+                ) -> tuple[str, tuple[tuple[int, int | None], ...]]:
+    """The migration's offline SQL, and (byte offset, line of ``source``) of each write."""
     cfg = alembic_config(extra, lock_timeout=lock_timeout)
-    buf = io.StringIO()
+    buf = _SourceTracingBuffer(source)
     cfg.output_buffer = buf
     try:
         if downgrade:
@@ -185,7 +216,7 @@ def _render_one(revision: str, down: str | None, extra: tuple[str, ...], lock_ti
             "(a migration that reads the database must skip that in offline mode: "
             "op.get_context().as_sql)"
         ) from None
-    return buf.getvalue()
+    return buf.getvalue(), tuple(buf.lines)
 
 
 def _touches_alembic_version(node) -> bool:
@@ -193,26 +224,39 @@ def _touches_alembic_version(node) -> bool:
     return isinstance(rel, ast.RangeVar) and rel.relname == "alembic_version"
 
 
-def parse_migration(revision: str, sql_text: str) -> RenderedMigration:
-    """Split and parse one migration's offline SQL; track transactions."""
+def _source_line(source_lines, byte_offset: int) -> int | None:
+    """The migration file's line that wrote the byte at ``byte_offset`` of the output."""
+    found = None
+    for start, line in source_lines:
+        if start > byte_offset:
+            break
+        found = line
+    return found
+
+
+def parse_migration(revision: str, sql_text: str,
+                    source_lines: Sequence[tuple[int, int | None]] = ()) -> RenderedMigration:
+    """Split and parse one migration's offline SQL; track transactions. ``source_lines``
+    (from the render) map the output back to the migration file's lines."""
     data = sql_text.encode()
     try:
         raw = pglast.parse_sql(sql_text)
     except pglast.parser.ParseError as exc:
         return RenderedMigration(revision, None, "", "", sql_text, "", [], parse_error=str(exc))
-    pieces: list[tuple[str, Any]] = []
+    pieces: list[tuple[str, Any, int | None]] = []
     for r in raw:
         end = r.stmt_location + r.stmt_len if r.stmt_len else len(data)
         text = data[r.stmt_location:end].decode().strip().rstrip(";").strip()
         if _touches_alembic_version(r.stmt):
             continue
-        pieces.append((text, r.stmt))
+        # the statement's last byte is surely in the write that emitted it
+        pieces.append((text, r.stmt, _source_line(source_lines, max(end - 1, 0))))
     statements: list[Statement] = []
     lint_parts: list[str] = []
     offset = 0
     in_tx = False
     tx_no = 0
-    for text, node in pieces:
+    for text, node, source_line in pieces:
         if isinstance(node, ast.TransactionStmt):
             kind = node.kind
             if kind in (enums.TransactionStmtKind.TRANS_STMT_BEGIN,
@@ -226,7 +270,7 @@ def parse_migration(revision: str, sql_text: str) -> RenderedMigration:
         line = "".join(lint_parts).count("\n") + 1
         statements.append(Statement(revision, len(statements) + 1, text, line,
                                     type(node).__name__, in_tx, tx_no if in_tx else None, node,
-                                    offset, offset + len(text)))
+                                    offset, offset + len(text), source_line))
         lint_parts.append(piece)
         offset += len(piece)
     return RenderedMigration(revision, None, "", "", sql_text, "".join(lint_parts), statements)

@@ -23,16 +23,20 @@ rule id (or ``"rule:table"``) to the reason it is acceptable there::
 An acknowledged finding is reported but is not an error. An ack without a reason, or naming an
 unknown rule, is an error; an ack that matches nothing is a warning (stale acks hide nothing).
 
+CI output (``ci``): ``github_commands`` (workflow commands: annotations on the migration's
+lines) and ``sarif`` (SARIF 2.1.0 for code scanning).
+
 Public surface: ``lint`` → ``LintReport`` (of ``Finding`` and ``Cleared``), ``rules()`` /
 ``RULES``, ``SQUAWK_EXCLUDED`` (squawk rules not run, and why), ``ack_attribute``.
 """
 
+from studyhub.ops.migrate.lint import ci
 from studyhub.ops.migrate.lint.acks import ack_attribute
 from studyhub.ops.migrate.lint.report import LintReport, lint
 from studyhub.ops.migrate.lint.rules import ERROR, RULES, WARNING, Cleared, Finding, Rule, rules
 from studyhub.ops.migrate.lint.squawk import SQUAWK_EXCLUDED, squawk_version
 
 __all__ = [
-    "ERROR", "RULES", "SQUAWK_EXCLUDED", "WARNING", "Cleared", "Finding", "LintReport", "Rule",
+    "ERROR", "RULES", "ci", "SQUAWK_EXCLUDED", "WARNING", "Cleared", "Finding", "LintReport", "Rule",
     "ack_attribute", "lint", "rules", "squawk_version",
 ]

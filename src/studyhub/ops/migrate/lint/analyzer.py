@@ -63,7 +63,8 @@ class Analyzer:
         rows, size = self.sizes.get(table or "", (None, None))
         self.findings.append(Finding(
             m.revision, m.path, st.number, st.line, st.sql, rule, r.severity, table,
-            why, r.recipe, table_rows=rows, table_bytes=size, direction=m.direction))
+            why, r.recipe, table_rows=rows, table_bytes=size, direction=m.direction,
+            source_line=st.source_line))
 
     def clear(self, m: ms.RenderedMigration, st: ms.Statement, rule: str, reason: str) -> None:
         self.cleared.setdefault((m.revision, st.number), {})[rule] = reason

@@ -186,6 +186,9 @@ class Finding:
     acknowledged: str | None = None  # the LINT_ACK reason
     places: int = 1  # squawk: how many places in the statement (e.g. columns) it flagged
     direction: str = "upgrade"  # upgrade | downgrade: which function of the migration
+    # the line of the migration file (path) the statement comes from, or its LINT_ACK's line;
+    # None for statements Alembic itself adds
+    source_line: int | None = None
 
     @property
     def blocking(self) -> bool:

@@ -172,5 +172,6 @@ def merge_squawk(m, st, item, findings, analyzer: Analyzer, cleared, sizes) -> N
         m.revision, m.path, st.number, st.line, st.sql, rule,
         ERROR if rule in SQUAWK_ERRORS else WARNING, table,
         (item.get("message") or "").strip(), help_text or "see squawk's documentation",
-        source="squawk", table_rows=rows, table_bytes=size, direction=m.direction))
+        source="squawk", table_rows=rows, table_bytes=size, direction=m.direction,
+        source_line=st.source_line))
 
