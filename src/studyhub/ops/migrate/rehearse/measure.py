@@ -98,7 +98,12 @@ class _Recorder:
             return
         sql, started = self.open
         self.open = None
-        if "alembic_version" in sql:  # Alembic stamps a revision after its statements
+        head = " ".join(sql.split()[:3]).upper()
+        if "ALEMBIC_VERSION" in sql.upper() and not head.startswith(("UPDATE ALEMBIC_VERSION",
+                                                                      "INSERT INTO ALEMBIC_VERSION")):
+            return  # Alembic's own bookkeeping (reading the version, creating its table)
+        if head.startswith(("UPDATE ALEMBIC_VERSION", "INSERT INTO ALEMBIC_VERSION")):
+            # Alembic stamps a revision right after its statements
             rev = self.pending[0] if self.pending else "?"
             for m in self.buffered:
                 m.revision = rev
@@ -142,7 +147,7 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
     finally:
         event.remove(Engine, "before_cursor_execute", rec.before)
         event.remove(Engine, "after_cursor_execute", rec.after)
-    statements = rec.statements + ([failed] if failed else [])
+    statements = rec.statements + (rec.buffered + [failed] if failed else [])
     return Measurement(profile.endpoint("app", database).database, revisions, statements,
                        WorkloadStats(0, 0, 0.0, 0.0, 0.0),
                        round(time.monotonic() - started, 3), failed)
