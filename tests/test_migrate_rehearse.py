@@ -128,6 +128,7 @@ def test_the_table_shows_the_plan_statements_and_verdict(cli, source):
     assert "verdict: pass" in res.stdout and ": removed;" in res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(STUB_ENGINE, strict=True,
                    reason="needs the measurement engine (helper M): the stub runs no workload")
 def test_a_blocking_migration_is_reported_with_its_measured_wait_and_fails(cli, source):
@@ -182,6 +183,7 @@ def _first(phase: str, trigger: str | None):
     return progress, seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase, trigger", [
     ("forking", "verifying the fork"),  # inside the backend: the fork runs already
     ("waiting", None),

@@ -230,6 +230,8 @@ def rehearse(profile: Profile, plan: RehearsalPlan, *, workload: WorkloadSpec | 
     workload = workload or plan.workload
     limits = limits or plan.thresholds
     backend = backend_for(profile)
+    if backend.provider == "local":  # a local fork checks its own recovery every 0.2 s
+        poll_interval_s = min(poll_interval_s, 0.2)
     database = plan.database if plan.database != profile.database else None
     with audited("migrate.rehearse", profile.name, provider=backend.provider,
                  database=plan.database, fork=plan.fork, revisions=plan.pending) as line:
