@@ -22,6 +22,7 @@ from studyhub.cli.common import (
     profile_from,
     to_jsonable,
 )
+from studyhub.cli.migrate_rehearse import rehearse as rehearse_command
 from studyhub.errors import StudyhubError
 from studyhub.humanize import human_bytes
 from studyhub.ops import migrate
@@ -457,3 +458,8 @@ def roundtrip(
         console.print(f"{result.objects_compared} schema objects compared")
     if not result.ok:
         raise typer.Exit(1)
+
+
+
+# --------------------------------------------------------------------------- rehearse
+app.command("rehearse")(rehearse_command)  # in cli/migrate_rehearse.py (this module is long)
