@@ -2,9 +2,10 @@
 -- migration's uncommitted catalog changes are visible): where the WAL is, the database's size
 -- on disk, each table's file node (a new one = the table was rewritten), planner row estimate,
 -- size from relpages, rows updated so far (flushed + this backend's pending counts), and the
--- relation locks this backend holds. Takes no lock on any table.
+-- relation locks this backend holds. (The WAL insert position: the write position stays put
+-- while an open transaction's WAL sits in the buffers.) Takes no lock on any table.
 SELECT
-    pg_current_wal_lsn()::text                                      AS wal_lsn,
+    pg_current_wal_insert_lsn()::text                               AS wal_lsn,
     pg_database_size(current_database())                            AS database_bytes,
     coalesce((
         SELECT json_agg(json_build_array(

@@ -8,7 +8,7 @@ lock timeout is reported as one). Around every statement the migration's connect
 ``get_migration_statement_snapshot`` — so the migration's own uncommitted catalog changes are
 seen — giving per statement:
 
-- ``wal_bytes``: WAL the server wrote while it ran (pg_current_wal_lsn difference; server-wide,
+- ``wal_bytes``: WAL the server wrote while it ran (pg_current_wal_insert_lsn difference; server-wide,
   so it includes the workload's own writes during the statement);
 - ``disk_growth_bytes``: pg_database_size difference (a rewrite's new files, before the old
   ones are unlinked at commit);
@@ -158,8 +158,8 @@ def _recorded(statement: str) -> bool:
 
 
 def _written_tables(statement: str) -> set[str]:
-    try:
-        nodes = pglast.parse_sql(statement)
+    try:  # bound parameters (%(name)s) as NULL, so that it parses
+        nodes = pglast.parse_sql(re.sub(r"%\(\w+\)s|%s", "NULL", statement))
     except Exception:
         return set()
     return {t for raw in nodes for t in migrate_statements.modified_tables(raw.stmt)}
@@ -300,7 +300,8 @@ class _Recorder:
             return
         if _STAMP.search(statement):
             m = _STAMP_REV.search(statement)
-            self._stamp(m.group(1) if m else None)
+            if m and re.match(r"\s*(UPDATE|INSERT)\b", statement, re.I):
+                self._stamp(m.group(1))
             return
         if not _recorded(statement):
             return
@@ -339,9 +340,11 @@ class _Recorder:
         if threading.get_ident() == self.thread:
             self.commits.append(time.monotonic())
 
-    def _stamp(self, revision: str | None) -> None:
+    def _stamp(self, revision: str) -> None:
+        """Alembic wrote ``revision`` into alembic_version: the statements since the last
+        stamp were that revision's."""
         for ex in self.unstamped:
-            ex.revision = revision or ex.revision
+            ex.revision = revision
         self.unstamped = []
         if revision in self.pending:
             self.rev_pointer = self.pending.index(revision) + 1

@@ -7,8 +7,9 @@
   before the start.
 - ``top``: the app role's top statements of pg_stat_statements (read as the ops role), replayed
   with generic parameters (1 for numbers, '' for text, true for booleans, NULL otherwise). Only
-  plain SELECTs are replayed: no FOR UPDATE/SHARE, no data-modifying CTE, no call of a VOLATILE
-  function; everything else is skipped (and counted in ``skipped``).
+  plain SELECTs reading at least one app table are replayed: no FOR UPDATE/SHARE, no
+  data-modifying CTE, no call of a VOLATILE function, no catalog-only question (the tools'
+  own); everything else is skipped (and counted in ``skipped``).
 
 Each request's latency and error is recorded with its start and end time; the caller keeps the
 requests that overlap the migration. ``pids`` are the workload's backends, so the lock watcher
@@ -62,6 +63,13 @@ class _Unsafe(Visitor):
     def __init__(self, volatile: set[str]) -> None:
         super().__init__()
         self.volatile, self.reason = volatile, None
+        self.app_tables = 0
+
+    def visit_RangeVar(self, ancestors, node):  # noqa: N802
+        schema, name = node.schemaname or "", node.relname or ""
+        if schema not in ("pg_catalog", "information_schema") and not name.startswith("pg_") \
+                and name != "alembic_version":
+            self.app_tables += 1
 
     def visit_SelectStmt(self, ancestors, node):  # noqa: N802 (pglast's visitor names)
         if node.lockingClause:
@@ -89,6 +97,8 @@ def replay_check(text: str, volatile: set[str]) -> Replayable:
         return Replayable(text, "not a SELECT")
     check = _Unsafe(volatile)
     check(stmts[0].stmt)
+    if check.reason is None and not check.app_tables:
+        check.reason = "reads no app table"
     return Replayable(text, check.reason)
 
 
@@ -105,15 +115,19 @@ def generic_value(type_name: str) -> sql.Composable:
 
 
 def top_statements(profile: Profile, database: str | None, n: int) -> list[Replayable]:
-    """The app role's ``n`` statements with the most total execution time, each with why it
-    is not replayed (or None)."""
+    """The app role's statements by total execution time, until ``n`` replayable ones: those
+    and the ones skipped on the way (each with why)."""
     app_user = profile.endpoint("app", database).user
     with connect(profile, "ops", database=database, autocommit=True,
                  application_name=APP_NAME) as conn:
         volatile = {r[0] for r in conn.execute(load("get_volatile_function_names")).fetchall()}
         rows = conn.execute(load("get_statement_stats")).fetchall()
-    texts = [r[2] for r in rows if r[1] == app_user and r[2]][:n]
-    return [replay_check(t, volatile) for t in texts]
+    out: list[Replayable] = []
+    for text in (r[2] for r in rows if r[1] == app_user and r[2]):
+        out.append(replay_check(text, volatile))
+        if sum(1 for r in out if r.reason_skipped is None) >= n:
+            break
+    return out
 
 
 # --------------------------------------------------------------------------- the clients
