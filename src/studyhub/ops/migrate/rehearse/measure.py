@@ -39,10 +39,11 @@ from alembic import command
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from studyhub.connect import ConnectError, connect, first_line
+from studyhub.connect import connect, first_line
 from studyhub.errors import StudyhubError
 from studyhub.ops.migrate import statements as migrate_statements
 from studyhub.ops.migrate.apply import run_unaudited
+from studyhub.ops.migrate.rehearse.watch import LockWatcher, Wait, mode_name
 from studyhub.ops.migrate.rehearse.workload import Request, Workload, WorkloadSpec
 from studyhub.ops.migrate.revisions import (
     DEFAULT_LOCK_TIMEOUT,
@@ -116,11 +117,6 @@ class Measurement:
 
 
 # --------------------------------------------------------------------------- helpers
-def _mode_name(pg_mode: str) -> str:
-    """pg_locks' 'ShareUpdateExclusiveLock' → 'SHARE UPDATE EXCLUSIVE'."""
-    return " ".join(w.upper() for w in re.findall(r"[A-Z][a-z]+", pg_mode.replace("Lock", "")))
-
-
 def _strength(mode: str) -> int:
     try:
         return migrate_statements.strength(mode)
@@ -186,94 +182,11 @@ class _Exec:
     error: str | None = None
 
 
-@dataclass
-class _Episode:
-    pid: int
-    mode: str
-    obj: str
-    wait_started: float | None
-    waited_s: float
-    seq: int | None
-
-
-class _Watcher:
-    def __init__(self, profile: Profile, database: str | None, interval_s: float) -> None:
-        self.profile, self.database, self.interval_s = profile, database, interval_s
-        self.pid: int | None = None
-        self.current_seq: int | None = None
-        self.episodes: list[_Episode] = []
-        self._active: dict[int, _Episode] = {}
-        self.held: dict[tuple[str, str], list[Any]] = {}  # (rel, mode) → [first, last, seq]
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name="studyhub-rehearse-watcher")
-
-    def _connect(self):
-        last: Exception | None = None
-        for role in ("ops", "app"):
-            try:
-                return connect(self.profile, role, database=self.database, autocommit=True,
-                               application_name="studyhub migrate rehearse (lock watcher)")
-            except ConnectError as exc:
-                last = exc
-        raise last  # type: ignore[misc]
-
-    def _loop(self) -> None:
-        try:
-            with self._connect() as conn:
-                self._ready.set()
-                query = load("get_migration_lock_watch")
-                while not self._stop.is_set():
-                    if self.pid is not None:
-                        self._observe(conn.execute(query, {"pid": self.pid}).fetchall())
-                    self._stop.wait(self.interval_s)
-        except Exception as exc:  # the watcher must never break the migration
-            self.error = first_line(exc)
-        finally:
-            self._ready.set()
-
-    def _observe(self, rows) -> None:
-        now = time.monotonic()
-        seq = self.current_seq
-        seen: set[int] = set()
-        for kind, pid, mode, obj, waited_s, wait_started in rows:
-            if kind == "held":
-                entry = self.held.setdefault((obj, _mode_name(mode)), [now, now, seq])
-                entry[1] = now
-                continue
-            seen.add(pid)
-            ep = self._active.get(pid)
-            if ep is not None and ep.wait_started is not None and wait_started is not None \
-                    and abs(ep.wait_started - wait_started) > 1e-6:
-                ep = None  # the same session, a new wait
-            if ep is None:
-                ep = _Episode(pid, _mode_name(mode), obj, wait_started, 0.0, seq)
-                self._active[pid] = ep
-                self.episodes.append(ep)
-            if ep.wait_started is None:
-                ep.wait_started = wait_started
-            ep.waited_s = max(ep.waited_s, waited_s or self.interval_s)
-        for pid in list(self._active):
-            if pid not in seen:
-                del self._active[pid]
-
-    def __enter__(self) -> "_Watcher":
-        self._thread.start()
-        self._ready.wait(timeout=15)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 # --------------------------------------------------------------------------- the measurement
 class _Recorder:
     """SQLAlchemy cursor events of the migration's connection (only on the calling thread)."""
 
-    def __init__(self, watcher: _Watcher, pending: list[str],
+    def __init__(self, watcher: LockWatcher, pending: list[str],
                  progress: Callable[[str], None] | None) -> None:
         self.thread = threading.get_ident()
         self.watcher, self.pending, self.progress = watcher, pending, progress
@@ -293,7 +206,7 @@ class _Recorder:
         return _Snapshot(row[0], int(row[1]),
                          {int(t[0]): (t[1], int(t[2]), int(t[3]), int(t[4]), int(t[5] or 0))
                           for t in tables},
-                         {(rel, _mode_name(mode)) for rel, mode in locks})
+                         {(rel, mode_name(mode)) for rel, mode in locks})
 
     def before(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if threading.get_ident() != self.thread:
@@ -403,7 +316,7 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
                            0.0, None, lock_timeout, ["no pending migrations"])
     say = progress or (lambda _m: None)
     load_ = Workload(profile, database, workload)
-    watcher = _Watcher(profile, database, interval_s)
+    watcher = LockWatcher(profile, database, interval_s)
     recorder = _Recorder(watcher, pending, progress)
     error: str | None = None
     say(f"starting the {workload.kind} workload ({workload.clients} clients)")
@@ -442,10 +355,10 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
                        round(time.monotonic() - started, 3), failed, lock_timeout, notes)
 
 
-def _assemble(rec: _Recorder, watcher: _Watcher, m_end: float, error: str | None,
+def _assemble(rec: _Recorder, watcher: LockWatcher, m_end: float, error: str | None,
               pending: list[str], workload_pids: set[int]
               ) -> tuple[list[StatementMeasure], StatementMeasure | None]:
-    by_seq: dict[int, list[_Episode]] = {}
+    by_seq: dict[int, list[Wait]] = {}
     for ep in watcher.episodes:
         seq = ep.seq if ep.seq is not None else (len(rec.execs) - 1 if rec.execs else None)
         if seq is not None:
@@ -493,14 +406,14 @@ def _lsn(value: str) -> int:
 
 
 def _measure_group(group: list[_Exec], index: int, rec: _Recorder,
-                   by_seq: dict[int, list[_Episode]],
+                   by_seq: dict[int, list[Wait]],
                    held_seen: dict[int, list[tuple[str, str, float, float]]],
                    m_end: float) -> StatementMeasure:
     wall = wal = disk = 0
     rewrote: dict[str, int] = {}
     rows = 0
     any_rows = False
-    episodes: list[_Episode] = []
+    episodes: list[Wait] = []
     best: tuple[str, str, float] | None = None  # (mode, relation, held_s)
     written = _written_tables(group[0].statement)
     for ex in group:
@@ -554,7 +467,7 @@ def _measure_group(group: list[_Exec], index: int, rec: _Recorder,
 
 
 def _workload_stats(requests: list[Request], spec: WorkloadSpec, pids: set[int],
-                    episodes: list[_Episode], m_start: float, m_end: float,
+                    episodes: list[Wait], m_start: float, m_end: float,
                     skipped: int = 0) -> WorkloadStats:
     during = [r for r in requests if r.started <= m_end and r.finished >= m_start]
     lat = sorted(r.finished - r.started for r in during)
