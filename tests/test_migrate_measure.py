@@ -152,3 +152,18 @@ def test_top_workload_replays_only_plain_selects(profile, busy_db, tmp_path):
 def test_replay_check(text, reason):
     assert replay_check(text, {"nextval", "random"}).reason_skipped == reason
 
+
+
+def test_each_statement_is_attributed_to_its_revision(profile, busy_db, tmp_path):
+    versions = tmp_path / "versions"
+    first = write_example(versions, 'op.execute("ALTER TABLE notes ADD COLUMN a integer")')
+    second = write_example(versions, 'op.execute("ALTER TABLE notes ADD COLUMN b integer")',
+                           down=first)
+    m = measure_migrations(profile, database=busy_db, extra_versions=[versions],
+                           workload=WorkloadSpec(clients=0))
+    assert m.revisions == [first, second]
+    assert [(s.revision, s.statement) for s in m.statements] == [
+        (first, "ALTER TABLE notes ADD COLUMN a integer"),
+        (second, "ALTER TABLE notes ADD COLUMN b integer")]
+    assert m.statements[0].lock_mode == "ACCESS EXCLUSIVE"
+    assert m.workload.requests == 0

@@ -358,15 +358,22 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
 def _assemble(rec: _Recorder, watcher: LockWatcher, m_end: float, error: str | None,
               pending: list[str], workload_pids: set[int]
               ) -> tuple[list[StatementMeasure], StatementMeasure | None]:
+    held_seen: dict[int, list[tuple[str, str, float, float]]] = {}
+    for rel, mode, first, last, seq in watcher.held:
+        if seq is not None:
+            held_seen.setdefault(seq, []).append((rel, mode, first, last))
+    holders = _lock_holders(rec, held_seen, m_end)
     by_seq: dict[int, list[Wait]] = {}
     for ep in watcher.episodes:
         seq = ep.seq if ep.seq is not None else (len(rec.execs) - 1 if rec.execs else None)
+        # behind the statement that took a lock conflicting with the one it waits for, if
+        # any (ADD COLUMN's ACCESS EXCLUSIVE makes writers wait during the UPDATE after it)
+        for h_seq, rel, mode in reversed(holders):
+            if seq is not None and h_seq <= seq and rel == ep.obj and conflicts(ep.mode, mode):
+                seq = h_seq
+                break
         if seq is not None:
             by_seq.setdefault(seq, []).append(ep)
-    held_seen: dict[int, list[tuple[str, str, float, float]]] = {}
-    for (rel, mode), (first, last, seq) in watcher.held.items():
-        if seq is not None:
-            held_seen.setdefault(seq, []).append((rel, mode, first, last))
 
     out: list[StatementMeasure] = []
     failed: StatementMeasure | None = None
@@ -398,6 +405,40 @@ def _assemble(rec: _Recorder, watcher: LockWatcher, m_end: float, error: str | N
         if failed.error and error and failed.error not in error:
             failed.error = error
     return out, failed
+
+
+# PostgreSQL's table lock conflicts, by mode (strength order of statements.LOCK_MODES)
+_CONFLICTS = {
+    "ACCESS SHARE": {"ACCESS EXCLUSIVE"},
+    "ROW SHARE": {"EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "ROW EXCLUSIVE": {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE UPDATE EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                               "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
+              "ACCESS EXCLUSIVE"},
+    "SHARE ROW EXCLUSIVE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                            "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "EXCLUSIVE": {"ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                  "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+}
+
+
+def conflicts(requested: str, held: str) -> bool:
+    if requested == "ACCESS EXCLUSIVE":
+        return True
+    return held in _CONFLICTS.get(requested, set())
+
+
+def _lock_holders(rec: _Recorder, held_seen, m_end: float) -> list[tuple[int, str, str]]:
+    """(seq, relation, mode) of every table lock a statement took, in statement order."""
+    out = []
+    for ex in rec.execs:
+        locks = set()
+        if ex.before is not None and ex.after is not None:
+            locks |= ex.after.locks - ex.before.locks
+        locks |= {(rel, mode) for rel, mode, _, _ in held_seen.get(ex.seq, [])}
+        out += [(ex.seq, rel, mode) for rel, mode in sorted(locks)]
+    return out
 
 
 def _lsn(value: str) -> int:

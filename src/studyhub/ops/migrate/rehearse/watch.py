@@ -41,7 +41,9 @@ class LockWatcher:
         self.current_seq: int | None = None
         self.episodes: list[Wait] = []
         self._active: dict[int, Wait] = {}
-        self.held: dict[tuple[str, str], list[Any]] = {}  # (rel, mode) → [first, last, seq]
+        # each uninterrupted sighting of a lock it holds: [relation, mode, first, last, seq]
+        self.held: list[list[Any]] = []
+        self._holding: dict[tuple[str, str], list[Any]] = {}
         self.error: str | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -76,10 +78,16 @@ class LockWatcher:
         now = time.monotonic()
         seq = self.current_seq
         seen: set[int] = set()
+        holding: set[tuple[str, str]] = set()
         for kind, pid, mode, obj, waited_s, wait_started in rows:
             if kind == "held":
-                entry = self.held.setdefault((obj, mode_name(mode)), [now, now, seq])
-                entry[1] = now
+                key = (obj, mode_name(mode))
+                holding.add(key)
+                entry = self._holding.get(key)
+                if entry is None:
+                    entry = self._holding[key] = [obj, key[1], now, now, seq]
+                    self.held.append(entry)
+                entry[3] = now
                 continue
             seen.add(pid)
             ep = self._active.get(pid)
@@ -96,6 +104,9 @@ class LockWatcher:
         for pid in list(self._active):
             if pid not in seen:
                 del self._active[pid]
+        for key in list(self._holding):
+            if key not in holding:  # released (a later sighting is a new hold)
+                del self._holding[key]
 
     def __enter__(self) -> "LockWatcher":
         self._thread.start()
