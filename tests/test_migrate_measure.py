@@ -167,3 +167,21 @@ def test_each_statement_is_attributed_to_its_revision(profile, busy_db, tmp_path
         (second, "ALTER TABLE notes ADD COLUMN b integer")]
     assert m.statements[0].lock_mode == "ACCESS EXCLUSIVE"
     assert m.workload.requests == 0
+
+
+def test_waits_count_against_the_statement_that_took_the_lock(profile, busy_db, tmp_path):
+    """ADD COLUMN takes ACCESS EXCLUSIVE in a millisecond and keeps it until commit; the
+    writers queue while the next statement runs, and the report puts their wait on the
+    ADD COLUMN, not on the statement that happened to be running."""
+    versions = tmp_path / "versions"
+    write_example(versions, '''
+        op.execute("ALTER TABLE flashcard_reviews ADD COLUMN flag integer")
+        op.execute("UPDATE notes SET title = title FROM pg_sleep(0.6)")
+    ''')
+    m = measure_migrations(profile, database=busy_db, extra_versions=[versions],
+                           workload=WorkloadSpec(clients=3))
+    add, update = _one(m, "ADD COLUMN flag"), _one(m, "UPDATE notes")
+    assert add.lock_mode == "ACCESS EXCLUSIVE" and add.lock_held_s >= 0.6
+    assert add.blocked_writes_max_s > 0.3 and add.rewrote == []
+    assert update.lock_mode == "ROW EXCLUSIVE" and update.lock_relation == "notes"
+    assert update.waits.sessions == 0 and update.blocked_writes_max_s == 0

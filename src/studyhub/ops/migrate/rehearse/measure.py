@@ -436,7 +436,8 @@ def _lock_holders(rec: _Recorder, held_seen, m_end: float) -> list[tuple[int, st
         locks = set()
         if ex.before is not None and ex.after is not None:
             locks |= ex.after.locks - ex.before.locks
-        locks |= {(rel, mode) for rel, mode, _, _ in held_seen.get(ex.seq, [])}
+        locks |= {(rel, mode) for rel, mode, _, _ in held_seen.get(ex.seq, [])
+                  if ex.before is None or (rel, mode) not in ex.before.locks}
         out += [(ex.seq, rel, mode) for rel, mode in sorted(locks)]
     return out
 
@@ -484,9 +485,10 @@ def _measure_group(group: list[_Exec], index: int, rec: _Recorder,
         if b is not None and a is not None:
             for rel, mode in a.locks - b.locks:
                 taken.append((mode, rel, release - ex.started))
-        for rel, mode, first, last in held_seen.get(ex.seq, []):
-            if not any(t[0] == mode and t[1] == rel for t in taken):
-                taken.append((mode, rel, max(last, min(end, release)) - ex.started))
+        for rel, mode, first, last in held_seen.get(ex.seq, []):  # seen while it ran
+            if (b is None or (rel, mode) not in b.locks) and \
+                    not any(t[0] == mode and t[1] == rel for t in taken):
+                taken.append((mode, rel, release - ex.started))
         for t in taken:
             if best is None or _strength(t[0]) > _strength(best[0]) or (
                     _strength(t[0]) == _strength(best[0]) and t[2] > best[2]):
