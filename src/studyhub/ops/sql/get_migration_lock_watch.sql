@@ -23,4 +23,5 @@ JOIN pg_class c ON c.oid = l.relation
 WHERE l.pid = %(pid)s AND l.granted AND l.locktype = 'relation'
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND c.relkind IN ('r', 'p', 'm')
-  AND c.relnamespace <> 'pg_catalog'::regnamespace;
+  AND c.relnamespace <> 'pg_catalog'::regnamespace
+  AND c.relname <> 'alembic_version';  -- Alembic's bookkeeping, not the migration's

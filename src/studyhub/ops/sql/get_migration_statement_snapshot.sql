@@ -23,4 +23,5 @@ SELECT
           JOIN pg_class c ON c.oid = l.relation
          WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation'
            AND c.relkind IN ('r', 'p', 'm')
-           AND c.relnamespace <> 'pg_catalog'::regnamespace), '[]')  AS locks;
+           AND c.relnamespace <> 'pg_catalog'::regnamespace
+           AND c.relname <> 'alembic_version'), '[]')                    AS locks;
