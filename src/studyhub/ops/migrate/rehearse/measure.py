@@ -43,8 +43,13 @@ from studyhub.connect import connect, first_line
 from studyhub.errors import StudyhubError
 from studyhub.ops.migrate import statements as migrate_statements
 from studyhub.ops.migrate.apply import run_unaudited
-from studyhub.ops.migrate.rehearse.watch import LockWatcher, Wait, mode_name
-from studyhub.ops.migrate.rehearse.workload import Request, Workload, WorkloadSpec
+from studyhub.ops.migrate.rehearse.watch import LockWatcher, Wait, conflicts, mode_name
+from studyhub.ops.migrate.rehearse.workload import (
+    Workload,
+    WorkloadSpec,
+    WorkloadStats,
+    workload_stats,
+)
 from studyhub.ops.migrate.revisions import (
     DEFAULT_LOCK_TIMEOUT,
     ExtraVersions,
@@ -85,23 +90,6 @@ class StatementMeasure:
     rewrote_bytes: dict[str, int] = field(default_factory=dict)  # size before the rewrite
     blocked_writes: int = 0
     blocked_reads: int = 0
-
-
-@dataclass
-class WorkloadStats:
-    requests: int
-    errors: int
-    p50_s: float
-    p99_s: float
-    max_s: float
-    kind: str = "app"
-    clients: int = 0
-    writes: int = 0
-    write_max_s: float = 0.0
-    blocked_writes: int = 0  # the workload's requests seen waiting behind the migration
-    blocked_reads: int = 0
-    skipped_statements: int = 0  # top: statements not replayed (not a plain SELECT)
-    error_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -312,7 +300,7 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
     pending = pending_revisions(profile, to, database, extra_versions)
     notes: list[str] = []
     if not pending:
-        return Measurement(db_name, [], [], _workload_stats([], workload, set(), [], 0, 0),
+        return Measurement(db_name, [], [], workload_stats([], workload, set(), [], 0, 0),
                            0.0, None, lock_timeout, ["no pending migrations"])
     say = progress or (lambda _m: None)
     load_ = Workload(profile, database, workload)
@@ -349,7 +337,7 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
         notes.append(f"lock watcher stopped: {watcher.error}")
     notes.extend(load_.notes)
     statements, failed = _assemble(recorder, watcher, m_end, error, pending, load_.pids)
-    wstats = _workload_stats(load_.requests, workload, load_.pids, watcher.episodes, m_start,
+    wstats = workload_stats(load_.requests, workload, load_.pids, watcher.episodes, m_start,
                              m_end, skipped=len(load_.skipped))
     return Measurement(db_name, pending, statements, wstats,
                        round(time.monotonic() - started, 3), failed, lock_timeout, notes)
@@ -405,28 +393,6 @@ def _assemble(rec: _Recorder, watcher: LockWatcher, m_end: float, error: str | N
         if failed.error and error and failed.error not in error:
             failed.error = error
     return out, failed
-
-
-# PostgreSQL's table lock conflicts, by mode (strength order of statements.LOCK_MODES)
-_CONFLICTS = {
-    "ACCESS SHARE": {"ACCESS EXCLUSIVE"},
-    "ROW SHARE": {"EXCLUSIVE", "ACCESS EXCLUSIVE"},
-    "ROW EXCLUSIVE": {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
-    "SHARE UPDATE EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
-                               "EXCLUSIVE", "ACCESS EXCLUSIVE"},
-    "SHARE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
-              "ACCESS EXCLUSIVE"},
-    "SHARE ROW EXCLUSIVE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
-                            "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
-    "EXCLUSIVE": {"ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
-                  "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
-}
-
-
-def conflicts(requested: str, held: str) -> bool:
-    if requested == "ACCESS EXCLUSIVE":
-        return True
-    return held in _CONFLICTS.get(requested, set())
 
 
 def _lock_holders(rec: _Recorder, held_seen, m_end: float) -> list[tuple[int, str, str]]:
@@ -507,22 +473,3 @@ def _measure_group(group: list[_Exec], index: int, rec: _Recorder,
         rewrote=sorted(rewrote), rows_rewritten=rows if any_rows else None,
         wal_bytes=wal, disk_growth_bytes=disk, executions=len(group), rewrote_bytes=rewrote,
         blocked_writes=len(writes), blocked_reads=len(waits) - len(writes))
-
-
-def _workload_stats(requests: list[Request], spec: WorkloadSpec, pids: set[int],
-                    episodes: list[Wait], m_start: float, m_end: float,
-                    skipped: int = 0) -> WorkloadStats:
-    during = [r for r in requests if r.started <= m_end and r.finished >= m_start]
-    lat = sorted(r.finished - r.started for r in during)
-    ours = [e for e in episodes if e.pid in pids]
-    writes = [r for r in during if r.write]
-    errors = [r.error for r in during if r.error]
-    return WorkloadStats(
-        requests=len(during), errors=len(errors),
-        p50_s=round(lat[len(lat) // 2], 4) if lat else 0.0,
-        p99_s=round(_p99(lat), 4), max_s=round(lat[-1], 4) if lat else 0.0,
-        kind=spec.kind, clients=spec.clients if requests or pids else 0, writes=len(writes),
-        write_max_s=round(max((r.finished - r.started for r in writes), default=0.0), 4),
-        blocked_writes=sum(1 for e in ours if e.mode != "ACCESS SHARE"),
-        blocked_reads=sum(1 for e in ours if e.mode == "ACCESS SHARE"),
-        skipped_statements=skipped, error_examples=sorted(set(errors))[:3])

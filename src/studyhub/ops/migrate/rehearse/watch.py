@@ -24,6 +24,28 @@ def mode_name(pg_mode: str) -> str:
 
 
 
+# PostgreSQL's table lock conflicts, by mode (strength order of statements.LOCK_MODES)
+_CONFLICTS = {
+    "ACCESS SHARE": {"ACCESS EXCLUSIVE"},
+    "ROW SHARE": {"EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "ROW EXCLUSIVE": {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE UPDATE EXCLUSIVE": {"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                               "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "SHARE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
+              "ACCESS EXCLUSIVE"},
+    "SHARE ROW EXCLUSIVE": {"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                            "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+    "EXCLUSIVE": {"ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+                  "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"},
+}
+
+
+def conflicts(requested: str, held: str) -> bool:
+    if requested == "ACCESS EXCLUSIVE":
+        return True
+    return held in _CONFLICTS.get(requested, set())
+
+
 @dataclass
 class Wait:
     pid: int

@@ -45,6 +45,23 @@ class WorkloadSpec:
 
 
 @dataclass
+class WorkloadStats:
+    requests: int
+    errors: int
+    p50_s: float
+    p99_s: float
+    max_s: float
+    kind: str = "app"
+    clients: int = 0
+    writes: int = 0
+    write_max_s: float = 0.0
+    blocked_writes: int = 0  # the workload's requests seen waiting behind the migration
+    blocked_reads: int = 0
+    skipped_statements: int = 0  # top: statements not replayed (not a plain SELECT)
+    error_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Request:
     started: float  # time.monotonic()
     finished: float
@@ -56,6 +73,13 @@ class Request:
 class Replayable:
     text: str
     reason_skipped: str | None = None
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[max(0, -(-len(s) * 99 // 100) - 1)]
 
 
 # --------------------------------------------------------------------------- "top": what to replay
@@ -295,3 +319,24 @@ class Workload:
             if conn.closed:
                 return
             self._stop.wait(self.spec.think_s)
+
+
+def workload_stats(requests: list[Request], spec: WorkloadSpec, pids: set[int],
+                    waits: list[Any], m_start: float, m_end: float,
+                    skipped: int = 0) -> WorkloadStats:
+    """The requests that overlapped the migration (``m_start``..``m_end``), and the waits
+    (lock watcher) of the workload's own backends."""
+    during = [r for r in requests if r.started <= m_end and r.finished >= m_start]
+    lat = sorted(r.finished - r.started for r in during)
+    ours = [e for e in waits if e.pid in pids]
+    writes = [r for r in during if r.write]
+    errors = [r.error for r in during if r.error]
+    return WorkloadStats(
+        requests=len(during), errors=len(errors),
+        p50_s=round(lat[len(lat) // 2], 4) if lat else 0.0,
+        p99_s=round(_p99(lat), 4), max_s=round(lat[-1], 4) if lat else 0.0,
+        kind=spec.kind, clients=spec.clients if requests or pids else 0, writes=len(writes),
+        write_max_s=round(max((r.finished - r.started for r in writes), default=0.0), 4),
+        blocked_writes=sum(1 for e in ours if e.mode != "ACCESS SHARE"),
+        blocked_reads=sum(1 for e in ours if e.mode == "ACCESS SHARE"),
+        skipped_statements=skipped, error_examples=sorted(set(errors))[:3])
