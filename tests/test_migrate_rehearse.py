@@ -19,15 +19,15 @@ from studyhub.ops import cluster as cluster_ops
 from studyhub.ops import migrate
 from studyhub.ops.migrate import rehearse as ops
 from studyhub.ops.migrate.rehearse import measure
+from studyhub.ops.seed import seed_database
 from studyhub.profiles import Profile
 from tests.conftest import connect_as
 from tests.migration_examples import write_example
 from tests.test_cluster_do import do, do_server  # noqa: F401  (fixtures)
 
-STUB_ENGINE = getattr(measure, "STUB", False)  # until helper M's measurement engine lands
 
 SAFE = 'create_index_concurrently("ix_rehearse_subjects_name", "subjects", ["name"])'
-BLOCKING = 'op.execute("LOCK TABLE subjects IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2)")'
+BLOCKING = 'op.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2)")'
 BLOCKING_ACK = ('LINT_ACK = {"blocking-table-lock": "deliberately blocking: the rehearsal '
                 'test must measure it"}')
 FAILING = 'op.execute("UPDATE subjects SET name = name WHERE 1/0 = 1")'
@@ -44,8 +44,10 @@ def based(cluster: LocalCluster, migrated: Profile) -> LocalCluster:
 
 @pytest.fixture
 def source(based: LocalCluster, migrated: Profile, fresh_db: str, tmp_path: Path):
-    """A fresh database at head with a few subjects, and a drafts directory on top of head."""
+    """A fresh database at head with a few students' data (for the app workload) and more
+    subjects, and a drafts directory on top of head."""
     migrate.upgrade(migrated, database=fresh_db)
+    seed_database(migrated, students=10, database=fresh_db)
     with connect_as(migrated, database=fresh_db) as conn:
         conn.execute("INSERT INTO subjects (code, name) SELECT 's' || g, 'Subject ' || g "
                      "FROM generate_series(1, 500) g")
@@ -129,8 +131,6 @@ def test_the_table_shows_the_plan_statements_and_verdict(cli, source):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(STUB_ENGINE, strict=True,
-                   reason="needs the measurement engine (helper M): the stub runs no workload")
 def test_a_blocking_migration_is_reported_with_its_measured_wait_and_fails(cli, source):
     profile, db, drafts = source
     safe = write_example(drafts, SAFE)

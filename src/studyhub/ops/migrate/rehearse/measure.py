@@ -50,11 +50,8 @@ from studyhub.ops.migrate.rehearse.workload import (
     WorkloadStats,
     workload_stats,
 )
-from studyhub.ops.migrate.revisions import (
-    DEFAULT_LOCK_TIMEOUT,
-    ExtraVersions,
-    script_directory,
-)
+from studyhub.ops.migrate.rehearse.pending import pending_revisions
+from studyhub.ops.migrate.revisions import DEFAULT_LOCK_TIMEOUT, ExtraVersions
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 
@@ -267,20 +264,6 @@ class _Recorder:
                 event.remove(Engine, name, fn)
 
 
-def pending_revisions(profile: Profile, to: str, database: str | None,
-                      extra_versions: ExtraVersions = ()) -> list[str]:
-    """The revisions ``upgrade(to)`` would apply on the database, in order."""
-    with connect(profile, "app", database=database, autocommit=True,
-                 application_name="studyhub migrate rehearse") as conn:
-        try:
-            current = list(conn.execute(load("get_alembic_revision")).fetchone()[0])
-        except Exception:  # no alembic_version table yet
-            current = []
-    script = script_directory(extra_versions)
-    revs = list(script.iterate_revisions(to, tuple(current) or "base"))
-    return [r.revision for r in reversed(revs)]
-
-
 def measure_migrations(profile: Profile, *, to: str = "head", database: str | None = None,
                        workload: WorkloadSpec = WorkloadSpec(),
                        progress: Callable[[str], None] | None = None,
@@ -297,7 +280,7 @@ def measure_migrations(profile: Profile, *, to: str = "head", database: str | No
     and propagates."""
     started = time.monotonic()
     db_name = profile.endpoint("app", database).database
-    pending = pending_revisions(profile, to, database, extra_versions)
+    pending = pending_revisions(profile, to, database=database, extra_versions=extra_versions)
     notes: list[str] = []
     if not pending:
         return Measurement(db_name, [], [], workload_stats([], workload, set(), [], 0, 0),
