@@ -41,11 +41,13 @@ from pydantic_settings import (
 
 from studyhub.errors import ConfigError
 from studyhub.local import local_profile
-from studyhub.profile_model import ROLES, Endpoint, Profile, Role
+from studyhub.profile_files import read_profile_files
+from studyhub.profile_model import ROLES, Endpoint, Profile, ReadEndpoint, Role
 
 __all__ = [
     "ALL_SSLMODES", "PROFILE_NAMES", "ROLES", "SAFE_SSLMODES", "BackupConfig", "Endpoint",
-    "Profile", "Role", "Settings", "backup_config", "list_profiles", "load_settings",
+    "Profile", "ReadEndpoint", "Role", "Settings", "backup_config", "list_profiles",
+    "load_settings",
     "read_secrets_file", "resolve_profile", "secrets_file",
 ]
 
@@ -99,6 +101,18 @@ class LocalProfileSettings(BaseModel):
     backup: BackupSettings = BackupSettings()
 
 
+class ReadEndpointSettings(BaseModel):
+    """One read replica of a remote profile: ``[[staging.replicas]]`` in studyhub.toml, or
+    written by ``cluster replica add`` into ``profiles.d/staging.toml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    host: str
+    port: int = 25060
+    region: str | None = None
+
+
 class RemoteProfileSettings(BaseModel):
     """A managed cluster (DigitalOcean). Defaults follow the runbook."""
 
@@ -116,8 +130,10 @@ class RemoteProfileSettings(BaseModel):
     # DigitalOcean's connection pooler listens on its own port; never used for migrations/dumps.
     pooler_port: int | None = 25061
     pooler_database: str | None = None
-    replica_host: str | None = None
+    pooler_host: str | None = None  # when the pooler is not on the primary's host
+    replica_host: str | None = None  # a single replica (named "replica"), or:
     replica_port: int | None = None
+    replicas: list[ReadEndpointSettings] = []  # read endpoints, in order of preference
     read_only: bool = False
     protected: bool = False
     do_cluster_id: str | None = None
@@ -163,7 +179,18 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
-        return (init_settings, env_settings, toml)
+        return (init_settings, env_settings, _ProfileFilesSource(settings_cls), toml)
+
+
+class _ProfileFilesSource(PydanticBaseSettingsSource):
+    """The files the commands own (``profiles.d/<profile>.toml``, ``studyhub.profile_files``),
+    each merged over its profile's table in studyhub.toml; the environment wins over both."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_profile_files(tuple(n for n in PROFILE_NAMES if n != "local"))
 
 
 def secrets_file() -> Path:
@@ -229,8 +256,10 @@ def _remote_profile(name: str, cfg: RemoteProfileSettings, explicit: bool) -> Pr
         sslrootcert=cfg.sslrootcert,
         pooler_port=cfg.pooler_port,
         pooler_database=cfg.pooler_database,
-        replica_host=cfg.replica_host,
-        replica_port=cfg.replica_port,
+        pooler_host=cfg.pooler_host,
+        replica_host=None if cfg.replicas else cfg.replica_host,
+        replica_port=None if cfg.replicas else cfg.replica_port,
+        replicas=tuple(ReadEndpoint(r.name, r.host, r.port, r.region) for r in cfg.replicas),
         read_only=cfg.read_only,
         protected=cfg.protected,
         explicit=explicit,

@@ -78,7 +78,7 @@ def fork_profile(source: Profile, name: str, host: str | None, port: int) -> Pro
     """How to reach a fork: the source profile's database, roles and TLS settings on the
     fork's host and port (a fork has the source's roles and passwords)."""
     return replace(source, name=name, host=host or source.host, port=port, pooler_port=None,
-                   replica_host=None, replica_port=None)
+                   pooler_host=None, replica_host=None, replica_port=None, replicas=())
 
 
 def erasure_plan_line(reapply_erasures: bool) -> str:
