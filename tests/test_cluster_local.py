@@ -236,7 +236,7 @@ def test_replica_add_and_remove(cli, monkeypatch):
         own.up()
         monkeypatch.setenv("STUDYHUB_HOME", str(home))
         res = cli("cluster", "replica", "add", "--name", "second")
-        assert res.exit_code == 1 and "one streaming replica" in res.stderr
+        assert res.exit_code == 1 and "invalid local replica name 'second'" in res.stderr
         res = cli("cluster", "replica", "add", "--yes")
         assert res.exit_code == 0, res.stderr
         assert own.status().replica_streaming

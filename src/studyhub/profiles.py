@@ -133,7 +133,9 @@ class RemoteProfileSettings(BaseModel):
     pooler_host: str | None = None  # when the pooler is not on the primary's host
     replica_host: str | None = None  # a single replica (named "replica"), or:
     replica_port: int | None = None
-    replicas: list[ReadEndpointSettings] = []  # read endpoints, in order of preference
+    # the read endpoints, in order of preference (None: just replica_host/replica_port; []:
+    # none, e.g. after `cluster replica remove` of the last one)
+    replicas: list[ReadEndpointSettings] | None = None
     read_only: bool = False
     protected: bool = False
     do_cluster_id: str | None = None
@@ -257,9 +259,10 @@ def _remote_profile(name: str, cfg: RemoteProfileSettings, explicit: bool) -> Pr
         pooler_port=cfg.pooler_port,
         pooler_database=cfg.pooler_database,
         pooler_host=cfg.pooler_host,
-        replica_host=None if cfg.replicas else cfg.replica_host,
-        replica_port=None if cfg.replicas else cfg.replica_port,
-        replicas=tuple(ReadEndpoint(r.name, r.host, r.port, r.region) for r in cfg.replicas),
+        replica_host=None if cfg.replicas is not None else cfg.replica_host,
+        replica_port=None if cfg.replicas is not None else cfg.replica_port,
+        replicas=tuple(ReadEndpoint(r.name, r.host, r.port, r.region)
+                       for r in cfg.replicas or ()),
         read_only=cfg.read_only,
         protected=cfg.protected,
         explicit=explicit,

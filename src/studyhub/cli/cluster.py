@@ -30,6 +30,7 @@ from studyhub.cli.common import (
 from studyhub.humanize import human_bytes
 from studyhub.ops import cluster as ops
 from studyhub.ops.cluster import iso
+from studyhub.profiles import Profile
 
 app = typer.Typer(
     help="Cluster operations, alike on DigitalOcean and the local cluster: info, backups, "
@@ -86,6 +87,8 @@ def _change(
     prof = profile_from(profile)
     backend = ops.backend_for(prof)
     plan = plan_fn(backend, dry_run)
+    if plan.action in ops.RECORDED_ACTIONS:
+        ops.check_profile_file(prof)  # the change could not be recorded: refused up front
     if json_:
         if dry_run:
             print_json({"plan": plan, "result": None})
@@ -106,6 +109,17 @@ def _change(
         print_json({"plan": plan, "result": result})
     else:
         render(result)
+        if plan.action in ops.RECORDED_ACTIONS:
+            render_profile_endpoints(profile_from(profile))
+
+
+def render_profile_endpoints(prof: Profile) -> None:
+    """Where the profile now reads and pools (after a replica or pool change recorded it)."""
+    reads = ", ".join(f"{r.name} {r.host}:{r.port}" for r in prof.replicas) or "the primary only"
+    console.print(f"profile {prof.name} reads from: {reads}")
+    if prof.pooler_port and (prof.pooler_database or prof.is_local):
+        console.print(f"profile {prof.name} pools through: {prof.pooler_host or prof.host}:"
+                      f"{prof.pooler_port}/{prof.pooler_database or prof.database}")
 
 
 def _table(title: str, *cols: str) -> Table:
@@ -372,8 +386,9 @@ def replica_list(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
 
 @replica_app.command("add")
 def replica_add(
-    name: Annotated[str | None, typer.Option("--name", help="Replica name (DigitalOcean; "
-                                                            "local: 'replica').")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Replica name (DigitalOcean: required; local: the next free of "
+                       "replica, replica2 …).")] = None,
     size: Annotated[str | None, typer.Option("--size", help="Node size slug (DigitalOcean; "
                                                             "default: the cluster's).")] = None,
     region: Annotated[str | None, typer.Option("--region", help="Region (DigitalOcean; "
@@ -385,7 +400,9 @@ def replica_add(
     timeout: TimeoutOpt = 3600,
     poll_interval: PollOpt = 10,
 ) -> None:
-    """Add a read replica and wait until it is online (local: a streaming replica)."""
+    """Add a read replica and wait until it is online (local: one more streaming replica with
+    its own slot and port). The profile lists it as a read endpoint (DigitalOcean: recorded in
+    $STUDYHUB_HOME/profiles.d/PROFILE.toml)."""
     _change(profile, lambda b, dry: b.replica_add_plan(name, size, region, offline=dry),
             dry_run=dry_run, yes=yes, json_=json_, render=lambda r: _render_replicas([r]),
             timeout_s=timeout, poll_interval_s=poll_interval)
@@ -399,7 +416,8 @@ def replica_remove(
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove a read replica (its readers must fall back to the primary)."""
+    """Remove a read replica (its readers must fall back to the primary); the profile no
+    longer lists it."""
     _change(profile, lambda b, dry: b.replica_remove_plan(name, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=lambda r: console.print(f"replica {name}: {r.status}"))
 
@@ -465,7 +483,8 @@ def pool_add(
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Add a connection pool on the pooler port."""
+    """Add a connection pool on the pooler port (DigitalOcean: recorded as the profile's
+    pooler in $STUDYHUB_HOME/profiles.d/PROFILE.toml)."""
     _change(profile, lambda b, dry: b.pool_add_plan(name, database, user, mode, size,
                                                     offline=dry),
             dry_run=dry_run, yes=yes, json_=json_, render=lambda p: _render_pools([p]))

@@ -36,12 +36,11 @@ def render_status(status: ClusterStatus) -> None:
     p = status.primary
     table.add_row("primary", str(p.port or "-"), state(p.running), str(p.pid or "-"),
                   p.detail or (f"PostgreSQL {status.server_version}" if status.server_version else ""))
-    if status.replica:
-        r = status.replica
-        detail = "streaming" if status.replica_streaming else "not streaming"
-        if status.replica_lag_bytes is not None:
-            detail += f", replay lag {status.replica_lag_bytes} bytes"
-        table.add_row("replica", str(r.port), state(r.running), str(r.pid or "-"), detail)
+    for r in status.replicas:
+        detail = "streaming" if r.streaming else "not streaming"
+        if r.lag_bytes is not None:
+            detail += f", replay lag {r.lag_bytes} bytes"
+        table.add_row(r.name, str(r.port or "-"), state(r.running), str(r.pid or "-"), detail)
     if status.pooler:
         b = status.pooler
         table.add_row("pooler", str(b.port), state(b.running), str(b.pid or "-"),
@@ -52,6 +51,11 @@ def render_status(status: ClusterStatus) -> None:
 @app.command()
 def up(
     replica: Annotated[bool, typer.Option("--replica", help="Add a streaming replica.")] = False,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas",
+        help="Run N streaming replicas (replica, replica2 …; each its own slot, port and data "
+             "directory). More that exist keep running: remove one with "
+             "'studyhub cluster replica remove NAME'.")] = None,
     pooler: Annotated[bool, typer.Option("--pooler", help="Add PgBouncer (transaction mode).")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -59,7 +63,7 @@ def up(
     cluster = LocalCluster()
     with err_console.status("starting local cluster") as spinner:
         # a spinner's text is parsed as markup unless it is a Text
-        status = cluster.up(replica=replica, pooler=pooler,
+        status = cluster.up(replica=replica, pooler=pooler, replicas=replicas,
                             progress=lambda msg: spinner.update(Text(msg)))
     if json_:
         print_json(status)
@@ -69,7 +73,7 @@ def up(
 
 @app.command()
 def status(json_: JsonOpt = False) -> None:
-    """Show which local servers run, on which ports, and whether the replica streams."""
+    """Show which local servers run, on which ports, and whether each replica streams."""
     st = LocalCluster().status()
     if json_:
         print_json(st)
@@ -79,7 +83,7 @@ def status(json_: JsonOpt = False) -> None:
 
 @app.command()
 def down() -> None:
-    """Stop pooler, replica and primary (fast shutdown). Data is kept."""
+    """Stop forks, pooler, replicas and primary (fast shutdown). Data is kept."""
     st = LocalCluster().down()
     render_status(st)
 

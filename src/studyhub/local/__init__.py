@@ -3,7 +3,8 @@ PgBouncer) under ``$STUDYHUB_HOME``, the default for every command and test.
 
 Public surface (import these from ``studyhub.local``):
 
-- ``LocalCluster`` (``server``): initdb, up/down/status/destroy, the replica and the pooler,
+- ``LocalCluster`` (``server``): initdb, up/down/status/destroy, the read replicas
+  ("replica", "replica2" …, each with its own slot, port and data directory) and the pooler,
   ``admin_connect``, ``profile()``; ``ClusterStatus``/``NodeStatus`` are what ``status`` returns.
 - ``LocalHome``, ``LocalState``, ``local_profile`` (``state``): the directories and the state
   file under the home, and the ``local`` profile read from them (``studyhub.profiles`` uses it);
@@ -24,6 +25,7 @@ from studyhub.local.state import (
     APP_DATABASE,
     APP_ROLE,
     BACKUP_META,
+    MAX_REPLICAS,
     OPS_ROLE,
     REPLICA_APP_NAME,
     REPLICA_SLOT,
@@ -32,14 +34,17 @@ from studyhub.local.state import (
     SUPERUSER,
     LocalHome,
     LocalState,
+    ReplicaNode,
     local_profile,
     pick_free_port,
     port_is_free,
+    replica_slot,
 )
 
 __all__ = [
-    "APP_DATABASE", "APP_ROLE", "BACKUP_META", "LOG_PRIVACY_SETTINGS", "OPS_ROLE",
-    "REPLICA_APP_NAME", "REPLICA_SLOT", "REPLICATION_ROLE", "SEGMENT_RE", "SUPERUSER",
-    "ClusterStatus", "LocalCluster", "LocalHome", "LocalState", "NodeStatus", "conf_quote",
-    "local_profile", "pick_free_port", "port_is_free", "proc",
+    "APP_DATABASE", "APP_ROLE", "BACKUP_META", "LOG_PRIVACY_SETTINGS", "MAX_REPLICAS",
+    "OPS_ROLE", "REPLICA_APP_NAME", "REPLICA_SLOT", "REPLICATION_ROLE", "SEGMENT_RE",
+    "SUPERUSER", "ClusterStatus", "LocalCluster", "LocalHome", "LocalState", "NodeStatus",
+    "ReplicaNode", "conf_quote", "local_profile", "pick_free_port", "port_is_free", "proc",
+    "replica_slot",
 ]

@@ -22,12 +22,11 @@ from studyhub.local import proc
 from studyhub.local.state import (
     APP_ROLE,
     OPS_ROLE,
-    REPLICA_APP_NAME,
-    REPLICA_SLOT,
     REPLICATION_ROLE,
     SUPERUSER,
     LocalHome,
     LocalState,
+    replica_slot,
 )
 from studyhub.ops.queries import load
 
@@ -160,9 +159,11 @@ def archive_conf(home: LocalHome) -> list[str]:
 
 
 def server_conf(home: LocalHome, port: int, *, replica: bool, archive: bool | None = None,
-                extra_lines: tuple[str, ...] = ()) -> str:
+                extra_lines: tuple[str, ...] = (), replica_name: str = "replica") -> str:
     """studyhub.conf for a server on ``port``; the primary archives WAL (``archive`` defaults
-    to ``not replica``), others (replica, forks) never write into its archive."""
+    to ``not replica``), others (replicas, forks) never write into its archive. A replica
+    streams through its own slot, named after it (``state.replica_slot``), which is also the
+    application name the primary sees."""
     lines = [
         "# written by studyhub local; edits are overwritten",
         "listen_addresses = '127.0.0.1'",
@@ -198,8 +199,8 @@ def server_conf(home: LocalHome, port: int, *, replica: bool, archive: bool | No
         lines += [
             f"primary_conninfo = 'host=127.0.0.1 port={home.load_state().primary_port} "
             f"user={REPLICATION_ROLE} passfile={home.replicator_passfile} "
-            f"application_name={REPLICA_APP_NAME}'",
-            f"primary_slot_name = '{REPLICA_SLOT}'",
+            f"application_name={replica_slot(replica_name)}'",
+            f"primary_slot_name = '{replica_slot(replica_name)}'",
         ]
     archive = (not replica) if archive is None else archive
     lines += archive_conf(home) if archive else ["archive_mode = off"]
@@ -230,13 +231,14 @@ def ensure_certificate(home: LocalHome, datadir: Path) -> None:
 
 
 def write_conf_files(home: LocalHome, datadir: Path, port: int, *, replica: bool,
-                     archive: bool | None = None, extra_lines: tuple[str, ...] = ()) -> None:
+                     archive: bool | None = None, extra_lines: tuple[str, ...] = (),
+                     replica_name: str = "replica") -> None:
     """The certificate, studyhub.conf (and its include in postgresql.conf) and pg_hba.conf of
     one data directory; a running server still has to reload them."""
     ensure_certificate(home, datadir)
     conf = datadir / "studyhub.conf"
     conf.write_text(server_conf(home, port, replica=replica, archive=archive,
-                                extra_lines=extra_lines))
+                                extra_lines=extra_lines, replica_name=replica_name))
     proc.chown_to_server(conf)
     main = datadir / "postgresql.conf"
     text = main.read_text()

@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,18 @@ from studyhub.local.proc import Progress, _noop
 from studyhub.local.state import (
     APP_DATABASE,
     APP_ROLE,
+    EXTRA_REPLICA_RE,
+    MAX_REPLICAS,
     OPS_ROLE,
-    REPLICA_APP_NAME,
-    REPLICA_SLOT,
     REPLICATION_ROLE,
     SUPERUSER,
     LocalHome,
     LocalState,
+    ReplicaNode,
     local_profile,
     pick_free_port,
     port_is_free,
+    replica_slot,
 )
 from studyhub.ops.queries import load
 from studyhub.profile_model import Profile
@@ -49,6 +51,8 @@ class NodeStatus:
     running: bool
     pid: int | None = None
     detail: str | None = None
+    streaming: bool | None = None  # replicas: whether the primary sees it streaming
+    lag_bytes: int | None = None  # replicas: WAL bytes not replayed yet
 
 
 @dataclass
@@ -57,11 +61,12 @@ class ClusterStatus:
     initialized: bool
     database: str
     primary: NodeStatus
-    replica: NodeStatus | None = None
+    replica: NodeStatus | None = None  # the first of ``replicas`` (and its streaming/lag)
     replica_streaming: bool | None = None
     replica_lag_bytes: int | None = None
     pooler: NodeStatus | None = None
     server_version: str | None = None
+    replicas: list[NodeStatus] = field(default_factory=list)  # every read replica, in order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,11 +118,11 @@ class LocalCluster(LocalHome):
     # ------------------------------------------------------------------- conf
 
     def _write_conf(self, datadir: Path, port: int, *, replica: bool, archive: bool | None = None,
-                    extra_lines: tuple[str, ...] = ()) -> None:
+                    extra_lines: tuple[str, ...] = (), replica_name: str = "replica") -> None:
         """Write the configuration files of ``datadir`` (``config.write_conf_files``); a running
         server reloads them."""
         config.write_conf_files(self, datadir, port, replica=replica, archive=archive,
-                                extra_lines=extra_lines)
+                                extra_lines=extra_lines, replica_name=replica_name)
         if self._postmaster_pid(datadir):
             self._reload(port)
 
@@ -158,10 +163,20 @@ class LocalCluster(LocalHome):
     # ---------------------------------------------------------------- primary
     def _ensure_port(self, state: LocalState, attr: str, running: bool) -> int:
         port = getattr(state, attr)
-        others = {state.primary_port, state.replica_port, state.pooler_port} - {port, None}
+        others = state.taken_ports() - {port}
         if port is None or (not running and not port_is_free(port)):
-            port = pick_free_port(exclude=others)  # type: ignore[arg-type]
+            port = pick_free_port(exclude=others)
             setattr(state, attr, port)
+            self.save_state(state)
+        return port
+
+    def _ensure_replica_port(self, state: LocalState, name: str, running: bool) -> int:
+        if name == "replica":
+            return self._ensure_port(state, "replica_port", running)
+        port = state.extra_replicas.get(name)
+        if port is None or (not running and not port_is_free(port)):
+            port = pick_free_port(exclude=state.taken_ports() - {port})
+            state.extra_replicas[name] = port
             self.save_state(state)
         return port
 
@@ -241,57 +256,92 @@ class LocalCluster(LocalHome):
                         continue
                 raise
 
-    # ---------------------------------------------------------------- replica
-    def _ensure_replica(self, state: LocalState, progress: Progress) -> None:
-        if self.replica_dir.exists() and not (self.replica_dir / "PG_VERSION").exists():
-            shutil.rmtree(self.replica_dir)
-        if not self.replica_dir.exists():
+    # --------------------------------------------------------------- replicas
+    def _ensure_replica(self, state: LocalState, progress: Progress,
+                        name: str = "replica") -> None:
+        """Make (pg_basebackup through its own slot, first time) and start the read replica
+        ``name``, record it in the state and wait until the primary sees it streaming."""
+        datadir = self.replica_node_dir(name)
+        slot = replica_slot(name)
+        if datadir.exists() and not (datadir / "PG_VERSION").exists():
+            shutil.rmtree(datadir)
+        if not datadir.exists():
             with self.admin_connect() as conn:  # a slot left by a replica deleted before
-                conn.execute(load("do_drop_inactive_replication_slot"),
-                             {"slot_name": REPLICA_SLOT})
-            progress("pg_basebackup for the streaming replica")
-            self.replica_dir.mkdir(mode=0o700)
-            proc.chown_to_server(self.replica_dir)
+                conn.execute(load("do_drop_inactive_replication_slot"), {"slot_name": slot})
+            progress(f"pg_basebackup for the streaming replica {name}")
+            if name != "replica":
+                self.replicas_dir.mkdir(mode=0o755, exist_ok=True)
+                proc.chown_to_server(self.replicas_dir)
+            datadir.mkdir(mode=0o700)
+            proc.chown_to_server(datadir)
             try:
                 proc.run_server_cmd(
                     [str(proc.pg_program("pg_basebackup")), "-h", "127.0.0.1", "-p",
-                     str(state.primary_port), "-U", REPLICATION_ROLE, "-D", str(self.replica_dir),
-                     "-X", "stream", "-c", "fast", "-C", "-S", REPLICA_SLOT, "--no-password"],
+                     str(state.primary_port), "-U", REPLICATION_ROLE, "-D", str(datadir),
+                     "-X", "stream", "-c", "fast", "-C", "-S", slot, "--no-password"],
                     env={"PGPASSFILE": str(self.replicator_passfile)},
                     what="pg_basebackup",
                     timeout=1800,
                 )
             except LocalClusterError:
-                shutil.rmtree(self.replica_dir, ignore_errors=True)
+                shutil.rmtree(datadir, ignore_errors=True)
                 raise
-            signal_file = self.replica_dir / "standby.signal"
+            signal_file = datadir / "standby.signal"
             signal_file.touch()
             proc.chown_to_server(signal_file)
-            auto = self.replica_dir / "postgresql.auto.conf"
+            auto = datadir / "postgresql.auto.conf"
             if auto.exists():
                 auto.write_text("# primary_conninfo lives in studyhub.conf\n")
-        running = bool(self._postmaster_pid(self.replica_dir))
-        port = self._ensure_port(state, "replica_port", running=running)
-        self._write_conf(self.replica_dir, port, replica=True)
-        self._start_postgres(self.replica_dir, "replica", progress)
-        state.has_replica = True
+        running = bool(self._postmaster_pid(datadir))
+        port = self._ensure_replica_port(state, name, running=running)
+        self._write_conf(datadir, port, replica=True, replica_name=name)
+        self._start_postgres(datadir, name, progress)
+        if name == "replica":
+            state.has_replica = True
+        else:
+            state.extra_replicas[name] = port
         self.save_state(state)
-        progress("waiting for the replica to stream")
+        progress(f"waiting for the replica {name} to stream")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self._replication_state() == "streaming":
+            if self._replication_state(slot) == "streaming":
                 return
             time.sleep(0.1)
         raise LocalClusterError(
-            "the replica started but is not streaming after 60 s "
-            f"({self._last_log_error(self.logs_dir / 'replica.log')})"
+            f"the replica {name} started but is not streaming after 60 s "
+            f"({self._last_log_error(self.logs_dir / f'{name}.log')})"
         )
 
-    def _replication_state(self) -> str | None:
+    def _replication_state(self, application_name: str = replica_slot("replica")) -> str | None:
         with self.admin_connect() as conn:
             row = conn.execute(load("get_standby_stream_state"),
-                               {"application_name": REPLICA_APP_NAME}).fetchone()
+                               {"application_name": application_name}).fetchone()
         return row[0] if row else None
+
+    def add_replica(self, name: str | None = None, progress: Progress = _noop) -> ReplicaNode:
+        """Add one more streaming read replica (the next free name: "replica", then
+        "replica2" …, or ``name`` when given) and wait until it streams. The primary must be
+        running."""
+        state = self.load_state()
+        chosen = name or state.next_replica_name()
+        self.check_new_replica_name(chosen, state)
+        if not self._postmaster_pid(self.primary_dir):
+            raise LocalClusterError("the local primary is not running; start it: "
+                                    "studyhub local up")
+        self._ensure_replica(state, progress, chosen)
+        return next(n for n in self.replica_nodes() if n.name == chosen)
+
+    def check_new_replica_name(self, name: str, state: LocalState | None = None) -> None:
+        """Refuse a name a new local replica cannot have (one clear line)."""
+        state = state or self.load_state()
+        if name in state.replica_names():
+            raise LocalClusterError(f"the local cluster already has a replica named {name!r}")
+        if name != "replica" and not EXTRA_REPLICA_RE.fullmatch(name):
+            raise LocalClusterError(
+                f"invalid local replica name {name!r}: 'replica', 'replica2', 'replica3' …")
+        if len(state.replica_names()) >= MAX_REPLICAS:
+            raise LocalClusterError(f"the local cluster has {MAX_REPLICAS} replicas, its limit "
+                                    f"(max_wal_senders and max_replication_slots are 10)")
 
     # ----------------------------------------------------------------- pooler
 
@@ -361,18 +411,22 @@ class LocalCluster(LocalHome):
 
     # ------------------------------------------------------------- public API
     def _node_dir(self, node: str) -> Path:
-        dirs = {"primary": self.primary_dir, "replica": self.replica_dir}
-        if node not in dirs:
-            raise LocalClusterError(f"unknown node {node!r}: primary or replica")
-        return dirs[node]
+        names = ["primary", *self.load_state().replica_names()]
+        if node == "replica" and node not in names:
+            return self.replica_dir  # (stopping a removed replica: nothing runs there)
+        if node not in names:
+            raise LocalClusterError(f"unknown node {node!r}: {', '.join(names)}")
+        return self.primary_dir if node == "primary" else self.replica_node_dir(node)
 
     def stop_node(self, node: str) -> bool:
-        """Stop the primary or the replica (fast shutdown), leaving everything else running and
-        its port recorded. False if it was not running."""
+        """Stop the primary or a replica (by name: "replica", "replica2" …; fast shutdown),
+        leaving everything else running and its port recorded. False if it was not
+        running."""
         return self._stop_postgres(self._node_dir(node))
 
     def start_node(self, node: str, progress: Progress = _noop) -> None:
-        """Start a stopped primary or replica again, on its recorded port and configuration."""
+        """Start a stopped primary or replica (by name) again, on its recorded port and
+        configuration."""
         self._start_postgres(self._node_dir(node), node, progress)
 
     def stop_pooler(self) -> bool:
@@ -394,10 +448,14 @@ class LocalCluster(LocalHome):
         """PID of the running PgBouncer, or None."""
         return self._pooler_pid()
 
-    def up(self, *, replica: bool = False, pooler: bool = False,
+    def up(self, *, replica: bool = False, pooler: bool = False, replicas: int | None = None,
            progress: Progress = _noop) -> ClusterStatus:
-        """Create (first time) and start the primary, and the replica/pooler when asked for or
-        when they exist already. Safe to repeat; recovers from a crash."""
+        """Create (first time) and start the primary, and the replicas/pooler when asked for or
+        when they exist already. ``replicas=N`` makes sure N streaming replicas run (adding
+        "replica", "replica2" … as needed; existing ones beyond N keep running: remove one with
+        ``remove_replica``). Safe to repeat; recovers from a crash."""
+        if replicas is not None and not 0 <= replicas <= MAX_REPLICAS:
+            raise LocalClusterError(f"--replicas must be 0-{MAX_REPLICAS} (got {replicas})")
         proc.pg_bindir()  # clear error early when the server is not installed
         if pooler:
             proc.pgbouncer_program()
@@ -415,8 +473,11 @@ class LocalCluster(LocalHome):
             self._bootstrap_sql(passwords)
             state.bootstrapped = True
             self.save_state(state)
-        if replica or state.has_replica:
-            self._ensure_replica(state, progress)
+        wanted = max(replicas or 0, 1 if replica else 0)
+        for name in state.replica_names():
+            self._ensure_replica(state, progress, name)
+        while len(state.replica_names()) < wanted:
+            self._ensure_replica(state, progress, state.next_replica_name())
         if pooler or state.has_pooler:
             self._ensure_pooler(state, progress)
         return self.status()
@@ -432,24 +493,37 @@ class LocalCluster(LocalHome):
         for fork in self.fork_dirs():
             self._stop_postgres(fork)
         self._stop_pooler()
+        for node in self.replica_nodes():
+            self._stop_postgres(node.datadir)
         self._stop_postgres(self.replica_dir)
         self._stop_postgres(self.primary_dir)
         return self.status()
 
-    def remove_replica(self) -> None:
-        self._stop_postgres(self.replica_dir)
-        shutil.rmtree(self.replica_dir, ignore_errors=True)
+    def remove_replica(self, name: str = "replica") -> None:
+        """Stop the replica ``name``, delete its data directory, forget it in the state and
+        drop its replication slot on the primary (when the primary runs; else on the next
+        add of a replica by that name)."""
         state = self.load_state()
-        state.has_replica = False
+        if name not in state.replica_names() and name != "replica":
+            known = ", ".join(state.replica_names()) or "none"
+            raise LocalClusterError(f"no local replica named {name!r} (replicas: {known})")
+        datadir = self.replica_node_dir(name)
+        self._stop_postgres(datadir)
+        shutil.rmtree(datadir, ignore_errors=True)
+        state = self.load_state()
+        if name == "replica":
+            state.has_replica = False
+        else:
+            state.extra_replicas.pop(name, None)
         self.save_state(state)
         if self._postmaster_pid(self.primary_dir):
             with self.admin_connect() as conn:
                 conn.execute(load("do_drop_inactive_replication_slot"),
-                             {"slot_name": REPLICA_SLOT})
+                             {"slot_name": replica_slot(name)})
 
     def destroy_plan(self) -> list[Path]:
         """What ``destroy`` removes (the audit log stays)."""
-        names = ("primary", "replica", "forks", "basebackups", "wal-archive", "server", "logs",
+        names = ("primary", "replica", "replicas", "forks", "basebackups", "wal-archive", "server", "logs",
                  "secrets", "state.json")
         return [self.home / n for n in names if (self.home / n).exists()]
 
@@ -476,20 +550,29 @@ class LocalCluster(LocalHome):
             database=APP_DATABASE,
             primary=NodeStatus("primary", state.primary_port, primary_pid is not None, primary_pid),
         )
+        streams: dict[str, tuple[bool, int | None]] = {}
         if primary_pid:
             try:
                 with self.admin_connect() as conn:
                     result.server_version = conn.execute("SHOW server_version").fetchone()[0]
-                    if state.has_replica:
+                    for node in self.replica_nodes(state):
                         row = conn.execute(load("get_standby_stream_state"),
-                                           {"application_name": REPLICA_APP_NAME}).fetchone()
-                        result.replica_streaming = bool(row and row[0] == "streaming")
-                        result.replica_lag_bytes = int(row[1]) if row and row[1] is not None else None
+                                           {"application_name": node.slot}).fetchone()
+                        streams[node.name] = (bool(row and row[0] == "streaming"),
+                                              int(row[1]) if row and row[1] is not None
+                                              else None)
             except psycopg.Error as exc:
                 result.primary.detail = f"not answering: {str(exc).splitlines()[0]}"
-        if state.has_replica:
-            pid = self._postmaster_pid(self.replica_dir)
-            result.replica = NodeStatus("replica", state.replica_port, pid is not None, pid)
+        for node in self.replica_nodes(state):
+            pid = self._postmaster_pid(node.datadir)
+            streaming, lag = streams.get(node.name, (None, None))
+            result.replicas.append(NodeStatus(node.name, node.port, pid is not None, pid,
+                                              streaming=streaming, lag_bytes=lag))
+        if result.replicas:
+            first = result.replicas[0]
+            result.replica = first
+            result.replica_streaming = first.streaming
+            result.replica_lag_bytes = first.lag_bytes
         if state.has_pooler:
             pid = self._pooler_pid()
             result.pooler = NodeStatus("pooler", state.pooler_port, pid is not None, pid)

@@ -4,9 +4,10 @@
 Layout under ``$STUDYHUB_HOME`` (default ``.studyhub/``)::
 
     state.json          ports and components (no secrets)
+    profiles.d/         profile files the commands own (``studyhub.profile_files``)
     secrets/pgpass      0600 libpq passfile for every local role (the invoking user's)
     server/             0700, owned by the server user: replicator passfile, pgbouncer config
-    primary/ replica/   data directories
+    primary/ replica/   data directories (``replicas/replica2`` … for more read replicas)
     wal-archive/        0700, owned by the server user: the primary's archived WAL (for PITR)
     basebackups/ forks/ base backups and point-in-time forks (``studyhub cluster``)
     logs/               server and pooler logs
@@ -30,7 +31,7 @@ from typing import Any
 from studyhub.atomic_file import write_atomically
 from studyhub.errors import ConfigError, LocalClusterError
 from studyhub.paths import studyhub_home
-from studyhub.profile_model import Profile
+from studyhub.profile_model import Profile, ReadEndpoint
 
 APP_DATABASE = "studyhub"
 SUPERUSER = "postgres"
@@ -39,6 +40,10 @@ OPS_ROLE = "studyhub_ops"
 REPLICATION_ROLE = "studyhub_replicator"
 REPLICA_SLOT = "studyhub_replica"
 REPLICA_APP_NAME = "studyhub_replica"
+# The first replica is "replica" (directory replica/, slot studyhub_replica); more are
+# "replica2" … (directory replicas/replica2, slot and application name studyhub_replica2).
+MAX_REPLICAS = 8  # max_wal_senders and max_replication_slots are 10
+EXTRA_REPLICA_RE = re.compile(r"replica([2-9]|[1-9][0-9])")
 DEFAULT_PORT_RANGE = (54320, 54999)
 STATE_VERSION = 1
 
@@ -57,6 +62,45 @@ class LocalState:
     bootstrapped: bool = False
     created_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_replicas: dict[str, int | None] = field(default_factory=dict)  # "replica2" → port
+
+    def replica_names(self) -> list[str]:
+        """The local read replicas, in order: "replica" (when it exists), then replica2 …"""
+        extras = sorted(self.extra_replicas, key=lambda n: int(n.removeprefix("replica")))
+        return (["replica"] if self.has_replica else []) + extras
+
+    def replica_port_of(self, name: str) -> int | None:
+        return self.replica_port if name == "replica" else self.extra_replicas.get(name)
+
+    def taken_ports(self) -> set[int]:
+        """Every port this cluster's servers have (primary, replicas, pooler)."""
+        ports = {self.primary_port, self.replica_port, self.pooler_port,
+                 *self.extra_replicas.values()}
+        return {p for p in ports if p is not None}
+
+    def next_replica_name(self) -> str:
+        if not self.has_replica:
+            return "replica"
+        n = 2
+        while f"replica{n}" in self.extra_replicas:
+            n += 1
+        return f"replica{n}"
+
+
+@dataclass(frozen=True)
+class ReplicaNode:
+    """One local read replica: its name, data directory, port and replication slot (the
+    slot's name is also the application name it streams with)."""
+
+    name: str
+    datadir: Path
+    port: int | None
+    slot: str
+
+
+def replica_slot(name: str) -> str:
+    """The replication slot (and application_name) of local replica ``name``."""
+    return REPLICA_SLOT if name == "replica" else f"studyhub_{name}"
 
 
 class LocalHome:
@@ -71,6 +115,7 @@ class LocalHome:
         self.logs_dir = self.home / "logs"
         self.primary_dir = self.home / "primary"
         self.replica_dir = self.home / "replica"
+        self.replicas_dir = self.home / "replicas"
         self.wal_archive_dir = self.home / "wal-archive"
         self.basebackups_dir = self.home / "basebackups"
         self.forks_dir = self.home / "forks"
@@ -92,6 +137,15 @@ class LocalHome:
         text = json.dumps(asdict(state), indent=2) + "\n"
         write_atomically(self.state_file, lambda f: f.write(text.encode()), mode=0o644,
                          overwrite=True)
+
+    def replica_node_dir(self, name: str) -> Path:
+        return self.replica_dir if name == "replica" else self.replicas_dir / name
+
+    def replica_nodes(self, state: LocalState | None = None) -> list[ReplicaNode]:
+        """The local read replicas the state file records, in order."""
+        state = state or self.load_state()
+        return [ReplicaNode(n, self.replica_node_dir(n), state.replica_port_of(n),
+                            replica_slot(n)) for n in state.replica_names()]
 
     @property
     def initialized(self) -> bool:
@@ -123,8 +177,9 @@ class LocalHome:
 
 
 def local_profile(home: Path | None = None, *, explicit: bool = False) -> Profile:
-    """The ``local`` profile: the primary's port, and the pooler and replica when the state
-    file says they exist; passwords come from the 0600 passfile."""
+    """The ``local`` profile: the primary's port, and the pooler and the read replicas when the
+    state file says they exist (one ReadEndpoint each); passwords come from the 0600
+    passfile."""
     paths = LocalHome(home)
     state = paths.load_state()
     if not state.primary_port:
@@ -142,8 +197,8 @@ def local_profile(home: Path | None = None, *, explicit: bool = False) -> Profil
         password_sources={r: f"passfile {paths.passfile}" for r in ("app", "ops", "admin")},
         passfile=paths.passfile,
         pooler_port=state.pooler_port if state.has_pooler else None,
-        replica_host="127.0.0.1" if state.has_replica else None,
-        replica_port=state.replica_port if state.has_replica else None,
+        replicas=tuple(ReadEndpoint(n.name, "127.0.0.1", n.port)
+                       for n in paths.replica_nodes(state) if n.port),
         explicit=explicit,
     )
 

@@ -11,7 +11,8 @@ the lines an operator reads and, on DigitalOcean, the exact API requests) and it
 can show the plan, honour ``--dry-run`` and ask for confirmation in between.
 
 Inside, imports go one way: ``types`` ← ``common`` ← the backends ← ``factory`` ←
-``changes``.
+``changes`` (which records replica and pool changes in the profile file with
+``profile_record``).
 """
 
 from studyhub.ops.cluster.changes import apply_plan, fork_start, fork_stop
@@ -23,6 +24,7 @@ from studyhub.ops.cluster.common import (
 )
 from studyhub.ops.cluster.factory import backend_for, fork_target
 from studyhub.ops.cluster.local import LocalBackend
+from studyhub.ops.cluster.profile_record import RECORDED_ACTIONS, check_profile_file
 from studyhub.ops.cluster.types import (
     NAME_RE,
     POOL_MODES,
@@ -55,11 +57,11 @@ from studyhub.ops.cluster.types import (
 )
 
 __all__ = [
-    "KEY_TABLES", "NAME_RE", "POOL_MODES", "POOL_NAME_RE", "ApiRequest", "Backup", "Backups",
+    "KEY_TABLES", "NAME_RE", "POOL_MODES", "POOL_NAME_RE", "RECORDED_ACTIONS", "ApiRequest", "Backup", "Backups",
     "ChangeResult", "ClusterBackend", "ClusterInfo", "ClusterOpError", "Fork", "ForkErasures",
     "ForkResult", "LocalBackend", "Node", "Plan", "Pool", "Progress", "RecoveryWindow",
     "Replica", "StreamingClient", "TableCheck", "Verification", "WalArchive", "apply_plan",
-    "backend_for", "check_name", "check_pool", "fork_profile", "fork_start", "fork_stop",
+    "backend_for", "check_name", "check_pool", "check_profile_file", "fork_profile", "fork_start", "fork_stop",
     "fork_target", "iso", "parse_timestamp", "refuse_outside", "verify_database",
     "verify_profile",
 ]

@@ -16,6 +16,11 @@ from typing import Any, Callable
 
 from studyhub.audit import audited
 from studyhub.ops.cluster.factory import backend_for
+from studyhub.ops.cluster.profile_record import (
+    RECORDED_ACTIONS,
+    check_profile_file,
+    record_change,
+)
 from studyhub.ops.cluster.types import (
     Backup,
     ChangeResult,
@@ -79,7 +84,9 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
                timeout_s: float = 3600, poll_interval_s: float = 10) -> Any:
     """Carry out a plan of ``backend`` (not an offline one: those are for --dry-run) and return
     its result: a Backup, ForkResult, Replica, Pool or ChangeResult. ``timeout_s`` and
-    ``poll_interval_s`` apply to the operations that wait (fork, replica add, resize)."""
+    ``poll_interval_s`` apply to the operations that wait (fork, replica add, resize).
+    Replica and pool changes on a remote profile are recorded in its profile file
+    (``profile_record``); one someone else edited is refused before anything is sent."""
     profile = backend.profile
     profile.require_changes_allowed(f"cluster {plan.action}")
     wait = {"progress": progress, "timeout_s": timeout_s, "poll_interval_s": poll_interval_s}
@@ -97,10 +104,15 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
     # The change may have been sent before it failed (a fork created, then the wait timed out):
     # the attempt is on record either way. Our errors carry no secrets; others are named by
     # type only (audit.describe_error).
+    if plan.action in RECORDED_ACTIONS:
+        check_profile_file(profile)  # a hand-edited profile file: refused before anything is sent
     with audited(f"cluster.{plan.action.replace(' ', '.')}", profile.name,
                  provider=plan.provider, cluster=plan.cluster) as audit:
         result = run[plan.action]()
         audit.update(_AUDIT_DETAILS[plan.action](plan, result))
+        written = record_change(backend, plan, result)
+        if written is not None:
+            audit["profile_file"] = str(written)
     return result
 
 

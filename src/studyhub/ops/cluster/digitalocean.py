@@ -286,12 +286,21 @@ class DigitalOceanBackend(DigitalOceanApi):
             db = self._cluster()
             if any(r.name == name for r in self.replicas()):
                 raise ClusterOpError(f"a replica named {name!r} exists (cluster replica list)")
+            if region:
+                requests.append(ApiRequest("GET", "/v2/databases/options"))
+                options = self._call("list_options", what="reading the regions offered")
+                regions = ((options.get("options") or {}).get("pg") or {}).get("regions") or []
+                if region not in regions:
+                    raise ClusterOpError(
+                        f"region {region!r} is not offered for PostgreSQL; choose one of: "
+                        f"{', '.join(regions) or 'none listed'}")
             body = {"name": name, "size": size or db["size"], "region": region or db["region"]}
             summary = [
                 f"create read-only replica {name} of {db['name']}: {body['size']} "
                 f"({describe_size(body['size'])}) in {body['region']}",
                 f"billed like a node of that size until removed; prices: {PRICING_URL}",
                 "wait until it is online (DigitalOcean copies the data first)",
+                f"record it as a read endpoint in profiles.d/{self.profile.name}.toml",
             ]
         requests += [ApiRequest("POST", f"{self.base}/replicas", body),
                      ApiRequest("GET", f"{self.base}/replicas/{name}")]

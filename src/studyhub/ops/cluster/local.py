@@ -2,7 +2,7 @@
 
 ``LocalBackend`` is built in layers: ``local_archive`` (base backups, the WAL archive and the
 recoverable window), ``local_forks`` (point-in-time forks made from them), and this module: the
-replica (the streaming replica of ``studyhub local up --replica``), resize (not applicable
+read replicas ("replica", "replica2" …, each streaming through its own slot), resize (not applicable
 locally), pools (PgBouncer ``[databases]`` entries, the local counterpart of DigitalOcean's
 connection pools) and ``info``.
 """
@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from studyhub.connect import ConnectError, connect
-from studyhub.local import APP_DATABASE, APP_ROLE, OPS_ROLE, REPLICA_APP_NAME
+from studyhub.errors import LocalClusterError
+from studyhub.local import APP_DATABASE, APP_ROLE, OPS_ROLE, replica_slot
 from studyhub.ops.cluster.common import streaming_clients
 from studyhub.ops.cluster.local_forks import LocalForks
 from studyhub.ops.cluster.types import (
@@ -37,49 +38,61 @@ class LocalBackend(LocalForks):
     # ----------------------------------------------------------------- replicas
     def replicas(self) -> list[Replica]:
         st = self.cluster.status()
-        if st.replica is None:
+        if not st.replicas:
             return []
-        lag_s = None
+        lags: dict[str, float | None] = {}
         if st.primary.running:
             clients, _ = streaming_clients(self.profile)
-            lag_s = next((s.replay_lag_s for s in clients
-                          if s.application_name == REPLICA_APP_NAME), None)
-        status = ("streaming" if st.replica_streaming else "running, not streaming") \
-            if st.replica.running else "stopped"
-        return [Replica("replica", status, "127.0.0.1", st.replica.port,
-                        lag_bytes=st.replica_lag_bytes, replay_lag_s=lag_s)]
+            lags = {s.application_name: s.replay_lag_s for s in clients}
+        found = []
+        for r in st.replicas:
+            status = ("streaming" if r.streaming else "running, not streaming") \
+                if r.running else "stopped"
+            found.append(Replica(r.name, status, "127.0.0.1", r.port, lag_bytes=r.lag_bytes,
+                                 replay_lag_s=lags.get(replica_slot(r.name))))
+        return found
 
     def replica_add_plan(self, name: str | None, size: str | None, region: str | None, *,
                          offline: bool = False) -> Plan:
-        if name not in (None, "replica"):
-            raise ClusterOpError("the local cluster has one streaming replica, named 'replica'")
-        if self.cluster.load_state().has_replica:
-            raise ClusterOpError("the local cluster already has its replica (cluster replica list)")
+        state = self.cluster.load_state()
+        chosen = name or state.next_replica_name()
+        try:
+            self.cluster.check_new_replica_name(chosen, state)
+        except LocalClusterError as exc:
+            raise ClusterOpError(str(exc)) from None
         self._require_primary("adding a replica")
         warnings = [f"--{k} applies to DigitalOcean only; ignored locally"
                     for k, v in (("size", size), ("region", region)) if v]
         return Plan("local", "replica add", "local",
-                    ["pg_basebackup of the primary through the slot studyhub_replica",
-                     "start it as a hot standby on a free port and wait until it streams"],
-                    params={"name": "replica"}, warnings=warnings)
+                    [f"pg_basebackup of the primary through the slot {replica_slot(chosen)}",
+                     f"start it as the hot standby {chosen} on a free port and wait until it "
+                     "streams; the local profile lists it"],
+                    params={"name": chosen}, warnings=warnings)
 
     def replica_add(self, plan: Plan, *, progress: Progress = _noop, timeout_s: float = 3600,
                     poll_interval_s: float = 10) -> Replica:
-        self.cluster.up(replica=True, progress=progress)
-        return self.replicas()[0]
+        name = plan.params["name"]
+        try:
+            self.cluster.add_replica(name, progress=progress)
+        except LocalClusterError as exc:
+            raise ClusterOpError(str(exc)) from None
+        return next(r for r in self.replicas() if r.name == name)
 
     def replica_remove_plan(self, name: str, *, offline: bool = False) -> Plan:
-        if name != "replica" or not self.cluster.load_state().has_replica:
-            known = "replica" if self.cluster.load_state().has_replica else "none"
-            raise ClusterOpError(f"no replica named {name!r} (replicas: {known})")
+        names = self.cluster.load_state().replica_names()
+        if name not in names:
+            raise ClusterOpError(f"no replica named {name!r} (replicas: "
+                                 f"{', '.join(names) or 'none'})")
         return Plan("local", "replica remove", "local",
-                    [f"stop the replica and delete {self.cluster.replica_dir}",
-                     "drop its replication slot on the primary"], params={"name": name})
+                    [f"stop the replica {name} and delete {self.cluster.replica_node_dir(name)}",
+                     f"drop its replication slot {replica_slot(name)} on the primary; the local "
+                     "profile no longer lists it"], params={"name": name})
 
     def replica_remove(self, plan: Plan) -> ChangeResult:
         started = time.monotonic()
-        self.cluster.remove_replica()
-        return ChangeResult("local", "replica remove", "local", "replica", "removed",
+        name = plan.params["name"]
+        self.cluster.remove_replica(name)
+        return ChangeResult("local", "replica remove", "local", name, "removed",
                             round(time.monotonic() - started, 3))
 
     # -------------------------------------------------------------------- resize
@@ -170,9 +183,9 @@ class LocalBackend(LocalForks):
         st = self.cluster.status()
         nodes = [Node("primary", "primary", "127.0.0.1", st.primary.port,
                       "running" if st.primary.running else "stopped", st.primary.detail)]
-        if st.replica:
-            nodes.append(Node("replica", "replica", "127.0.0.1", st.replica.port,
-                              "running" if st.replica.running else "stopped"))
+        for r in st.replicas:
+            nodes.append(Node("replica", r.name, "127.0.0.1", r.port,
+                              "running" if r.running else "stopped"))
         if st.pooler:
             nodes.append(Node("pooler", "pgbouncer", "127.0.0.1", st.pooler.port,
                               "running" if st.pooler.running else "stopped",

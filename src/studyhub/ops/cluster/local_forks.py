@@ -158,7 +158,7 @@ class LocalForks(LocalArchive):
         c.forks_dir.mkdir(exist_ok=True)
         target = c.forks_dir / name
         state = c.load_state()
-        taken = {state.primary_port, state.replica_port, state.pooler_port}
+        taken: set[int | None] = set(state.taken_ports())
         taken |= {m["port"] for m in self._fork_metas()}
         port = pick_free_port(exclude={x for x in taken if x})
         meta = {"name": name, "port": port, "target_time": p["at"], "base_backup": p["base"],
@@ -314,8 +314,7 @@ class LocalForks(LocalArchive):
         if self.cluster._postmaster_pid(target) is None:
             if not port_is_free(meta["port"]):
                 state = self.cluster.load_state()
-                meta["port"] = pick_free_port(exclude={state.primary_port, state.replica_port,
-                                                       state.pooler_port} - {None})
+                meta["port"] = pick_free_port(exclude=state.taken_ports())
                 self._write_fork_meta(meta)
             self.cluster._write_conf(target, meta["port"], replica=False, archive=False,
                                      extra_lines=self._fork_conf_lines(meta))
