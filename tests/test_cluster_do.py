@@ -44,6 +44,7 @@ def do(do_server, cluster, migrated, monkeypatch, tmp_path):
         "STUDYHUB_DO_CA_BUNDLE": str(server.ca_file),
         "STUDYHUB_CONFIG": str(tmp_path / "absent.toml"),
         "STUDYHUB_SECRETS_FILE": str(tmp_path / "absent-secrets.toml"),
+        "STUDYHUB_PROFILES_DIR": str(tmp_path / "profiles.d"),  # what replica/pool changes record
         "STUDYHUB_STAGING_HOST": "127.0.0.1",
         "STUDYHUB_STAGING_PORT": str(migrated.port),
         "STUDYHUB_STAGING_DATABASE": "studyhub",

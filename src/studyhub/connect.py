@@ -31,8 +31,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _connect_kwargs(profile: Profile, role: str, database: str | None) -> tuple[Endpoint, dict[str, Any]]:
-    ep = profile.endpoint(role, database)
+def _connect_kwargs(profile: Profile, role: str, database: str | None,
+                    replica: str | None = None) -> tuple[Endpoint, dict[str, Any]]:
+    ep = profile.endpoint(role, database, replica=replica)
     kwargs = ep.conninfo()
     pw = profile.password_for(ep.user)
     if pw is not None:
@@ -50,10 +51,12 @@ def connect(
     autocommit: bool = False,
     application_name: str = "studyhub",
     connect_timeout: int = 10,
+    replica: str | None = None,
     **extra: Any,
 ) -> psycopg.Connection[Any]:
-    """Open a psycopg connection for ``role`` on ``profile``; errors become one clear line."""
-    ep, kwargs = _connect_kwargs(profile, role, database)
+    """Open a psycopg connection for ``role`` on ``profile`` (role "replica": the read
+    endpoint named ``replica``, default the first); errors become one clear line."""
+    ep, kwargs = _connect_kwargs(profile, role, database, replica)
     kwargs.update(extra)
     try:
         return psycopg.connect(

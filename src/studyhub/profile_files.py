@@ -1,4 +1,5 @@
-"""Profile files the commands own: ``$STUDYHUB_HOME/profiles.d/<profile>.toml``.
+"""Profile files the commands own: ``$STUDYHUB_HOME/profiles.d/<profile>.toml`` (the
+directory may be moved with ``$STUDYHUB_PROFILES_DIR``).
 
 Commands that change a cluster's shape (``cluster replica add|remove``, ``cluster pool
 add|remove``, promoting a fork) record what changed here, so the app and every other command
@@ -18,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -34,7 +36,9 @@ _SECRET_KEY_RE = re.compile(r"(?i).*(secret|password|token|private).*")
 
 
 def profiles_dir() -> Path:
-    return studyhub_home() / "profiles.d"
+    """``$STUDYHUB_PROFILES_DIR``, or ``profiles.d`` under ``$STUDYHUB_HOME``."""
+    raw = os.environ.get("STUDYHUB_PROFILES_DIR")
+    return (Path(raw) if raw else studyhub_home() / "profiles.d").absolute()
 
 
 def profile_file(profile: str) -> Path:
