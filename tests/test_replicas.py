@@ -142,11 +142,13 @@ def test_local_up_with_two_replicas_streams_both_and_lists_both_in_the_profile(c
 
         st = own.down()
         assert not st.primary.running and not any(r.running for r in st.replicas)
-        assert own.home / "replicas" in own.destroy_plan()
+        assert [r.name for r in st.replicas] == ["replica", "replica2"]
+        assert own.replicas_dir in own.destroy_plan()
+        own.destroy()
+        assert not own.replicas_dir.exists() and not own.replica_dir.exists()
     finally:
         own.destroy()
         shutil.rmtree(home, ignore_errors=True)
-    assert not (home / "replicas").exists()
 
 
 # ------------------------------------------------------------ DigitalOcean (fake API)

@@ -103,16 +103,16 @@ def render_profile_file(values: dict[str, Any]) -> str:
             raise ConfigError(f"refusing to write the key {key!r} into a profile file")
         if v is None:
             continue
-        if isinstance(v, list):
+        if isinstance(v, list) and v:
             tables.append((key, v))
+        elif isinstance(v, list):
+            lines.append(f"{key} = []")  # (before any table, or it would belong to it)
         else:
             lines.append(f"{key} = {_value(v)}")
     for key, rows in tables:
         for row in rows:
             lines += ["", f"[[{key}]]"]
             lines += [f"{k} = {_value(x)}" for k, x in row.items() if x is not None]
-        if not rows:
-            lines.append(f"{key} = []")
     return "\n".join(lines) + "\n"
 
 
