@@ -114,7 +114,6 @@ def _change(
 
 
 def render_profile_endpoints(prof: Profile) -> None:
-    """Where the profile now reads and pools (after a replica or pool change recorded it)."""
     reads = ", ".join(f"{r.name} {r.host}:{r.port}" for r in prof.replicas) or "the primary only"
     console.print(f"profile {prof.name} reads from: {reads}")
     if prof.pooler_port and (prof.pooler_database or prof.is_local):
@@ -386,9 +385,8 @@ def replica_list(profile: ProfileOpt = None, json_: JsonOpt = False) -> None:
 
 @replica_app.command("add")
 def replica_add(
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Replica name (DigitalOcean: required; local: the next free of "
-                       "replica, replica2 …).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Replica name (DigitalOcean; "
+                                                            "local: replica2 …).")] = None,
     size: Annotated[str | None, typer.Option("--size", help="Node size slug (DigitalOcean; "
                                                             "default: the cluster's).")] = None,
     region: Annotated[str | None, typer.Option("--region", help="Region (DigitalOcean; "
@@ -400,9 +398,8 @@ def replica_add(
     timeout: TimeoutOpt = 3600,
     poll_interval: PollOpt = 10,
 ) -> None:
-    """Add a read replica and wait until it is online (local: one more streaming replica with
-    its own slot and port). The profile lists it as a read endpoint (DigitalOcean: recorded in
-    $STUDYHUB_HOME/profiles.d/PROFILE.toml)."""
+    """Add a read replica, wait until it is online and list it in the profile (local: one more
+    streaming replica; DigitalOcean: recorded in $STUDYHUB_HOME/profiles.d/PROFILE.toml)."""
     _change(profile, lambda b, dry: b.replica_add_plan(name, size, region, offline=dry),
             dry_run=dry_run, yes=yes, json_=json_, render=lambda r: _render_replicas([r]),
             timeout_s=timeout, poll_interval_s=poll_interval)
@@ -416,8 +413,7 @@ def replica_remove(
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove a read replica (its readers must fall back to the primary); the profile no
-    longer lists it."""
+    """Remove a read replica (its readers must fall back to the primary) from the profile."""
     _change(profile, lambda b, dry: b.replica_remove_plan(name, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=lambda r: console.print(f"replica {name}: {r.status}"))
 

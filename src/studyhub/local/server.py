@@ -1,6 +1,10 @@
-"""The embedded PostgreSQL servers: a project-owned primary, an optional streaming replica and
-PgBouncer, under one home directory (``LocalCluster``): initdb, start, stop, status, the
-replica's base backup and slot, the pooler, destroy.
+"""The embedded PostgreSQL servers: a project-owned primary, streaming read replicas
+("replica", "replica2" …) and PgBouncer, under one home directory (``LocalCluster``): initdb,
+start, stop, status, each replica's base backup and slot, the pooler, destroy.
+
+One module on purpose (one class, ``LocalCluster``, whose primary, replicas and pooler share the
+state file, the ports and the start/stop/reload machinery; split, each part would reach into the
+others' private methods).
 
 Where things live and the state file: ``studyhub.local.state``; what the servers are configured
 with: ``studyhub.local.config``; running their programs and processes: ``studyhub.local.proc``.
