@@ -31,8 +31,9 @@ def profiles(json_: JsonOpt = False) -> None:
             notes.append("read-only")
         if row.get("pooler_port"):
             notes.append(f"pooler :{row['pooler_port']}")
-        if row.get("replica"):
-            notes.append(f"replica {row['replica']}")
+        for r in row.get("replicas") or []:
+            notes.append(f"replica {r['name']} {r['host']}:{r['port']}"
+                         + (f" ({r['region']})" if r.get("region") else ""))
         table.add_row(name, target, row["sslmode"], row["passwords"]["app"], "; ".join(notes))
     console.print(table)
     console.print("* default profile (STUDYHUB_PROFILE)")
