@@ -91,10 +91,11 @@ def test_a_hand_edited_profile_file_is_refused_with_the_diff(staging_env):
     assert "edited by someone else" in text
     assert '-pooler_database = "pool1"' in text and '+pooler_database = "mine"' in text
     assert "mine" in path.read_text()  # nothing written
-    path.unlink()  # a file made by hand is not ours either
-    path.write_text('pooler_database = "byhand"\n')
+    other = profile_file("production")  # a file made by hand is not ours either
+    other.write_text('pooler_database = "byhand"\n')
     with pytest.raises(RefusedError, match=r'(?s)no file written by studyhub.*\+pooler_database'):
-        update_profile_file("staging", lambda v: v)
+        update_profile_file("production", lambda v: v)
+    assert other.read_text() == 'pooler_database = "byhand"\n'
 
 
 # ------------------------------------------------------------- local: N replicas
