@@ -123,6 +123,10 @@ def test_local_up_with_two_replicas_streams_both_and_lists_both_in_the_profile(c
             with connect(prof, "replica", replica=r.name) as conn:
                 assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
         assert "replica2" in cli("local", "status").stdout
+        res = cli("local", "url", "--role", "replica", "--replica", "replica2")
+        assert f"@127.0.0.1:{prof.replicas[1].port}/" in res.stdout
+        res = cli("local", "url", "--role", "replica", "--replica", "replica7")
+        assert res.exit_code == 1 and "no replica named 'replica7'" in res.stderr
 
         res = cli("local", "up", "--replicas", "9")
         assert res.exit_code == 1 and "--replicas must be 0-8" in res.stderr

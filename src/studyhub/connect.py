@@ -83,10 +83,11 @@ def _clean(exc: psycopg.Error) -> str:
     return msg
 
 
-def subprocess_env(profile: Profile, role: str = "app", database: str | None = None) -> dict[str, str]:
+def subprocess_env(profile: Profile, role: str = "app", database: str | None = None, *,
+                   replica: str | None = None) -> dict[str, str]:
     """Environment for a libpq program (psql, pg_dump, pg_restore ...): every connection setting
     as PG* variables, so nothing about the connection (let alone a password) is on argv."""
-    ep = profile.endpoint(role, database)
+    ep = profile.endpoint(role, database, replica=replica)
     env = {
         "PGHOST": ep.host,
         "PGPORT": str(ep.port),
@@ -106,11 +107,13 @@ def subprocess_env(profile: Profile, role: str = "app", database: str | None = N
     return env
 
 
-def child_env(profile: Profile, role: str = "app", database: str | None = None) -> dict[str, str]:
+def child_env(profile: Profile, role: str = "app", database: str | None = None, *,
+              replica: str | None = None) -> dict[str, str]:
     """The inherited environment without our settings or secrets (:mod:`studyhub.environ`),
-    plus this profile's PG* settings for ``role``."""
+    plus this profile's PG* settings for ``role`` (role replica: the read endpoint named
+    ``replica``, default the first)."""
     base = inherited_environ()
-    base.update(subprocess_env(profile, role, database))
+    base.update(subprocess_env(profile, role, database, replica=replica))
     return base
 
 

@@ -23,6 +23,10 @@ RoleOpt = Annotated[
 DatabaseOpt = Annotated[
     str | None, typer.Option("--database", "-d", help="Database name (default: studyhub).")
 ]
+ReplicaOpt = Annotated[
+    str | None, typer.Option("--replica", help="With --role replica: which one (replica, "
+                                               "replica2 …; default the first).")
+]
 
 
 def render_status(status: ClusterStatus) -> None:
@@ -110,17 +114,18 @@ def destroy(yes: YesOpt = False, dry_run: DryRunOpt = False) -> None:
 
 
 @app.command()
-def url(role: RoleOpt = "app", database: DatabaseOpt = None) -> None:
+def url(role: RoleOpt = "app", database: DatabaseOpt = None, replica: ReplicaOpt = None) -> None:
     """Print a connection URL (no password in it: it names the 0600 passfile instead)."""
     profile = LocalCluster().profile()
-    typer.echo(profile.endpoint(role, database).url())
+    typer.echo(profile.endpoint(role, database, replica=replica).url())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def psql(ctx: typer.Context, role: RoleOpt = "app", database: DatabaseOpt = None) -> None:
+def psql(ctx: typer.Context, role: RoleOpt = "app", database: DatabaseOpt = None,
+         replica: ReplicaOpt = None) -> None:
     """Open psql on the local cluster (extra arguments go to psql). The password travels in
     the environment's passfile, never on the command line."""
     profile = LocalCluster().profile()
-    env = child_env(profile, role, database)
+    env = child_env(profile, role, database, replica=replica)
     program = str(proc.pg_program("psql"))
     os.execve(program, [program, *ctx.args], env)
