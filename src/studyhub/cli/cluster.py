@@ -36,7 +36,7 @@ app = typer.Typer(
          "point-in-time forks, replicas, resize, connection pools.",
     no_args_is_help=True,
 )
-forks_app = typer.Typer(help="Point-in-time forks: list, stop, start, remove.",
+forks_app = typer.Typer(help="Point-in-time forks: list, stop, start, promote, remove.",
                         no_args_is_help=True)
 replica_app = typer.Typer(help="Read replicas: list, add, remove.", no_args_is_help=True)
 pool_app = typer.Typer(help="Connection pools (PgBouncer): list, add, remove.",
@@ -328,6 +328,37 @@ def forks_remove(
     """Stop and delete a fork (DigitalOcean: destroy the cluster; only studyhub's forks)."""
     _change(profile, lambda b, dry: b.fork_remove_plan(name, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=lambda r: console.print(f"fork {name}: {r.status}"))
+
+
+@forks_app.command("promote")
+def forks_promote(
+    name: Annotated[str, typer.Argument(help="The fork's name.")],
+    profile: ProfileOpt = None,
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+    timeout: TimeoutOpt = 600,
+) -> None:
+    """Make a fork the profile's primary. DigitalOcean: the profile's endpoint and cluster id
+    switch to the fork's (written to $STUDYHUB_HOME/profiles.d/PROFILE.toml; the old cluster
+    is left as it is). Local: the fork takes over the primary's port, the old primary is
+    stopped and kept renamed, the replica re-seeded. The erasure ledger is re-applied to the
+    fork first. A fork still recovering is refused."""
+
+    def render(r: ops.ChangeResult) -> None:
+        d = r.details
+        where = d.get("endpoint") or f"port {d.get('port')}"
+        console.print(Text.assemble((f"fork {name} is now the primary", "green"),
+                                    f" ({where}) after {r.duration_s:.1f} s"))
+        if d.get("profile_file"):
+            console.print(f"  profile written: {d['profile_file']}")
+        if d.get("replaced"):
+            console.print(f"  old primary kept (stopped): {d['replaced']}")
+        if d.get("replica_reseeded"):
+            console.print("  replica re-seeded from the new primary")
+
+    _change(profile, lambda b, dry: b.fork_promote_plan(name, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=render, timeout_s=timeout)
 
 
 @forks_app.command("stop")
