@@ -107,8 +107,8 @@ def plan_statements_enable(profile: Profile, database: str | None = None) -> Sta
     ops_user = profile.users.get("ops")
     with _admin(profile, database) as conn:
         db = conn.info.dbname
-        installed, available, raw_libs, superuser, may_alter, role = conn.execute(
-            load("get_statements_enable_facts")).fetchone()
+        installed, available, raw_libs, superuser, may_alter, role, ops_exists = conn.execute(
+            load("get_statements_enable_facts"), {"ops_user": ops_user or ""}).fetchone()
         libs = _split_libraries(raw_libs) if raw_libs is not None else None
         if libs is not None:
             preloaded: bool | None = EXTENSION in libs
@@ -116,9 +116,6 @@ def plan_statements_enable(profile: Profile, database: str | None = None) -> Sta
             preloaded = _probe_loaded(conn)
         else:
             preloaded = None
-        ops_exists = bool(ops_user) and conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (ops_user,)
-        ).fetchone()[0]
     plan = StatementsPlan(profile.name, db, provider, role, installed, preloaded, libs,
                           already_enabled=bool(installed and preloaded))
     if plan.already_enabled:

@@ -284,9 +284,10 @@ class DigitalOceanBackend(DigitalOceanApi):
                          f"do_cluster_id <of {name}> written to {path}",
                          f"cluster {self.cluster_id} is not changed (remove it when done)"],
                         params={"name": name}, requests=requests, offline=True)
-        match = [f for f in self.forks() if f.name == name]
+        forks = self.forks()
+        match = [f for f in forks if f.name == name]
         if not match:
-            known = ", ".join(f.name for f in self.forks()) or "none"
+            known = ", ".join(f.name for f in forks) or "none"
             raise ClusterOpError(f"no fork named {name!r} among the clusters tagged {FORK_TAG} "
                                  f"(forks: {known})")
         fork = match[0]
