@@ -1,8 +1,8 @@
 -- What enabling pg_stat_statements in this database takes, asked as the administrator:
 -- is the extension installed here and available on the server, is the library in the running
 -- shared_preload_libraries (NULL when this role may not read that setting), may this role
--- CREATE an untrusted extension (superuser) and ALTER SYSTEM the preload list; does the ops
--- role %(ops_user)s exist (it gets EXECUTE on the reset function).
+-- CREATE an untrusted extension (superuser) and ALTER SYSTEM the preload list; does the
+-- profile's ops role exist (it gets EXECUTE on the reset function).
 SELECT
     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')          AS installed,
     EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements')  AS available,
