@@ -5,6 +5,9 @@ Changing commands show their plan first. ``--dry-run`` stops there and sends not
 DigitalOcean not even a read: the plan lists the exact requests, with <…> for values that would be
 read first). Without ``--yes`` they ask on a terminal and refuse otherwise. ``--json`` prints
 ``{"plan": …, "result": …}`` (``result`` is null for a dry run).
+
+One module on purpose (~505 lines): one command group whose changing commands all go through
+``_change`` (plan → show → dry run → confirm → apply) and share its renderers.
 """
 
 from __future__ import annotations
@@ -331,31 +334,21 @@ def forks_remove(
 
 
 @forks_app.command("promote")
-def forks_promote(
-    name: Annotated[str, typer.Argument(help="The fork's name.")],
-    profile: ProfileOpt = None,
-    yes: YesOpt = False,
-    dry_run: DryRunOpt = False,
-    json_: JsonOpt = False,
-    timeout: TimeoutOpt = 600,
-) -> None:
-    """Make a fork the profile's primary. DigitalOcean: the profile's endpoint and cluster id
-    switch to the fork's (written to $STUDYHUB_HOME/profiles.d/PROFILE.toml; the old cluster
-    is left as it is). Local: the fork takes over the primary's port, the old primary is
-    stopped and kept renamed, the replica re-seeded. The erasure ledger is re-applied to the
-    fork first. A fork still recovering is refused."""
+def forks_promote(name: Annotated[str, typer.Argument(help="The fork's name.")],
+                  profile: ProfileOpt = None, yes: YesOpt = False, dry_run: DryRunOpt = False,
+                  json_: JsonOpt = False, timeout: TimeoutOpt = 600) -> None:
+    """Make a fork the profile's primary (its erasure ledger re-applied first). DigitalOcean:
+    the profile's endpoint switched in $STUDYHUB_HOME/profiles.d/PROFILE.toml. Local: the fork
+    takes the primary's port, the old primary kept stopped and renamed, the replica re-seeded."""
 
     def render(r: ops.ChangeResult) -> None:
         d = r.details
-        where = d.get("endpoint") or f"port {d.get('port')}"
         console.print(Text.assemble((f"fork {name} is now the primary", "green"),
-                                    f" ({where}) after {r.duration_s:.1f} s"))
-        if d.get("profile_file"):
-            console.print(f"  profile written: {d['profile_file']}")
-        if d.get("replaced"):
-            console.print(f"  old primary kept (stopped): {d['replaced']}")
-        if d.get("replica_reseeded"):
-            console.print("  replica re-seeded from the new primary")
+                                    f" ({d.get('endpoint') or 'port ' + str(d.get('port'))})"))
+        for key, label in (("profile_file", "profile written"), ("replaced", "old primary kept "
+                           "(stopped)"), ("replica_reseeded", "replica re-seeded")):
+            if d.get(key):
+                console.print(f"  {label}: {d[key]}")
 
     _change(profile, lambda b, dry: b.fork_promote_plan(name, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=render, timeout_s=timeout)
