@@ -43,6 +43,7 @@ def test_do_promote_switches_the_profile_to_the_fork(cli, do, cluster, clean_pro
     res = run(cli, "forks", "promote", "staging-restore")
     assert res.exit_code == 1 and "needs confirmation" in res.stderr
     assert f"→ fork staging-restore localhost:{do.fake.connection_port}" in res.stdout
+    assert '  +host = "localhost"' in res.stdout and f'  +do_cluster_id = "{fid}"' in res.stdout
     assert not path.exists()
 
     out = _json(run(cli, "forks", "promote", "staging-restore", "--yes", "--json"))
