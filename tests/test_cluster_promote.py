@@ -57,6 +57,11 @@ def test_do_promote_switches_the_profile_to_the_fork(cli, do, cluster, clean_pro
     assert audit["action"] == "cluster.fork.promote" and audit["outcome"] == "ok"
     assert audit["from_cluster"] == do.cid and audit["to_cluster"] == fid
 
+    # the promoted fork is the profile's primary now: `forks remove` refuses to destroy it
+    res = run(cli, "forks", "remove", "staging-restore", "--yes")
+    assert res.exit_code == 1 and "refusing to destroy the profile's own cluster" in res.stderr
+    assert fid in do.fake.clusters
+
     # someone edits the file: the next promotion refuses and shows the diff
     path.write_text(written + "port = 5999\n")
     other = do.fake.add_cluster("staging-other", tags=["studyhub-fork"])

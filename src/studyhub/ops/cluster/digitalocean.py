@@ -20,6 +20,7 @@ from studyhub.ops.cluster.common import (
 )
 from studyhub.ops.cluster.digitalocean_api import FORK_TAG, _conn, _ts
 from studyhub.ops.cluster.digitalocean_promote import DigitalOceanPromote
+from studyhub.ops.cluster.profile_file import recorded_values
 from studyhub.ops.cluster.types import (
     ApiRequest,
     Backup,
@@ -248,8 +249,9 @@ class DigitalOceanBackend(DigitalOceanPromote):
             raise ClusterOpError(f"no fork named {name!r} among the clusters tagged {FORK_TAG}; "
                                  f"only forks made by studyhub can be removed here")
         fork = match[0]
-        if fork.id == self.cluster_id:
-            raise ClusterOpError("refusing to destroy the profile's own cluster")
+        if fork.id in (self.cluster_id, recorded_values(self.profile.name).get("do_cluster_id")):
+            raise ClusterOpError("refusing to destroy the profile's own cluster (a promoted fork "
+                                 "is the profile's primary)")
         requests.append(ApiRequest("DELETE", f"/v2/databases/{fork.id}"))
         return Plan("digitalocean", "fork remove", self.cluster_id,
                     [f"destroy the cluster {name} ({fork.id}, {fork.size}, {fork.region}) and "

@@ -86,6 +86,14 @@ def _prepare(profile: str, changes: dict[str, Any]) -> tuple[Path, str, str]:
     return path, old, render({**current, **changes})
 
 
+def recorded_values(profile: str) -> dict[str, Any]:
+    """What the profile's file says (``{}`` when absent or unreadable); for checks only."""
+    try:
+        return tomllib.loads(profile_file(profile).read_text())
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        return {}
+
+
 def plan_profile_file(profile: str, changes: dict[str, Any]) -> str:
     """The diff writing ``changes`` would make (for a plan); refuses an edited file."""
     path, old, new = _prepare(profile, changes)
