@@ -206,3 +206,10 @@ def test_do_pool_add_and_remove_record_the_pooler(cli, do):
     assert res.exit_code == 0, res.stderr
     assert resolve_profile("staging").pooler_database == "app-pool"  # the pool that is left
     assert [r.method for r in do.fake.sent("DELETE")] == ["DELETE"]
+
+
+def test_a_broken_profile_file_is_one_clear_error(staging_env):
+    update_profile_file("staging", lambda v: {"pooler_database": "pool1"})
+    profile_file("staging").write_text('port = 1\nport = 2\n')
+    with pytest.raises(ConfigError, match=r"staging.toml is not valid TOML \(.*line 2.*\)"):
+        resolve_profile("staging")

@@ -69,7 +69,8 @@ def read_profile_file(profile: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: line {exc.lineno}") from None
+        raise ConfigError(f"{path} is not valid TOML ({exc}); it is written by studyhub: "
+                          f"delete it and put your settings in studyhub.toml") from None
 
 
 def read_profile_files(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:

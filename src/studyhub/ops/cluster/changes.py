@@ -63,7 +63,7 @@ def _named(plan: Plan, _: ChangeResult) -> dict[str, Any]:
     return {"name": plan.params["name"]}
 
 
-def _resize_details(plan: Plan, r: ChangeResult) -> dict[str, Any]:
+def _result_details(plan: Plan, r: ChangeResult) -> dict[str, Any]:
     return dict(r.details)
 
 
@@ -72,9 +72,10 @@ _AUDIT_DETAILS: dict[str, Callable[[Plan, Any], dict[str, Any]]] = {
     "basebackup": _backup_details,
     "fork": _fork_details,
     "fork remove": _named,
+    "fork promote": _result_details,  # from/to, endpoint, profile file, erasures
     "replica add": _replica_details,
     "replica remove": _named,
-    "resize": _resize_details,
+    "resize": _result_details,
     "pool add": _pool_details,
     "pool remove": _named,
 }
@@ -84,8 +85,8 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
                timeout_s: float = 3600, poll_interval_s: float = 10) -> Any:
     """Carry out a plan of ``backend`` (not an offline one: those are for --dry-run) and return
     its result: a Backup, ForkResult, Replica, Pool or ChangeResult. ``timeout_s`` and
-    ``poll_interval_s`` apply to the operations that wait (fork, replica add, resize).
-    Replica and pool changes on a remote profile are recorded in its profile file
+    ``poll_interval_s`` apply to the operations that wait (fork, fork promote, replica add,
+    resize). Replica and pool changes on a remote profile are recorded in its profile file
     (``profile_record``); one someone else edited is refused before anything is sent."""
     profile = backend.profile
     profile.require_changes_allowed(f"cluster {plan.action}")
@@ -95,6 +96,7 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
         "basebackup": lambda: backend.basebackup(plan, progress=progress),  # type: ignore
         "fork": lambda: backend.fork(plan, **wait),
         "fork remove": lambda: backend.fork_remove(plan),
+        "fork promote": lambda: backend.fork_promote(plan, **wait),
         "replica add": lambda: backend.replica_add(plan, **wait),
         "replica remove": lambda: backend.replica_remove(plan),
         "resize": lambda: backend.resize(plan, **wait),
