@@ -63,6 +63,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class ReadEndpoint:
+    """One read replica the profile knows: its name, where it listens, its region (if known)."""
+
+    name: str  # "replica", "replica2", a DigitalOcean node name
+    host: str
+    port: int
+    region: str | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     """A resolved profile: where each role connects and where its password comes from."""
 
@@ -85,6 +95,17 @@ class Profile:
     protected: bool = False
     explicit: bool = False  # named on the command line (needed for destructive work on production)
     do_cluster_id: str | None = None
+    # The read endpoints, in order. A profile with only replica_host/replica_port gets one,
+    # named "replica"; replica_host/replica_port always describe the first.
+    replicas: tuple[ReadEndpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.replicas and self.replica_host and self.replica_port:
+            object.__setattr__(self, "replicas",
+                               (ReadEndpoint("replica", self.replica_host, self.replica_port),))
+        elif self.replicas and not self.replica_port:
+            object.__setattr__(self, "replica_host", self.replicas[0].host)
+            object.__setattr__(self, "replica_port", self.replicas[0].port)
 
     @property
     def is_local(self) -> bool:
@@ -102,9 +123,11 @@ class Profile:
         if self.read_only:
             raise RefusedError(f"refusing to {action}: profile {self.name} is marked read-only")
 
-    def endpoint(self, role: str = "app", database: str | None = None) -> Endpoint:
+    def endpoint(self, role: str = "app", database: str | None = None, *,
+                 replica: str | None = None) -> Endpoint:
         """Where ``role`` connects: app/ops/admin to the primary's own port, replica to the
-        replica, pooler to the transaction pooler (as the app user)."""
+        read endpoint named ``replica`` (default: the first), pooler to the transaction pooler
+        (as the app user)."""
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         db = database or self.database
@@ -115,7 +138,18 @@ class Profile:
                     f"profile {self.name} has no read replica"
                     + (" (start one with: studyhub local up --replica)" if self.is_local else "")
                 )
-            return Endpoint(self.replica_host, self.replica_port, db, self.users["app"], **common)
+            if replica is None:
+                chosen = self.replicas[0] if self.replicas else None
+            else:
+                chosen = next((r for r in self.replicas if r.name == replica), None)
+                if chosen is None:
+                    raise ConfigError(
+                        f"profile {self.name} has no read replica named {replica!r}; it has: "
+                        + (", ".join(r.name for r in self.replicas) or "none"))
+            if chosen is None:
+                return Endpoint(self.replica_host, self.replica_port, db, self.users["app"],
+                                **common)
+            return Endpoint(chosen.host, chosen.port, db, self.users["app"], **common)
         if role == "pooler":
             if not self.pooler_port:
                 raise ConfigError(

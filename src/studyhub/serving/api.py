@@ -51,6 +51,12 @@ class ApiSettings(BaseSettings):
     # measured lag is an upper bound with this resolution.
     replica_probe_interval_s: float = Field(0.2, gt=0)
     replica_probe_timeout_s: float = Field(2.0, gt=0)
+    # When the primary cannot be reached: reads are served by a replica whose staleness (the
+    # time since the newest primary position it is known to have replayed) is at most this,
+    # with the X-StudyHub-Stale-Seconds header; beyond it, 503 like writes.
+    max_stale_read_s: float = Field(60.0, ge=0)
+    # Prefer read endpoints in this region (ties broken by lag, then outstanding reads).
+    preferred_region: str | None = None
     # After a write, when the commit LSN could not be read, keep that student's reads on the
     # primary for this long instead.
     read_your_writes_fallback_s: float = Field(10.0, ge=0)
@@ -159,10 +165,11 @@ class Topology:
 
     def describe(self, profile: Profile) -> dict[str, str | None]:
         w = profile.endpoint("pooler" if self.writer == "pooler" else "app")
-        r = profile.endpoint("replica") if self.replica else None
+        readers = [f"{r.host}:{r.port} ({r.name})" for r in profile.replicas] if self.replica \
+            else []
         return {
             "writer": f"{w.host}:{w.port} ({'PgBouncer' if w.via_pooler else 'primary'})",
-            "reader": f"{r.host}:{r.port} (replica)" if r else "the writer (no replica)",
+            "reader": ", ".join(readers) if readers else "the writer (no replica)",
         }
 
 
@@ -171,7 +178,7 @@ def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
     has_pooler = profile.pooler_port is not None and (
         profile.is_local or profile.pooler_database is not None
     )
-    has_replica = profile.replica_port is not None and profile.replica_host is not None
+    has_replica = bool(profile.replicas)
     use_pooler = has_pooler if settings.use_pooler is None else settings.use_pooler
     use_replica = has_replica if settings.use_replica is None else settings.use_replica
     if use_pooler and not has_pooler:
