@@ -95,17 +95,16 @@ class Profile:
     protected: bool = False
     explicit: bool = False  # named on the command line (needed for destructive work on production)
     do_cluster_id: str | None = None
-    # The read endpoints, in order. A profile with only replica_host/replica_port gets one,
-    # named "replica"; replica_host/replica_port always describe the first.
+    # The read endpoints, in order (see read_endpoints()).
     replicas: tuple[ReadEndpoint, ...] = ()
 
-    def __post_init__(self) -> None:
-        if not self.replicas and self.replica_host and self.replica_port:
-            object.__setattr__(self, "replicas",
-                               (ReadEndpoint("replica", self.replica_host, self.replica_port),))
-        elif self.replicas and not self.replica_port:
-            object.__setattr__(self, "replica_host", self.replicas[0].host)
-            object.__setattr__(self, "replica_port", self.replicas[0].port)
+    def read_endpoints(self) -> tuple[ReadEndpoint, ...]:
+        """``replicas``; a profile with only replica_host/replica_port has one, "replica"."""
+        if self.replicas:
+            return self.replicas
+        if self.replica_host and self.replica_port:
+            return (ReadEndpoint("replica", self.replica_host, self.replica_port),)
+        return ()
 
     @property
     def is_local(self) -> bool:
@@ -133,22 +132,17 @@ class Profile:
         db = database or self.database
         common = dict(sslmode=self.sslmode, passfile=self.passfile, sslrootcert=self.sslrootcert)
         if role == "replica":
-            if not (self.replica_host and self.replica_port):
+            endpoints = self.read_endpoints()
+            if not endpoints:
                 raise ConfigError(
                     f"profile {self.name} has no read replica"
                     + (" (start one with: studyhub local up --replica)" if self.is_local else "")
                 )
-            if replica is None:
-                chosen = self.replicas[0] if self.replicas else None
-            else:
-                chosen = next((r for r in self.replicas if r.name == replica), None)
-                if chosen is None:
-                    raise ConfigError(
-                        f"profile {self.name} has no read replica named {replica!r}; it has: "
-                        + (", ".join(r.name for r in self.replicas) or "none"))
+            chosen = endpoints[0] if replica is None else next(
+                (r for r in endpoints if r.name == replica), None)
             if chosen is None:
-                return Endpoint(self.replica_host, self.replica_port, db, self.users["app"],
-                                **common)
+                raise ConfigError(f"profile {self.name} has no read replica named {replica!r}; "
+                                  f"it has: {', '.join(r.name for r in endpoints)}")
             return Endpoint(chosen.host, chosen.port, db, self.users["app"], **common)
         if role == "pooler":
             if not self.pooler_port:

@@ -165,7 +165,7 @@ class Topology:
 
     def describe(self, profile: Profile) -> dict[str, str | None]:
         w = profile.endpoint("pooler" if self.writer == "pooler" else "app")
-        readers = [f"{r.host}:{r.port} ({r.name})" for r in profile.replicas] if self.replica \
+        readers = [f"{r.host}:{r.port} ({r.name})" for r in profile.read_endpoints()] if self.replica \
             else []
         return {
             "writer": f"{w.host}:{w.port} ({'PgBouncer' if w.via_pooler else 'primary'})",
@@ -178,7 +178,7 @@ def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
     has_pooler = profile.pooler_port is not None and (
         profile.is_local or profile.pooler_database is not None
     )
-    has_replica = bool(profile.replicas)
+    has_replica = bool(profile.read_endpoints())
     use_pooler = has_pooler if settings.use_pooler is None else settings.use_pooler
     use_replica = has_replica if settings.use_replica is None else settings.use_replica
     if use_pooler and not has_pooler:
