@@ -130,7 +130,8 @@ def subject(base_profile) -> str:
 
 
 def with_replicas(profile: Profile, *replicas: ReadEndpoint, **changes) -> Profile:
-    return dataclasses.replace(profile, replicas=tuple(replicas), **changes)
+    return dataclasses.replace(profile, replicas=tuple(replicas), replica_host=replicas[0].host,
+                               replica_port=replicas[0].port, **changes)
 
 
 def the_replica(profile: Profile, name: str = "replica", region: str | None = None

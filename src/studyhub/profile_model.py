@@ -64,12 +64,16 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class ReadEndpoint:
-    """One read replica the profile knows: its name, where it listens, its region (if known)."""
+    """One read-only node of a profile's cluster (a streaming replica): its name ("replica",
+    "replica2", a DigitalOcean replica's name), where it listens, and its region if known."""
 
-    name: str  # "replica", "replica2", a DigitalOcean node name
+    name: str
     host: str
     port: int
     region: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "host": self.host, "port": self.port, "region": self.region}
 
 
 @dataclass(frozen=True)
@@ -89,22 +93,54 @@ class Profile:
     sslrootcert: str | None = None
     pooler_port: int | None = None
     pooler_database: str | None = None
+    # The first read endpoint (kept for code and settings written for a single replica): a
+    # profile given only these gets one ReadEndpoint named "replica" in ``replicas``; a profile
+    # given ``replicas`` gets these set from its first entry.
     replica_host: str | None = None
     replica_port: int | None = None
     read_only: bool = False
     protected: bool = False
     explicit: bool = False  # named on the command line (needed for destructive work on production)
     do_cluster_id: str | None = None
-    # The read endpoints, in order (see read_endpoints()).
-    replicas: tuple[ReadEndpoint, ...] = ()
+    replicas: tuple[ReadEndpoint, ...] = ()  # the read endpoints, in order of preference
+    pooler_host: str | None = None  # the pooler's host when it is not the primary's
 
-    def read_endpoints(self) -> tuple[ReadEndpoint, ...]:
-        """``replicas``; a profile with only replica_host/replica_port has one, "replica"."""
-        if self.replicas:
-            return self.replicas
-        if self.replica_host and self.replica_port:
-            return (ReadEndpoint("replica", self.replica_host, self.replica_port),)
-        return ()
+    def __post_init__(self) -> None:
+        replicas = tuple(self.replicas)
+        legacy = (self.replica_host, self.replica_port)
+        if not replicas and self.replica_host and self.replica_port:
+            replicas = (ReadEndpoint("replica", self.replica_host, self.replica_port),)
+        elif replicas and legacy != (replicas[0].host, replicas[0].port):
+            # ``dataclasses.replace(p, replica_host=…, replica_port=…)``: the first endpoint
+            # moves (both None: the profile has no replica any more)
+            if self.replica_host and self.replica_port:
+                replicas = (ReadEndpoint(replicas[0].name, self.replica_host, self.replica_port,
+                                         replicas[0].region), *replicas[1:])
+            elif self.replica_host is None and self.replica_port is None:
+                replicas = ()
+        names = [r.name for r in replicas]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"profile {self.name}: read endpoint names repeat: "
+                              f"{', '.join(names)}")
+        object.__setattr__(self, "replicas", replicas)
+        first = replicas[0] if replicas else None
+        object.__setattr__(self, "replica_host", first.host if first else None)
+        object.__setattr__(self, "replica_port", first.port if first else None)
+
+    def read_endpoint(self, name: str | None = None) -> ReadEndpoint:
+        """The read endpoint named ``name`` (default: the first); a clear error otherwise."""
+        if not self.replicas:
+            raise ConfigError(
+                f"profile {self.name} has no read replica"
+                + (" (start one with: studyhub local up --replica)" if self.is_local else "")
+            )
+        if name is None:
+            return self.replicas[0]
+        for r in self.replicas:
+            if r.name == name:
+                return r
+        raise ConfigError(f"profile {self.name} has no replica named {name!r} "
+                          f"(replicas: {', '.join(r.name for r in self.replicas)})")
 
     @property
     def is_local(self) -> bool:
@@ -124,26 +160,16 @@ class Profile:
 
     def endpoint(self, role: str = "app", database: str | None = None, *,
                  replica: str | None = None) -> Endpoint:
-        """Where ``role`` connects: app/ops/admin to the primary's own port, replica to the
-        read endpoint named ``replica`` (default: the first), pooler to the transaction pooler
+        """Where ``role`` connects: app/ops/admin to the primary's own port, replica to a read
+        endpoint (``replica`` names one; default the first), pooler to the transaction pooler
         (as the app user)."""
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         db = database or self.database
         common = dict(sslmode=self.sslmode, passfile=self.passfile, sslrootcert=self.sslrootcert)
         if role == "replica":
-            endpoints = self.read_endpoints()
-            if not endpoints:
-                raise ConfigError(
-                    f"profile {self.name} has no read replica"
-                    + (" (start one with: studyhub local up --replica)" if self.is_local else "")
-                )
-            chosen = endpoints[0] if replica is None else next(
-                (r for r in endpoints if r.name == replica), None)
-            if chosen is None:
-                raise ConfigError(f"profile {self.name} has no read replica named {replica!r}; "
-                                  f"it has: {', '.join(r.name for r in endpoints)}")
-            return Endpoint(chosen.host, chosen.port, db, self.users["app"], **common)
+            r = self.read_endpoint(replica)
+            return Endpoint(r.host, r.port, db, self.users["app"], **common)
         if role == "pooler":
             if not self.pooler_port:
                 raise ConfigError(
@@ -151,7 +177,7 @@ class Profile:
                     + (" (start one with: studyhub local up --pooler)" if self.is_local else "")
                 )
             return Endpoint(
-                self.host,
+                self.pooler_host or self.host,
                 self.pooler_port,
                 self.pooler_database or db,
                 self.users["app"],
@@ -181,7 +207,9 @@ class Profile:
                 for role in ("app", "ops", "admin")
             },
             "pooler_port": self.pooler_port,
+            "pooler_database": self.pooler_database,
             "replica": f"{self.replica_host}:{self.replica_port}" if self.replica_port else None,
+            "replicas": [r.describe() for r in self.replicas],
             "read_only": self.read_only,
             "protected": self.protected,
         }

@@ -161,7 +161,7 @@ class Databases:
         )
         self.readers: dict[str, Reader] = {}
         if self.topology.replica:
-            for ep in profile.read_endpoints():
+            for ep in self.topology.readers:
                 engine = make_engine(profile, "replica", settings, replica=ep.name,
                                      application_name="studyhub-api")
                 probe = make_engine(profile, "replica", settings, pool="single",
