@@ -105,27 +105,33 @@ class Profile:
     replicas: tuple[ReadEndpoint, ...] = ()  # the read endpoints, in order of preference
     pooler_host: str | None = None  # the pooler's host when it is not the primary's
 
+    # (the first endpoint as the old fields last showed it: tells ``dataclasses.replace`` of
+    # replica_host/replica_port, which moves or clears the first endpoint, from construction)
+    _first_seen: tuple[str | None, int | None] | None = field(default=None, repr=False,
+                                                              compare=False)
+
     def __post_init__(self) -> None:
         replicas = tuple(self.replicas)
         legacy = (self.replica_host, self.replica_port)
-        if not replicas and self.replica_host and self.replica_port:
-            replicas = (ReadEndpoint("replica", self.replica_host, self.replica_port),)
-        elif replicas and legacy != (replicas[0].host, replicas[0].port):
-            # ``dataclasses.replace(p, replica_host=…, replica_port=…)``: the first endpoint
-            # moves (both None: the profile has no replica any more)
-            if self.replica_host and self.replica_port:
-                replicas = (ReadEndpoint(replicas[0].name, self.replica_host, self.replica_port,
-                                         replicas[0].region), *replicas[1:])
+        if self._first_seen is not None and legacy != self._first_seen:
+            if self.replica_host and self.replica_port:  # replace(): the first endpoint moves
+                first = replicas[0] if replicas else ReadEndpoint("replica", "", 0)
+                replicas = (ReadEndpoint(first.name, self.replica_host, self.replica_port,
+                                         first.region), *replicas[1:])
             elif self.replica_host is None and self.replica_port is None:
-                replicas = ()
+                replicas = ()  # replace(): no replica any more
+        elif self._first_seen is None and not replicas and self.replica_host \
+                and self.replica_port:  # the old single-replica settings
+            replicas = (ReadEndpoint("replica", self.replica_host, self.replica_port),)
         names = [r.name for r in replicas]
         if len(set(names)) != len(names):
             raise ConfigError(f"profile {self.name}: read endpoint names repeat: "
                               f"{', '.join(names)}")
         object.__setattr__(self, "replicas", replicas)
-        first = replicas[0] if replicas else None
-        object.__setattr__(self, "replica_host", first.host if first else None)
-        object.__setattr__(self, "replica_port", first.port if first else None)
+        first_pair = (replicas[0].host, replicas[0].port) if replicas else (None, None)
+        object.__setattr__(self, "replica_host", first_pair[0])
+        object.__setattr__(self, "replica_port", first_pair[1])
+        object.__setattr__(self, "_first_seen", first_pair)
 
     def read_endpoint(self, name: str | None = None) -> ReadEndpoint:
         """The read endpoint named ``name`` (default: the first); a clear error otherwise."""
