@@ -67,6 +67,23 @@ PHASES = ["steady", "replica2 stopped", "replay paused on replica", "primary sto
 
 
 # ---------------------------------------------------------------------------- scaling
+def node_pids(cluster: LocalCluster) -> dict[str, list[int]]:
+    """The processes of each server (postmaster and backends: cwd = its data directory)."""
+    dirs = {cluster.primary_dir.resolve(): "primary"}
+    for name in cluster.load_state().replica_names():
+        dirs[cluster.replica_node_dir(name).resolve()] = name  # type: ignore[attr-defined]
+    found: dict[str, list[int]] = {name: [] for name in dirs.values()}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                node = dirs.get(Path(os.readlink(entry / "cwd")))
+            except OSError:
+                continue
+            if node:
+                found[node].append(int(entry.name))
+    return found
+
+
 def run_scaling_setup(setup: Setup, endpoints: str | None, cluster: LocalCluster, home: Path,
                       secret: str, picked: list[tuple[str, str]],
                       args: argparse.Namespace) -> Result:
@@ -78,11 +95,14 @@ def run_scaling_setup(setup: Setup, endpoints: str | None, cluster: LocalCluster
         students = [Student(token, subject) for token, subject in picked]
         api_pids = process_tree(proc.pid)
         api_before, db_before = cpu_snapshot(api_pids), cpu_snapshot(database_pids(cluster))
+        nodes_before = {n: cpu_snapshot(p) for n, p in node_pids(cluster).items()}
         client_before = time.process_time()
         run_loop(drive(port, students, args.warmup, args.duration, result))
         result.client_cpu_s = time.process_time() - client_before
         result.api_cpu_s = cpu_used(api_before, process_tree(proc.pid))
         result.db_cpu_s = cpu_used(db_before, database_pids(cluster))
+        for n, pids in node_pids(cluster).items():
+            result.routing[f"cpu_ms:{n}"] = int(1000 * cpu_used(nodes_before.get(n, {}), pids))
     finally:
         stop_server(proc)
     result.load_average.append(os.getloadavg()[0])
@@ -105,11 +125,13 @@ def report_scaling(results: list[Result], args: argparse.Namespace) -> None:
               f"{r.pct(99):>7.1f} {r.errors:>6} {r.ok_rps / base.ok_rps:>8.2f}x "
               f"{r.pct(99) / base.pct(99):>7.2f}x  {by_node}")
     print("\nCPU per request (ms, warm-up included):")
-    print(f"{'setup':<11} {'API':>6} {'databases':>10} {'client':>7}")
+    print(f"{'setup':<11} {'API':>6} {'databases':>10} {'client':>7}  by server")
     for r in results:
         n = max(r.all_requests, 1)
+        by_server = ", ".join(f"{k.split(':', 1)[1]} {v / n:.2f}"
+                              for k, v in sorted(r.routing.items()) if k.startswith("cpu_ms:"))
         print(f"{r.setup:<11} {1000 * r.api_cpu_s / n:>6.2f} {1000 * r.db_cpu_s / n:>10.2f} "
-              f"{1000 * r.client_cpu_s / n:>7.2f}")
+              f"{1000 * r.client_cpu_s / n:>7.2f}  {by_server}")
     for r in results:
         if r.error_kinds:
             print(f"  errors in {r.setup}: " + "; ".join(
@@ -238,7 +260,9 @@ async def drive_faults(port: int, students: list[FaultStudent], phases: list[Pha
 
 
 def run_faults(cluster: LocalCluster, home: Path, secret: str,
-               picked: list[tuple[str, str]], args: argparse.Namespace) -> list[Phase]:
+               picked: list[tuple[str, str]], args: argparse.Namespace
+               ) -> tuple[list[Phase], dict[str, int]]:
+    """The phases, and the causes the API logged for its 503s (whole run)."""
     setup = Setup("faults", pooler=False, replica=True, fit_pools=True)
     env = {"STUDYHUB_API_READ_ENDPOINTS": "replica,replica2",
            "STUDYHUB_API_MAX_STALE_READ_S": str(args.max_stale),
@@ -275,19 +299,25 @@ def run_faults(cluster: LocalCluster, home: Path, secret: str,
         stop.set()
         await runner
 
+    log_path = home / "api-faults.log"
+    causes: dict[str, int] = {}
     try:
         run_loop(scenario())
     finally:
         stop_server(proc)
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "database unavailable:" in line:
+                count(causes, line.split("database unavailable:", 1)[1].strip()[:80])
         for node in ("primary", "replica2"):  # leave the cluster whole
             try:
                 cluster.start_node(node)
             except Exception:  # noqa: BLE001 - already running
                 pass
-    return phases
+    return phases, causes
 
 
-def report_faults(phases: list[Phase], args: argparse.Namespace) -> None:
+def report_faults(phases: list[Phase], causes: dict[str, int],
+                  args: argparse.Namespace) -> None:
     print(f"\nFaults: {args.fault_clients} clients, each write read straight back; phases of "
           f"{args.phase:g} s; stale reads allowed up to {args.max_stale:g} s "
           f"(max_stale_read_s)")
@@ -304,6 +334,9 @@ def report_faults(phases: list[Phase], args: argparse.Namespace) -> None:
               f"{f'{p.writes_ok}/{p.writes_failed}':>16} {p.p99():>7.1f} {p.stale_reads:>11} "
               f"{p.max_stale_s:>11.2f} {p.ryw_checks:>10} {p.ryw_violations:>10}  "
               f"{nodes}; {kinds or 'none'}")
+    if causes:
+        print("API logged (whole fault run): " + "; ".join(
+            f"{n} × {k}" for k, n in sorted(causes.items(), key=lambda kv: -kv[1])[:6]))
     worst = max(p.max_stale_s for p in phases)
     total = sum(p.ryw_violations for p in phases)
     print(f"\nlargest staleness served: {worst:.2f} s (bound {args.max_stale:g} s: "
@@ -334,9 +367,9 @@ def run_replicas(args: argparse.Namespace) -> None:
                 results[setup.name].merge(run_scaling_setup(
                     setup, endpoints, cluster, home, secret, picked[:args.clients], args))
         print("faults ...", flush=True)
-        phases = run_faults(cluster, home, secret, picked, args)
+        phases, causes = run_faults(cluster, home, secret, picked, args)
         report_scaling(list(results.values()), args)
-        report_faults(phases, args)
+        report_faults(phases, causes, args)
     finally:
         if args.keep:
             print(f"kept {home}")
