@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Hashable, Sequence
 
 from studyhub.api.read_marks import ReadAfter
