@@ -5,6 +5,9 @@ Changing commands show their plan first. ``--dry-run`` stops there and sends not
 DigitalOcean not even a read: the plan lists the exact requests, with <…> for values that would be
 read first). Without ``--yes`` they ask on a terminal and refuse otherwise. ``--json`` prints
 ``{"plan": …, "result": …}`` (``result`` is null for a dry run).
+
+One module on purpose (~505 lines): one command group whose changing commands all go through
+``_change`` (plan → show → dry run → confirm → apply) and share its renderers.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ app = typer.Typer(
          "point-in-time forks, replicas, resize, connection pools.",
     no_args_is_help=True,
 )
-forks_app = typer.Typer(help="Point-in-time forks: list, stop, start, remove.",
+forks_app = typer.Typer(help="Point-in-time forks: list, stop, start, promote, remove.",
                         no_args_is_help=True)
 replica_app = typer.Typer(help="Read replicas: list, add, remove.", no_args_is_help=True)
 pool_app = typer.Typer(help="Connection pools (PgBouncer): list, add, remove.",
@@ -328,6 +331,27 @@ def forks_remove(
     """Stop and delete a fork (DigitalOcean: destroy the cluster; only studyhub's forks)."""
     _change(profile, lambda b, dry: b.fork_remove_plan(name, offline=dry), dry_run=dry_run,
             yes=yes, json_=json_, render=lambda r: console.print(f"fork {name}: {r.status}"))
+
+
+@forks_app.command("promote")
+def forks_promote(name: Annotated[str, typer.Argument(help="The fork's name.")],
+                  profile: ProfileOpt = None, yes: YesOpt = False, dry_run: DryRunOpt = False,
+                  json_: JsonOpt = False, timeout: TimeoutOpt = 600) -> None:
+    """Make a fork the profile's primary (its erasure ledger re-applied first). DigitalOcean:
+    the profile's endpoint switched in $STUDYHUB_HOME/profiles.d/PROFILE.toml. Local: the fork
+    takes the primary's port, the old primary kept stopped and renamed, the replica re-seeded."""
+
+    def render(r: ops.ChangeResult) -> None:
+        d = r.details
+        console.print(Text.assemble((f"fork {name} is now the primary", "green"),
+                                    f" ({d.get('endpoint') or 'port ' + str(d.get('port'))})"))
+        for key, label in (("profile_file", "profile written"), ("replaced", "old primary kept "
+                           "(stopped)"), ("replica_reseeded", "replica re-seeded")):
+            if d.get(key):
+                console.print(f"  {label}: {d[key]}")
+
+    _change(profile, lambda b, dry: b.fork_promote_plan(name, offline=dry), dry_run=dry_run,
+            yes=yes, json_=json_, render=render, timeout_s=timeout)
 
 
 @forks_app.command("stop")

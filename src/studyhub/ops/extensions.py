@@ -41,7 +41,10 @@ class ExtensionStatus:
                              "(Debian: postgresql-15-hypopg)" if self.name == "hypopg" else
                              f"install the server package providing {self.name}")
             steps.append(f"in database {database} run: CREATE EXTENSION {self.name};")
-        return "; then ".join(steps)
+        fix = "; then ".join(steps)
+        if self.name == "pg_stat_statements":
+            fix += f" (or let studyhub do it: studyhub diag statements enable -d {database})"
+        return fix
 
 
 def extension_status(conn: psycopg.Connection, name: str) -> ExtensionStatus:

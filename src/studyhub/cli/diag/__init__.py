@@ -2,15 +2,15 @@
 catalogs, never app rows); ``explain``, ``advise`` and ``create-index`` need the app role (the
 tables' owner) because they plan or change the app's own tables.
 
-One module per group of commands: ``doctor``, ``queries`` (slow-queries, explain), ``incident`` (history),
-``indexing`` (indexes, create-index, advise), ``server`` (connections, locks, replication,
-sizes)."""
+One module per group of commands: ``doctor``, ``queries`` (slow-queries, explain), ``incident``
+(history), ``indexing`` (indexes, create-index, advise), ``statements`` (statements enable: as
+the admin role), ``server`` (connections, locks, replication, sizes)."""
 
 from __future__ import annotations
 
 import typer
 
-from studyhub.cli.diag import doctor, incident, indexing, queries, server
+from studyhub.cli.diag import doctor, incident, indexing, queries, server, statements
 
 app = typer.Typer(help="Diagnostics: health report, slow queries, indexes, locks, connections, "
                        "replication, sizes.", no_args_is_help=True)
@@ -25,3 +25,7 @@ app.command()(server.replication)
 app.command()(server.sizes)
 app.command()(queries.explain)
 app.command()(indexing.advise)
+statements_app = typer.Typer(help="pg_stat_statements: turn it on where it is missing.",
+                             no_args_is_help=True)
+statements_app.command("enable")(statements.enable)
+app.add_typer(statements_app, name="statements")

@@ -58,7 +58,7 @@ def _named(plan: Plan, _: ChangeResult) -> dict[str, Any]:
     return {"name": plan.params["name"]}
 
 
-def _resize_details(plan: Plan, r: ChangeResult) -> dict[str, Any]:
+def _result_details(plan: Plan, r: ChangeResult) -> dict[str, Any]:
     return dict(r.details)
 
 
@@ -67,9 +67,10 @@ _AUDIT_DETAILS: dict[str, Callable[[Plan, Any], dict[str, Any]]] = {
     "basebackup": _backup_details,
     "fork": _fork_details,
     "fork remove": _named,
+    "fork promote": _result_details,  # from/to, endpoint, profile file, erasures
     "replica add": _replica_details,
     "replica remove": _named,
-    "resize": _resize_details,
+    "resize": _result_details,
     "pool add": _pool_details,
     "pool remove": _named,
 }
@@ -79,7 +80,8 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
                timeout_s: float = 3600, poll_interval_s: float = 10) -> Any:
     """Carry out a plan of ``backend`` (not an offline one: those are for --dry-run) and return
     its result: a Backup, ForkResult, Replica, Pool or ChangeResult. ``timeout_s`` and
-    ``poll_interval_s`` apply to the operations that wait (fork, replica add, resize)."""
+    ``poll_interval_s`` apply to the operations that wait (fork, fork promote, replica add,
+    resize)."""
     profile = backend.profile
     profile.require_changes_allowed(f"cluster {plan.action}")
     wait = {"progress": progress, "timeout_s": timeout_s, "poll_interval_s": poll_interval_s}
@@ -88,6 +90,7 @@ def apply_plan(backend: ClusterBackend, plan: Plan, *, progress: Progress = _noo
         "basebackup": lambda: backend.basebackup(plan, progress=progress),  # type: ignore
         "fork": lambda: backend.fork(plan, **wait),
         "fork remove": lambda: backend.fork_remove(plan),
+        "fork promote": lambda: backend.fork_promote(plan, **wait),
         "replica add": lambda: backend.replica_add(plan, **wait),
         "replica remove": lambda: backend.replica_remove(plan),
         "resize": lambda: backend.resize(plan, **wait),

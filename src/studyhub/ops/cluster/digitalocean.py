@@ -1,6 +1,7 @@
 """``studyhub cluster`` on DigitalOcean managed PostgreSQL: what each command reads and the API
 requests each change sends (``DigitalOceanBackend``), on top of ``digitalocean_api``'s client
-(token, bounded retries, errors). Endpoints used are listed in docs/cluster.md.
+(token, bounded retries, errors); promoting a fork is in ``digitalocean_promote``. Endpoints
+used are listed in docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from studyhub.ops.cluster.common import (
     streaming_clients,
     verify_profile,
 )
-from studyhub.ops.cluster.digitalocean_api import DigitalOceanApi, _conn, _ts
+from studyhub.ops.cluster.digitalocean_api import FORK_TAG, _conn, _ts
+from studyhub.ops.cluster.digitalocean_promote import DigitalOceanPromote
+from studyhub.ops.cluster.profile_file import recorded_values
 from studyhub.ops.cluster.types import (
     ApiRequest,
     Backup,
@@ -42,7 +45,6 @@ from studyhub.ops.cluster.types import (
 )
 
 PITR_DAYS = 7  # DigitalOcean keeps backups and WAL for point-in-time recovery this long
-FORK_TAG = "studyhub-fork"
 PRICING_URL = "https://www.digitalocean.com/pricing/managed-databases"
 DOWNTIME_NOTE = ("expect a brief interruption: DigitalOcean moves the cluster to new nodes and "
                  "drops open connections; clients must reconnect")
@@ -54,7 +56,7 @@ def describe_size(slug: str) -> str:
     return f"{m[1]} vCPU, {m[2]} GB RAM" if m else slug
 
 
-class DigitalOceanBackend(DigitalOceanApi):
+class DigitalOceanBackend(DigitalOceanPromote):
     provider = "digitalocean"
 
     # ------------------------------------------------------------------- reads
@@ -247,8 +249,9 @@ class DigitalOceanBackend(DigitalOceanApi):
             raise ClusterOpError(f"no fork named {name!r} among the clusters tagged {FORK_TAG}; "
                                  f"only forks made by studyhub can be removed here")
         fork = match[0]
-        if fork.id == self.cluster_id:
-            raise ClusterOpError("refusing to destroy the profile's own cluster")
+        if fork.id in (self.cluster_id, recorded_values(self.profile.name).get("do_cluster_id")):
+            raise ClusterOpError("refusing to destroy the profile's own cluster (a promoted fork "
+                                 "is the profile's primary)")
         requests.append(ApiRequest("DELETE", f"/v2/databases/{fork.id}"))
         return Plan("digitalocean", "fork remove", self.cluster_id,
                     [f"destroy the cluster {name} ({fork.id}, {fork.size}, {fork.region}) and "

@@ -41,6 +41,7 @@ RETRY_BACKOFF_FACTOR = 0.5
 RETRY_BACKOFF_MAX_S = 8
 MAX_RETRY_AFTER_S = 60
 PER_PAGE = 200  # DigitalOcean's maximum page size
+FORK_TAG = "studyhub-fork"  # the tag of the clusters `cluster fork` makes
 
 # azure-core logs requests at INFO with headers redacted; we never want them in our output.
 logging.getLogger("azure").setLevel(logging.WARNING)

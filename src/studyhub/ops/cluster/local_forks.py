@@ -8,6 +8,7 @@ into the primary's archive); then verified and erased again from the erasure led
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -300,6 +301,93 @@ class LocalForks(LocalArchive):
         (self.cluster.logs_dir / f"fork-{name}.log").unlink(missing_ok=True)
         return ChangeResult("local", "fork remove", "local", name, "removed",
                             round(time.monotonic() - started, 3))
+
+    # ------------------------------------------------------------ promote a fork
+    def fork_promote_plan(self, name: str, *, offline: bool = False) -> Plan:
+        """The fork takes over the primary's role: same port, archiving on; the old primary is
+        stopped and kept renamed; the replica is re-seeded from the new primary."""
+        c = self.cluster
+        meta = self._require_fork(name)
+        fork = self._fork(meta)
+        if meta["status"] != "promoted":
+            raise ClusterOpError(f"fork {name} is {fork.status}: it never finished recovery, so "
+                                 f"it cannot become the primary (remove it and fork again)")
+        if fork.status != "running":
+            raise ClusterOpError(f"fork {name} is {fork.status}; start it first "
+                                 f"(studyhub cluster forks start {name})")
+        self._require_primary("promoting a fork (its erasure ledger is read first)")
+        state = c.load_state()
+        replaced = "primary.replaced-" + self._now().strftime("%Y%m%dT%H%M%SZ")
+        summary = [
+            f"erase again in fork {name} everyone in the primary's erasure ledger (people "
+            f"erased since the fork was made)",
+            "stop the replica and the primary" if state.has_replica else "stop the primary",
+            f"keep the old primary's data, stopped, as {c.home / replaced}",
+            f"move fork {name} (as of {iso(fork.target_time)}) into {c.primary_dir}: it becomes "
+            f"the primary on port {state.primary_port}, archiving WAL again",
+        ]
+        if state.has_replica:
+            summary.append("re-seed the replica from the new primary (pg_basebackup through "
+                           "the slot studyhub_replica) and wait until it streams")
+        summary += [
+            f"profile {self.profile.name} keeps its port: clients reconnect to the new primary",
+            "then take a base backup (studyhub cluster basebackup): new forks start from one",
+        ]
+        warnings = ["clients connected to the primary are cut off; writes made to it after "
+                    f"the fork's point in time are not in {name} (they stay in the old "
+                    "primary's data)"]
+        return Plan("local", "fork promote", "local", summary,
+                    params={"name": name, "replaced": replaced,
+                            "reseed_replica": state.has_replica},
+                    warnings=warnings)
+
+    def fork_promote(self, plan: Plan, *, progress: Progress = _noop,
+                     **_: Any) -> ChangeResult:
+        c = self.cluster
+        started = time.monotonic()
+        name = plan.params["name"]
+        meta = self._require_fork(name)
+        progress("re-applying the erasure ledger to the fork")
+        erasures = reapply_erasures_on_fork(self.profile, self._fork_profile(meta["port"]), name)
+        fork_dir = c.forks_dir / name
+        replaced = c.home / plan.params["replaced"]
+        progress("stopping the replica and the primary")
+        c._stop_postgres(c.replica_dir)
+        c._stop_postgres(c.primary_dir)
+        c._stop_postgres(fork_dir)
+        os.rename(c.primary_dir, replaced)
+        try:
+            os.rename(fork_dir, c.primary_dir)
+        except OSError:
+            os.rename(replaced, c.primary_dir)
+            raise
+        # The new timeline's history into the archive: a restore can follow it.
+        for history in sorted((c.primary_dir / "pg_wal").glob("*.history")):
+            dest = c.wal_archive_dir / history.name
+            if not dest.exists():
+                shutil.copy2(history, dest)
+                proc.chown_to_server(dest)
+        self._fork_meta_path(name).unlink(missing_ok=True)  # no longer a fork
+        state = c.load_state()
+        state.extra.setdefault("replaced_primaries", []).append(
+            {"dir": str(replaced), "replaced_at": datetime.now(timezone.utc).isoformat(),
+             "by_fork": name, "fork_target_time": meta["target_time"]})
+        c.save_state(state)
+        if plan.params["reseed_replica"]:
+            shutil.rmtree(c.replica_dir, ignore_errors=True)  # a copy of the old primary
+        try:
+            progress("starting the new primary")
+            c.up(progress=progress)  # its conf (the primary's port, archiving), the replica
+        except Exception as exc:
+            raise ClusterOpError(
+                f"fork {name} was moved into {c.primary_dir} but did not come up: {exc}; the "
+                f"old primary is kept in {replaced}") from None
+        return ChangeResult("local", "fork promote", "local", name, "promoted",
+                            round(time.monotonic() - started, 3),
+                            details={"name": name, "replaced": str(replaced),
+                                     "port": c.load_state().primary_port,
+                                     "replica_reseeded": plan.params["reseed_replica"],
+                                     "erasures_reapplied": erasures.reapplied})
 
     def fork_stop(self, name: str) -> Fork:
         meta = self._require_fork(name)
