@@ -94,7 +94,7 @@ MIX = [
     (5, "edit_note"),
 ]
 REFUSED = re.compile(r"too many clients already|remaining connection slots are reserved")
-ROUTED = re.compile(r"reads routed by this worker: replica=(\d+) primary=(\d+) "
+ROUTED = re.compile(r"reads routed by this worker: replicas=(\d+) \(.*?\) primary=(\d+) "
                     r"\(read_your_writes=(\d+) failed_on_replica=(\d+)\)")
 
 
@@ -214,6 +214,9 @@ def database_pids(cluster: LocalCluster) -> list[int]:
     """Every process of the cluster: postmasters and backends (cwd = a data directory) and
     PgBouncer."""
     dirs = {cluster.primary_dir.resolve(), cluster.replica_dir.resolve()}
+    node_dir = getattr(cluster, "replica_node_dir", None)  # more replicas (local up --replicas)
+    if node_dir is not None:
+        dirs |= {node_dir(name).resolve() for name in cluster.load_state().replica_names()}
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -248,11 +251,12 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 
 
 def start_server(home: Path, secret: str, setup: Setup, args: argparse.Namespace,
-                 log: Path) -> tuple[subprocess.Popen, int]:
+                 log: Path, extra_env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "STUDYHUB_"))}
     env.update(STUDYHUB_HOME=str(home), STUDYHUB_API_SECRET=secret,  # environment, not argv
-               STUDYHUB_API_REPLICA_POOL_SIZE=str(args.replica_pool_size))
+               STUDYHUB_API_REPLICA_POOL_SIZE=str(args.replica_pool_size), **(extra_env or {}))
     flags = ["--pooler" if setup.pooler else "--no-pooler",
              "--replica" if setup.replica else "--no-replica",
              "--workers", str(args.workers), "--pool-size",
@@ -530,7 +534,8 @@ def report(results: list[Result], args: argparse.Namespace, seeded: str,
     print("-" * len(header))
     for r in results:
         reads = sum(r.reads.values())
-        share = f"{100 * r.reads.get('replica', 0) / reads:.0f}%" if reads else "-"
+        on_replicas = reads - r.reads.get("primary", 0)
+        share = f"{100 * on_replicas / reads:.0f}%" if reads else "-"
         print(f"{r.setup:<23} {r.rps:>6.0f} {r.ok_rps:>6.0f} {r.pct(50):>7.1f} "
               f"{r.pct(95):>7.1f} {r.pct(99):>7.1f} {r.errors:>7} "
               f"{r.max_primary_connections:>13} {r.max_replica_connections:>13} {share:>16} "
@@ -589,7 +594,21 @@ def main() -> None:
                         help="reader pool per worker on the replica")
     parser.add_argument("--students", type=int, default=1000, help="students to seed")
     parser.add_argument("--keep", action="store_true", help="keep the cluster and logs")
+    parser.add_argument("--replicas", action="store_true",
+                        help="instead: read throughput with 0, 1 and 2 replicas, then the fault "
+                             "phases (bench/load_replicas.py)")
+    parser.add_argument("--fault-clients", type=int, default=50,
+                        help="--replicas: concurrent students in the fault phases")
+    parser.add_argument("--phase", type=float, default=8.0,
+                        help="--replicas: seconds per fault phase")
+    parser.add_argument("--max-stale", type=float, default=5.0,
+                        help="--replicas: the API's max_stale_read_s in the fault phases")
     args = parser.parse_args()
+    if args.replicas:
+        from load_replicas import run_replicas  # bench/load_replicas.py
+
+        run_replicas(args)
+        return
 
     load_before = os.getloadavg()
     home = bench_home()

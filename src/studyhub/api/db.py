@@ -1,8 +1,9 @@
 """The API's two async engines (SQLAlchemy 2 + asyncpg) and how reads and writes use them.
 
 - **writer**: the primary, through the transaction pooler (PgBouncer) when it is used;
-- **reader**: the streaming replica, used only while the monitor says its lag is in bounds
-  (:mod:`studyhub.api.replica`); any failure there is answered by the primary instead.
+- **readers**: one per read endpoint of the profile (streaming replicas), used only while its
+  monitor says its lag is in bounds (:mod:`studyhub.api.replica`); a failure there is answered
+  by the primary instead; when the primary is down, by a replica within the staleness bound.
 
 No password ever enters a URL: asyncpg gets the passfile path (local profile) or the password
 as a keyword argument (remote profiles), and SQLAlchemy hides statement parameters in errors.
@@ -17,11 +18,12 @@ transaction on the server (docs/api.md shows what happens without).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -90,12 +92,12 @@ def asyncpg_connect_args(profile: Profile, ep: Endpoint, settings: ApiSettings,
 
 
 def make_engine(profile: Profile, role: str, settings: ApiSettings, *, application_name: str,
-                pool: str = "app") -> AsyncEngine:
+                pool: str = "app", replica: str | None = None) -> AsyncEngine:
     """An async engine for ``role`` (app/pooler/replica) of ``profile``.
 
     ``pool``: "app" (sized for request traffic), "single" (one connection, for probes) or
-    "none" (connect per use)."""
-    ep = profile.endpoint(role)
+    "none" (connect per use); ``replica``: which read endpoint (role replica)."""
+    ep = profile.endpoint(role, replica=replica) if role == "replica" else profile.endpoint(role)
     url = sa.URL.create("postgresql+asyncpg", username=ep.user, host=ep.host, port=ep.port,
                         database=ep.database)
     kw: dict[str, Any] = {
@@ -115,8 +117,29 @@ def make_engine(profile: Profile, role: str, settings: ApiSettings, *, applicati
     return create_async_engine(url, **kw)
 
 
+@dataclass
+class Reader:
+    """One read endpoint: its request pool, its probe connection and its monitor."""
+
+    name: str
+    engine: AsyncEngine
+    reads: AsyncEngine  # the same pool, AUTOCOMMIT (one statement per read)
+    probe: AsyncEngine
+    monitor: ReplicaMonitor
+
+
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    """A read's result, where it ran (a replica's name or "primary") and, when the primary was
+    down and a replica answered, an upper bound on how stale that answer is."""
+
+    result: T
+    where: str
+    stale_s: float | None = None
+
+
 class Databases:
-    """The engines, the replica monitor and the router, for one API process."""
+    """The engines, the replica monitors and the router, for one API process."""
 
     def __init__(self, profile: Profile, settings: ApiSettings,
                  topology: Topology | None = None) -> None:
@@ -136,25 +159,33 @@ class Databases:
                         application_name="studyhub-api-health")
             if writer_role == "pooler" else None
         )
-        self.reader: AsyncEngine | None = None
-        self.reader_reads: AsyncEngine | None = None
-        self.probe_reader: AsyncEngine | None = None
-        monitor: ReplicaMonitor | None = None
+        self.readers: dict[str, Reader] = {}
         if self.topology.replica:
-            self.reader = make_engine(profile, "replica", settings,
-                                      application_name="studyhub-api")
-            self.reader_reads = self.reader.execution_options(isolation_level="AUTOCOMMIT")
-            self.probe_reader = make_engine(profile, "replica", settings, pool="single",
-                                            application_name="studyhub-api-probe")
-            monitor = ReplicaMonitor(
-                self._primary_wal_lsn,
-                self._replica_position,
-                max_lag_s=settings.max_replica_lag_s,
-                interval_s=settings.replica_probe_interval_s,
-                timeout_s=settings.replica_probe_timeout_s,
-            )
-        self.monitor = monitor
-        self.router = ReadRouter(monitor, fallback_window_s=settings.read_your_writes_fallback_s)
+            for ep in self.topology.readers:
+                engine = make_engine(profile, "replica", settings, replica=ep.name,
+                                     application_name="studyhub-api")
+                probe = make_engine(profile, "replica", settings, pool="single",
+                                    replica=ep.name, application_name="studyhub-api-probe")
+                monitor = ReplicaMonitor(
+                    self._primary_wal_lsn,
+                    self._replica_position(probe),
+                    max_lag_s=settings.max_replica_lag_s,
+                    interval_s=settings.replica_probe_interval_s,
+                    timeout_s=settings.replica_probe_timeout_s,
+                    name=ep.name, region=ep.region,
+                )
+                self.readers[ep.name] = Reader(
+                    ep.name, engine, engine.execution_options(isolation_level="AUTOCOMMIT"),
+                    probe, monitor)
+        self.router = ReadRouter([r.monitor for r in self.readers.values()],
+                                 fallback_window_s=settings.read_your_writes_fallback_s,
+                                 preferred_region=settings.preferred_region,
+                                 max_stale_read_s=settings.max_stale_read_s)
+
+    @property
+    def monitor(self) -> ReplicaMonitor | None:
+        """The first replica's monitor (None without replicas)."""
+        return self.router.monitor
 
     # ------------------------------------------------------------------ probes
     async def _primary_wal_lsn(self) -> str:
@@ -162,71 +193,125 @@ class Databases:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             return (await conn.execute(sa.text(load("get_current_wal_lsn")))).scalar_one()
 
-    async def _replica_position(self) -> Any:
-        assert self.probe_reader is not None
-        async with self.probe_reader.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return (await conn.execute(sa.text(load("get_replica_replay_position")))).mappings().one()
+    @staticmethod
+    def _replica_position(probe: AsyncEngine) -> Callable[[], Awaitable[Any]]:
+        async def position() -> Any:
+            async with probe.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return (await conn.execute(sa.text(load("get_replica_replay_position")))
+                        ).mappings().one()
+        return position
 
     # --------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        if self.monitor is not None:
-            await self.monitor.probe_once()  # route from the first request on
-            self.monitor.start()
+        monitors = self.router.monitors
+        if monitors:
+            # route from the first request on
+            await asyncio.gather(*(m.probe_once() for m in monitors))
+            for m in monitors:
+                m.start()
 
     async def close(self) -> None:
-        if self.monitor is not None:
-            await self.monitor.stop()
+        for m in self.router.monitors:
+            await m.stop()
+        if self.router.monitors:
             c = self.router.counters
-            log.info("reads routed by this worker: replica=%d primary=%d (read_your_writes=%d "
-                     "failed_on_replica=%d) marks_ignored=%d", c.replica, c.primary, c.pinned,
-                     c.fallbacks, c.marks_ignored)
-        for engine in (self.writer, self.probe_writer, self.primary_direct, self.reader,
-                       self.probe_reader):
+            log.info("reads routed by this worker: replicas=%d (%s) primary=%d "
+                     "(read_your_writes=%d failed_on_replica=%d) stale=%d unavailable=%d "
+                     "marks_ignored=%d", c.replica,
+                     ", ".join(f"{m.name}={m.reads}" for m in self.router.monitors),
+                     c.primary, c.pinned, c.fallbacks, c.stale, c.unavailable, c.marks_ignored)
+        engines = [self.writer, self.probe_writer, self.primary_direct]
+        for r in self.readers.values():
+            engines += [r.engine, r.probe]
+        for engine in engines:
             if engine is not None:
                 await engine.dispose()
 
     # ------------------------------------------------------------ reads/writes
+    async def _read_on(self, reader: Reader, work: Work[T]) -> T:
+        reader.monitor.outstanding += 1
+        try:
+            async with reader.reads.connect() as conn:
+                result = await work(conn)
+        finally:
+            reader.monitor.outstanding -= 1
+        reader.monitor.reads += 1
+        self.router.counters.replica += 1
+        return result
+
+    def _replica_failed(self, reader: Reader, exc: BaseException) -> None:
+        self.router.counters.fallbacks += 1
+        log.warning("read on replica %s failed, answered elsewhere: %s", reader.name,
+                    first_line(exc))
+        if not isinstance(exc, DBAPIError) or exc.connection_invalidated or \
+                _is_connection_error(exc):
+            reader.monitor.report_failure(exc)
+
     async def read(self, key: Hashable | None, work: Work[T], *, primary: bool = False,
-                   read_after: ReadAfter | None = None) -> tuple[T, str]:
+                   read_after: ReadAfter | None = None) -> Served[T]:
         """Run ``work`` (read-only, one or more SELECTs) where the router says for ``key`` and
         the client's verified read mark ``read_after`` (on the primary when ``primary``); a
-        failure on the replica is retried on the primary. Returns the result and where it ran."""
-        if not primary and self.router.choose(key, read_after) == "replica":
-            assert self.reader_reads is not None and self.monitor is not None
+        failure on a replica is retried on the primary; when the primary is down, a replica
+        within the staleness bound answers (else DatabaseUnavailable)."""
+        if not primary:
+            monitor = self.router.pick(key, read_after)
+            if monitor is not None:
+                reader = self.readers[monitor.name]
+                try:
+                    return Served(await self._read_on(reader, work), reader.name)
+                except REPLICA_READ_ERRORS as exc:
+                    self._replica_failed(reader, exc)
+        if not self.router.primary_down():
             try:
-                async with self.reader_reads.connect() as conn:
+                async with self.writer_reads.connect() as conn:
                     result = await work(conn)
-                self.router.counters.replica += 1
-                return result, "replica"
+                self.router.counters.primary += 1
+                return Served(result, "primary")
             except REPLICA_READ_ERRORS as exc:
-                self.router.counters.fallbacks += 1
-                log.warning("read on the replica failed, answered by the primary: %s",
-                            first_line(exc))
-                if not isinstance(exc, DBAPIError) or exc.connection_invalidated or \
-                        _is_connection_error(exc):
-                    self.monitor.report_failure(exc)
-        try:
-            async with self.writer_reads.connect() as conn:
-                result = await work(conn)
-        except REPLICA_READ_ERRORS as exc:
-            if _is_connection_error(exc) or not isinstance(exc, DBAPIError):
-                raise DatabaseUnavailable(first_line(exc)) from None
-            raise
-        self.router.counters.primary += 1
-        return result, "primary"
+                if not (_is_connection_error(exc) or not isinstance(exc, DBAPIError)):
+                    raise
+                reason = first_line(exc)
+                for m in self.router.monitors:
+                    m.wake()  # measure again now: the primary may be down
+        else:
+            reason = "the primary cannot be reached"
+        return await self._read_stale(key, work, read_after, reason)
+
+    async def _read_stale(self, key: Hashable | None, work: Work[T],
+                          read_after: ReadAfter | None, reason: str) -> Served[T]:
+        """The primary is down: the least stale replica within the bound that has replayed
+        this client's writes, or DatabaseUnavailable."""
+        tried: set[str] = set()
+        while True:
+            picked = self.router.pick_stale(key, read_after, exclude=tried)
+            if picked is None:
+                self.router.counters.unavailable += 1
+                raise DatabaseUnavailable(reason)
+            monitor, stale_s = picked
+            reader = self.readers[monitor.name]
+            tried.add(reader.name)
+            try:
+                result = await self._read_on(reader, work)
+            except REPLICA_READ_ERRORS as exc:
+                self._replica_failed(reader, exc)
+                continue
+            self.router.counters.stale += 1
+            return Served(result, reader.name, stale_s)
 
     async def write(self, key: Hashable | None, work: Work[T], *,
                     key_of: Callable[[T], Hashable] | None = None) -> tuple[T, Commit]:
         """Run ``work`` in one transaction on the primary; then remember the commit's LSN for
         ``key``'s read-your-writes (``key_of(result)`` when the key is only known after the
         write, as for a new account) and return it with the result, for the client's read
-        mark."""
+        mark. The primary down: DatabaseUnavailable (503 with Retry-After)."""
         try:
             async with self.writer.begin() as conn:
                 result = await work(conn)
         except REPLICA_READ_ERRORS as exc:
             if _is_connection_error(exc) or not isinstance(exc, DBAPIError):
+                for m in self.router.monitors:
+                    m.wake()
                 raise DatabaseUnavailable(first_line(exc)) from None
             raise
         if key is None and key_of is not None:

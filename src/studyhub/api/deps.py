@@ -16,11 +16,15 @@ from studyhub.api.read_marks import MARK_COOKIE, MARK_HEADER, ReadAfter, ReadMar
 T = TypeVar("T")
 
 READ_FROM_HEADER = "X-StudyHub-Read-From"
+# Set when the primary is down and a replica answered: an upper bound, in seconds, on how old
+# the answer may be (never above the API's max_stale_read_s).
+STALE_HEADER = "X-StudyHub-Stale-Seconds"
 
 
 class RequestDb:
-    """``read`` goes where the router says (and names it in the X-StudyHub-Read-From header),
-    honouring the client's read mark; ``write`` runs one transaction on the primary and hands
+    """``read`` goes where the router says (and names it in the X-StudyHub-Read-From header:
+    "primary" or the replica's name), honouring the client's read mark, and says how stale the
+    answer may be (X-StudyHub-Stale-Seconds) when the primary is down; ``write`` runs one transaction on the primary and hands
     the client a fresh read mark (header and cookie)."""
 
     def __init__(self, databases: Databases, me: Principal | None, request: Request,
@@ -50,10 +54,12 @@ class RequestDb:
 
     async def read(self, work: Work[T], *, primary: bool = False) -> T:
         key = self.me.student_id if self.me else None
-        result, where = await self.databases.read(key, work, primary=primary,
-                                                  read_after=self._read_after())
-        self._response.headers[READ_FROM_HEADER] = where
-        return result
+        served = await self.databases.read(key, work, primary=primary,
+                                           read_after=self._read_after())
+        self._response.headers[READ_FROM_HEADER] = served.where
+        if served.stale_s is not None:
+            self._response.headers[STALE_HEADER] = f"{served.stale_s:.3f}"
+        return served.result
 
     async def write(self, work: Work[T], *, key_of: Callable[[T], Hashable] | None = None) -> T:
         key = self.me.student_id if self.me else None

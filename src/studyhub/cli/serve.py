@@ -54,6 +54,26 @@ def serve(
                           "(default 1.0, or STUDYHUB_API_MAX_REPLICA_LAG_S).",
                      show_default=False),
     ] = None,
+    read_endpoints: Annotated[
+        str | None,
+        typer.Option("--read-endpoints",
+                     help="Which of the profile's read endpoints to read from, by name, "
+                          "comma-separated (default: all; STUDYHUB_API_READ_ENDPOINTS).",
+                     show_default=False),
+    ] = None,
+    preferred_region: Annotated[
+        str | None,
+        typer.Option("--preferred-region",
+                     help="Prefer read endpoints in this region (STUDYHUB_API_PREFERRED_REGION).",
+                     show_default=False),
+    ] = None,
+    max_stale_read: Annotated[
+        float | None,
+        typer.Option("--max-stale-read", min=0,
+                     help="While the primary is down, serve reads from a replica at most this "
+                          "many seconds stale (default 60, STUDYHUB_API_MAX_STALE_READ_S).",
+                     show_default=False),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request.")] = False,
 ) -> None:
@@ -65,6 +85,8 @@ def serve(
     overrides: dict[str, object] = {
         "profile": profile, "workers": workers, "pool_size": pool_size, "use_pooler": pooler,
         "use_replica": replica, "max_replica_lag_s": max_replica_lag,
+        "read_endpoints": read_endpoints, "preferred_region": preferred_region,
+        "max_stale_read_s": max_stale_read,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = ApiSettings(**overrides)

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from studyhub.errors import ConfigError
 from studyhub.local import LocalCluster
 from studyhub.local.proc import write_private
+from studyhub.profile_model import ReadEndpoint
 from studyhub.profiles import Profile
 
 # The app factory uvicorn imports (by name: nothing here imports the API) in each worker.
@@ -51,6 +52,14 @@ class ApiSettings(BaseSettings):
     # measured lag is an upper bound with this resolution.
     replica_probe_interval_s: float = Field(0.2, gt=0)
     replica_probe_timeout_s: float = Field(2.0, gt=0)
+    # When the primary cannot be reached: reads are served by a replica whose staleness (the
+    # time since the newest primary position it is known to have replayed) is at most this,
+    # with the X-StudyHub-Stale-Seconds header; beyond it, 503 like writes.
+    max_stale_read_s: float = Field(60.0, ge=0)
+    # Which of the profile's read endpoints to use, by name, comma-separated (default: all).
+    read_endpoints: str | None = None
+    # Prefer read endpoints in this region (ties broken by lag, then outstanding reads).
+    preferred_region: str | None = None
     # After a write, when the commit LSN could not be read, keep that student's reads on the
     # primary for this long instead.
     read_your_writes_fallback_s: float = Field(10.0, ge=0)
@@ -149,6 +158,15 @@ def load_token_secret(profile: Profile) -> str:
 
 
 # ------------------------------------------------------------------ which servers
+def used_read_endpoints(profile: Profile, settings: ApiSettings) -> tuple[ReadEndpoint, ...]:
+    """The profile's read endpoints the API reads from: all, or those ``read_endpoints``
+    names (an unknown name: ConfigError naming the ones there are)."""
+    if not settings.read_endpoints:
+        return profile.replicas
+    names = [n.strip() for n in settings.read_endpoints.split(",") if n.strip()]
+    return tuple(profile.read_endpoint(n) for n in names)
+
+
 @dataclass
 class Topology:
     """Which endpoints the API uses (shown by ``studyhub serve`` and ``GET /health``)."""
@@ -156,13 +174,15 @@ class Topology:
     profile: str
     writer: str  # "pooler" or "direct"
     replica: bool
+    readers: tuple[ReadEndpoint, ...] = ()  # the read endpoints used (when replica)
 
     def describe(self, profile: Profile) -> dict[str, str | None]:
         w = profile.endpoint("pooler" if self.writer == "pooler" else "app")
-        r = profile.endpoint("replica") if self.replica else None
+        readers = [f"{r.host}:{r.port} ({r.name})" for r in self.readers] if self.replica \
+            else []
         return {
             "writer": f"{w.host}:{w.port} ({'PgBouncer' if w.via_pooler else 'primary'})",
-            "reader": f"{r.host}:{r.port} (replica)" if r else "the writer (no replica)",
+            "reader": ", ".join(readers) if readers else "the writer (no replica)",
         }
 
 
@@ -171,7 +191,7 @@ def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
     has_pooler = profile.pooler_port is not None and (
         profile.is_local or profile.pooler_database is not None
     )
-    has_replica = profile.replica_port is not None and profile.replica_host is not None
+    has_replica = bool(used_read_endpoints(profile, settings))
     use_pooler = has_pooler if settings.use_pooler is None else settings.use_pooler
     use_replica = has_replica if settings.use_replica is None else settings.use_replica
     if use_pooler and not has_pooler:
@@ -179,4 +199,5 @@ def choose_topology(profile: Profile, settings: ApiSettings) -> Topology:
         raise ConfigError(f"profile {profile.name} has no pooler database (pooler_database)")
     if use_replica and not has_replica:
         profile.endpoint("replica")  # raises "has no read replica (start one with ...)"
-    return Topology(profile.name, "pooler" if use_pooler else "direct", use_replica)
+    return Topology(profile.name, "pooler" if use_pooler else "direct", use_replica,
+                    used_read_endpoints(profile, settings) if use_replica else ())

@@ -32,7 +32,10 @@ class PoolerHealth(BaseModel):
 
 class ReplicaHealth(BaseModel):
     enabled: bool
-    status: str = Field(description="ok, lagging, down, not_standby, starting or disabled")
+    name: str | None = Field(None, description="the read endpoint's name in the profile")
+    region: str | None = None
+    status: str = Field(description="ok, lagging, down, not_standby, starting, primary_down "
+                                    "(the replica answers, the primary does not) or disabled")
     serving_reads: bool
     lag_s: float | None = Field(None, description="measured replay lag (upper bound)")
     lag_bytes: int | None = None
@@ -49,6 +52,12 @@ class ReplicaHealth(BaseModel):
                                                 "until the replica replays their last write")
     marks_ignored: int = Field(0, description="read marks not honoured: forged, another "
                                               "student's, or expired")
+    reads: int = Field(0, description="reads this replica answered (this worker)")
+    outstanding: int = Field(0, description="reads in flight on this replica (this worker)")
+    stale_reads: int = Field(0, description="reads answered by a replica while the primary was "
+                                            "down (all replicas, this worker)")
+    unavailable_reads: int = Field(0, description="reads no node could answer within the "
+                                                  "bounds (503)")
 
 
 class Health(BaseModel):
@@ -56,7 +65,12 @@ class Health(BaseModel):
                                     "primary); down (writes cannot reach the primary: 503)")
     primary: PrimaryHealth
     pooler: PoolerHealth
-    replica: ReplicaHealth
+    replica: ReplicaHealth = Field(description="the first read endpoint, with this worker's "
+                                                "routing counters")
+    replicas: list[ReplicaHealth] = Field(default_factory=list,
+                                          description="every read endpoint, in profile order")
+    serving_stale_reads: bool = Field(False, description="the primary is down and a replica "
+                                                         "answers reads within max_stale_read_s")
 
 
 async def health_report(dbs: Databases) -> Health:
@@ -70,29 +84,38 @@ async def health_report(dbs: Databases) -> Health:
         primary = PrimaryHealth(via=via, **writer)
         pooler = PoolerHealth(enabled=False)
     counters = dbs.router.counters
-    if dbs.monitor is None:
-        replica = ReplicaHealth(enabled=False, status="disabled", serving_reads=False,
-                                reads_on_primary=counters.primary)
-    else:
-        snap = dbs.monitor.snapshot
-        replica = ReplicaHealth(
-            enabled=True, status=snap.status, serving_reads=dbs.router.choose(None) == "replica",
+    router = dbs.router
+    replicas: list[ReplicaHealth] = []
+    serving = router.serving()
+    for m in router.monitors:
+        snap = m.snapshot
+        replicas.append(ReplicaHealth(
+            enabled=True, name=m.name, region=m.region, status=snap.status,
+            serving_reads=any(x is m for x in serving),
             lag_s=None if snap.lag_s is None else round(snap.lag_s, 3),
-            lag_bytes=snap.lag_bytes, max_lag_s=dbs.monitor.max_lag_s,
+            lag_bytes=snap.lag_bytes, max_lag_s=m.max_lag_s,
             replay_paused=snap.replay_paused, replay_lsn=format_lsn(snap.replay_lsn),
             probe_age_s=round(time.monotonic() - snap.probed_at, 3) if snap.probed_at else None,
             error=snap.error, reads_on_replica=counters.replica, reads_on_primary=counters.primary,
             fallbacks=counters.fallbacks, pinned_reads=counters.pinned,
-            pinned_students=dbs.router.pinned_students,
-            marks_ignored=counters.marks_ignored,
-        )
+            pinned_students=router.pinned_students, marks_ignored=counters.marks_ignored,
+            reads=m.reads, outstanding=m.outstanding, stale_reads=counters.stale,
+            unavailable_reads=counters.unavailable,
+        ))
+    if replicas:
+        replica = replicas[0]
+    else:
+        replica = ReplicaHealth(enabled=False, status="disabled", serving_reads=False,
+                                reads_on_primary=counters.primary)
     if not writer["ok"]:  # writes cannot reach the primary (primary.ok tells whose fault)
         status = "down"
-    elif replica.enabled and replica.status != "ok":
+    elif any(r.status != "ok" for r in replicas):
         status = "degraded"
     else:
         status = "ok"
-    return Health(status=status, primary=primary, pooler=pooler, replica=replica)
+    stale = not writer["ok"] and router.pick_stale(None) is not None
+    return Health(status=status, primary=primary, pooler=pooler, replica=replica,
+                  replicas=replicas, serving_stale_reads=stale)
 
 
 @router.get("/health", response_model=Health, responses={503: {
