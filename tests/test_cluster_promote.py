@@ -14,7 +14,7 @@ import pytest
 
 from studyhub.local import LocalCluster
 from studyhub.ops import migrate
-from studyhub.ops.cluster.profile_file import profile_file, profiles_dir
+from studyhub.profile_files import profile_file, profiles_dir
 from tests.conftest import make_home
 from tests.test_cluster_do import do, do_server, run  # noqa: F401 - fixtures
 

@@ -1,58 +1,32 @@
-"""The profile files commands own: ``$STUDYHUB_HOME/profiles.d/<profile>.toml``, merged over
-studyhub.toml for that profile, never a person's hand-written file.
-
-A writer for ``cluster forks promote`` (flat keys; ``studyhub.profile_files`` is the reader,
-the writer of replica and pool changes, and the location, ``$STUDYHUB_PROFILES_DIR`` included): flat ``key = value`` lines under a
-header, written atomically, with the sha256 of the content in ``.<profile>.sha256`` beside it.
-A file whose content no longer matches the recorded hash (or that has none) was written or
-edited by someone else: refused, with a diff of what is there against what would be written.
+"""``cluster forks promote``'s use of the profile files the commands own
+(``studyhub.profile_files``: ``$STUDYHUB_HOME/profiles.d/<profile>.toml``, merged over
+studyhub.toml, written atomically with its sha256 recorded; a file someone else edited is
+refused with the diff): the diff a promotion would make, for its plan, and the write.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from studyhub.atomic_file import write_text_atomically
-from studyhub.errors import StudyhubError
-from studyhub.profile_files import profile_file, profiles_dir  # one location for both writers
+from studyhub.errors import ConfigError, RefusedError
+from studyhub.profile_files import (
+    edited_by_someone_else,
+    profile_file,
+    read_profile_file,
+    render_profile_file,
+)
+from studyhub.profile_files import update_profile_file as _update
 from studyhub.profiles import Profile
 
-HEADER = "# written by studyhub; edit studyhub.toml instead"
 
-
-class ProfileFileEdited(StudyhubError):
-    """A profiles.d file was changed by someone else; nothing was written."""
-
-
-
-
-def _hash_file(profile: str) -> Path:
-    return profiles_dir() / f".{profile}.sha256"
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string (JSON's escapes are TOML's)
-    if isinstance(value, list) and not value:
-        return "[]"
-    raise TypeError(f"cannot write {type(value).__name__} to a profile file")
-
-
-def render(values: dict[str, Any]) -> str:
-    return HEADER + "\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(values.items()))
+def recorded_values(profile: str) -> dict[str, Any]:
+    """What the profile's file says (``{}`` when absent or unreadable); for checks only."""
+    try:
+        return read_profile_file(profile)
+    except ConfigError:
+        return {}
 
 
 def _diff(path: Path, old: str, new: str) -> str:
@@ -60,48 +34,32 @@ def _diff(path: Path, old: str, new: str) -> str:
                                         str(path) if old else "/dev/null", str(path)))
 
 
-def _prepare(profile: str, changes: dict[str, Any]) -> tuple[Path, str, str]:
-    """(path, what is there, what would be written); refuses a file someone else edited."""
-    path = profile_file(profile)
-    old = path.read_text() if path.exists() else ""
-    recorded = _hash_file(profile).read_text().strip() if _hash_file(profile).exists() else None
-    if path.exists() and recorded != _sha(old):
-        current = {}
-        try:
-            current = tomllib.loads(old)
-        except tomllib.TOMLDecodeError:
-            pass
-        raise ProfileFileEdited(
-            f"{path} was changed outside studyhub (it does not match {_hash_file(profile).name})"
-            f"; refusing to overwrite it (nothing was changed). Move your settings to "
-            f"studyhub.toml and delete the file, then run this again. The write would make:\n"
-            + _diff(path, old, render({**current, **changes})))
-    current = tomllib.loads(old) if old else {}
-    return path, old, render({**current, **changes})
-
-
-def recorded_values(profile: str) -> dict[str, Any]:
-    """What the profile's file says (``{}`` when absent or unreadable); for checks only."""
-    try:
-        return tomllib.loads(profile_file(profile).read_text())
-    except (FileNotFoundError, tomllib.TOMLDecodeError):
-        return {}
+def _refuse_if_edited(profile: str, changes: dict[str, Any]) -> None:
+    edited = edited_by_someone_else(profile)
+    if edited is not None:
+        path = profile_file(profile)
+        current = path.read_text()
+        would = render_profile_file({**recorded_values(profile), **changes})
+        raise RefusedError(
+            f"{path} was changed outside studyhub (it does not match what studyhub wrote); "
+            f"refusing to overwrite it (nothing was changed). Move your settings to "
+            f"studyhub.toml and delete the file, then run this again. What changed:\n"
+            f"{edited.rstrip()}\nThe write would make:\n{_diff(path, current, would).rstrip()}")
 
 
 def plan_profile_file(profile: str, changes: dict[str, Any]) -> str:
     """The diff writing ``changes`` would make (for a plan); refuses an edited file."""
-    path, old, new = _prepare(profile, changes)
-    return _diff(path, old, new)
+    _refuse_if_edited(profile, changes)
+    path = profile_file(profile)
+    old = path.read_text() if path.exists() else ""
+    return _diff(path, old, render_profile_file({**read_profile_file(profile), **changes}))
 
 
 def update_profile_file(profile: str, changes: dict[str, Any]) -> Path:
-    """Merge ``changes`` into the profile's file (created if absent), write it atomically and
-    record its hash. Refuses, with the diff, a file someone else wrote or edited."""
-    path, _old, new = _prepare(profile, changes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, new, mode=0o644, overwrite=True)
-    write_text_atomically(_hash_file(profile), _sha(new) + "\n", mode=0o644, overwrite=True)
-    return path
+    """Merge ``changes`` into the profile's file (created if absent). Refuses, with the
+    diff, a file someone else wrote or edited."""
+    _refuse_if_edited(profile, changes)
+    return _update(profile, lambda values: {**values, **changes})
 
 
 # ------------------------------------------------------------------ promote a fork
