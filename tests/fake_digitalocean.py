@@ -414,6 +414,7 @@ class TlsServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        self.server.force_exit = True  # not waiting for clients' idle keep-alive connections
         self.thread.join(timeout=10)
 
 
