@@ -37,6 +37,20 @@ def blockers_of(conn: psycopg.Connection, pid: int) -> list[Blocker]:
     return [Blocker(*r) for r in rows]
 
 
+def watcher_connection(profile, database: str | None, application_name: str
+                       ) -> psycopg.Connection:
+    """An autocommit connection for watching locks: the ops role (pg_monitor sees every
+    session), else the app role."""
+    last: Exception | None = None
+    for role in ("ops", "app"):
+        try:
+            return connect(profile, role, database=database, autocommit=True,
+                           application_name=application_name)
+        except ConnectError as exc:
+            last = exc
+    raise last  # type: ignore[misc]
+
+
 class BlockerWatcher:
     """Poll the blockers of backend ``pid`` from a second connection until stopped; keeps the
     latest sighting of each blocking PID. Connects as the ops role (pg_monitor sees every
@@ -52,14 +66,7 @@ class BlockerWatcher:
         self.error: str | None = None
 
     def _connect(self) -> psycopg.Connection:
-        last: Exception | None = None
-        for role in ("ops", "app"):
-            try:
-                return connect(self.profile, role, database=self.database, autocommit=True,
-                               application_name="studyhub migrate (lock watcher)")
-            except ConnectError as exc:
-                last = exc
-        raise last  # type: ignore[misc]
+        return watcher_connection(self.profile, self.database, "studyhub migrate (lock watcher)")
 
     def _loop(self) -> None:
         try:

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from studyhub.connect import ConnectError, connect, first_line
+from studyhub.connect import first_line
+from studyhub.ops.blockers import watcher_connection
 from studyhub.ops.queries import load
 from studyhub.profiles import Profile
 
@@ -73,14 +74,8 @@ class LockWatcher:
                                         name="studyhub-rehearse-watcher")
 
     def _connect(self):
-        last: Exception | None = None
-        for role in ("ops", "app"):
-            try:
-                return connect(self.profile, role, database=self.database, autocommit=True,
-                               application_name="studyhub migrate rehearse (lock watcher)")
-            except ConnectError as exc:
-                last = exc
-        raise last  # type: ignore[misc]
+        return watcher_connection(self.profile, self.database,
+                                  "studyhub migrate rehearse (lock watcher)")
 
     def _loop(self) -> None:
         try:
