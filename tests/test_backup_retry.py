@@ -48,6 +48,7 @@ class FlakyProxy:
         self.upstream = urlsplit(upstream)
         self.refuse_parts, self.always = refuse_parts, always
         self.attempts: list[tuple[str, int, int]] = []
+        self.payload_hashes: list[str] = []  # each part upload's x-amz-content-sha256
         self.lock = threading.Lock()
         proxy = self
 
@@ -76,6 +77,7 @@ class FlakyProxy:
                 if self.command == "PUT" and "partNumber" in query and "uploadId" in query:
                     upload, part = query["uploadId"][0], int(query["partNumber"][0])
                     with proxy.lock:
+                        proxy.payload_hashes.append(self.headers.get("x-amz-content-sha256", ""))
                         seen = {(u, p) for u, p, _ in proxy.attempts}
                         refused_parts = {(u, p) for u, p, s in proxy.attempts if s == 503}
                         refuse = proxy.always or (
@@ -133,6 +135,9 @@ def test_refused_parts_are_sent_again_and_the_set_restores_equal(cluster, source
         result = ops.create_backup(source, config=where, jobs=2)
     refused = [(u, p) for u, p, s in proxy.attempts if s == 503]
     assert len(refused) == 2, proxy.attempts
+    # a store on loopback: the part bodies were not hashed into the signature (sha256 is in
+    # the manifest); a resent part was the same bytes (the set restores equal, below)
+    assert proxy.payload_hashes and set(proxy.payload_hashes) == {"UNSIGNED-PAYLOAD"}
     # each refused part was sent again and accepted
     for u, p in refused:
         assert (u, p, 200) in proxy.attempts, (u, p)
@@ -338,3 +343,19 @@ def test_a_download_that_keeps_dropping_ends_in_one_line_and_restores_nothing(
         assert table_rows(source, target_db) == table_rows(source, source.database)
     finally:
         drop(cluster, target_db, target_db + "_restoring")
+
+
+@pytest.mark.parametrize("endpoint, signed", [
+    (None, False),  # AWS S3, over HTTPS
+    ("https://fra1.digitaloceanspaces.com", False),
+    ("http://127.0.0.1:9000", False),
+    ("http://localhost:9000", False),
+    ("http://[::1]:9000", False),
+    ("http://10.0.0.5:9000", True),  # plain HTTP across a network: the body is signed
+    ("http://minio.internal:9000", True),
+])
+def test_part_bodies_are_signed_only_over_plain_http_to_another_host(config, endpoint, signed):
+    assert s3.sign_payload(endpoint) is signed
+    where = dataclasses.replace(config, endpoint_url=endpoint, region="us-east-1")
+    client = s3.S3Store("s3://some-bucket/p", where).client  # made, not connected
+    assert client.meta.config.s3["payload_signing_enabled"] is signed

@@ -158,7 +158,7 @@ class EncryptingWriter:
 
     def __init__(self, sink: IO[bytes] | Any, recipients: list[x25519.Recipient]) -> None:
         r, self._w = _pipe()
-        self._reader = os.fdopen(r, "rb")
+        self._reader = os.fdopen(r, "rb", buffering=PIPE_BYTES)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(sink, recipients),
                                         daemon=True, name="age-encrypt")

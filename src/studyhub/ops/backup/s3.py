@@ -1,6 +1,6 @@
 """Object storage through S3's API — DigitalOcean Spaces, AWS S3, any S3-compatible store —
-with boto3/botocore (signing, retries) and s3transfer (multipart uploads). Nothing here signs
-a request or speaks HTTP itself.
+with boto3/botocore (signing, retries, the multipart-upload calls). Nothing here signs a
+request or speaks HTTP itself.
 
 Credentials come only from the environment or the AWS credential chain (``AWS_ACCESS_KEY_ID``
 …, ``~/.aws/credentials``, ``AWS_PROFILE``), or from a 0600 credentials file named in the
@@ -10,14 +10,15 @@ an error: every failure is told as one line made here from the error's code (``N
 s3transfer's and urllib3's loggers are held at WARNING (their debug output carries request
 headers).
 
-Uploads stream: :class:`UploadSink` is a file-like writer whose bytes go through a pipe to an
-s3transfer upload of a non-seekable stream, in parts of ``part_size_mib``; the memory held is
-bounded by the transfer manager (``max_in_memory_upload_chunks`` parts uploading, plus one part
-being filled per stream). A failed or cancelled upload is aborted by s3transfer (no orphaned
-multipart upload); each part is retried by botocore (standard retry mode: exponential backoff
-with jitter, up to ``request_attempts`` tries in all, 8 by default). Downloads stream
-(:class:`ObjectReader`), resuming from the byte they stopped at with a ranged GET of the same
-ETag.
+Uploads stream (:class:`Uploader`): each object's bytes fill parts of ``part_size_mib`` in
+the writer's thread, and full parts go out with ``upload_part`` from ``parts_in_flight``
+threads, so the memory held is bounded (:func:`memory_bound`). A failed or cancelled upload is
+aborted (no orphaned multipart upload); each request is retried by botocore (standard retry
+mode: exponential backoff with jitter, up to ``request_attempts`` tries in all, 8 by default).
+Part bodies are not hashed for the signature where the transport already protects them (HTTPS)
+or there is no network to cross (a store on loopback): each object's sha256 is in the manifest,
+checked by ``verify`` and ``restore``. Downloads stream (:class:`ObjectReader`), resuming from
+the byte they stopped at with a ranged GET of the same ETag.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from __future__ import annotations
 import configparser
 import ctypes
 import ctypes.util
-import fcntl
+import ipaddress
 import logging
 import os
 import re
-import select
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,9 +41,8 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
-from s3transfer.manager import TransferConfig, TransferManager
 
-from studyhub.ops.backup.crypto import PIPE_BYTES, check_private_file
+from studyhub.ops.backup.crypto import check_private_file
 from studyhub.ops.backup.setformat import BackupError
 from studyhub.profiles import BackupConfig
 
@@ -111,6 +112,25 @@ def _session(config: BackupConfig) -> boto3.session.Session:
         aws_session_token=(values.get("aws_session_token") or "").strip() or None)
 
 
+def sign_payload(endpoint: str | None) -> bool:
+    """Whether each request's body is hashed (sha256) into its signature: only over plain HTTP
+    to another host. HTTPS (AWS, Spaces) protects the body in transit, and a store on loopback
+    has no network in between; there the hash would cost a pass over every byte uploaded
+    (botocore's default signs it over HTTP, and over HTTPS without a checksum header)."""
+    if endpoint is None:
+        return False  # AWS S3: https
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return False
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 @dataclass
 class StoredObject:
     rel: str  # key below the target's prefix
@@ -154,7 +174,8 @@ class S3Store:
                          "total_max_attempts": self.config.request_attempts},
                 connect_timeout=10, read_timeout=120, tcp_keepalive=True,
                 max_pool_connections=max(10, 2 * self.config.parts_in_flight + 4),
-                s3={"addressing_style": self.config.addressing_style},
+                s3={"addressing_style": self.config.addressing_style,
+                    "payload_signing_enabled": sign_payload(self.endpoint)},
                 # S3-compatible stores (Spaces, MinIO …) may not take the newest checksum
                 # headers; each object's sha256 is in the manifest anyway
                 request_checksum_calculation="when_required",
@@ -348,108 +369,172 @@ def pin_mmap_threshold() -> None:
 
 
 def memory_bound(config: BackupConfig, streams: int) -> int:
-    """What one run's uploads may hold in memory: the parts being sent, plus one part being
-    read by each of the ``streams + 1`` submission threads (s3transfer's own formula)."""
+    """What one run's uploads may hold in memory: the part each of ``streams`` streams is
+    filling, ``parts_in_flight`` parts being sent, and one part being let go."""
     return (config.parts_in_flight + streams + 1) * config.part_size_mib * MIB
 
 
 class Uploader:
-    """The transfer manager of one backup run: streams (:meth:`stream`) upload in parts, at
-    most ``parts_in_flight`` parts held and sent at once over all streams. Leaving the ``with``
-    block by an exception (Ctrl-C too) cancels every unfinished upload; s3transfer aborts their
-    multipart uploads."""
+    """The uploads of one backup run. Each stream (:meth:`stream`) becomes one object: its
+    bytes fill a part buffer in the writer's own thread, and each full part is handed to one
+    of ``parts_in_flight`` threads that send it with ``upload_part`` (botocore retries each
+    request, with backoff). At most ``parts_in_flight`` parts are out at once over all
+    streams; a stream whose next part is full waits for a free slot (bounded memory).
+
+    Measured against s3transfer's upload of a non-seekable stream (a pipe between the writer
+    and its reading threads, the part read back in 16 KiB blocks while it is sent), which this
+    replaced: one hand-over per part instead of one per pipe write (docs/backup.md). Leaving
+    the ``with`` block by an exception (Ctrl-C too) abandons every unfinished upload: its
+    multipart upload is aborted."""
 
     def __init__(self, store: S3Store, streams: int) -> None:
-        part = store.config.part_size_mib * MIB
         self.store = store
-        self.config = TransferConfig(
-            multipart_threshold=part, multipart_chunksize=part,
-            max_request_concurrency=store.config.parts_in_flight,
-            max_in_memory_upload_chunks=store.config.parts_in_flight,
-            max_submission_concurrency=streams + 1)
-        self.manager: TransferManager | None = None
+        self.streams = streams
+        self.part_bytes = store.config.part_size_mib * MIB
+        self.slots = threading.BoundedSemaphore(store.config.parts_in_flight)
+        self.pool: ThreadPoolExecutor | None = None
         self.sinks: list[UploadSink] = []
 
     def __enter__(self) -> "Uploader":
         pin_mmap_threshold()
-        self.manager = TransferManager(self.store.client, self.config)
+        self.pool = ThreadPoolExecutor(max_workers=self.store.config.parts_in_flight,
+                                       thread_name_prefix="studyhub-upload")
         return self
 
     def stream(self, rel: str) -> "UploadSink":
-        assert self.manager is not None
-        sink = UploadSink(self.store, self.manager, rel)
+        assert self.pool is not None
+        sink = UploadSink(self, rel)
         self.sinks.append(sink)
         return sink
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        assert self.manager is not None
+        assert self.pool is not None
         if exc_type is not None:
             for s in self.sinks:
                 s.abort()
-        self.manager.shutdown(cancel=exc_type is not None)
+        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 class UploadSink:
-    """A writer whose bytes become one object: an s3transfer upload reads them from a pipe.
-    A write waits while the upload is busy (bounded memory) and fails as soon as the upload
-    has failed; ``close()`` waits for the upload to complete."""
+    """A writer whose bytes become one object: a single PUT if they fit in one part, else a
+    multipart upload whose parts are sent while the writer goes on. A write fails as soon as
+    a part of this object has failed (after botocore's retries); ``close()`` sends the last
+    part, waits for all of them and completes the upload; ``abort()`` (or any failure)
+    aborts it, so no multipart upload is left to bill."""
 
-    def __init__(self, store: S3Store, manager: TransferManager, rel: str) -> None:
-        self.store, self.rel = store, rel
-        r, self._w = os.pipe()
-        try:
-            fcntl.fcntl(self._w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        except (AttributeError, OSError):
-            pass
-        os.set_blocking(self._w, False)
-        self._r = os.fdopen(r, "rb")
-        self.future = manager.upload(self._r, store.bucket, store.key(rel))
-        self.done = False
+    def __init__(self, uploader: Uploader, rel: str) -> None:
+        self.up, self.store, self.rel = uploader, uploader.store, rel
+        self.key = self.store.key(rel)
+        self.buf = bytearray(uploader.part_bytes)
+        self.fill = 0
+        self.upload_id: str | None = None
+        self.futures: list[Future] = []
+        self.failure: BaseException | None = None
+        self.lock = threading.Lock()
+        self.done = self.abandoned = False
 
-    def _raise_failure(self) -> None:
-        try:
-            self.future.result()
-        except BaseException as exc:  # noqa: BLE001 - translated
-            raise self.store.error(exc, f"uploading {self.rel}") from None
-        raise BackupError(f"the upload of {self.rel} ended before its data did")
-
+    # ------------------------------------------------------------------ the writer's side
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
+        size = len(view)
+        part = self.up.part_bytes
         while view:
-            try:
-                view = view[os.write(self._w, view):]
-            except BlockingIOError:
-                select.select([], [self._w], [], 0.2)
-                if self.future.done():
-                    self._raise_failure()
-            except BrokenPipeError:
-                self._raise_failure()
-        return len(data)
+            take = min(len(view), part - self.fill)
+            self.buf[self.fill:self.fill + take] = view[:take]
+            self.fill += take
+            view = view[take:]
+            if self.fill == part:
+                self._send(self.buf)
+                self.buf, self.fill = bytearray(part), 0
+        return size
 
     def flush(self) -> None:
         pass
 
-    def close(self) -> None:
-        if self._w >= 0:
-            os.close(self._w)
-            self._w = -1
-        try:
-            self.future.result()
-        except BaseException as exc:  # noqa: BLE001 - translated
-            raise self.store.error(exc, f"uploading {self.rel}") from None
-        finally:
-            self._r.close()
-        self.done = True
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self.store.error(self.failure, f"uploading {self.rel}") from None
+        if self.abandoned:
+            raise BackupError(f"the upload of {self.rel} was abandoned")
 
-    def abort(self) -> None:
+    def _send(self, body: bytearray) -> None:
+        """Hand one full part to a sending thread, once a slot is free."""
+        with self.lock:
+            self._check()
+            if self.upload_id is None:
+                self.upload_id = self.store.call(f"starting the upload of {self.rel}",
+                                                 "create_multipart_upload",
+                                                 Key=self.key)["UploadId"]
+        while not self.up.slots.acquire(timeout=0.2):
+            self._check()
+        try:
+            self._check()
+            assert self.up.pool is not None
+            self.futures.append(self.up.pool.submit(self._send_part, len(self.futures) + 1,
+                                                    body))
+        except BaseException:
+            self.up.slots.release()
+            raise
+
+    # ------------------------------------------------------------------ a sending thread
+    def _send_part(self, number: int, body: bytearray) -> dict[str, Any] | None:
+        try:
+            if self.failure is not None or self.abandoned:
+                return None
+            res = self.store.client.upload_part(Bucket=self.store.bucket, Key=self.key,
+                                                UploadId=self.upload_id, PartNumber=number,
+                                                Body=body)
+            return {"PartNumber": number, "ETag": res["ETag"]}
+        except BaseException as exc:
+            if self.failure is None:
+                self.failure = exc
+            raise
+        finally:
+            self.up.slots.release()
+
+    # ------------------------------------------------------------------ the end
+    def close(self) -> None:
         if self.done:
             return
-        self.future.cancel()
-        if self._w >= 0:
-            os.close(self._w)
-            self._w = -1
         try:
-            self.future.result()
-        except BaseException:  # noqa: BLE001 - cancelled, as asked
-            pass
-        self._r.close()
+            if self.upload_id is None:  # smaller than one part: one request
+                self._check()
+                self.store.call(f"uploading {self.rel}", "put_object", Key=self.key,
+                                Body=bytes(memoryview(self.buf)[:self.fill]))
+            else:
+                if self.fill:
+                    del self.buf[self.fill:]
+                    self._send(self.buf)
+                self.buf, self.fill = bytearray(), 0
+                wait(self.futures)
+                self._check()
+                parts = [f.result() for f in self.futures]
+                self.store.call(f"completing the upload of {self.rel}",
+                                "complete_multipart_upload", Key=self.key,
+                                UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.abort()
+            raise
+        self.done = True
+        self.buf = bytearray()
+
+    def abort(self) -> None:
+        """Give up: no more parts are sent, those on their way are waited for, and the
+        multipart upload (if one was started) is aborted. Safe to call twice, from any
+        thread."""
+        if self.done:
+            return
+        with self.lock:
+            if self.abandoned:
+                return
+            self.abandoned = True
+        for f in self.futures:
+            f.cancel()
+        wait(self.futures)
+        self.buf = bytearray()
+        if self.upload_id is not None:
+            try:
+                self.store.call(f"aborting the upload of {self.rel}", "abort_multipart_upload",
+                                Key=self.key, UploadId=self.upload_id)
+            except BackupError:
+                pass  # `backup prune` lists and aborts what is left
