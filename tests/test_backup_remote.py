@@ -581,17 +581,19 @@ def test_interrupted_upload_is_aborted_and_leaves_nothing(source, config, bucket
     """Ctrl-C while the 12 MiB table is being uploaded in parts: its multipart upload is
     aborted, the objects already uploaded are removed, nothing lists as a set; the audit line
     says interrupted."""
-    from studyhub.ops.backup import streams
+    from studyhub.ops.backup import s3
 
     monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
     where = dataclasses.replace(config, target=f"s3://{bucket}/interrupted")
     client = s3_client(s3_server)
     seen_open_upload = []
-    original = streams.CompressedFile.write
+    original = s3.UploadSink.write
+    written: dict[str, int] = {}
 
     def write(self, data):
-        original(self, data)
-        if self.raw_bytes >= 11 << 20:  # two 5 MiB parts of the blob's object are out
+        n = original(self, data)
+        written[self.rel] = written.get(self.rel, 0) + len(data)
+        if written[self.rel] >= 11 << 20:  # two 5 MiB parts of the blob's object are out
             for _ in range(500):
                 ups = client.list_multipart_uploads(Bucket=bucket, Prefix="interrupted/")
                 if ups.get("Uploads"):
@@ -601,8 +603,9 @@ def test_interrupted_upload_is_aborted_and_leaves_nothing(source, config, bucket
 
                 time.sleep(0.02)
             raise AssertionError("no multipart upload was open")
+        return n
 
-    monkeypatch.setattr(streams.CompressedFile, "write", write)
+    monkeypatch.setattr(s3.UploadSink, "write", write)
     with pytest.raises(KeyboardInterrupt):
         ops.create_backup(source, config=where, jobs=2)
     assert seen_open_upload and seen_open_upload[0].endswith(".age")

@@ -143,10 +143,11 @@ def stream_child_output(argv: list[str], env: dict[str, str], writer: SetWriter,
                         on_chunk: Callable[[int], None] | None = None) -> CompressedFile:
     """Run a client program whose standard output becomes the set's object ``stored``:
     compressed, encrypted (if) and hashed as it streams into the writer's sink (a file or a
-    multipart upload), in 1 MB chunks moved by this thread (the compressor and age release the
-    GIL). ``env`` carries the connection settings (``connect.child_env``), never argv. A
-    failure — of the program, told in one line from its stderr, or of the sink — discards the
-    object; so does ``abort`` (another worker failed)."""
+    multipart upload), in 1 MB chunks read by this thread (the compressor and age release the
+    GIL; an encrypted object is pulled through both by age: :meth:`CompressedFile.pump`).
+    ``env`` carries the connection settings (``connect.child_env``), never argv. A failure —
+    of the program, told in one line from its stderr, or of the sink — discards the object;
+    so does ``abort`` (another worker failed)."""
     name = Path(stored).name
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd="/")
@@ -162,14 +163,16 @@ def stream_child_output(argv: list[str], env: dict[str, str], writer: SetWriter,
                               daemon=True)
     reader.start()
     try:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read(1 << 20):
+        stdout = proc.stdout
+        assert stdout is not None
+
+        def read(n: int) -> bytes:
             if abort.is_set():
                 proc.kill()  # started after another table failed: stop it (nobody reads on)
-                break
-            out.write(chunk)
-            if on_chunk is not None:
-                on_chunk(out.raw_bytes)
+                return b""
+            return stdout.read(n)
+
+        out.pump(read, on_chunk)
         rc = proc.wait()
         reader.join()
     except BaseException:

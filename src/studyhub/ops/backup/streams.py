@@ -20,7 +20,7 @@ import zstandard
 from pyrage import x25519
 
 from studyhub.hashing import HashingWriter
-from studyhub.ops.backup.crypto import EncryptingWriter
+from studyhub.ops.backup.crypto import EncryptingWriter, encrypt_stream
 from studyhub.ops.backup.setformat import BackupError, Compression
 
 DEFAULT_COMPRESSION = Compression("zstd", 1)  # see docs/backup.md for the measurements
@@ -103,36 +103,77 @@ class Sink(Protocol):
 
 class CompressedFile:
     """One stored object written through zstd, gzip or nothing, then age encryption when
-    ``recipients`` are given, hashed (sha256, size: ``out``) as it reaches ``sink``."""
+    ``recipients`` are given, hashed (sha256, size: ``out``) as it reaches ``sink``.
+
+    Two ways to fill it: :meth:`pump` takes a whole source (a table's COPY stream) and, for an
+    encrypted zstd or uncompressed object, lets age pull the compressor in the calling thread;
+    :meth:`write` pushes pieces through an age thread (:class:`EncryptingWriter`)."""
 
     def __init__(self, sink: Sink | IO[bytes] | Any, compression: Compression,
                  recipients: list[x25519.Recipient] | None = None):
         self.sink = sink
         self.out = HashingWriter(sink)
-        self.enc = EncryptingWriter(self.out, recipients) if recipients else None
-        below: Any = self.enc or self.out
+        self.recipients = recipients or None
+        self.compression = compression
         self.method = compression.method
         self.raw_bytes = 0
+        self.enc: EncryptingWriter | None = None
+        self.w: Any = None
+        self.pumped = False
+
+    def _push_chain(self) -> None:
+        self.enc = EncryptingWriter(self.out, self.recipients) if self.recipients else None
+        below: Any = self.enc or self.out
         if self.method == "zstd":
-            self.w: Any = zstandard.ZstdCompressor(level=compression.level or 1).stream_writer(
+            self.w = zstandard.ZstdCompressor(level=self.compression.level or 1).stream_writer(
                 below, closefd=False)
         elif self.method == "gzip":
             self.w = gzip.GzipFile(fileobj=below, mode="wb",  # type: ignore[arg-type]
-                                   compresslevel=compression.level or 1, mtime=0)
+                                   compresslevel=self.compression.level or 1, mtime=0)
         else:
             self.w = below
 
     def write(self, data: bytes) -> None:
+        if self.w is None:
+            self._push_chain()
         self.raw_bytes += len(data)
         self.w.write(data)
 
+    def pump(self, read: Callable[[int], bytes],
+             on_chunk: Callable[[int], None] | None = None) -> None:
+        """Everything ``read(n)`` returns, until it returns nothing: this object's whole
+        content (``close()`` still finishes it). ``on_chunk`` hears the raw bytes taken so
+        far after each read."""
+        def counted(n: int = -1) -> bytes:
+            data = read(n if n and n > 0 else 1 << 20)
+            self.raw_bytes += len(data)
+            if on_chunk is not None and data:
+                on_chunk(self.raw_bytes)
+            return data
+
+        if self.recipients and self.w is None and self.method in ("zstd", "none"):
+            source: Any = _Reader(counted)
+            if self.method == "zstd":
+                source = zstandard.ZstdCompressor(level=self.compression.level or 1).stream_reader(
+                    source, read_size=1 << 20, closefd=False)
+            encrypt_stream(source, self.out, self.recipients)
+            self.pumped = True
+            return
+        while chunk := read(1 << 20):
+            self.write(chunk)
+            if on_chunk is not None:
+                on_chunk(self.raw_bytes)
+
     def close(self) -> None:
-        if self.method == "zstd":
-            self.w.flush(zstandard.FLUSH_FRAME)
-        elif self.method == "gzip":
-            self.w.close()
-        if self.enc:
-            self.enc.close()
+        if not self.pumped:
+            if self.w is None:
+                self._push_chain()  # nothing written: still a complete (empty) stream
+            if self.method == "zstd":
+                self.w.flush(zstandard.FLUSH_FRAME)
+            elif self.method == "gzip":
+                self.w.close()
+            if self.enc:
+                self.enc.close()
         self.sink.close()
 
     def discard(self) -> None:
@@ -140,6 +181,13 @@ class CompressedFile:
             self.enc.abort()
         abort = getattr(self.sink, "abort", None)
         (abort or self.sink.close)()
+
+
+class _Reader:
+    """A ``read`` function as the file-like object zstd and pyrage read from."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read
 
 
 class HashingReader:
