@@ -105,9 +105,10 @@ class CompressedFile:
     """One stored object written through zstd, gzip or nothing, then age encryption when
     ``recipients`` are given, hashed (sha256, size: ``out``) as it reaches ``sink``.
 
-    Two ways to fill it: :meth:`pump` takes a whole source (a table's COPY stream) and, for an
-    encrypted zstd or uncompressed object, lets age pull the compressor in the calling thread;
-    :meth:`write` pushes pieces through an age thread (:class:`EncryptingWriter`)."""
+    Two ways to fill it: :meth:`pump` takes a whole source (a table's COPY stream) and pulls
+    it through zstd (and age) in the calling thread — age reads the compressor, no pipe and no
+    thread; :meth:`write` pushes pieces (through an age thread, :class:`EncryptingWriter`).
+    gzip is pushed either way."""
 
     def __init__(self, sink: Sink | IO[bytes] | Any, compression: Compression,
                  recipients: list[x25519.Recipient] | None = None):
@@ -151,12 +152,20 @@ class CompressedFile:
                 on_chunk(self.raw_bytes)
             return data
 
-        if self.recipients and self.w is None and self.method in ("zstd", "none"):
+        if self.w is None and self.method in ("zstd", "none"):
             source: Any = _Reader(counted)
-            if self.method == "zstd":
-                source = zstandard.ZstdCompressor(level=self.compression.level or 1).stream_reader(
-                    source, read_size=1 << 20, closefd=False)
-            encrypt_stream(source, self.out, self.recipients)
+            level = self.compression.level or 1
+            if self.recipients:
+                if self.method == "zstd":
+                    source = zstandard.ZstdCompressor(level=level).stream_reader(
+                        source, read_size=1 << 20, closefd=False)
+                encrypt_stream(source, self.out, self.recipients)
+            elif self.method == "zstd":  # one C loop: read, compress, write
+                zstandard.ZstdCompressor(level=level).copy_stream(
+                    source, self.out, read_size=1 << 20, write_size=1 << 20)
+            else:
+                while chunk := source.read(1 << 20):
+                    self.out.write(chunk)
             self.pumped = True
             return
         while chunk := read(1 << 20):
