@@ -8,7 +8,7 @@ erasure ledger), and ``finish(manifest)``: the manifest written last — a local
 checked, fsynced and renamed into place; a remote set's objects are checked against the
 listing, then its signature and manifest uploaded, the manifest last, so a set that did not
 finish never lists as complete. Leaving the ``with`` block by an exception removes what was
-written (a local ``.partial-`` directory; the uploaded objects, and s3transfer aborts the
+written (a local ``.partial-`` directory; the uploaded objects, and the uploader aborts the
 multipart uploads).
 
 :class:`SetSource` (``LocalSetSource``, ``RemoteSetSource``) is what ``restore`` and
