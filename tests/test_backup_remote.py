@@ -581,13 +581,13 @@ def test_interrupted_upload_is_aborted_and_leaves_nothing(source, config, bucket
     """Ctrl-C while the 12 MiB table is being uploaded in parts: its multipart upload is
     aborted, the objects already uploaded are removed, nothing lists as a set; the audit line
     says interrupted."""
-    from studyhub.ops.backup import s3
+    from studyhub.ops.backup import upload
 
     monkeypatch.setenv("STUDYHUB_AUDIT_LOG", str(tmp_path / "audit.log"))
     where = dataclasses.replace(config, target=f"s3://{bucket}/interrupted")
     client = s3_client(s3_server)
     seen_open_upload = []
-    original = s3.UploadSink.write
+    original = upload.UploadSink.write
     written: dict[str, int] = {}
 
     def write(self, data):
@@ -605,7 +605,7 @@ def test_interrupted_upload_is_aborted_and_leaves_nothing(source, config, bucket
             raise AssertionError("no multipart upload was open")
         return n
 
-    monkeypatch.setattr(s3.UploadSink, "write", write)
+    monkeypatch.setattr(upload.UploadSink, "write", write)
     with pytest.raises(KeyboardInterrupt):
         ops.create_backup(source, config=where, jobs=2)
     assert seen_open_upload and seen_open_upload[0].endswith(".age")

@@ -44,9 +44,12 @@ class FlakyProxy:
     the first ``refuse_parts`` part numbers seen (or every part upload, ``always=True``).
     Records each part upload attempt as (upload id, part number, answered status)."""
 
-    def __init__(self, upstream: str, refuse_parts: int = 2, always: bool = False) -> None:
+    def __init__(self, upstream: str, refuse_parts: int = 2, always: bool = False,
+                 refuse_completions: bool = False) -> None:
         self.upstream = urlsplit(upstream)
         self.refuse_parts, self.always = refuse_parts, always
+        self.refuse_completions = refuse_completions
+        self.completions_refused = 0
         self.attempts: list[tuple[str, int, int]] = []
         self.payload_hashes: list[str] = []  # each part upload's x-amz-content-sha256
         self.lock = threading.Lock()
@@ -74,6 +77,15 @@ class FlakyProxy:
             def _handle(self) -> None:
                 body = self._body()
                 query = parse_qs(urlsplit(self.path).query)
+                if (proxy.refuse_completions and self.command == "POST" and "uploadId" in query):
+                    with proxy.lock:
+                        proxy.completions_refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(SLOW_DOWN)
+                    return
                 if self.command == "PUT" and "partNumber" in query and "uploadId" in query:
                     upload, part = query["uploadId"][0], int(query["partNumber"][0])
                     with proxy.lock:
@@ -167,6 +179,28 @@ def test_a_store_that_keeps_refusing_ends_in_one_line_and_leaves_nothing(source,
     for u, p, _ in proxy.attempts:
         per_part[(u, p)] = per_part.get((u, p), 0) + 1
     assert max(per_part.values()) == 3, per_part
+    client = s3_client(s3_server)
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []) == []
+    assert objects(s3_server, bucket, prefix + "/") == {}
+    where = dataclasses.replace(where, endpoint_url=s3_server)
+    assert ops.list_target_sets(where.target, config=where) == []
+
+
+def test_a_refused_completion_fails_the_backup_in_one_line_and_leaves_nothing(
+        source, config, bucket, s3_server):
+    """Every part is accepted but the store refuses to complete the multipart uploads: the
+    uploads finish in the background while the workers go on, so the failure is told where
+    the set waits for them, before any manifest — one line, uploads aborted, nothing listed."""
+    prefix = f"uncompleted-{uuid.uuid4().hex[:6]}"
+    with FlakyProxy(s3_server, refuse_parts=0, refuse_completions=True) as proxy:
+        where = dataclasses.replace(config, target=f"s3://{bucket}/{prefix}",
+                                    endpoint_url=proxy.url, request_attempts=2)
+        with pytest.raises(StudyhubError) as err:
+            ops.create_backup(source, config=where, jobs=2)
+    message = str(err.value)
+    assert "\n" not in message and ("SlowDown" in message or "503" in message), message
+    assert proxy.completions_refused >= 2  # botocore tried again, then gave up
+    assert all(s == 200 for _, _, s in proxy.attempts) and proxy.attempts  # parts went in
     client = s3_client(s3_server)
     assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []) == []
     assert objects(s3_server, bucket, prefix + "/") == {}

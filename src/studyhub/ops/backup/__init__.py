@@ -66,7 +66,7 @@ from studyhub.ops.backup.restore import (
 )
 from studyhub.ops.backup.retention import PruneDecision, PrunePlan, apply_prune, prune_plan
 from studyhub.ops.backup.schedule import RestoreStep
-from studyhub.ops.backup.s3 import memory_bound
+from studyhub.ops.backup.upload import memory_bound
 from studyhub.ops.backup.sql_set import parse_set_format
 from studyhub.ops.backup.setformat import (
     FORMAT_VERSION,

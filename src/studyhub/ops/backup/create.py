@@ -33,7 +33,7 @@ from studyhub.connect import connect
 from studyhub.ops.privacy import ledger
 from studyhub.ops.backup.checksums import list_tables, pin_checksum_settings, table_checksums
 from studyhub.ops.backup.dump import dump_tables_binary, pattern_literal, run_pg_dump
-from studyhub.ops.backup.s3 import memory_bound
+from studyhub.ops.backup.upload import memory_bound
 from studyhub.ops.backup.sql_set import DUMP_FORMAT, dump_plain_sql, parse_set_format
 from studyhub.ops.backup.session import hold_snapshot_locks, refuse_pooler
 from studyhub.ops.backup.crypto import METHOD, fingerprint, parse_recipients

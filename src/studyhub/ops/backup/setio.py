@@ -41,6 +41,7 @@ from studyhub.ops.backup.crypto import (
     load_identity,
 )
 from studyhub.ops.backup.s3 import S3Store, StoredObject
+from studyhub.ops.backup.upload import Uploader
 from studyhub.ops.backup.setformat import (
     DUMP_DIR,
     MANIFEST,
@@ -198,7 +199,7 @@ class RemoteSetWriter(SetWriter):
         super().__init__(name, recipients, signing_key)
         self.store = store
         self.location = f"{store.url}/{name}"
-        self.uploader = store.uploader(streams)
+        self.uploader = Uploader(store, streams)
 
     def __enter__(self) -> "RemoteSetWriter":
         self.staging = Path(tempfile.mkdtemp(prefix="studyhub-backup-"))
@@ -223,6 +224,7 @@ class RemoteSetWriter(SetWriter):
         self.store.put_bytes(f"{self.name}/{stored}", blob)
 
     def finish(self, manifest: Manifest) -> str:
+        self.uploader.wait()  # every object's upload complete (they finish in the background)
         listed = {o.rel: o.bytes for o in self.store.objects(f"{self.name}/")}
         for f in manifest.files:
             got = listed.get(f"{self.name}/{f.path}")
