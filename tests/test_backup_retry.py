@@ -74,17 +74,20 @@ class FlakyProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _slow_down(self) -> None:
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                self.end_headers()
+                self.wfile.write(SLOW_DOWN)
+
             def _handle(self) -> None:
                 body = self._body()
                 query = parse_qs(urlsplit(self.path).query)
                 if (proxy.refuse_completions and self.command == "POST" and "uploadId" in query):
                     with proxy.lock:
                         proxy.completions_refused += 1
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    self._slow_down()
                     return
                 if self.command == "PUT" and "partNumber" in query and "uploadId" in query:
                     upload, part = query["uploadId"][0], int(query["partNumber"][0])
@@ -96,11 +99,7 @@ class FlakyProxy:
                             (upload, part) not in seen and len(refused_parts) < proxy.refuse_parts)
                         proxy.attempts.append((upload, part, 503 if refuse else 200))
                     if refuse:
-                        self.send_response(503)
-                        self.send_header("Content-Type", "application/xml")
-                        self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                        self.end_headers()
-                        self.wfile.write(SLOW_DOWN)
+                        self._slow_down()
                         return
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("transfer-encoding", "content-length",
@@ -164,6 +163,16 @@ def test_refused_parts_are_sent_again_and_the_set_restores_equal(cluster, source
         drop(cluster, target_db, target_db + "_restoring")
 
 
+def assert_nothing_left(s3_server, bucket: str, prefix: str, where) -> None:
+    """No open multipart upload, no object below ``prefix``, no set listed (asked of the
+    store itself, not through the proxy)."""
+    client = s3_client(s3_server)
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []) == []
+    assert objects(s3_server, bucket, prefix + "/") == {}
+    where = dataclasses.replace(where, endpoint_url=s3_server)
+    assert ops.list_target_sets(where.target, config=where) == []
+
+
 def test_a_store_that_keeps_refusing_ends_in_one_line_and_leaves_nothing(source, config,
                                                                          bucket, s3_server):
     prefix = f"refusing-{uuid.uuid4().hex[:6]}"
@@ -179,11 +188,7 @@ def test_a_store_that_keeps_refusing_ends_in_one_line_and_leaves_nothing(source,
     for u, p, _ in proxy.attempts:
         per_part[(u, p)] = per_part.get((u, p), 0) + 1
     assert max(per_part.values()) == 3, per_part
-    client = s3_client(s3_server)
-    assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []) == []
-    assert objects(s3_server, bucket, prefix + "/") == {}
-    where = dataclasses.replace(where, endpoint_url=s3_server)
-    assert ops.list_target_sets(where.target, config=where) == []
+    assert_nothing_left(s3_server, bucket, prefix, where)
 
 
 def test_a_refused_completion_fails_the_backup_in_one_line_and_leaves_nothing(
@@ -201,11 +206,7 @@ def test_a_refused_completion_fails_the_backup_in_one_line_and_leaves_nothing(
     assert "\n" not in message and ("SlowDown" in message or "503" in message), message
     assert proxy.completions_refused >= 2  # botocore tried again, then gave up
     assert all(s == 200 for _, _, s in proxy.attempts) and proxy.attempts  # parts went in
-    client = s3_client(s3_server)
-    assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []) == []
-    assert objects(s3_server, bucket, prefix + "/") == {}
-    where = dataclasses.replace(where, endpoint_url=s3_server)
-    assert ops.list_target_sets(where.target, config=where) == []
+    assert_nothing_left(s3_server, bucket, prefix, where)
 
 
 # ------------------------------------------------------------------ dropped downloads
