@@ -42,13 +42,17 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Co
 class FlakyProxy:
     """Forwards every request to ``upstream``; refuses with 503 SlowDown the first attempt of
     the first ``refuse_parts`` part numbers seen (or every part upload, ``always=True``).
-    Records each part upload attempt as (upload id, part number, answered status)."""
+    Records each part upload attempt as (upload id, part number, answered status).
+    ``short_heads``: a HEAD of a key containing that text is answered one byte short of the
+    object's real size (a store that kept less than it was sent)."""
 
     def __init__(self, upstream: str, refuse_parts: int = 2, always: bool = False,
-                 refuse_completions: bool = False) -> None:
+                 refuse_completions: bool = False, short_heads: str | None = None) -> None:
         self.upstream = urlsplit(upstream)
         self.refuse_parts, self.always = refuse_parts, always
         self.refuse_completions = refuse_completions
+        self.short_heads = short_heads
+        self.heads: list[str] = []  # each HEAD's path
         self.completions_refused = 0
         self.attempts: list[tuple[str, int, int]] = []
         self.payload_hashes: list[str] = []  # each part upload's x-amz-content-sha256
@@ -113,12 +117,19 @@ class FlakyProxy:
                     data = res.read()
                 finally:
                     conn.close()
+                length = len(data)
+                if self.command == "HEAD":  # the object's size, as the store answered it
+                    with proxy.lock:
+                        proxy.heads.append(self.path)
+                    length = int(res.getheader("Content-Length") or 0)
+                    if proxy.short_heads and proxy.short_heads in self.path:
+                        length -= 1
                 self.send_response(res.status)
                 for k, v in res.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection",
                                          "server", "date"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -206,6 +217,41 @@ def test_a_refused_completion_fails_the_backup_in_one_line_and_leaves_nothing(
     assert "\n" not in message and ("SlowDown" in message or "503" in message), message
     assert proxy.completions_refused >= 2  # botocore tried again, then gave up
     assert all(s == 200 for _, _, s in proxy.attempts) and proxy.attempts  # parts went in
+    assert_nothing_left(s3_server, bucket, prefix, where)
+
+
+def test_each_object_is_sized_by_the_store_once_uploaded(source, config, bucket, s3_server):
+    """Every object of the set is asked of the store (HEAD) once its upload completed, each
+    once, and the sizes agree — the set's check before its manifest (no listing at the end)."""
+    with FlakyProxy(s3_server, refuse_parts=0) as proxy:
+        where = dataclasses.replace(config, target=f"s3://{bucket}/sized-{uuid.uuid4().hex[:6]}",
+                                    endpoint_url=proxy.url)
+        result = ops.create_backup(source, config=where, jobs=2)
+    where = dataclasses.replace(where, endpoint_url=s3_server)
+    opened = ops.open_target(where.target, where).open_set(result.name, where)
+    asked = sorted(urlsplit(h).path.split(f"/{result.name}/", 1)[1] for h in proxy.heads
+                   if f"/{result.name}/" in h)  # (the bucket's HEAD aside)
+    assert asked == sorted(f.path for f in opened.manifest.files)
+
+
+def test_an_object_the_store_holds_short_fails_the_backup_and_leaves_nothing(
+        source, config, bucket, s3_server):
+    """The store answers, for one table's object, a size one byte short of what was sent: the
+    set is not completed — one line naming the object and both sizes, every object removed,
+    no manifest, nothing listed."""
+    prefix = f"short-{uuid.uuid4().hex[:6]}"
+    with FlakyProxy(s3_server, refuse_parts=0, short_heads="blob") as proxy:
+        where = dataclasses.replace(config, target=f"s3://{bucket}/{prefix}",
+                                    endpoint_url=proxy.url)
+        with pytest.raises(StudyhubError) as err:
+            ops.create_backup(source, config=where, jobs=2)
+    message = str(err.value)
+    assert "\n" not in message, message
+    shorted = re.search(r"uploaded (\S+) is (\d+) bytes in s3://\S+, (\d+) were written; "
+                        r"the set was not completed", message)
+    assert shorted and "blob" in shorted[1], message
+    assert int(shorted[2]) == int(shorted[3]) - 1
+    assert any("blob" in h for h in proxy.heads)
     assert_nothing_left(s3_server, bucket, prefix, where)
 
 

@@ -273,6 +273,10 @@ class S3Store:
         except bex.BotoCoreError as exc:
             raise self.error(exc, f"reading {rel}") from None
 
+    def size(self, rel: str) -> int:
+        """An object's size as the store answers it (``HEAD``)."""
+        return int(self.call(f"checking {rel}", "head_object", Key=self.key(rel))["ContentLength"])
+
     def put_bytes(self, rel: str, data: bytes) -> None:
         self.call(f"writing {rel}", "put_object", Key=self.key(rel), Body=data)
 

@@ -221,15 +221,23 @@ class RemoteSetWriter(SetWriter):
         return self.uploader.stream(f"{self.name}/{stored}")
 
     def _put(self, stored: str, blob: bytes) -> None:
-        self.store.put_bytes(f"{self.name}/{stored}", blob)
+        sink = self.sink(stored)  # one PUT (or parts, if large), completed and sized like any
+        try:
+            sink.write(blob)
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
 
     def finish(self, manifest: Manifest) -> str:
-        self.uploader.wait()  # every object's upload complete (they finish in the background)
-        listed = {o.rel: o.bytes for o in self.store.objects(f"{self.name}/")}
+        # every object's upload complete (they finish in the background), with its size as
+        # the store answered for it; each must be what was written
+        stored = self.uploader.wait()
         for f in manifest.files:
-            got = listed.get(f"{self.name}/{f.path}")
+            got = stored.get(f"{self.name}/{f.path}")
             if got != f.bytes:
-                raise BackupError(f"uploaded {f.path} is {got} bytes in {self.store.url}, "
+                held = "is not" if got is None else f"is {got} bytes"
+                raise BackupError(f"uploaded {f.path} {held} in {self.store.url}, "
                                   f"{f.bytes} were written; the set was not completed")
         data, signature = self.manifest_and_signature(manifest)
         if signature is not None:

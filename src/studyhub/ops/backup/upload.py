@@ -63,6 +63,7 @@ class Uploader:
         self.finisher: ThreadPoolExecutor | None = None
         self.finishing: list[Future] = []
         self.failure: BaseException | None = None  # the first object that could not finish
+        self.sizes: dict[str, int] = {}  # each complete object's size, as the store answers it
 
     def take_buffer(self) -> bytearray:
         """A part buffer: one that was sent already, else a new one. Reusing them spares
@@ -100,14 +101,24 @@ class Uploader:
         assert self.finisher is not None
         self.finishing.append(self.finisher.submit(run))
 
-    def wait(self) -> None:
-        """Every closed object is complete in the store, or the first failure is raised
-        (one line)."""
+    def wait(self) -> dict[str, int]:
+        """Every closed object is complete in the store: their sizes as the store gave them
+        when asked (``HEAD``) right after each upload completed, by name. Or the first failure
+        is raised (one line)."""
         wait(self.finishing)
         for f in self.finishing:
             exc = f.exception()
             if exc is not None:
                 raise self.store.error(exc, "uploading") from None
+        return dict(self.sizes)
+
+    def confirm(self, rel: str) -> None:
+        """Ask the store for a just-completed object's size. Done here, in the background
+        step, rather than by listing the set at its end: the store's work of answering (rclone
+        hashes each object the first time it is asked: 0.14 s per 100 MB) overlaps the tables
+        still being written instead of adding a serial step to the run (measured 0.58 s for a
+        368 MB set, docs/backup.md)."""
+        self.sizes[rel] = self.store.size(rel)
 
     def stream(self, rel: str) -> "UploadSink":
         assert self.pool is not None
@@ -237,6 +248,7 @@ class UploadSink:
             return
         self.store.call(f"uploading {self.rel}", "put_object", Key=self.key, Body=body)
         self.done = True
+        self.up.confirm(self.rel)
 
     def _complete(self) -> None:
         try:
@@ -250,6 +262,7 @@ class UploadSink:
             self.abort()
             raise
         self.done = True
+        self.up.confirm(self.rel)
 
     def abort(self) -> None:
         """Give up: no more parts are sent, those on their way are waited for, and the
