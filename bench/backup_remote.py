@@ -282,8 +282,8 @@ def child(spec: dict) -> None:
                           endpoint_url=spec.get("endpoint_url"), region="us-east-1",
                           recipients=tuple(spec.get("recipients", ())),
                           identity_file=Path(spec["identity"]) if spec.get("identity") else None,
-                          part_size_mib=spec.get("part_size_mib", 8),
-                          parts_in_flight=spec.get("parts_in_flight", 4))
+                          **{k: spec[k] for k in ("part_size_mib", "parts_in_flight")
+                             if k in spec})
 
     def cpu() -> float:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
@@ -375,6 +375,10 @@ def main() -> None:
     ap.add_argument("--store", default="rclone,seaweedfs",
                     help="the S3 servers to compare, comma-separated: rclone, seaweedfs; the first "
                          "one serves the restore and memory checks (default: rclone,seaweedfs)")
+    ap.add_argument("--part-size-mib", type=int, default=None,
+                    help="multipart part size of the store runs (default: the profile default)")
+    ap.add_argument("--parts-in-flight", type=int, default=None,
+                    help="parts sent at once in the store runs (default: the profile default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -424,6 +428,10 @@ def main() -> None:
             """``kind``: dir, store (the first --store) or a store's name."""
             base = {"op": "create", "encrypt": encrypt, "jobs": args.jobs,
                     "recipients": [recipient], "identity": str(identity)}
+            if args.part_size_mib:
+                base["part_size_mib"] = args.part_size_mib
+            if args.parts_in_flight:
+                base["parts_in_flight"] = args.parts_in_flight
             if kind == "dir":
                 base["target"] = str(work / "sets" / ("age" if encrypt else "clear"))
             else:
