@@ -80,15 +80,7 @@ class LagTracker:
             # Caught up with the newest sample: older samples are no longer needed.
             self._samples = deque([self._samples[-1]])
             return 0.0
-        newest_covered: float | None = None
-        for t, lsn in self._samples:
-            if lsn <= replay_lsn:
-                newest_covered = t
-            else:
-                break
-        if newest_covered is None:
-            return None
-        return max(0.0, now - newest_covered)
+        return self.staleness(now, replay_lsn)
 
     def staleness(self, now: float, replay_lsn: int) -> float | None:
         """Without a new primary sample (the primary cannot be reached): ``now − t`` for the
