@@ -7,9 +7,9 @@ object (a file, or a multipart upload fed as the COPY stream arrives), small obj
 erasure ledger), and ``finish(manifest)``: the manifest written last — a local set is then
 checked, fsynced and renamed into place; a remote set's objects are checked against the
 sizes the store gave for them (asked as each upload completed), then its signature and
-manifest uploaded, the manifest last, so a set that did not finish never lists as complete. Leaving the ``with`` block by an exception removes what was
-written (a local ``.partial-`` directory; the uploaded objects, and the uploader aborts the
-multipart uploads).
+manifest uploaded, the manifest last, so a set that did not finish never lists as complete.
+Leaving the ``with`` block by an exception removes what was written (a local ``.partial-``
+directory; the uploaded objects, and the uploader aborts the multipart uploads).
 
 :class:`SetSource` (``LocalSetSource``, ``RemoteSetSource``) is what ``restore`` and
 ``verify`` read: the manifest (signature checked where the profile has a ``verify_key``), the
